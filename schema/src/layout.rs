@@ -1,0 +1,354 @@
+//! The shared-memory segment: where everything lives, and the checks the
+//! collector makes before trusting any of it.
+//!
+//! ```text
+//! offset 0                      Header (HEADER_BYTES)
+//! vcpu_block(0)                 VcpuControl: event ring control, meta ring
+//!                               control, counters (VCPU_CONTROL_BYTES)
+//!   + VCPU_CONTROL_BYTES        event ring data (event_ring_bytes)
+//!   + ... + event_ring_bytes    meta ring data (meta_ring_bytes)
+//! vcpu_block(1)                 ... one block per vCPU
+//! ```
+//!
+//! Every field the producer writes after creation is an atomic; the rest is
+//! written once before `magic` is stored (with Release), so a reader that has
+//! seen the magic (with Acquire) sees a complete header.
+
+use crate::record::EVENT_RECORD_BYTES;
+use crate::ring::RingControl;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+
+/// "TRCQEMU" + layout generation, as a little-endian u64.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"TRCQEMU1");
+/// Bumped on any change to this file or to `events.capnp`'s `Event`.
+pub const LAYOUT_VERSION: u32 = 1;
+
+pub const HEADER_BYTES: usize = 4096;
+pub const RING_CONTROL_BYTES: usize = 256;
+pub const VCPU_CONTROL_BYTES: usize = 4096;
+/// Bytes of the shim's option string kept in the header (for the capture's metadata).
+pub const OPTIONS_BYTES: usize = 1024;
+
+pub const MAX_VCPUS: u32 = 4096;
+pub const MIN_RING_BYTES: u64 = 4096;
+pub const MAX_RING_BYTES: u64 = 1 << 30;
+
+/// The name of QEMU process `pid`'s segment, for `shm_open`
+/// (the file `/dev/shm/trace-collector.<pid>`).
+pub fn segment_name(pid: u32) -> String {
+    format!("/trace-collector.{pid}")
+}
+
+/// Capture states, in `Header::state`.
+pub mod state {
+    /// No collector has attached yet: the shim records nothing.
+    pub const WAITING: u32 = 0;
+    /// A collector is attached and draining: the shim records.
+    pub const ATTACHED: u32 = 1;
+    /// The collector that was attached is gone: the shim counts events as lost
+    /// until a new collector attaches.
+    pub const DETACHED: u32 = 2;
+}
+
+#[repr(C)]
+pub struct Header {
+    /// `MAGIC`, stored last at creation (Release).
+    pub magic: AtomicU64,
+    pub layout_version: u32,
+    pub header_bytes: u32,
+    pub event_record_bytes: u32,
+    pub n_vcpus: u32,
+    pub event_ring_bytes: u64,
+    pub meta_ring_bytes: u64,
+    pub segment_bytes: u64,
+    pub qemu_pid: u32,
+    pub options_len: u32,
+    /// The shim's option string as QEMU passed it, comma-joined, UTF-8.
+    pub options: [u8; OPTIONS_BYTES],
+
+    /// One of `state::*`.
+    pub state: AtomicU32,
+    /// Pid of the attached collector (0 when none). The shim checks it is alive
+    /// when a ring stays full.
+    pub collector_pid: AtomicU32,
+    /// Set to 1 by the shim when QEMU is exiting, after its last events and
+    /// counters are published.
+    pub qemu_exited: AtomicU32,
+    /// Incremented by each attach.
+    pub attach_count: AtomicU32,
+    /// Nanoseconds (CLOCK_MONOTONIC) at which the collector last showed it is
+    /// alive; informational.
+    pub collector_heartbeat_ns: AtomicU64,
+}
+
+const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_BYTES);
+
+/// Per-vCPU counters. Written by that vCPU's thread only (so a plain load and
+/// store, no read-modify-write, is enough); read by the collector.
+#[repr(C)]
+pub struct VcpuCounters {
+    /// Event records published into the event ring.
+    pub events_written: AtomicU64,
+    /// Events the shim could not deliver: ring full in `overflow=drop`, or no
+    /// live collector after one had attached.
+    pub events_lost: AtomicU64,
+    /// Instructions this vCPU has executed, published when QEMU exits.
+    pub final_icount: AtomicU64,
+    /// Meta records the shim could not deliver (meta ring full).
+    pub meta_lost: AtomicU64,
+}
+
+/// The control block at the start of each vCPU's block.
+#[repr(C)]
+pub struct VcpuControl {
+    pub event_ring: RingControl,
+    pub meta_ring: RingControl,
+    pub counters: VcpuCounters,
+}
+
+const _: () = assert!(std::mem::size_of::<VcpuControl>() <= VCPU_CONTROL_BYTES);
+
+/// The sizes that decide where everything is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub n_vcpus: u32,
+    pub event_ring_bytes: u64,
+    pub meta_ring_bytes: u64,
+}
+
+impl Geometry {
+    fn vcpu_block_bytes(&self) -> u64 {
+        VCPU_CONTROL_BYTES as u64 + self.event_ring_bytes + self.meta_ring_bytes
+    }
+
+    /// Total bytes of the segment, or `None` on overflow.
+    pub fn segment_bytes(&self) -> Option<u64> {
+        self.vcpu_block_bytes()
+            .checked_mul(self.n_vcpus as u64)?
+            .checked_add(HEADER_BYTES as u64)
+    }
+
+    pub fn vcpu_control_offset(&self, vcpu: u32) -> u64 {
+        HEADER_BYTES as u64 + vcpu as u64 * self.vcpu_block_bytes()
+    }
+
+    pub fn event_data_offset(&self, vcpu: u32) -> u64 {
+        self.vcpu_control_offset(vcpu) + VCPU_CONTROL_BYTES as u64
+    }
+
+    pub fn meta_data_offset(&self, vcpu: u32) -> u64 {
+        self.event_data_offset(vcpu) + self.event_ring_bytes
+    }
+
+    /// Checks the sizes are ones a shim could have made.
+    pub fn check(&self) -> Result<(), LayoutError> {
+        if self.n_vcpus == 0 || self.n_vcpus > MAX_VCPUS {
+            return Err(LayoutError::Field("n_vcpus", self.n_vcpus as u64));
+        }
+        for (name, bytes) in
+            [("event_ring_bytes", self.event_ring_bytes), ("meta_ring_bytes", self.meta_ring_bytes)]
+        {
+            if !bytes.is_power_of_two() || !(MIN_RING_BYTES..=MAX_RING_BYTES).contains(&bytes) {
+                return Err(LayoutError::Field(name, bytes));
+            }
+        }
+        self.segment_bytes().ok_or(LayoutError::Field("n_vcpus", self.n_vcpus as u64))?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayoutError {
+    TooSmall { len: u64 },
+    BadMagic { found: u64 },
+    Version { found: u32 },
+    Field(&'static str, u64),
+    SizeMismatch { header_says: u64, geometry_says: u64, mapped: u64 },
+}
+
+impl std::fmt::Display for LayoutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LayoutError::TooSmall { len } => {
+                write!(f, "segment is {len} bytes, smaller than its {HEADER_BYTES}-byte header")
+            }
+            LayoutError::BadMagic { found } => write!(
+                f,
+                "segment has magic {:?}, not {:?}: not a trace-collector segment (or not initialised yet)",
+                String::from_utf8_lossy(&found.to_le_bytes()),
+                String::from_utf8_lossy(&MAGIC.to_le_bytes())
+            ),
+            LayoutError::Version { found } => write!(
+                f,
+                "segment layout version {found}, this collector reads version {LAYOUT_VERSION}: use the shim and collector of the same build"
+            ),
+            LayoutError::Field(name, v) => write!(f, "segment header field {name} = {v} is out of range"),
+            LayoutError::SizeMismatch { header_says, geometry_says, mapped } => write!(
+                f,
+                "segment size mismatch: header says {header_says} bytes, its geometry {geometry_says}, the file has {mapped}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LayoutError {}
+
+impl Header {
+    /// Validates a mapped header before anything else in the segment is
+    /// touched; returns the geometry, every offset of which lies inside
+    /// `mapped_len` bytes.
+    pub fn validate(&self, mapped_len: u64) -> Result<Geometry, LayoutError> {
+        // Acquire: pairs with the shim's Release store of the magic, after
+        // which the rest of the header is complete.
+        let magic = self.magic.load(Ordering::Acquire);
+        if magic != MAGIC {
+            return Err(LayoutError::BadMagic { found: magic });
+        }
+        if self.layout_version != LAYOUT_VERSION {
+            return Err(LayoutError::Version { found: self.layout_version });
+        }
+        if self.header_bytes as usize != HEADER_BYTES {
+            return Err(LayoutError::Field("header_bytes", self.header_bytes as u64));
+        }
+        if self.event_record_bytes as usize != EVENT_RECORD_BYTES {
+            return Err(LayoutError::Field("event_record_bytes", self.event_record_bytes as u64));
+        }
+        if self.options_len as usize > OPTIONS_BYTES {
+            return Err(LayoutError::Field("options_len", self.options_len as u64));
+        }
+        let g = Geometry {
+            n_vcpus: self.n_vcpus,
+            event_ring_bytes: self.event_ring_bytes,
+            meta_ring_bytes: self.meta_ring_bytes,
+        };
+        g.check()?;
+        let geometry_says = g.segment_bytes().unwrap();
+        if geometry_says != self.segment_bytes || geometry_says != mapped_len {
+            return Err(LayoutError::SizeMismatch {
+                header_says: self.segment_bytes,
+                geometry_says,
+                mapped: mapped_len,
+            });
+        }
+        Ok(g)
+    }
+
+    /// The shim's options string.
+    pub fn options(&self) -> String {
+        let n = (self.options_len as usize).min(OPTIONS_BYTES);
+        String::from_utf8_lossy(&self.options[..n]).into_owned()
+    }
+}
+
+/// A validated segment mapped at `base`: typed access to its parts.
+#[derive(Clone, Copy)]
+pub struct SegmentView {
+    base: *mut u8,
+    pub geometry: Geometry,
+}
+
+unsafe impl Send for SegmentView {}
+unsafe impl Sync for SegmentView {}
+
+impl SegmentView {
+    /// # Safety
+    /// `base` must point to a mapping of `geometry.segment_bytes()` bytes that
+    /// outlives the view, and `geometry` must come from `Header::validate` (or
+    /// from the creator's own `Geometry::check`ed sizes).
+    pub unsafe fn new(base: *mut u8, geometry: Geometry) -> SegmentView {
+        SegmentView { base, geometry }
+    }
+
+    pub fn header(&self) -> &Header {
+        unsafe { &*(self.base as *const Header) }
+    }
+
+    pub fn vcpu(&self, vcpu: u32) -> &VcpuControl {
+        assert!(vcpu < self.geometry.n_vcpus);
+        let off = self.geometry.vcpu_control_offset(vcpu) as usize;
+        unsafe { &*(self.base.add(off) as *const VcpuControl) }
+    }
+
+    pub fn event_data(&self, vcpu: u32) -> *mut u8 {
+        assert!(vcpu < self.geometry.n_vcpus);
+        unsafe { self.base.add(self.geometry.event_data_offset(vcpu) as usize) }
+    }
+
+    pub fn meta_data(&self, vcpu: u32) -> *mut u8 {
+        assert!(vcpu < self.geometry.n_vcpus);
+        unsafe { self.base.add(self.geometry.meta_data_offset(vcpu) as usize) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geometry() -> Geometry {
+        Geometry { n_vcpus: 2, event_ring_bytes: 1 << 16, meta_ring_bytes: 1 << 14 }
+    }
+
+    /// A header in a heap buffer, as the shim would write it.
+    fn segment(g: Geometry) -> Vec<u64> {
+        let bytes = g.segment_bytes().unwrap();
+        let mut mem = vec![0u64; bytes as usize / 8];
+        let h = unsafe { &mut *(mem.as_mut_ptr() as *mut Header) };
+        h.layout_version = LAYOUT_VERSION;
+        h.header_bytes = HEADER_BYTES as u32;
+        h.event_record_bytes = EVENT_RECORD_BYTES as u32;
+        h.n_vcpus = g.n_vcpus;
+        h.event_ring_bytes = g.event_ring_bytes;
+        h.meta_ring_bytes = g.meta_ring_bytes;
+        h.segment_bytes = bytes;
+        h.magic.store(MAGIC, Ordering::Release);
+        mem
+    }
+
+    fn header(mem: &mut [u64]) -> &mut Header {
+        unsafe { &mut *(mem.as_mut_ptr() as *mut Header) }
+    }
+
+    #[test]
+    fn a_well_formed_header_validates() {
+        let g = geometry();
+        let mut mem = segment(g);
+        let len = g.segment_bytes().unwrap();
+        assert_eq!(header(&mut mem).validate(len), Ok(g));
+    }
+
+    #[test]
+    fn parts_do_not_overlap_and_stay_inside() {
+        let g = geometry();
+        let end = g.segment_bytes().unwrap();
+        assert_eq!(g.vcpu_control_offset(0), HEADER_BYTES as u64);
+        assert_eq!(g.event_data_offset(0), g.vcpu_control_offset(0) + VCPU_CONTROL_BYTES as u64);
+        assert_eq!(g.meta_data_offset(0), g.event_data_offset(0) + g.event_ring_bytes);
+        assert_eq!(g.vcpu_control_offset(1), g.meta_data_offset(0) + g.meta_ring_bytes);
+        assert_eq!(g.meta_data_offset(1) + g.meta_ring_bytes, end);
+    }
+
+    #[test]
+    fn hostile_headers_are_refused() {
+        let g = geometry();
+        let len = g.segment_bytes().unwrap();
+        let cases: Vec<(fn(&mut Header), &str)> = vec![
+            (|h| h.magic.store(0x1234, Ordering::Relaxed), "magic"),
+            (|h| h.layout_version = 99, "version"),
+            (|h| h.event_record_bytes = 8, "event_record_bytes"),
+            (|h| h.n_vcpus = 0, "n_vcpus"),
+            (|h| h.n_vcpus = u32::MAX, "n_vcpus"),
+            (|h| h.event_ring_bytes = 5000, "event_ring_bytes"),
+            (|h| h.meta_ring_bytes = 1 << 40, "meta_ring_bytes"),
+            (|h| h.segment_bytes = 1 << 50, "size mismatch"),
+            (|h| h.options_len = 1 << 20, "options_len"),
+        ];
+        for (break_it, what) in cases {
+            let mut mem = segment(g);
+            break_it(header(&mut mem));
+            assert!(header(&mut mem).validate(len).is_err(), "{what} should be refused");
+        }
+        // A file shorter than its header says.
+        let mut mem = segment(g);
+        assert!(matches!(header(&mut mem).validate(len - 4096), Err(LayoutError::SizeMismatch { .. })));
+    }
+}

@@ -1,0 +1,19 @@
+//! The contract between the two sides of the shared memory: the QEMU shim
+//! (producer) and the collector (consumer).
+//!
+//! - [`record`]: the fixed-size Cap'n Proto `Event` record and its offsets.
+//! - [`layout`]: the segment's header, per-vCPU blocks and their validation.
+//! - [`ring`]: the lock-free SPSC ring both sides use.
+//! - [`options`]: the shim's `-plugin ...,opt=val` options.
+//! - [`events_capnp`]: code generated from `events.capnp`.
+
+pub mod layout;
+pub mod options;
+pub mod record;
+pub mod ring;
+pub mod sync;
+
+#[allow(clippy::all, unused, unsafe_op_in_unsafe_fn)]
+pub mod events_capnp {
+    include!(concat!(env!("OUT_DIR"), "/events_capnp.rs"));
+}

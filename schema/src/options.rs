@@ -1,0 +1,211 @@
+//! The shim's options, as QEMU hands them over: `-plugin libtrace_shim.so,events=mem+mmio,wait=on`
+//! gives the plugin `["events=mem+mmio", "wait=on"]`.
+//!
+//! Parsing lives here rather than in the shim so that the collector can check
+//! `--events` before starting QEMU, and so that it is unit-tested and fuzzed
+//! without a QEMU.
+
+use crate::layout::{MAX_RING_BYTES, MIN_RING_BYTES};
+
+/// What to record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventSet {
+    /// Every data access (RAM and I/O).
+    pub mem: bool,
+    /// I/O (MMIO) data accesses. Implied by `mem`.
+    pub mmio: bool,
+    /// Every executed instruction (as executed blocks + their instruction table).
+    pub insn: bool,
+}
+
+impl EventSet {
+    /// Parses `mem+mmio+insn` (also accepts `,` as separator, for the collector's `--events`).
+    pub fn parse(s: &str) -> Result<EventSet, OptionError> {
+        let mut set = EventSet::default();
+        for part in s.split(['+', ',']) {
+            match part.trim() {
+                "mem" => set.mem = true,
+                "mmio" => set.mmio = true,
+                "insn" => set.insn = true,
+                other => {
+                    return Err(OptionError::new(
+                        "events",
+                        s,
+                        &format!("unknown event kind {other:?}: expected any of mem, mmio, insn joined with '+'"),
+                    ))
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    /// Any memory callback needed at all.
+    pub fn wants_memory(&self) -> bool {
+        self.mem || self.mmio
+    }
+
+    pub fn to_option(&self) -> String {
+        let mut parts = Vec::new();
+        if self.mem {
+            parts.push("mem");
+        }
+        if self.mmio {
+            parts.push("mmio");
+        }
+        if self.insn {
+            parts.push("insn");
+        }
+        parts.join("+")
+    }
+}
+
+/// What the shim does when a vCPU's ring is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// Wait for the collector (lossless; the guest slows down to its speed).
+    Block,
+    /// Count the event as lost and go on.
+    Drop,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShimOptions {
+    pub events: EventSet,
+    /// Bytes of each vCPU's event ring.
+    pub ring_bytes: u64,
+    /// Bytes of each vCPU's meta ring (device names, translated blocks).
+    pub meta_ring_bytes: u64,
+    pub overflow: Overflow,
+    /// Hold the guest until a collector attaches.
+    pub wait: bool,
+}
+
+impl Default for ShimOptions {
+    fn default() -> Self {
+        ShimOptions {
+            events: EventSet { mem: true, mmio: true, insn: false },
+            ring_bytes: 16 << 20,
+            meta_ring_bytes: 4 << 20,
+            overflow: Overflow::Block,
+            wait: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OptionError {
+    pub option: String,
+    pub message: String,
+}
+
+impl OptionError {
+    fn new(option: &str, value: &str, why: &str) -> OptionError {
+        OptionError { option: option.to_string(), message: format!("{option}={value}: {why}") }
+    }
+}
+
+impl std::fmt::Display for OptionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "trace shim option {}", self.message)
+    }
+}
+
+impl std::error::Error for OptionError {}
+
+pub const OPTION_NAMES: &str = "events, ring_kib, meta_kib, overflow, wait";
+
+impl ShimOptions {
+    /// Parses the `key=value` arguments QEMU passes to the plugin.
+    pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<ShimOptions, OptionError> {
+        let mut o = ShimOptions::default();
+        for arg in args {
+            let arg = arg.as_ref();
+            let Some((key, value)) = arg.split_once('=') else {
+                return Err(OptionError {
+                    option: arg.to_string(),
+                    message: format!("{arg:?} is not of the form key=value (options: {OPTION_NAMES})"),
+                });
+            };
+            match key {
+                "events" => o.events = EventSet::parse(value)?,
+                "ring_kib" => o.ring_bytes = ring_kib(key, value)?,
+                "meta_kib" => o.meta_ring_bytes = ring_kib(key, value)?,
+                "overflow" => {
+                    o.overflow = match value {
+                        "block" => Overflow::Block,
+                        "drop" => Overflow::Drop,
+                        _ => return Err(OptionError::new(key, value, "expected block or drop")),
+                    }
+                }
+                "wait" => {
+                    o.wait = match value {
+                        "on" | "true" | "yes" => true,
+                        "off" | "false" | "no" => false,
+                        _ => return Err(OptionError::new(key, value, "expected on or off")),
+                    }
+                }
+                _ => {
+                    return Err(OptionError {
+                        option: key.to_string(),
+                        message: format!("{key:?} is unknown (options: {OPTION_NAMES})"),
+                    })
+                }
+            }
+        }
+        Ok(o)
+    }
+}
+
+fn ring_kib(key: &str, value: &str) -> Result<u64, OptionError> {
+    let kib: u64 = value
+        .parse()
+        .map_err(|_| OptionError::new(key, value, "expected a whole number of KiB"))?;
+    let bytes = kib.checked_mul(1024).unwrap_or(u64::MAX);
+    if !bytes.is_power_of_two() || !(MIN_RING_BYTES..=MAX_RING_BYTES).contains(&bytes) {
+        return Err(OptionError::new(
+            key,
+            value,
+            &format!(
+                "expected a power of two from {} to {} KiB",
+                MIN_RING_BYTES / 1024,
+                MAX_RING_BYTES / 1024
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_full_set() {
+        let o = ShimOptions::parse::<&str>(&[]).unwrap();
+        assert_eq!(o, ShimOptions::default());
+        let o = ShimOptions::parse(&["events=mem+mmio+insn", "ring_kib=64", "overflow=drop", "wait=on"])
+            .unwrap();
+        assert_eq!(o.events, EventSet { mem: true, mmio: true, insn: true });
+        assert_eq!(o.ring_bytes, 64 * 1024);
+        assert_eq!(o.overflow, Overflow::Drop);
+        assert!(o.wait);
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        for (arg, option) in [
+            ("bogus=1", "bogus"),
+            ("events=mem+cache", "events"),
+            ("ring_kib=3", "ring_kib"),
+            ("ring_kib=-1", "ring_kib"),
+            ("ring_kib=99999999999999999", "ring_kib"),
+            ("overflow=maybe", "overflow"),
+            ("wait=2", "wait"),
+            ("noequals", "noequals"),
+        ] {
+            let e = ShimOptions::parse(&[arg]).unwrap_err();
+            assert_eq!(e.option, option, "{arg}");
+            assert!(e.to_string().contains(option), "{e}");
+        }
+    }
+}

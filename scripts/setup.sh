@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs everything trace-collector needs on Debian 12 (bookworm), idempotently:
+#   - the bookworm-backports suite (for QEMU 10.0.2 with TCG plugin support)
+#   - qemu-system-arm (lm3s6965evb, virt) and qemu-system-aarch64
+#   - the bare-metal cross toolchains for the test firmware
+#   - capnproto (the Cap'n Proto schema compiler used by schema/build.rs)
+# Run as root (or with sudo available).
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+PACKAGES_MAIN=(capnproto gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu pkg-config libclang-dev)
+PACKAGES_BACKPORTS=(qemu-system-arm qemu-system-aarch64 qemu-utils)
+
+have_backports() {
+    grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null
+}
+
+add_backports() {
+    # Reuse the mirror this machine already uses for bookworm, so the script works
+    # behind whatever mirror or proxy the machine is configured with.
+    local uri=""
+    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+        uri=$(awk '/^URIs:/ {u=$2} /^Suites:/ && $0 ~ /bookworm( |$)/ {print u; exit}' /etc/apt/sources.list.d/debian.sources)
+    fi
+    if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
+        uri=$(awk '$1=="deb" && $3=="bookworm" {print $2; exit}' /etc/apt/sources.list)
+    fi
+    if [ -z "$uri" ]; then
+        echo "setup.sh: cannot find the bookworm mirror in apt's sources; add bookworm-backports by hand" >&2
+        exit 1
+    fi
+    echo "setup.sh: adding bookworm-backports from $uri"
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$uri" \
+        | $SUDO tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
+}
+
+need_install=0
+for p in "${PACKAGES_MAIN[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need_install=1; done
+for p in "${PACKAGES_BACKPORTS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need_install=1; done
+if ! qemu-system-arm --version 2>/dev/null | grep -q "version 10\."; then need_install=1; fi
+
+if [ "$need_install" -eq 1 ]; then
+    have_backports || add_backports
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${PACKAGES_MAIN[@]}"
+    $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports "${PACKAGES_BACKPORTS[@]}"
+fi
+
+qemu-system-arm --version | head -n1
+capnp --version
+arm-none-eabi-gcc --version | head -n1
