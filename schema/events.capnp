@@ -18,13 +18,14 @@
 struct Event {
   kind @0 :Kind;
   size @1 :UInt8;        # mem: access size in bytes (1..16); block: instructions in the block
-  flags @2 :UInt8;       # mem: bit 0 store, bit 1 I/O (MMIO), bit 2 value is sign-extended
+  flags @2 :UInt8;       # mem: bit 0 store, bit 1 I/O (MMIO), bit 2 sign-extended load,
+                         #      bit 3 big-endian access
   device @3 :UInt16;     # mem, I/O only: id of a Meta.device of this vCPU's meta ring
   vcpu @4 :UInt16;       # the vCPU that made the event (also implied by the ring)
   icount @5 :UInt64;     # 0-based index, in this vCPU's instruction stream, of the
                          # instruction that made the access (mem) or of the block's
                          # first instruction (block)
-  pc @6 :UInt64;         # mem: the accessing instruction's address; block: the block's address
+  pc @6 :UInt64;         # mem: the accessing instruction's address; block: 0 (see Meta.block)
   vaddr @7 :UInt64;      # mem: virtual address accessed; block: the block's id (Meta.block.id)
   paddr @8 :UInt64;      # mem: physical address (QEMU hwaddr), else 0
   value @9 :UInt64;      # mem: low 8 bytes of the value, little-endian, zero-extended

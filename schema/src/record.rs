@@ -43,6 +43,8 @@ pub const KIND_BLOCK: u16 = 1;
 pub const FLAG_STORE: u8 = 1 << 0;
 pub const FLAG_IO: u8 = 1 << 1;
 pub const FLAG_SIGN_EXTENDED: u8 = 1 << 2;
+/// The access is big-endian: its bytes in memory are `value`'s in reverse order.
+pub const FLAG_BIG_ENDIAN: u8 = 1 << 3;
 
 /// `Event.device` when the access hit no I/O device.
 pub const NO_DEVICE: u16 = u16::MAX;

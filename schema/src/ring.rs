@@ -245,7 +245,7 @@ impl Consumer {
                 continue;
             }
             let bytes = unsafe { slice_at(self.data, offset, contiguous) };
-            let len = message_len(bytes).map_err(bad)?;
+            let len = message_len(&bytes).map_err(bad)?;
             each(&bytes[..len]).map_err(DrainError::Consumer)?;
             tail += len as u64;
             count += 1;

@@ -1,0 +1,337 @@
+//! trace shim: a QEMU TCG plugin that writes every traced event, as a
+//! fixed-size Cap'n Proto record, into the shared-memory ring of the vCPU that
+//! made it. The collector (`trace-collector`) drains the rings in another
+//! process; nothing here formats, allocates, locks or makes a syscall per event.
+//!
+//! Loaded as `qemu-system-ARCH ... -plugin libtrace_shim.so,events=mem+mmio,wait=on`.
+//! Options: see `trace_schema::options`.
+//!
+//! Read in order: install → translate (per translated block) → the two hot
+//! callbacks (memory access, block execution) → exit.
+
+mod segment;
+mod vcpu;
+
+use qemu_plugin_sys::*;
+use std::cell::Cell;
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::sync::atomic::{AtomicPtr, AtomicU64};
+use trace_schema::events_capnp::meta;
+use trace_schema::layout::{state, Geometry, Header};
+use trace_schema::options::ShimOptions;
+use trace_schema::record::{self, Event, EVENT_RECORD_BYTES};
+use trace_schema::sync::Ordering;
+
+use segment::Segment;
+use vcpu::VcpuSlot;
+
+#[no_mangle]
+pub static qemu_plugin_version: c_int = QEMU_PLUGIN_VERSION as c_int;
+
+/// Everything the callbacks need, built once at install and never freed
+/// (QEMU may call us until the process ends).
+struct Shim {
+    options: ShimOptions,
+    segment: Segment,
+    vcpus: Box<[VcpuSlot]>,
+    /// Per-vCPU count of instructions started, incremented inline by QEMU's
+    /// generated code before each instruction: the `icount` of every event.
+    icount: qemu_plugin_u64,
+    next_block_id: AtomicU64,
+}
+
+unsafe impl Sync for Shim {}
+unsafe impl Send for Shim {}
+
+/// Set once in `qemu_plugin_install`, before any callback is registered.
+static SHIM: AtomicPtr<Shim> = AtomicPtr::new(std::ptr::null_mut());
+
+#[inline(always)]
+fn shim() -> &'static Shim {
+    // Relaxed: the pointer is stored before QEMU learns of our callbacks, and
+    // QEMU's own synchronisation orders that before any callback runs.
+    unsafe { &*SHIM.load(Ordering::Relaxed) }
+}
+
+impl Shim {
+    #[inline(always)]
+    fn header(&self) -> &Header {
+        self.segment.view.header()
+    }
+
+    #[inline(always)]
+    fn slot(&self, vcpu: c_uint) -> &VcpuSlot {
+        &self.vcpus[vcpu as usize]
+    }
+}
+
+thread_local! {
+    /// The vCPU this thread last ran (set by the vCPU-init callback, which QEMU
+    /// runs on the vCPU's thread): translation-time meta goes to its meta ring.
+    static THREAD_VCPU: Cell<u32> = const { Cell::new(0) };
+}
+
+// ---------------------------------------------------------------- install
+
+#[no_mangle]
+pub unsafe extern "C" fn qemu_plugin_install(
+    id: qemu_plugin_id_t,
+    info: *const qemu_info_t,
+    argc: c_int,
+    argv: *mut *mut c_char,
+) -> c_int {
+    let args: Vec<String> = (0..argc.max(0) as usize)
+        .map(|i| unsafe { CStr::from_ptr(*argv.add(i)) }.to_string_lossy().into_owned())
+        .collect();
+    match unsafe { install(id, &*info, &args) } {
+        Ok(()) => 0,
+        Err(message) => {
+            // QEMU only says that the plugin failed to install: say why.
+            eprintln!("trace shim: {message}");
+            -1
+        }
+    }
+}
+
+unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> Result<(), String> {
+    let options = ShimOptions::parse(args).map_err(|e| e.to_string())?;
+    if !info.system_emulation {
+        return Err("only system emulation (qemu-system-*) is supported".into());
+    }
+    let n_vcpus = unsafe { info.__bindgen_anon_1.system.max_vcpus }.max(1) as u32;
+    let geometry = Geometry {
+        n_vcpus,
+        event_ring_bytes: options.ring_bytes,
+        meta_ring_bytes: options.meta_ring_bytes,
+    };
+    let segment = Segment::create(geometry, &args.join(","))?;
+    let vcpus = (0..n_vcpus).map(|v| VcpuSlot::new(&segment.view, v)).collect();
+    let score = unsafe { qemu_plugin_scoreboard_new(std::mem::size_of::<u64>()) };
+    let shim = Box::new(Shim {
+        options,
+        segment,
+        vcpus,
+        icount: qemu_plugin_u64 { score, offset: 0 },
+        next_block_id: AtomicU64::new(0),
+    });
+    SHIM.store(Box::into_raw(shim), Ordering::Release);
+
+    unsafe {
+        qemu_plugin_register_vcpu_init_cb(id, Some(on_vcpu_init));
+        qemu_plugin_register_vcpu_tb_trans_cb(id, Some(on_translate));
+        qemu_plugin_register_atexit_cb(id, Some(on_exit), std::ptr::null_mut());
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn on_vcpu_init(_id: qemu_plugin_id_t, vcpu: c_uint) {
+    THREAD_VCPU.with(|v| v.set(vcpu));
+}
+
+// -------------------------------------------------------------- translate
+
+/// Called once per translated block, before it first runs: decide what each
+/// instruction reports. Not the hot path: allocation and locks are fine here.
+unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb) {
+    let shim = shim();
+    let header = shim.header();
+    if shim.options.wait {
+        // `wait=on`: hold the guest until a collector is attached, so that an
+        // attached capture starts at the first instruction. (Translation runs
+        // without the big QEMU lock, so the monitor keeps answering.)
+        while header.state.load(Ordering::Acquire) == state::WAITING {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    let events = shim.options.events;
+    let n = unsafe { qemu_plugin_tb_n_insns(tb) };
+    for i in 0..n {
+        let insn = unsafe { qemu_plugin_tb_get_insn(tb, i) };
+        unsafe {
+            qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
+                insn,
+                qemu_plugin_op::QEMU_PLUGIN_INLINE_ADD_U64,
+                shim.icount,
+                1,
+            );
+        }
+        if events.wants_memory() {
+            // The instruction's address travels as the callback's user data:
+            // nothing to allocate or free per instruction.
+            let pc = unsafe { qemu_plugin_insn_vaddr(insn) };
+            unsafe {
+                qemu_plugin_register_vcpu_mem_cb(
+                    insn,
+                    Some(on_memory_access),
+                    qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
+                    qemu_plugin_mem_rw::QEMU_PLUGIN_MEM_RW,
+                    pc as *mut c_void,
+                );
+            }
+        }
+    }
+    if events.insn {
+        let block = shim.next_block_id.fetch_add(1, Ordering::Relaxed);
+        let message = unsafe { describe_block(tb, block) };
+        let vcpu = THREAD_VCPU.with(|v| v.get()).min(shim.vcpus.len() as u32 - 1);
+        shim.slot(vcpu).push_meta(header, shim.options.overflow, &message);
+        unsafe {
+            qemu_plugin_register_vcpu_tb_exec_cb(
+                tb,
+                Some(on_block_exec),
+                qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
+                block as *mut c_void,
+            );
+        }
+    }
+}
+
+/// The `Meta.block` message for a translated block: each instruction's
+/// address, bytes and QEMU's disassembly, stored once per translation.
+unsafe fn describe_block(tb: *mut qemu_plugin_tb, block: u64) -> Vec<u8> {
+    let n = unsafe { qemu_plugin_tb_n_insns(tb) };
+    let mut msg = capnp::message::Builder::new_default();
+    let mut b = msg.init_root::<meta::Builder>().init_block();
+    b.set_id(block);
+    b.set_pc(unsafe { qemu_plugin_tb_vaddr(tb) });
+    let mut insns = b.init_insns(n as u32);
+    for i in 0..n {
+        let insn = unsafe { qemu_plugin_tb_get_insn(tb, i) };
+        let mut out = insns.reborrow().get(i as u32);
+        out.set_pc(unsafe { qemu_plugin_insn_vaddr(insn) });
+        let mut bytes = [0u8; 64];
+        let len = unsafe { qemu_plugin_insn_data(insn, bytes.as_mut_ptr() as *mut c_void, bytes.len()) };
+        out.set_bytes(&bytes[..len.min(bytes.len())]);
+        let disas = unsafe { qemu_plugin_insn_disas(insn) };
+        if !disas.is_null() {
+            out.set_disas(unsafe { CStr::from_ptr(disas) }.to_string_lossy().as_ref());
+            // QEMU hands over a g_strdup'ed string; g_free is free.
+            unsafe { libc::free(disas as *mut c_void) };
+        }
+        let symbol = unsafe { qemu_plugin_insn_symbol(insn) };
+        if !symbol.is_null() {
+            out.set_symbol(unsafe { CStr::from_ptr(symbol) }.to_string_lossy().as_ref());
+        }
+    }
+    capnp::serialize::write_message_to_words(&msg)
+}
+
+// ------------------------------------------------------ the hot callbacks
+
+/// Every data access of every instrumented instruction. `udata` is the
+/// instruction's address.
+unsafe extern "C" fn on_memory_access(
+    vcpu: c_uint,
+    info: qemu_plugin_meminfo_t,
+    vaddr: u64,
+    udata: *mut c_void,
+) {
+    let shim = shim();
+    let header = shim.header();
+    let slot = shim.slot(vcpu);
+    match header.state.load(Ordering::Relaxed) {
+        state::ATTACHED => {}
+        state::DETACHED => return slot.count_lost(),
+        _ => return,
+    }
+    let hwaddr = unsafe { qemu_plugin_get_hwaddr(info, vaddr) };
+    let is_io = !hwaddr.is_null() && unsafe { qemu_plugin_hwaddr_is_io(hwaddr) };
+    if !is_io && !shim.options.events.mem {
+        return; // `events=mmio`: RAM accesses are not wanted
+    }
+    let paddr = if hwaddr.is_null() { vaddr } else { unsafe { qemu_plugin_hwaddr_phys_addr(hwaddr) } };
+    let device = if is_io {
+        let name = unsafe { qemu_plugin_hwaddr_device_name(hwaddr) };
+        slot.device_id(header, shim.options.overflow, name)
+    } else {
+        record::NO_DEVICE
+    };
+    let (value, value_hi) = unsafe { access_value(info) };
+    let mut flags = 0;
+    if unsafe { qemu_plugin_mem_is_store(info) } {
+        flags |= record::FLAG_STORE;
+    }
+    if is_io {
+        flags |= record::FLAG_IO;
+    }
+    if unsafe { qemu_plugin_mem_is_sign_extended(info) } {
+        flags |= record::FLAG_SIGN_EXTENDED;
+    }
+    if unsafe { qemu_plugin_mem_is_big_endian(info) } {
+        flags |= record::FLAG_BIG_ENDIAN;
+    }
+    let event = Event {
+        kind: record::KIND_MEM,
+        size: 1u8 << unsafe { qemu_plugin_mem_size_shift(info) },
+        flags,
+        device,
+        vcpu: vcpu as u16,
+        // The inline counter already counts this instruction.
+        icount: unsafe { qemu_plugin_u64_get(shim.icount, vcpu) }.wrapping_sub(1),
+        pc: udata as u64,
+        vaddr,
+        paddr,
+        value,
+        value_hi,
+        asid: 0,
+    };
+    let mut rec = [0u8; EVENT_RECORD_BYTES];
+    event.encode(&mut rec);
+    slot.emit(header, shim.options.overflow, &rec);
+}
+
+/// The accessed value as (low 8 bytes, high 8 bytes), zero-extended.
+#[inline(always)]
+unsafe fn access_value(info: qemu_plugin_meminfo_t) -> (u64, u64) {
+    let v = unsafe { qemu_plugin_mem_get_value(info) };
+    unsafe {
+        match v.type_ {
+            qemu_plugin_mem_value_type::QEMU_PLUGIN_MEM_VALUE_U8 => (v.data.u8_ as u64, 0),
+            qemu_plugin_mem_value_type::QEMU_PLUGIN_MEM_VALUE_U16 => (v.data.u16_ as u64, 0),
+            qemu_plugin_mem_value_type::QEMU_PLUGIN_MEM_VALUE_U32 => (v.data.u32_ as u64, 0),
+            qemu_plugin_mem_value_type::QEMU_PLUGIN_MEM_VALUE_U64 => (v.data.u64_, 0),
+            qemu_plugin_mem_value_type::QEMU_PLUGIN_MEM_VALUE_U128 => (v.data.u128_.low, v.data.u128_.high),
+        }
+    }
+}
+
+/// A translated block starts executing (`events=insn`). `udata` is its id;
+/// the collector expands it into one row per executed instruction using the
+/// block's `Meta.block` and the next block's icount.
+unsafe extern "C" fn on_block_exec(vcpu: c_uint, udata: *mut c_void) {
+    let shim = shim();
+    let header = shim.header();
+    let slot = shim.slot(vcpu);
+    match header.state.load(Ordering::Relaxed) {
+        state::ATTACHED => {}
+        state::DETACHED => return slot.count_lost(),
+        _ => return,
+    }
+    let event = Event {
+        kind: record::KIND_BLOCK,
+        vcpu: vcpu as u16,
+        device: record::NO_DEVICE,
+        // Block callbacks run before the block's first inline increment.
+        icount: unsafe { qemu_plugin_u64_get(shim.icount, vcpu) },
+        vaddr: udata as u64,
+        ..Event::default()
+    };
+    let mut rec = [0u8; EVENT_RECORD_BYTES];
+    event.encode(&mut rec);
+    slot.emit(header, shim.options.overflow, &rec);
+}
+
+// ------------------------------------------------------------------- exit
+
+/// QEMU is exiting: publish the final counters, tell the collector, remove the
+/// segment's name. The mapping stays (vCPU threads may still be finishing).
+unsafe extern "C" fn on_exit(_id: qemu_plugin_id_t, _udata: *mut c_void) {
+    let shim = shim();
+    for slot in shim.vcpus.iter() {
+        slot.publish_final(unsafe { qemu_plugin_u64_get(shim.icount, slot.index()) });
+    }
+    // Release: the counters and every event published before are visible to a
+    // collector that sees `qemu_exited` with Acquire.
+    shim.header().qemu_exited.store(1, Ordering::Release);
+    shim.segment.unlink();
+}

@@ -1,0 +1,215 @@
+//! One vCPU's side of the segment: its event ring producer (hot path), its
+//! meta ring producer, and its device-name cache.
+//!
+//! Callbacks for a vCPU run on that vCPU's thread (one thread per vCPU under
+//! MTTCG; one thread for all under round-robin TCG), so the event producer is
+//! never used by two threads at once: that is what makes the ring SPSC. The
+//! meta ring is also written at translation time, which QEMU runs on whichever
+//! thread translates, so it is guarded by a spin lock (never on the hot path).
+
+use std::cell::UnsafeCell;
+use std::ffi::{c_char, CStr};
+use std::sync::atomic::AtomicBool;
+use trace_schema::events_capnp::meta;
+use trace_schema::layout::{state, Header, SegmentView, VcpuControl};
+use trace_schema::options::Overflow;
+use trace_schema::record::EVENT_RECORD_BYTES;
+use trace_schema::ring::Producer;
+use trace_schema::sync::Ordering;
+
+/// Device names remembered per vCPU. QEMU interns the names it returns, so the
+/// pointer identifies the name and a lookup is a pointer comparison.
+const MAX_DEVICES: usize = 1024;
+
+pub struct VcpuSlot {
+    index: u32,
+    control: *const VcpuControl,
+    events: UnsafeCell<Producer>,
+    /// Events published into the event ring since QEMU started.
+    written: UnsafeCell<u64>,
+    meta_lock: AtomicBool,
+    meta: UnsafeCell<Producer>,
+    devices: UnsafeCell<DeviceCache>,
+}
+
+// Safety: see the module comment: `events`, `written` and `devices` are only
+// touched by the thread running this vCPU, `meta` only under `meta_lock`.
+unsafe impl Sync for VcpuSlot {}
+unsafe impl Send for VcpuSlot {}
+
+struct DeviceCache {
+    /// The attach this cache was filled for: a new collector has not seen our
+    /// earlier `Meta.device` messages, so ids are handed out again.
+    attach: u32,
+    names: Vec<*const c_char>,
+}
+
+impl VcpuSlot {
+    pub fn new(view: &SegmentView, index: u32) -> VcpuSlot {
+        let g = view.geometry;
+        let control = view.vcpu(index);
+        let events = unsafe { Producer::new(&control.event_ring, view.event_data(index), g.event_ring_bytes) };
+        let meta = unsafe { Producer::new(&control.meta_ring, view.meta_data(index), g.meta_ring_bytes) };
+        VcpuSlot {
+            index,
+            control,
+            events: UnsafeCell::new(events),
+            written: UnsafeCell::new(0),
+            meta_lock: AtomicBool::new(false),
+            meta: UnsafeCell::new(meta),
+            devices: UnsafeCell::new(DeviceCache { attach: 0, names: Vec::with_capacity(MAX_DEVICES) }),
+        }
+    }
+
+    fn control(&self) -> &VcpuControl {
+        unsafe { &*self.control }
+    }
+
+    /// Counts one event this vCPU could not deliver. Only this vCPU's thread
+    /// writes the counter, so load + store is enough (no read-modify-write).
+    #[cold]
+    pub fn count_lost(&self) {
+        let lost = &self.control().counters.events_lost;
+        lost.store(lost.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// Publishes one event record. The hot path: one copy and one store when
+    /// the ring has room.
+    #[inline(always)]
+    pub fn emit(&self, header: &Header, overflow: Overflow, record: &[u8; EVENT_RECORD_BYTES]) {
+        let events = unsafe { &mut *self.events.get() };
+        if events.push(record) || self.ring_full(header, overflow, events, record) {
+            unsafe { *self.written.get() += 1 };
+        }
+    }
+
+    /// The ring is full. `overflow=drop`: count the event lost. `overflow=block`:
+    /// wait for the collector to make room, unless it is gone. Returns whether
+    /// the record was delivered.
+    #[cold]
+    #[inline(never)]
+    fn ring_full(&self, header: &Header, overflow: Overflow, ring: &mut Producer, record: &[u8]) -> bool {
+        if overflow == Overflow::Drop {
+            self.count_lost();
+            return false;
+        }
+        if wait_for_room(header, || ring.push(record)) {
+            true
+        } else {
+            self.count_lost();
+            false
+        }
+    }
+
+    /// Publishes a `Meta` message (translation time, or a device's first
+    /// access). Never blocks before a collector has attached.
+    pub fn push_meta(&self, header: &Header, overflow: Overflow, message: &[u8]) {
+        while self
+            .meta_lock
+            // Acquire/Release: the lock hands the producer's state from one
+            // translating thread to the next.
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::hint::spin_loop();
+        }
+        let ring = unsafe { &mut *self.meta.get() };
+        let fits = message.len() as u64 <= ring.capacity() / 2;
+        let delivered = fits
+            && (ring.push(message)
+                || (overflow == Overflow::Block
+                    && header.state.load(Ordering::Acquire) == state::ATTACHED
+                    && wait_for_room(header, || ring.push(message))));
+        if !delivered {
+            let lost = &self.control().counters.meta_lost;
+            // Under the lock: one writer at a time.
+            lost.store(lost.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+        self.meta_lock.store(false, Ordering::Release);
+    }
+
+    /// The id of the device whose interned name is `name`, announcing it on
+    /// the meta ring the first time this vCPU meets it under this attach.
+    #[inline]
+    pub fn device_id(&self, header: &Header, overflow: Overflow, name: *const c_char) -> u16 {
+        let cache = unsafe { &mut *self.devices.get() };
+        let attach = header.attach_count.load(Ordering::Relaxed);
+        if cache.attach == attach {
+            if let Some(i) = cache.names.iter().position(|&n| n == name) {
+                return i as u16;
+            }
+        } else {
+            cache.attach = attach;
+            cache.names.clear();
+        }
+        self.new_device(header, overflow, cache, name)
+    }
+
+    #[cold]
+    fn new_device(&self, header: &Header, overflow: Overflow, cache: &mut DeviceCache, name: *const c_char) -> u16 {
+        if cache.names.len() >= MAX_DEVICES {
+            return trace_schema::record::NO_DEVICE;
+        }
+        let id = cache.names.len() as u16;
+        cache.names.push(name);
+        let text = if name.is_null() { "" } else { unsafe { CStr::from_ptr(name) }.to_str().unwrap_or("?") };
+        let mut msg = capnp::message::Builder::new_default();
+        let mut device = msg.init_root::<meta::Builder>().init_device();
+        device.set_id(id);
+        device.set_name(text);
+        self.push_meta(header, overflow, &capnp::serialize::write_message_to_words(&msg));
+        id
+    }
+
+    /// Publishes this vCPU's final counters (QEMU is exiting).
+    pub fn publish_final(&self, icount: u64) {
+        let c = &self.control().counters;
+        c.final_icount.store(icount, Ordering::Relaxed);
+        c.events_written.store(unsafe { *self.written.get() }, Ordering::Relaxed);
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+}
+
+/// Retries `push` until it succeeds (returns true) or the collector is gone
+/// (returns false; the state is then DETACHED and stays so until a collector
+/// attaches again).
+fn wait_for_room(header: &Header, mut push: impl FnMut() -> bool) -> bool {
+    let mut tries: u64 = 0;
+    loop {
+        if push() {
+            return true;
+        }
+        if header.state.load(Ordering::Acquire) != state::ATTACHED {
+            return false;
+        }
+        tries += 1;
+        if tries < 128 {
+            std::hint::spin_loop();
+            continue;
+        }
+        // About every 50 ms: is the collector still there? (A syscall, but we
+        // are waiting anyway.)
+        if tries % 1024 == 0 && !collector_alive(header) {
+            let _ = header.state.compare_exchange(
+                state::ATTACHED,
+                state::DETACHED,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    }
+}
+
+fn collector_alive(header: &Header) -> bool {
+    let pid = header.collector_pid.load(Ordering::Acquire);
+    if pid == 0 {
+        return false;
+    }
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
