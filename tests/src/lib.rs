@@ -1,0 +1,194 @@
+//! Helpers for the end-to-end tests: where the built binaries and firmware
+//! are, how to run a capture, and how to read its tables back.
+//!
+//! The tests drive the real thing: `qemu-system-*` loading the real
+//! `libtrace_shim.so`, the real `trace-collector` process, and the Parquet it
+//! wrote, read back with polars. Build everything first with
+//! `cargo build --release --workspace` (`scripts/test.sh` does).
+
+use anyhow::{bail, Context, Result};
+use polars::prelude::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// `target/release`, found from this test binary (`target/release/deps/…`).
+pub fn release_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+fn built(name: &str) -> PathBuf {
+    let p = release_dir().join(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --release --workspace` first (scripts/test.sh does)", p.display());
+    p
+}
+
+pub fn collector() -> PathBuf {
+    built("trace-collector")
+}
+
+pub fn query() -> PathBuf {
+    built("trace-query")
+}
+
+pub fn shim() -> PathBuf {
+    built("libtrace_shim.so")
+}
+
+/// Builds the test firmware (tests/firmware) once per test binary.
+pub fn firmware(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let out = release_dir().join("firmware");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware");
+        let status = Command::new("make")
+            .arg("-s")
+            .arg("-C")
+            .arg(&src)
+            .arg(format!("OUT={}", out.display()))
+            .status()
+            .expect("make is needed to build the test firmware");
+        assert!(status.success(), "building the test firmware failed (run scripts/setup.sh for the toolchains)");
+        out
+    });
+    dir.join(name)
+}
+
+/// A fresh, empty directory for one test's capture.
+pub fn capture_dir(test: &str) -> PathBuf {
+    let d = release_dir().join("test-captures").join(test);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.parent().unwrap()).unwrap();
+    d
+}
+
+/// QEMU command line for the Cortex-M3 firmware (prints `Hello\n`, exits 0).
+pub fn m3_qemu() -> Vec<String> {
+    let fw = firmware("m3.elf");
+    [
+        "qemu-system-arm", "-M", "lm3s6965evb", "-nographic", "-monitor", "none", "-serial", "stdio",
+        "-semihosting-config", "enable=on,target=native", "-kernel",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([fw.display().to_string()])
+    .collect()
+}
+
+/// QEMU command line for the two-vCPU AArch64 firmware.
+pub fn a64_qemu() -> Vec<String> {
+    let fw = firmware("a64.elf");
+    [
+        "qemu-system-aarch64", "-M", "virt,gic-version=2", "-cpu", "cortex-a53", "-smp", "2",
+        "-nographic", "-nic", "none", "-monitor", "none", "-semihosting-config",
+        "enable=on,target=native", "-kernel",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([fw.display().to_string()])
+    .collect()
+}
+
+/// `trace-collector run --out DIR <args> -- <qemu>`; fails the test with the
+/// collector's output if it does not exit 0.
+pub fn run_capture(out: &Path, args: &[&str], qemu: &[String]) -> Output {
+    let output = Command::new(collector())
+        .arg("run")
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .arg("--")
+        .args(qemu)
+        .output()
+        .expect("cannot start trace-collector");
+    assert!(
+        output.status.success(),
+        "trace-collector run failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// All parts of one table, in file order.
+pub fn table(capture: &Path, name: &str) -> Result<DataFrame> {
+    let dir = capture.join(name);
+    if !dir.is_dir() {
+        bail!("capture {} has no table {name}", capture.display());
+    }
+    let glob = format!("{}/*.parquet", dir.display());
+    LazyFrame::scan_parquet(PlRefPath::new(glob.as_str()), ScanArgsParquet::default())?
+        .collect()
+        .with_context(|| format!("reading table {name}"))
+}
+
+/// One row of `mem` or `mmio`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub vcpu: u32,
+    pub icount: u64,
+    pub pc: u64,
+    pub store: bool,
+    pub vaddr: u64,
+    pub paddr: u64,
+    pub size: u8,
+    pub value: Option<u64>,
+    pub device: Option<String>,
+}
+
+/// The rows of `mem` or `mmio`, ordered by (vcpu, icount) with ties kept in
+/// file order (several accesses of one instruction).
+pub fn accesses(capture: &Path, name: &str) -> Result<Vec<Access>> {
+    let df = table(capture, name)?;
+    let n = df.height();
+    let vcpu = df.column("vcpu")?.u32()?.clone();
+    let icount = df.column("icount")?.u64()?.clone();
+    let pc = df.column("pc")?.u64()?.clone();
+    let ty = df.column("type")?.str()?.clone();
+    let vaddr = df.column("vaddr")?.u64()?.clone();
+    let paddr = df.column("paddr")?.u64()?.clone();
+    let size = df.column("size")?.u8()?.clone();
+    let value = df.column("value")?.u64()?.clone();
+    let device = df.column("device")?.str()?.clone();
+    let mut rows: Vec<Access> = (0..n)
+        .map(|i| Access {
+            vcpu: vcpu.get(i).unwrap(),
+            icount: icount.get(i).unwrap(),
+            pc: pc.get(i).unwrap(),
+            store: match ty.get(i) {
+                Some("W") => true,
+                Some("R") => false,
+                other => panic!("type column holds {other:?}"),
+            },
+            vaddr: vaddr.get(i).unwrap(),
+            paddr: paddr.get(i).unwrap(),
+            size: size.get(i).unwrap(),
+            value: value.get(i),
+            device: device.get(i).map(str::to_string),
+        })
+        .collect();
+    rows.sort_by_key(|a| (a.vcpu, a.icount)); // stable: file order within an instruction
+    Ok(rows)
+}
+
+/// `stats` as (name, vcpu, value) triples.
+pub fn stats(capture: &Path) -> Result<Vec<(String, Option<u32>, u64)>> {
+    let df = table(capture, "stats")?;
+    let name = df.column("name")?.str()?.clone();
+    let vcpu = df.column("vcpu")?.u32()?.clone();
+    let value = df.column("value")?.u64()?.clone();
+    Ok((0..df.height())
+        .map(|i| (name.get(i).unwrap().to_string(), vcpu.get(i), value.get(i).unwrap()))
+        .collect())
+}
+
+/// The value of stat `name` for `vcpu`.
+pub fn stat(capture: &Path, name: &str, vcpu: Option<u32>) -> u64 {
+    let all = stats(capture).unwrap();
+    all.iter()
+        .find(|(n, v, _)| n == name && *v == vcpu)
+        .map(|(_, _, value)| *value)
+        .unwrap_or_else(|| panic!("no stat {name} for vcpu {vcpu:?} in {all:?}"))
+}

@@ -1,0 +1,156 @@
+//! Captures the Cortex-M3 test firmware (tests/firmware/README.md lists every
+//! access it makes) and checks the tables against those exact facts.
+
+use std::process::{Command, Stdio};
+use trace_tests::*;
+
+const UART_DR: u64 = 0x4000_C000;
+const SYST_CSR: u64 = 0xE000_E010;
+const SYST_RVR: u64 = 0xE000_E014;
+const SYST_CVR: u64 = 0xE000_E018;
+const BUF: u64 = 0x2000_0000;
+const SUM: u64 = 0x2000_0010;
+
+fn check_m3_capture(dir: &std::path::Path) {
+    let mem = accesses(dir, "mem").unwrap();
+    let mmio = accesses(dir, "mmio").unwrap();
+
+    // 47 data accesses, 32 stores, 15 loads, all on vCPU 0.
+    assert_eq!(mem.len(), 47, "{mem:#?}");
+    assert_eq!(mem.iter().filter(|a| a.store).count(), 32);
+    assert!(mem.iter().all(|a| a.vcpu == 0));
+    assert!(mem.iter().all(|a| a.vaddr == a.paddr), "no MMU: vaddr = paddr");
+
+    // Every record drained is one of these rows (no `insn` recorded here).
+    if table(dir, "insn").is_err() {
+        assert_eq!(stat(dir, "events", Some(0)), 47);
+    }
+
+    // The UART got exactly "Hello\n", one 32-bit store per byte, in order.
+    let uart: Vec<u8> = mmio
+        .iter()
+        .filter(|a| a.paddr == UART_DR && a.store)
+        .map(|a| a.value.unwrap() as u8)
+        .collect();
+    assert_eq!(uart, b"Hello\n");
+    let first_uart = mmio.iter().find(|a| a.paddr == UART_DR).unwrap();
+    assert_eq!((first_uart.pc, first_uart.size), (0x16, 4));
+    assert_eq!(first_uart.device.as_deref(), Some("pl011"));
+
+    // SysTick: 4 writes with known values, in order, and 10 reads of CVR.
+    let systick: Vec<_> = mmio.iter().filter(|a| (SYST_CSR..SYST_CSR + 16).contains(&a.paddr)).collect();
+    let writes: Vec<(u64, u64)> =
+        systick.iter().filter(|a| a.store).map(|a| (a.paddr, a.value.unwrap())).collect();
+    assert_eq!(writes, vec![(SYST_RVR, 0x1000), (SYST_CVR, 0), (SYST_CSR, 5), (SYST_CSR, 0)]);
+    let reads: Vec<_> = systick.iter().filter(|a| !a.store).collect();
+    assert_eq!(reads.len(), 10);
+    assert!(reads.iter().all(|a| a.paddr == SYST_CVR && a.size == 4 && a.value.unwrap() <= 0x1000));
+    let read_pcs: Vec<u64> = reads.iter().map(|a| a.pc).collect();
+    assert_eq!(read_pcs, (0..10).map(|i| 0x3c + 2 * i).collect::<Vec<u64>>());
+
+    // The RAM buffer: 16 byte stores of 0xA0+i, then 4 word stores, 4 word
+    // loads of the same values, then the sum.
+    let ram: Vec<_> = mem.iter().filter(|a| (BUF..=SUM).contains(&a.paddr)).collect();
+    assert_eq!(ram.len(), 16 + 4 + 4 + 1);
+    for (i, a) in ram[..16].iter().enumerate() {
+        assert_eq!((a.store, a.paddr, a.size, a.value), (true, BUF + i as u64, 1, Some(0xA0 + i as u64)));
+        assert_eq!(a.pc, 0x5c + 4 * i as u64);
+        assert_eq!(a.device, None, "RAM accesses have no device");
+    }
+    let words = [0x0302_0100u64, 0x0706_0504, 0x0b0a_0908, 0x0f0e_0d0c];
+    for (i, w) in words.iter().enumerate() {
+        let st = ram[16 + i];
+        let ld = ram[20 + i];
+        assert_eq!((st.store, st.paddr, st.size, st.value), (true, BUF + 4 * i as u64, 4, Some(*w)));
+        assert_eq!((ld.store, ld.paddr, ld.size, ld.value), (false, BUF + 4 * i as u64, 4, Some(*w)));
+    }
+    assert_eq!((ram[24].store, ram[24].paddr, ram[24].value), (true, SUM, Some(0x2420_1c18)));
+
+    // The unimplemented-device stubs, by the plugin's name.
+    let flash: Vec<_> = mmio.iter().filter(|a| a.paddr == 0x400F_D000).collect();
+    assert_eq!(flash.len(), 1);
+    assert_eq!((flash[0].store, flash[0].value, flash[0].device.as_deref()), (false, Some(0), Some("flash-control")));
+    let pwm: Vec<_> = mmio.iter().filter(|a| a.paddr == 0x4002_8000).collect();
+    assert_eq!(pwm.len(), 1);
+    assert_eq!((pwm[0].store, pwm[0].value, pwm[0].device.as_deref()), (true, Some(1), Some("PWM")));
+
+    // mmio is exactly the I/O part of mem.
+    assert_eq!(mmio.len(), 6 + 14 + 2);
+    let io_in_mem: Vec<_> = mem.iter().filter(|a| a.device.is_some()).cloned().collect();
+    assert_eq!(io_in_mem, mmio);
+
+    // icount grows with every access (one access per instruction here).
+    assert!(mem.windows(2).all(|w| w[0].icount < w[1].icount));
+
+    // Nothing lost in overflow=block.
+    assert_eq!(stat(dir, "events_lost", Some(0)), 0);
+}
+
+#[test]
+fn run_captures_every_access_of_the_m3_firmware() {
+    let dir = capture_dir("m3-run");
+    let out = run_capture(&dir, &["--events", "mem,mmio"], &m3_qemu());
+    // QEMU's console output still reaches the terminal (here: our pipe).
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello\n");
+    check_m3_capture(&dir);
+}
+
+#[test]
+fn run_captures_every_instruction_of_the_m3_firmware() {
+    let dir = capture_dir("m3-insn");
+    run_capture(&dir, &["--events", "mem,mmio,insn"], &m3_qemu());
+    check_m3_capture(&dir);
+
+    // 99 instructions, icount 0..99, from 0x08 (reset b.w) to 0xf8 (bkpt).
+    let insn = table(&dir, "insn").unwrap().sort(["icount"], Default::default()).unwrap();
+    assert_eq!(insn.height(), 99);
+    let icount: Vec<u64> = insn.column("icount").unwrap().u64().unwrap().into_no_null_iter().collect();
+    assert_eq!(icount, (0..99).collect::<Vec<u64>>());
+    let pc: Vec<u64> = insn.column("pc").unwrap().u64().unwrap().into_no_null_iter().collect();
+    assert_eq!((pc[0], pc[98]), (0x08, 0xf8));
+
+    // Each access's (icount, pc) is an executed instruction.
+    for a in accesses(&dir, "mem").unwrap() {
+        assert_eq!(pc[a.icount as usize], a.pc, "access {a:?}");
+    }
+
+    // The disassembly is stored once per translated instruction.
+    let code = table(&dir, "code").unwrap();
+    let disas: Vec<String> = code
+        .column("disas")
+        .unwrap()
+        .str()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.unwrap_or("").to_string())
+        .collect();
+    assert!(disas.iter().any(|d| d.contains("bkpt")), "{disas:?}");
+    assert!(code.height() >= 99 - 1, "every executed instruction was translated at least once");
+}
+
+#[test]
+fn attach_to_a_running_qemu_captures_the_same_accesses() {
+    let dir = capture_dir("m3-attach");
+    let mut qemu_cmd = m3_qemu();
+    qemu_cmd.push("-plugin".into());
+    qemu_cmd.push(format!("{},events=mem+mmio,wait=on", shim().display()));
+    let qemu = Command::new(&qemu_cmd[0])
+        .args(&qemu_cmd[1..])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("cannot start qemu-system-arm");
+    let collector = Command::new(collector())
+        .args(["attach", "--pid", &qemu.id().to_string(), "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let qemu_out = qemu.wait_with_output().unwrap();
+    assert!(
+        collector.status.success(),
+        "attach failed: {}",
+        String::from_utf8_lossy(&collector.stderr)
+    );
+    assert!(qemu_out.status.success());
+    assert_eq!(String::from_utf8_lossy(&qemu_out.stdout), "Hello\n");
+    check_m3_capture(&dir);
+}
