@@ -145,25 +145,37 @@ impl Geometry {
         if self.n_vcpus == 0 || self.n_vcpus > MAX_VCPUS {
             return Err(LayoutError::Field("n_vcpus", self.n_vcpus as u64));
         }
-        for (name, bytes) in
-            [("event_ring_bytes", self.event_ring_bytes), ("meta_ring_bytes", self.meta_ring_bytes)]
-        {
+        for (name, bytes) in [
+            ("event_ring_bytes", self.event_ring_bytes),
+            ("meta_ring_bytes", self.meta_ring_bytes),
+        ] {
             if !bytes.is_power_of_two() || !(MIN_RING_BYTES..=MAX_RING_BYTES).contains(&bytes) {
                 return Err(LayoutError::Field(name, bytes));
             }
         }
-        self.segment_bytes().ok_or(LayoutError::Field("n_vcpus", self.n_vcpus as u64))?;
+        self.segment_bytes()
+            .ok_or(LayoutError::Field("n_vcpus", self.n_vcpus as u64))?;
         Ok(())
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LayoutError {
-    TooSmall { len: u64 },
-    BadMagic { found: u64 },
-    Version { found: u32 },
+    TooSmall {
+        len: u64,
+    },
+    BadMagic {
+        found: u64,
+    },
+    Version {
+        found: u32,
+    },
     Field(&'static str, u64),
-    SizeMismatch { header_says: u64, geometry_says: u64, mapped: u64 },
+    SizeMismatch {
+        header_says: u64,
+        geometry_says: u64,
+        mapped: u64,
+    },
 }
 
 impl std::fmt::Display for LayoutError {
@@ -205,13 +217,18 @@ impl Header {
             return Err(LayoutError::BadMagic { found: magic });
         }
         if self.layout_version != LAYOUT_VERSION {
-            return Err(LayoutError::Version { found: self.layout_version });
+            return Err(LayoutError::Version {
+                found: self.layout_version,
+            });
         }
         if self.header_bytes as usize != HEADER_BYTES {
             return Err(LayoutError::Field("header_bytes", self.header_bytes as u64));
         }
         if self.event_record_bytes as usize != EVENT_RECORD_BYTES {
-            return Err(LayoutError::Field("event_record_bytes", self.event_record_bytes as u64));
+            return Err(LayoutError::Field(
+                "event_record_bytes",
+                self.event_record_bytes as u64,
+            ));
         }
         if self.options_len as usize > OPTIONS_BYTES {
             return Err(LayoutError::Field("options_len", self.options_len as u64));
@@ -271,7 +288,10 @@ impl SegmentView {
 
     pub fn event_data(&self, vcpu: u32) -> *mut u8 {
         assert!(vcpu < self.geometry.n_vcpus);
-        unsafe { self.base.add(self.geometry.event_data_offset(vcpu) as usize) }
+        unsafe {
+            self.base
+                .add(self.geometry.event_data_offset(vcpu) as usize)
+        }
     }
 
     pub fn meta_data(&self, vcpu: u32) -> *mut u8 {
@@ -285,7 +305,11 @@ mod tests {
     use super::*;
 
     fn geometry() -> Geometry {
-        Geometry { n_vcpus: 2, event_ring_bytes: 1 << 16, meta_ring_bytes: 1 << 14 }
+        Geometry {
+            n_vcpus: 2,
+            event_ring_bytes: 1 << 16,
+            meta_ring_bytes: 1 << 14,
+        }
     }
 
     /// A header in a heap buffer, as the shim would write it.
@@ -321,9 +345,18 @@ mod tests {
         let g = geometry();
         let end = g.segment_bytes().unwrap();
         assert_eq!(g.vcpu_control_offset(0), HEADER_BYTES as u64);
-        assert_eq!(g.event_data_offset(0), g.vcpu_control_offset(0) + VCPU_CONTROL_BYTES as u64);
-        assert_eq!(g.meta_data_offset(0), g.event_data_offset(0) + g.event_ring_bytes);
-        assert_eq!(g.vcpu_control_offset(1), g.meta_data_offset(0) + g.meta_ring_bytes);
+        assert_eq!(
+            g.event_data_offset(0),
+            g.vcpu_control_offset(0) + VCPU_CONTROL_BYTES as u64
+        );
+        assert_eq!(
+            g.meta_data_offset(0),
+            g.event_data_offset(0) + g.event_ring_bytes
+        );
+        assert_eq!(
+            g.vcpu_control_offset(1),
+            g.meta_data_offset(0) + g.meta_ring_bytes
+        );
         assert_eq!(g.meta_data_offset(1) + g.meta_ring_bytes, end);
     }
 
@@ -345,10 +378,16 @@ mod tests {
         for (break_it, what) in cases {
             let mut mem = segment(g);
             break_it(header(&mut mem));
-            assert!(header(&mut mem).validate(len).is_err(), "{what} should be refused");
+            assert!(
+                header(&mut mem).validate(len).is_err(),
+                "{what} should be refused"
+            );
         }
         // A file shorter than its header says.
         let mut mem = segment(g);
-        assert!(matches!(header(&mut mem).validate(len - 4096), Err(LayoutError::SizeMismatch { .. })));
+        assert!(matches!(
+            header(&mut mem).validate(len - 4096),
+            Err(LayoutError::SizeMismatch { .. })
+        ));
     }
 }

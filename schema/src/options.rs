@@ -83,7 +83,11 @@ pub struct ShimOptions {
 impl Default for ShimOptions {
     fn default() -> Self {
         ShimOptions {
-            events: EventSet { mem: true, mmio: true, insn: false },
+            events: EventSet {
+                mem: true,
+                mmio: true,
+                insn: false,
+            },
             ring_bytes: 16 << 20,
             meta_ring_bytes: 4 << 20,
             overflow: Overflow::Block,
@@ -100,7 +104,10 @@ pub struct OptionError {
 
 impl OptionError {
     fn new(option: &str, value: &str, why: &str) -> OptionError {
-        OptionError { option: option.to_string(), message: format!("{option}={value}: {why}") }
+        OptionError {
+            option: option.to_string(),
+            message: format!("{option}={value}: {why}"),
+        }
     }
 }
 
@@ -123,7 +130,9 @@ impl ShimOptions {
             let Some((key, value)) = arg.split_once('=') else {
                 return Err(OptionError {
                     option: arg.to_string(),
-                    message: format!("{arg:?} is not of the form key=value (options: {OPTION_NAMES})"),
+                    message: format!(
+                        "{arg:?} is not of the form key=value (options: {OPTION_NAMES})"
+                    ),
                 });
             };
             match key {
@@ -183,9 +192,21 @@ mod tests {
     fn defaults_and_full_set() {
         let o = ShimOptions::parse::<&str>(&[]).unwrap();
         assert_eq!(o, ShimOptions::default());
-        let o = ShimOptions::parse(&["events=mem+mmio+insn", "ring_kib=64", "overflow=drop", "wait=on"])
-            .unwrap();
-        assert_eq!(o.events, EventSet { mem: true, mmio: true, insn: true });
+        let o = ShimOptions::parse(&[
+            "events=mem+mmio+insn",
+            "ring_kib=64",
+            "overflow=drop",
+            "wait=on",
+        ])
+        .unwrap();
+        assert_eq!(
+            o.events,
+            EventSet {
+                mem: true,
+                mmio: true,
+                insn: true
+            }
+        );
         assert_eq!(o.ring_bytes, 64 * 1024);
         assert_eq!(o.overflow, Overflow::Drop);
         assert!(o.wait);

@@ -182,7 +182,10 @@ mod tests {
     /// The generated reader reads back what the hand encoder wrote.
     #[test]
     fn capnp_reader_reads_hand_encoded_record() {
-        let e = Event { kind: KIND_BLOCK, ..sample() };
+        let e = Event {
+            kind: KIND_BLOCK,
+            ..sample()
+        };
         let mut rec = [0u8; EVENT_RECORD_BYTES];
         e.encode(&mut rec);
         let msg =

@@ -57,7 +57,11 @@ pub enum RingError {
 impl std::fmt::Display for RingError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RingError::BadPositions { head, tail, capacity } => write!(
+            RingError::BadPositions {
+                head,
+                tail,
+                capacity,
+            } => write!(
                 f,
                 "ring positions are inconsistent (head {head}, tail {tail}, capacity {capacity})"
             ),
@@ -126,7 +130,13 @@ impl Producer {
         // with Acquire before any byte is overwritten.
         let head = c.head.load(Ordering::Relaxed);
         let cached_tail = c.tail.load(Ordering::Relaxed);
-        Producer { control, data, capacity, head, cached_tail }
+        Producer {
+            control,
+            data,
+            capacity,
+            head,
+            cached_tail,
+        }
     }
 
     pub fn capacity(&self) -> u64 {
@@ -148,7 +158,11 @@ impl Producer {
         let offset = self.head & (self.capacity - 1);
         let until_end = self.capacity - offset;
         // A message that does not fit before the end costs the padding too.
-        let needed = if len <= until_end { len } else { until_end + len };
+        let needed = if len <= until_end {
+            len
+        } else {
+            until_end + len
+        };
         if self.head + needed - self.cached_tail > self.capacity {
             // Acquire: the consumer's reads of the bytes it released must
             // happen before we overwrite them (pairs with its Release store).
@@ -167,7 +181,9 @@ impl Producer {
         self.head += len;
         // Release: the message bytes (and any wrap marker) must be visible to
         // the consumer before the position that publishes them.
-        unsafe { &*self.control }.head.store(self.head, Ordering::Release);
+        unsafe { &*self.control }
+            .head
+            .store(self.head, Ordering::Release);
         true
     }
 }
@@ -191,7 +207,12 @@ impl Consumer {
     pub unsafe fn new(control: *const RingControl, data: *const u8, capacity: u64) -> Consumer {
         // Relaxed: only consumers write `tail`, and there is one at a time.
         let tail = unsafe { &*control }.tail.load(Ordering::Relaxed);
-        Consumer { control, data, capacity, tail }
+        Consumer {
+            control,
+            data,
+            capacity,
+            tail,
+        }
     }
 
     /// Bytes consumed so far.
@@ -285,7 +306,9 @@ unsafe fn read_words(data: *const u8, at: u64, dst: &mut [u8]) {
 #[cfg(not(loom))]
 #[inline(always)]
 unsafe fn slice_at<'a>(data: *const u8, at: u64, len: u64) -> std::borrow::Cow<'a, [u8]> {
-    std::borrow::Cow::Borrowed(unsafe { std::slice::from_raw_parts(data.add(at as usize), len as usize) })
+    std::borrow::Cow::Borrowed(unsafe {
+        std::slice::from_raw_parts(data.add(at as usize), len as usize)
+    })
 }
 
 #[cfg(loom)]
@@ -337,7 +360,11 @@ impl HeapRing {
         let data = vec![0u64; capacity as usize / 8];
         #[cfg(loom)]
         let data = (0..capacity / 8).map(|_| AtomicU64::new(0)).collect();
-        HeapRing { control, data, capacity }
+        HeapRing {
+            control,
+            data,
+            capacity,
+        }
     }
 
     /// Both ends. The ring must outlive them.
@@ -459,7 +486,10 @@ mod tests {
         let (_p, mut c) = ring.split();
         ring.control.head.store(1 << 40, Ordering::Relaxed);
         let err = c.drain(|_| Ok::<(), ()>(())).unwrap_err();
-        assert!(matches!(err, DrainError::Ring(RingError::BadPositions { .. })));
+        assert!(matches!(
+            err,
+            DrainError::Ring(RingError::BadPositions { .. })
+        ));
     }
 
     #[test]
@@ -470,7 +500,10 @@ mod tests {
         m[4] = 200; // claims 200 words
         assert!(p.push(&m));
         let err = c.drain(|_| Ok::<(), ()>(())).unwrap_err();
-        assert!(matches!(err, DrainError::Ring(RingError::BadMessage { .. })));
+        assert!(matches!(
+            err,
+            DrainError::Ring(RingError::BadMessage { .. })
+        ));
         assert_eq!(c.position(), 0, "nothing is released past a corrupt record");
     }
 
