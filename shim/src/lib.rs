@@ -81,7 +81,11 @@ pub unsafe extern "C" fn qemu_plugin_install(
     argv: *mut *mut c_char,
 ) -> c_int {
     let args: Vec<String> = (0..argc.max(0) as usize)
-        .map(|i| unsafe { CStr::from_ptr(*argv.add(i)) }.to_string_lossy().into_owned())
+        .map(|i| {
+            unsafe { CStr::from_ptr(*argv.add(i)) }
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     match unsafe { install(id, &*info, &args) } {
         Ok(()) => 0,
@@ -105,23 +109,40 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
         meta_ring_bytes: options.meta_ring_bytes,
     };
     let segment = Segment::create(geometry, &args.join(","))?;
-    let vcpus = (0..n_vcpus).map(|v| VcpuSlot::new(&segment.view, v)).collect();
+    let vcpus = (0..n_vcpus)
+        .map(|v| VcpuSlot::new(&segment.view, v))
+        .collect();
     let score = unsafe { qemu_plugin_scoreboard_new(std::mem::size_of::<u64>()) };
-    let shim = Box::new(Shim {
+    let built = Box::new(Shim {
         options,
         segment,
         vcpus,
         icount: qemu_plugin_u64 { score, offset: 0 },
         next_block_id: AtomicU64::new(0),
     });
-    SHIM.store(Box::into_raw(shim), Ordering::Release);
+    SHIM.store(Box::into_raw(built), Ordering::Release);
 
+    if shim().options.wait {
+        wait_for_collector(shim().header(), &shim().segment);
+    }
     unsafe {
         qemu_plugin_register_vcpu_init_cb(id, Some(on_vcpu_init));
         qemu_plugin_register_vcpu_tb_trans_cb(id, Some(on_translate));
         qemu_plugin_register_atexit_cb(id, Some(on_exit), std::ptr::null_mut());
     }
     Ok(())
+}
+
+/// `wait=on`: hold QEMU until a collector is attached, so that an attached
+/// capture starts at the first instruction. This runs inside
+/// `qemu_plugin_install`, on QEMU's main thread before the machine exists:
+/// no vCPU is stuck in a callback, so SIGINT/SIGTERM still end QEMU (waiting
+/// in a vCPU callback instead would keep QEMU from ever shutting down).
+fn wait_for_collector(header: &Header, segment: &Segment) {
+    let _cleanup = segment.unlink_on_fatal_signals();
+    while header.state.load(Ordering::Acquire) == state::WAITING {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 unsafe extern "C" fn on_vcpu_init(_id: qemu_plugin_id_t, vcpu: c_uint) {
@@ -135,14 +156,6 @@ unsafe extern "C" fn on_vcpu_init(_id: qemu_plugin_id_t, vcpu: c_uint) {
 unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb) {
     let shim = shim();
     let header = shim.header();
-    if shim.options.wait {
-        // `wait=on`: hold the guest until a collector is attached, so that an
-        // attached capture starts at the first instruction. (Translation runs
-        // without the big QEMU lock, so the monitor keeps answering.)
-        while header.state.load(Ordering::Acquire) == state::WAITING {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-    }
     let events = shim.options.events;
     let n = unsafe { qemu_plugin_tb_n_insns(tb) };
     for i in 0..n {
@@ -173,8 +186,11 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
     if events.insn {
         let block = shim.next_block_id.fetch_add(1, Ordering::Relaxed);
         let message = unsafe { describe_block(tb, block) };
-        let vcpu = THREAD_VCPU.with(|v| v.get()).min(shim.vcpus.len() as u32 - 1);
-        shim.slot(vcpu).push_meta(header, shim.options.overflow, &message);
+        let vcpu = THREAD_VCPU
+            .with(|v| v.get())
+            .min(shim.vcpus.len() as u32 - 1);
+        shim.slot(vcpu)
+            .push_meta(header, shim.options.overflow, &message);
         unsafe {
             qemu_plugin_register_vcpu_tb_exec_cb(
                 tb,
@@ -200,7 +216,8 @@ unsafe fn describe_block(tb: *mut qemu_plugin_tb, block: u64) -> Vec<u8> {
         let mut out = insns.reborrow().get(i as u32);
         out.set_pc(unsafe { qemu_plugin_insn_vaddr(insn) });
         let mut bytes = [0u8; 64];
-        let len = unsafe { qemu_plugin_insn_data(insn, bytes.as_mut_ptr() as *mut c_void, bytes.len()) };
+        let len =
+            unsafe { qemu_plugin_insn_data(insn, bytes.as_mut_ptr() as *mut c_void, bytes.len()) };
         out.set_bytes(&bytes[..len.min(bytes.len())]);
         let disas = unsafe { qemu_plugin_insn_disas(insn) };
         if !disas.is_null() {
@@ -239,7 +256,11 @@ unsafe extern "C" fn on_memory_access(
     if !is_io && !shim.options.events.mem {
         return; // `events=mmio`: RAM accesses are not wanted
     }
-    let paddr = if hwaddr.is_null() { vaddr } else { unsafe { qemu_plugin_hwaddr_phys_addr(hwaddr) } };
+    let paddr = if hwaddr.is_null() {
+        vaddr
+    } else {
+        unsafe { qemu_plugin_hwaddr_phys_addr(hwaddr) }
+    };
     let device = if is_io {
         let name = unsafe { qemu_plugin_hwaddr_device_name(hwaddr) };
         slot.device_id(header, shim.options.overflow, name)
@@ -290,7 +311,9 @@ unsafe fn access_value(info: qemu_plugin_meminfo_t) -> (u64, u64) {
             qemu_plugin_mem_value_type::QEMU_PLUGIN_MEM_VALUE_U16 => (v.data.u16_ as u64, 0),
             qemu_plugin_mem_value_type::QEMU_PLUGIN_MEM_VALUE_U32 => (v.data.u32_ as u64, 0),
             qemu_plugin_mem_value_type::QEMU_PLUGIN_MEM_VALUE_U64 => (v.data.u64_, 0),
-            qemu_plugin_mem_value_type::QEMU_PLUGIN_MEM_VALUE_U128 => (v.data.u128_.low, v.data.u128_.high),
+            qemu_plugin_mem_value_type::QEMU_PLUGIN_MEM_VALUE_U128 => {
+                (v.data.u128_.low, v.data.u128_.high)
+            }
         }
     }
 }

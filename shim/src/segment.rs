@@ -20,7 +20,9 @@ pub struct Segment {
 impl Segment {
     /// Creates, sizes, maps and initialises the segment of this process.
     pub fn create(geometry: Geometry, options: &str) -> Result<Segment, String> {
-        geometry.check().map_err(|e| format!("cannot lay out the shared segment: {e}"))?;
+        geometry
+            .check()
+            .map_err(|e| format!("cannot lay out the shared segment: {e}"))?;
         let bytes = geometry.segment_bytes().unwrap();
         let pid = std::process::id();
         let name = CString::new(layout::segment_name(pid)).unwrap();
@@ -49,7 +51,10 @@ impl Segment {
             )
         };
         if base == libc::MAP_FAILED {
-            return unlink_and(format!("cannot map the shared segment: {}", std::io::Error::last_os_error()));
+            return unlink_and(format!(
+                "cannot map the shared segment: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         unsafe { libc::close(fd) };
 
@@ -80,6 +85,58 @@ impl Segment {
     pub fn unlink(&self) {
         unsafe { libc::shm_unlink(self.name.as_ptr()) };
     }
+
+    /// Until the guard is dropped, SIGINT, SIGTERM and SIGHUP remove the
+    /// segment and then take their default action. For the `wait=on` wait,
+    /// which runs before QEMU installs its own handlers: a QEMU killed while
+    /// waiting must not leave its segment in /dev/shm (tmpfs memory).
+    pub fn unlink_on_fatal_signals(&self) -> SignalGuard {
+        FATAL_SIGNAL_NAME.store(self.name.as_ptr() as *mut libc::c_char, Ordering::Release);
+        let mut previous = Vec::new();
+        for sig in FATAL_SIGNALS {
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = unlink_and_reraise as *const () as libc::sighandler_t;
+                libc::sigemptyset(&mut action.sa_mask);
+                let mut old: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(sig, &action, &mut old);
+                previous.push((sig, old));
+            }
+        }
+        SignalGuard { previous }
+    }
+}
+
+const FATAL_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// The segment name for the signal handler (a pointer into `Segment::name`,
+/// which lives as long as the process).
+static FATAL_SIGNAL_NAME: std::sync::atomic::AtomicPtr<libc::c_char> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Async-signal-safe: `shm_unlink` is an `unlink`, then the default action.
+extern "C" fn unlink_and_reraise(sig: libc::c_int) {
+    let name = FATAL_SIGNAL_NAME.load(Ordering::Acquire);
+    unsafe {
+        if !name.is_null() {
+            libc::shm_unlink(name);
+        }
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
+/// Restores the signal dispositions `unlink_on_fatal_signals` replaced.
+pub struct SignalGuard {
+    previous: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        for (sig, old) in &self.previous {
+            unsafe { libc::sigaction(*sig, old, std::ptr::null_mut()) };
+        }
+    }
 }
 
 /// `shm_open(O_CREAT | O_EXCL)`. A leftover segment of a dead process that had
@@ -88,7 +145,11 @@ impl Segment {
 unsafe fn open_exclusive(name: &CString) -> Result<libc::c_int, String> {
     for attempt in 0..2 {
         let fd = unsafe {
-            libc::shm_open(name.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0o600 as libc::mode_t)
+            libc::shm_open(
+                name.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+                0o600 as libc::mode_t,
+            )
         };
         if fd >= 0 {
             // The mode given to shm_open is filtered by the umask: make sure.
@@ -100,7 +161,10 @@ unsafe fn open_exclusive(name: &CString) -> Result<libc::c_int, String> {
             unsafe { libc::shm_unlink(name.as_ptr()) };
             continue;
         }
-        return Err(format!("cannot create the shared segment /dev/shm{}: {err}", name.to_string_lossy()));
+        return Err(format!(
+            "cannot create the shared segment /dev/shm{}: {err}",
+            name.to_string_lossy()
+        ));
     }
     unreachable!()
 }

@@ -48,8 +48,15 @@ impl VcpuSlot {
     pub fn new(view: &SegmentView, index: u32) -> VcpuSlot {
         let g = view.geometry;
         let control = view.vcpu(index);
-        let events = unsafe { Producer::new(&control.event_ring, view.event_data(index), g.event_ring_bytes) };
-        let meta = unsafe { Producer::new(&control.meta_ring, view.meta_data(index), g.meta_ring_bytes) };
+        let events = unsafe {
+            Producer::new(
+                &control.event_ring,
+                view.event_data(index),
+                g.event_ring_bytes,
+            )
+        };
+        let meta =
+            unsafe { Producer::new(&control.meta_ring, view.meta_data(index), g.meta_ring_bytes) };
         VcpuSlot {
             index,
             control,
@@ -57,7 +64,10 @@ impl VcpuSlot {
             written: UnsafeCell::new(0),
             meta_lock: AtomicBool::new(false),
             meta: UnsafeCell::new(meta),
-            devices: UnsafeCell::new(DeviceCache { attach: 0, names: Vec::with_capacity(MAX_DEVICES) }),
+            devices: UnsafeCell::new(DeviceCache {
+                attach: 0,
+                names: Vec::with_capacity(MAX_DEVICES),
+            }),
         }
     }
 
@@ -88,7 +98,13 @@ impl VcpuSlot {
     /// the record was delivered.
     #[cold]
     #[inline(never)]
-    fn ring_full(&self, header: &Header, overflow: Overflow, ring: &mut Producer, record: &[u8]) -> bool {
+    fn ring_full(
+        &self,
+        header: &Header,
+        overflow: Overflow,
+        ring: &mut Producer,
+        record: &[u8],
+    ) -> bool {
         if overflow == Overflow::Drop {
             self.count_lost();
             return false;
@@ -146,18 +162,32 @@ impl VcpuSlot {
     }
 
     #[cold]
-    fn new_device(&self, header: &Header, overflow: Overflow, cache: &mut DeviceCache, name: *const c_char) -> u16 {
+    fn new_device(
+        &self,
+        header: &Header,
+        overflow: Overflow,
+        cache: &mut DeviceCache,
+        name: *const c_char,
+    ) -> u16 {
         if cache.names.len() >= MAX_DEVICES {
             return trace_schema::record::NO_DEVICE;
         }
         let id = cache.names.len() as u16;
         cache.names.push(name);
-        let text = if name.is_null() { "" } else { unsafe { CStr::from_ptr(name) }.to_str().unwrap_or("?") };
+        let text = if name.is_null() {
+            ""
+        } else {
+            unsafe { CStr::from_ptr(name) }.to_str().unwrap_or("?")
+        };
         let mut msg = capnp::message::Builder::new_default();
         let mut device = msg.init_root::<meta::Builder>().init_device();
         device.set_id(id);
         device.set_name(text);
-        self.push_meta(header, overflow, &capnp::serialize::write_message_to_words(&msg));
+        self.push_meta(
+            header,
+            overflow,
+            &capnp::serialize::write_message_to_words(&msg),
+        );
         id
     }
 
@@ -165,7 +195,8 @@ impl VcpuSlot {
     pub fn publish_final(&self, icount: u64) {
         let c = &self.control().counters;
         c.final_icount.store(icount, Ordering::Relaxed);
-        c.events_written.store(unsafe { *self.written.get() }, Ordering::Relaxed);
+        c.events_written
+            .store(unsafe { *self.written.get() }, Ordering::Relaxed);
     }
 
     pub fn index(&self) -> u32 {
