@@ -1,1 +1,138 @@
-fn main() {}
+//! `trace-collector`: see `--help`, and the library's docs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use trace_collector::{AttachArgs, RunArgs, DEFAULT_PART_ROWS};
+
+const LONG_ABOUT: &str = "\
+Captures what a QEMU running the trace shim (libtrace_shim.so) records -- memory \
+accesses, MMIO accesses, executed instructions -- into a directory of Parquet \
+tables (see docs/capture-format.md).
+
+`attach` captures a QEMU that is already running with `-plugin libtrace_shim.so,...`; \
+`run` starts QEMU itself with the shim loaded and captures it from its first instruction.
+
+The capture ends when QEMU exits (complete), when the QEMU process disappears \
+(killed: the capture holds everything drained until then), or on SIGINT/SIGTERM: \
+`attach` then detaches and QEMU runs on; `run` asks QEMU to exit (SIGTERM) and \
+keeps draining until it has, or stops at once on a second signal. A summary is \
+printed on stderr at the end.
+
+Exit status:
+  0  the capture was written (whatever way QEMU ended; see the summary and capture.json)
+  1  error: the capture could not be made or finished (message on stderr)
+  2  usage error (bad command line)";
+
+#[derive(Parser)]
+#[command(name = "trace-collector", version, about = "Out-of-process trace collector for QEMU", long_about = LONG_ABOUT)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args)]
+struct Output {
+    /// Capture directory (created if needed).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Replace a capture already in DIR (only its files are removed).
+    #[arg(long)]
+    overwrite: bool,
+    /// Rows per Parquet part file.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_PART_ROWS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    part_rows: u64,
+    /// No progress line (it is shown only when stderr is a terminal anyway).
+    #[arg(long)]
+    quiet: bool,
+    /// Your names for MMIO devices: lines `<QEMU region name> <name>` or
+    /// `<start>-<end> <name>` (hex, inclusive); they win over the built-in names.
+    #[arg(long, value_name = "FILE")]
+    device_map: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Capture a running QEMU that was started with -plugin libtrace_shim.so.
+    Attach {
+        /// The QEMU process id.
+        #[arg(long)]
+        pid: u32,
+        /// QMP socket of that QEMU (its -qmp unix:PATH,server=on): saves `info mtree -f` as DIR/mtree.txt.
+        #[arg(long, value_name = "PATH")]
+        qmp: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Start QEMU with the shim and capture it.
+    Run {
+        /// What to record: any of mem, mmio, insn (comma separated).
+        #[arg(long, default_value = "mem,mmio")]
+        events: String,
+        /// Event ring size per vCPU, KiB, a power of two (default: the shim's, 16384).
+        #[arg(long, value_name = "KIB")]
+        ring_kib: Option<u64>,
+        /// Meta ring size per vCPU, KiB, a power of two (default: the shim's, 4096).
+        #[arg(long, value_name = "KIB")]
+        meta_kib: Option<u64>,
+        /// When a ring is full: block (QEMU waits; lossless) or drop (events are counted as lost).
+        #[arg(long, default_value = "block", value_parser = ["block", "drop"])]
+        overflow: String,
+        /// The QEMU plugin (default: libtrace_shim.so beside this executable).
+        #[arg(long, value_name = "PATH")]
+        shim: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
+        /// The QEMU command line; -plugin and -qmp options are appended, and -S
+        /// (QEMU starts paused until its memory map has been read; then it is resumed).
+        #[arg(last = true, required = true, value_name = "QEMU COMMAND")]
+        qemu: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Attach { pid, qmp, output } => trace_collector::attach(&AttachArgs {
+            pid,
+            out: output.out,
+            overwrite: output.overwrite,
+            qmp,
+            device_map: output.device_map,
+            part_rows: output.part_rows as usize,
+            show_progress: !output.quiet,
+        }),
+        Cmd::Run {
+            events,
+            ring_kib,
+            meta_kib,
+            overflow,
+            shim,
+            output,
+            qemu,
+        } => trace_collector::run(&RunArgs {
+            out: output.out,
+            overwrite: output.overwrite,
+            events,
+            ring_kib,
+            meta_kib,
+            overflow,
+            shim,
+            device_map: output.device_map,
+            part_rows: output.part_rows as usize,
+            show_progress: !output.quiet,
+            qemu,
+        }),
+    };
+    match result {
+        Ok(summary) => {
+            eprint!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trace-collector: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! One capture: attach, drain until QEMU exits (or dies, or we are told to
+//! stop), finish the tables, and describe the result.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering as StdOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use trace_schema::options::{EventSet, ShimOptions};
+use trace_schema::sync::Ordering;
+
+use crate::drain::{DrainReport, Drainer, FinishInfo};
+use crate::output::{self, CaptureJson, FORMAT_VERSION};
+use crate::parquet_sink::PartSink;
+use crate::progress::{Progress, TICK};
+use crate::segment::{process_alive, Segment};
+use crate::tables::{DeviceNames, Table};
+
+/// How often we check that QEMU is still alive.
+const ALIVE_CHECK: Duration = Duration::from_millis(100);
+/// `run`: how long QEMU gets to exit after we forwarded a SIGTERM.
+pub const RUN_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What a capture needs besides the segment.
+pub struct CaptureSetup {
+    pub out: PathBuf,
+    pub part_rows: usize,
+    pub names: Arc<dyn DeviceNames>,
+    pub show_progress: bool,
+}
+
+/// How the capture ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// The shim announced QEMU's exit: every event is in the capture.
+    QemuExited,
+    /// The QEMU process vanished without the shim announcing it (killed).
+    QemuDied,
+    /// SIGINT/SIGTERM: we detached (`attach`), or QEMU did not exit in time
+    /// after we forwarded the signal (`run`).
+    Interrupted,
+}
+
+impl Ending {
+    pub fn key(self) -> &'static str {
+        match self {
+            Ending::QemuExited => "qemu_exited",
+            Ending::QemuDied => "qemu_died",
+            Ending::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// Who owns QEMU: decides what a SIGINT/SIGTERM does.
+#[derive(Clone, Copy, Debug)]
+pub enum Owner {
+    /// `attach`: detach and finish; QEMU runs on.
+    Attach,
+    /// `run`: forward SIGTERM to QEMU and keep draining until it exits (at
+    /// most `RUN_STOP_GRACE`); a second signal stops at once.
+    Run { child: u32 },
+}
+
+/// The events the shim records, from its option string in the header.
+pub fn shim_events(options: &str) -> Result<EventSet> {
+    let args: Vec<&str> = options.split(',').filter(|a| !a.is_empty()).collect();
+    match ShimOptions::parse(&args) {
+        Ok(o) => Ok(o.events),
+        // Options of a newer shim we do not know: only `events` matters here.
+        Err(_) => match args.iter().find_map(|a| a.strip_prefix("events=")) {
+            Some(ev) => {
+                EventSet::parse(ev).map_err(|e| anyhow!("the shim's options {options:?}: {e}"))
+            }
+            None => Ok(ShimOptions::default().events),
+        },
+    }
+}
+
+/// A finished drain, before QEMU's exit status is known.
+pub struct Captured {
+    pub json: CaptureJson,
+    pub report: DrainReport,
+    pub ending: Ending,
+    pub duration: Duration,
+    pub bytes_written: u64,
+    pub warnings: Vec<String>,
+    out: PathBuf,
+}
+
+/// Attaches to `seg` and captures into `setup.out` (already checked and
+/// cleared) until the end.
+pub fn capture(
+    seg: &Segment,
+    setup: &CaptureSetup,
+    owner: Owner,
+    signals: &AtomicU32,
+) -> Result<Captured> {
+    let started = Instant::now();
+    let header = seg.header();
+    let options = header.options();
+    let events = shim_events(&options)?;
+    let n_vcpus = seg.view().geometry.n_vcpus;
+    let pid = seg.pid();
+    let command = output::qemu_command(pid);
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let tables = Table::for_events(events);
+    let json = Arc::new(Mutex::new(CaptureJson {
+        format_version: FORMAT_VERSION,
+        complete: false,
+        collector_version: env!("CARGO_PKG_VERSION").to_string(),
+        qemu_pid: pid,
+        guest_pointer_bits: output::guest_pointer_bits(&command, exe.as_deref()),
+        qemu_command: command,
+        shim_options: options.clone(),
+        n_vcpus,
+        tables: tables.iter().map(|t| (t.name().to_string(), 0)).collect(),
+        ..Default::default()
+    }));
+
+    let on_part = {
+        let json = json.clone();
+        let out = setup.out.clone();
+        let tables = tables.clone();
+        Box::new(move |p: &crate::parquet_sink::SinkProgress| {
+            let mut j = json.lock().unwrap();
+            for t in &tables {
+                j.tables.insert(t.name().to_string(), p.rows(*t));
+            }
+            if let Err(e) = j.write(&out) {
+                eprintln!("trace-collector: warning: {e:#}");
+            }
+        })
+    };
+    let sink = PartSink::start(setup.out.clone(), setup.names.clone(), on_part)?;
+    let mut drainer = Drainer::new(*seg.view(), events, setup.part_rows, sink);
+    let mut warnings = Vec::new();
+    let mut progress = Progress::new(setup.show_progress);
+
+    let attached = seg.attach()?;
+    let lost_before: Vec<u64> = (0..n_vcpus)
+        .map(|v| {
+            seg.view()
+                .vcpu(v)
+                .counters
+                .events_lost
+                .load(Ordering::Relaxed)
+        })
+        .collect();
+    if let Some(dead) = attached.took_over_from {
+        warnings.push(format!(
+            "took over from collector pid {dead}, which had died"
+        ));
+    }
+    json.lock().unwrap().write(&setup.out)?;
+
+    let lost_counters = |seg: &Segment| -> Vec<u64> {
+        (0..n_vcpus)
+            .map(|v| {
+                seg.view()
+                    .vcpu(v)
+                    .counters
+                    .events_lost
+                    .load(Ordering::Relaxed)
+            })
+            .collect()
+    };
+    let mut lost_at_stop: Option<Vec<u64>> = None;
+    let lost_now = |seg: &Segment| -> u64 {
+        (0..n_vcpus)
+            .map(|v| {
+                seg.view()
+                    .vcpu(v)
+                    .counters
+                    .events_lost
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(lost_before[v as usize])
+            })
+            .sum()
+    };
+
+    let result = (|| -> Result<Ending> {
+        let mut seen_signals = signals.load(StdOrdering::Relaxed);
+        let mut grace: Option<Instant> = None;
+        let mut last_tick = Instant::now();
+        let mut last_alive = Instant::now();
+        loop {
+            // Read before draining: everything the shim published before it
+            // set the flag is then in this pass.
+            let exited = seg.qemu_exited();
+            let drained = drainer.drain_once()?;
+            if exited {
+                return Ok(Ending::QemuExited);
+            }
+            let now = Instant::now();
+            let mut stop = false;
+            let sigs = signals.load(StdOrdering::Relaxed);
+            if sigs != seen_signals {
+                seen_signals = sigs;
+                match owner {
+                    Owner::Run { child } if grace.is_none() => {
+                        let _ = kill(Pid::from_raw(child as i32), Signal::SIGTERM);
+                        grace = Some(now + RUN_STOP_GRACE);
+                        progress.println(
+                            "trace-collector: asking QEMU to exit; interrupt again to stop now",
+                        );
+                    }
+                    _ => stop = true,
+                }
+            }
+            if grace.is_some_and(|g| now > g) {
+                warnings.push(format!(
+                    "QEMU did not exit within {} s of SIGTERM",
+                    RUN_STOP_GRACE.as_secs()
+                ));
+                stop = true;
+            }
+            if stop {
+                // Detach first, then drain: what the shim published before it
+                // saw DETACHED is in the rings; after, it counts losses, which
+                // are not the capture's.
+                lost_at_stop = Some(lost_counters(seg));
+                seg.detach();
+                std::thread::sleep(Duration::from_millis(2));
+                for _ in 0..1000 {
+                    if drainer.drain_once()? == 0 {
+                        break;
+                    }
+                }
+                return Ok(Ending::Interrupted);
+            }
+            if now.duration_since(last_alive) >= ALIVE_CHECK {
+                last_alive = now;
+                if !process_alive(pid) {
+                    // Gone: nothing more can arrive. It may have set the flag last thing.
+                    let exited = seg.qemu_exited();
+                    drainer.drain_once()?;
+                    return Ok(if exited {
+                        Ending::QemuExited
+                    } else {
+                        Ending::QemuDied
+                    });
+                }
+            }
+            if now.duration_since(last_tick) >= TICK {
+                last_tick = now;
+                seg.heartbeat();
+                if seg.ensure_attached()? {
+                    warnings.push("the shim had marked us detached; attached again".into());
+                }
+                if let Some(devices) = drainer.take_new_devices() {
+                    json.lock().unwrap().devices = devices.as_ref().clone();
+                }
+                let p = drainer.sink_progress();
+                progress.update(
+                    drainer.events_drained(),
+                    p.bytes_written.load(StdOrdering::Relaxed),
+                    lost_now(seg),
+                );
+            }
+            if drained == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    })();
+    progress.finish();
+
+    let ending = match result {
+        Ok(e) => e,
+        Err(err) => {
+            let lost = lost_at_stop.unwrap_or_else(|| lost_counters(seg));
+            seg.detach();
+            let sink_progress = drainer.sink_progress().clone();
+            // Keep what was drained: the batches so far become parts.
+            let info = FinishInfo {
+                lost_before_attach: &lost_before,
+                qemu_exited: false,
+                lost_at_stop: Some(&lost),
+            };
+            let _ = drainer.finish(info);
+            let mut j = json.lock().unwrap();
+            for t in &tables {
+                j.tables
+                    .insert(t.name().to_string(), sink_progress.rows(*t));
+            }
+            j.end = Some("error".into());
+            j.error = Some(format!("{err:#}"));
+            j.duration_seconds = started.elapsed().as_secs_f64();
+            let _ = j.write(&setup.out);
+            return Err(err);
+        }
+    };
+
+    if ending == Ending::QemuDied {
+        // The shim never got to remove its segment's name.
+        seg.unlink();
+    }
+    let bytes = drainer.sink_progress().clone();
+    let qemu_exited = ending == Ending::QemuExited;
+    let report = drainer.finish(FinishInfo {
+        lost_before_attach: &lost_before,
+        qemu_exited,
+        lost_at_stop: lost_at_stop.as_deref(),
+    })?;
+    let mut json = json.lock().unwrap().clone();
+    json.devices = report.devices.clone();
+    for (t, rows) in &report.rows {
+        json.tables.insert(t.name().to_string(), *rows);
+    }
+    json.end = Some(ending.key().into());
+    json.events_lost = report.events_lost.iter().sum();
+    json.events_lost_before_attach = report.events_lost_before_attach.iter().sum();
+    json.duration_seconds = started.elapsed().as_secs_f64();
+    json.write(&setup.out)?;
+    Ok(Captured {
+        json,
+        report,
+        ending,
+        duration: started.elapsed(),
+        bytes_written: bytes.bytes_written.load(StdOrdering::Relaxed),
+        warnings,
+        out: setup.out.clone(),
+    })
+}
+
+impl Captured {
+    /// Records how QEMU ended, marks the capture complete, and summarizes.
+    pub fn complete(mut self, qemu_exit: String) -> Result<Summary> {
+        self.json.qemu_exit = Some(qemu_exit.clone());
+        self.json.complete = true;
+        self.json
+            .write(&self.out)
+            .context("cannot write the final capture.json")?;
+        Ok(Summary {
+            out: self.out,
+            qemu_pid: self.json.qemu_pid,
+            ending: self.ending,
+            qemu_exit,
+            rows: self.report.rows,
+            events: self.report.events,
+            events_lost: self.report.events_lost,
+            events_lost_before_attach: self.report.events_lost_before_attach,
+            bytes_written: self.bytes_written,
+            duration: self.duration,
+            warnings: self.warnings,
+        })
+    }
+}
+
+/// The result of a capture, printed at the end.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub out: PathBuf,
+    pub qemu_pid: u32,
+    pub ending: Ending,
+    /// How QEMU ended, in words (as in capture.json's `qemu_exit`).
+    pub qemu_exit: String,
+    /// Rows per table.
+    pub rows: Vec<(Table, u64)>,
+    /// Event records drained per vCPU.
+    pub events: Vec<u64>,
+    /// Events the shim could not deliver during the capture, per vCPU.
+    pub events_lost: Vec<u64>,
+    pub events_lost_before_attach: Vec<u64>,
+    pub bytes_written: u64,
+    pub duration: Duration,
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "trace-collector: capture written to {}",
+            self.out.display()
+        )?;
+        writeln!(f, "  QEMU (pid {}): {}", self.qemu_pid, self.qemu_exit)?;
+        let rows: Vec<String> = self
+            .rows
+            .iter()
+            .map(|(t, n)| format!("{} {n}", t.name()))
+            .collect();
+        writeln!(f, "  rows: {}", rows.join(", "))?;
+        writeln!(f, "  events drained: {}", self.events.iter().sum::<u64>())?;
+        let lost: u64 = self.events_lost.iter().sum();
+        if lost == 0 {
+            writeln!(f, "  events lost: none")?;
+        } else {
+            let per: Vec<String> = self
+                .events_lost
+                .iter()
+                .enumerate()
+                .filter(|(_, &n)| n > 0)
+                .map(|(v, n)| format!("vCPU {v}: {n}"))
+                .collect();
+            writeln!(f, "  events lost: {lost} ({})", per.join(", "))?;
+        }
+        let before: u64 = self.events_lost_before_attach.iter().sum();
+        if before > 0 {
+            writeln!(f, "  events lost before we attached: {before}")?;
+        }
+        writeln!(
+            f,
+            "  {:.1} MiB written in {:.1} s",
+            self.bytes_written as f64 / (1 << 20) as f64,
+            self.duration.as_secs_f64()
+        )?;
+        for w in &self.warnings {
+            writeln!(f, "  warning: {w}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How an `attach` capture describes QEMU's end (QEMU is not our child).
+pub fn attach_qemu_exit(ending: Ending) -> String {
+    match ending {
+        Ending::QemuExited => "exited (the shim reported its exit)".into(),
+        Ending::QemuDied => "QEMU exited without finishing (killed?)".into(),
+        Ending::Interrupted => "still running (the collector detached)".into(),
+    }
+}

@@ -1,0 +1,596 @@
+//! From the rings to the table batches: decoding event records and meta
+//! messages, resolving device ids, and expanding executed blocks into one
+//! `insn` row per instruction.
+//!
+//! Block expansion: a block event says "block B started at icount i". How
+//! many of B's instructions ran is only known from the vCPU's next block
+//! event (icount j): `min(len(B), j - i)` (a block can stop early on an
+//! exception). So the last block event of each vCPU stays pending until the
+//! next one arrives, or until the end of the capture, where the count is
+//! `final_icount - i` if QEMU exited (the shim published `final_icount`) and
+//! the whole block otherwise.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use anyhow::{anyhow, Result};
+use capnp::message::ReaderOptions;
+use trace_schema::events_capnp::meta;
+use trace_schema::layout::SegmentView;
+use trace_schema::options::EventSet;
+use trace_schema::record::{self, Event, EVENT_RECORD_BYTES, KIND_BLOCK, KIND_MEM};
+use trace_schema::ring::{Consumer, DrainError};
+use trace_schema::sync::Ordering;
+
+use crate::parquet_sink::{PartSink, SinkProgress};
+use crate::tables::{
+    Batch, CodeBatch, DeviceList, InsnBatch, MemBatch, StatsBatch, Table, NO_DEVICE,
+};
+
+/// Most instructions a translated block can have (QEMU's TCG_MAX_INSNS):
+/// the bound for a block of unknown length.
+const MAX_BLOCK_INSNS: u64 = 512;
+
+/// Rows a fresh batch has room for before it grows.
+const INITIAL_ROWS: usize = 4096;
+
+/// Why handling one record failed.
+enum Fail {
+    /// The record is not what the protocol allows.
+    Corrupt(String),
+    /// Anything else (the writer failed, a nested drain failed): already
+    /// a complete message.
+    Other(anyhow::Error),
+}
+
+impl Fail {
+    fn into_error(self) -> anyhow::Error {
+        match self {
+            Fail::Corrupt(why) => anyhow!(why),
+            Fail::Other(e) => e,
+        }
+    }
+}
+
+/// A block event whose instruction count is not known yet.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    icount: u64,
+    id: u64,
+    size: u8,
+}
+
+/// Everything but the rings, so that the event ring of one vCPU can be drained
+/// while the meta rings are drained from inside its callback.
+struct State {
+    view: SegmentView,
+    mem_on: bool,
+    mmio_on: bool,
+    insn_on: bool,
+    part_rows: usize,
+    sink: PartSink,
+
+    mem: MemBatch,
+    mmio: MemBatch,
+    insn: InsnBatch,
+    code: CodeBatch,
+    rows_sent: [u64; 5],
+
+    devices: DeviceList,
+    devices_changed: bool,
+    device_index: HashMap<String, u32>,
+    /// Per vCPU: `Meta.device.id` → index in `devices`.
+    vcpu_devices: Vec<HashMap<u16, u32>>,
+    /// Block id → (first index in `block_pcs`, instruction count).
+    blocks: HashMap<u64, (usize, u32)>,
+    block_pcs: Vec<u64>,
+    /// Blocks whose Meta did not arrive (lost, or announced to an earlier
+    /// collector).
+    missing_blocks: HashSet<u64>,
+    pending: Vec<Option<Pending>>,
+
+    events: Vec<u64>,
+    metas: u64,
+    blocks_unknown: u64,
+    devices_unknown: u64,
+    events_unexpected: u64,
+}
+
+/// Drains a segment's rings into table batches and hands full batches to
+/// the Parquet writer.
+pub struct Drainer {
+    event_rings: Vec<Consumer>,
+    meta_rings: Vec<Consumer>,
+    st: State,
+}
+
+/// Per-vCPU counters the drain cannot read from the segment by itself.
+pub struct FinishInfo<'a> {
+    /// `events_lost` of each vCPU when we attached.
+    pub lost_before_attach: &'a [u64],
+    /// Whether the shim announced QEMU's exit (then `final_icount` is valid).
+    pub qemu_exited: bool,
+    /// `events_lost` of each vCPU when the capture stopped, if it stopped by
+    /// detaching (later losses are the detach's, not the capture's); `None`:
+    /// read the counters now.
+    pub lost_at_stop: Option<&'a [u64]>,
+}
+
+/// The result of a capture's drain.
+#[derive(Debug, Clone, Default)]
+pub struct DrainReport {
+    /// Rows written per table, for the tables of the capture.
+    pub rows: Vec<(Table, u64)>,
+    /// Event records drained per vCPU.
+    pub events: Vec<u64>,
+    /// Events lost per vCPU during the capture.
+    pub events_lost: Vec<u64>,
+    pub events_lost_before_attach: Vec<u64>,
+    pub devices: Vec<String>,
+}
+
+impl Drainer {
+    /// A drainer for the rings of `view`, writing the tables `events` implies.
+    pub fn new(view: SegmentView, events: EventSet, part_rows: usize, sink: PartSink) -> Drainer {
+        let n = view.geometry.n_vcpus;
+        let (mut event_rings, mut meta_rings) = (Vec::new(), Vec::new());
+        for v in 0..n {
+            let c = view.vcpu(v);
+            // Safety: the view's mapping outlives the drainer (the capture owns
+            // both), and we are the only consumer: we hold the attach.
+            unsafe {
+                event_rings.push(Consumer::new(
+                    &c.event_ring,
+                    view.event_data(v),
+                    view.geometry.event_ring_bytes,
+                ));
+                meta_rings.push(Consumer::new(
+                    &c.meta_ring,
+                    view.meta_data(v),
+                    view.geometry.meta_ring_bytes,
+                ));
+            }
+        }
+        let part_rows = part_rows.max(1);
+        let cap = part_rows.min(INITIAL_ROWS);
+        Drainer {
+            event_rings,
+            meta_rings,
+            st: State {
+                view,
+                mem_on: events.mem,
+                mmio_on: events.mem || events.mmio,
+                insn_on: events.insn,
+                part_rows,
+                sink,
+                mem: MemBatch::with_capacity(if events.mem { cap } else { 0 }),
+                mmio: MemBatch::with_capacity(if events.mem || events.mmio { cap } else { 0 }),
+                insn: InsnBatch::with_capacity(if events.insn { cap } else { 0 }),
+                code: CodeBatch::default(),
+                rows_sent: [0; 5],
+                devices: Arc::new(Vec::new()),
+                devices_changed: false,
+                device_index: HashMap::new(),
+                vcpu_devices: vec![HashMap::new(); n as usize],
+                blocks: HashMap::new(),
+                block_pcs: Vec::new(),
+                missing_blocks: HashSet::new(),
+                pending: vec![None; n as usize],
+                events: vec![0; n as usize],
+                metas: 0,
+                blocks_unknown: 0,
+                devices_unknown: 0,
+                events_unexpected: 0,
+            },
+        }
+    }
+
+    /// The tables this drainer writes.
+    pub fn tables(&self) -> Vec<Table> {
+        Table::for_events(EventSet {
+            mem: self.st.mem_on,
+            mmio: self.st.mmio_on,
+            insn: self.st.insn_on,
+        })
+    }
+
+    /// Drains every vCPU's meta ring, then its event ring, once. Returns the
+    /// number of records drained.
+    pub fn drain_once(&mut self) -> Result<u64> {
+        let mut n = 0;
+        for v in 0..self.event_rings.len() {
+            n += self.st.drain_meta(&mut self.meta_rings, v)?;
+            n += self.drain_events(v)?;
+        }
+        Ok(n)
+    }
+
+    fn drain_events(&mut self, v: usize) -> Result<u64> {
+        let Drainer {
+            event_rings,
+            meta_rings,
+            st,
+        } = self;
+        let base = st.view.event_data(v as u32) as usize;
+        let r = event_rings[v].drain(|bytes| {
+            let offset = bytes.as_ptr() as usize - base;
+            st.on_event(v, bytes, meta_rings).map_err(|f| match f {
+                Fail::Corrupt(why) => {
+                    anyhow!("corrupt event ring of vCPU {v}: record at ring offset {offset}: {why}")
+                }
+                Fail::Other(e) => e,
+            })
+        });
+        match r {
+            Ok(n) => Ok(n as u64),
+            Err(DrainError::Ring(e)) => Err(anyhow!("corrupt event ring of vCPU {v}: {e}")),
+            Err(DrainError::Consumer(e)) => Err(e),
+        }
+    }
+
+    /// Event records drained so far, all vCPUs.
+    pub fn events_drained(&self) -> u64 {
+        self.st.events.iter().sum()
+    }
+
+    /// The devices seen so far, if they changed since the last call.
+    pub fn take_new_devices(&mut self) -> Option<DeviceList> {
+        std::mem::take(&mut self.st.devices_changed).then(|| self.st.devices.clone())
+    }
+
+    pub fn sink_progress(&self) -> &Arc<SinkProgress> {
+        self.st.sink.progress()
+    }
+
+    /// Ends the capture's tables: expands each vCPU's last block, writes the
+    /// partial batches, an empty part for each table that has none, and the
+    /// stats table; waits for the writer.
+    pub fn finish(mut self, info: FinishInfo) -> Result<DrainReport> {
+        let Drainer { meta_rings, st, .. } = &mut self;
+        let n = st.view.geometry.n_vcpus;
+        for v in 0..n as usize {
+            if let Some(p) = st.pending[v].take() {
+                let end = info.qemu_exited.then(|| {
+                    st.view
+                        .vcpu(v as u32)
+                        .counters
+                        .final_icount
+                        .load(Ordering::Relaxed)
+                });
+                st.expand(v, p, end, meta_rings).map_err(|f| match f {
+                    Fail::Corrupt(why) => anyhow!("vCPU {v}: {why}"),
+                    Fail::Other(e) => e,
+                })?;
+            }
+        }
+        let tables = self.tables();
+        let st = &mut self.st;
+        for &t in &tables {
+            if t != Table::Stats && (st.batch_len(t) > 0 || st.sink.parts_sent(t) == 0) {
+                st.flush(t).map_err(Fail::into_error)?;
+            }
+        }
+
+        let mut report = DrainReport {
+            events: st.events.clone(),
+            devices: st.devices.as_ref().clone(),
+            ..Default::default()
+        };
+        let mut stats = StatsBatch::default();
+        for v in 0..n {
+            let c = &st.view.vcpu(v).counters;
+            let lost_now = match info.lost_at_stop {
+                Some(l) => l.get(v as usize).copied().unwrap_or(0),
+                None => c.events_lost.load(Ordering::Relaxed),
+            };
+            let before = info
+                .lost_before_attach
+                .get(v as usize)
+                .copied()
+                .unwrap_or(0);
+            let lost = lost_now.saturating_sub(before);
+            report.events_lost.push(lost);
+            report.events_lost_before_attach.push(before);
+            stats.push("events", Some(v), st.events[v as usize]);
+            stats.push("events_lost", Some(v), lost);
+            stats.push("events_lost_before_attach", Some(v), before);
+            stats.push("meta_lost", Some(v), c.meta_lost.load(Ordering::Relaxed));
+            if info.qemu_exited {
+                stats.push(
+                    "final_icount",
+                    Some(v),
+                    c.final_icount.load(Ordering::Relaxed),
+                );
+                stats.push(
+                    "events_written",
+                    Some(v),
+                    c.events_written.load(Ordering::Relaxed),
+                );
+            }
+        }
+        stats.push("meta_records", None, st.metas);
+        stats.push("blocks_unknown", None, st.blocks_unknown);
+        stats.push("devices_unknown", None, st.devices_unknown);
+        stats.push("events_unexpected", None, st.events_unexpected);
+        for &t in &tables {
+            if t != Table::Stats {
+                stats.push(format!("rows.{}", t.name()), None, st.rows_sent[t.index()]);
+                report.rows.push((t, st.rows_sent[t.index()]));
+            }
+        }
+        report.rows.push((Table::Stats, stats.len() as u64));
+        let devices = st.devices.clone();
+        st.sink.send(Batch::Stats(stats), &devices)?;
+        self.st.sink.finish()?;
+        Ok(report)
+    }
+}
+
+impl State {
+    /// Drains vCPU `v`'s meta ring.
+    fn drain_meta(&mut self, rings: &mut [Consumer], v: usize) -> Result<u64> {
+        let base = self.view.meta_data(v as u32) as usize;
+        let r = rings[v].drain(|bytes| {
+            let offset = bytes.as_ptr() as usize - base;
+            self.on_meta(v, bytes).map_err(|f| match f {
+                Fail::Corrupt(why) => {
+                    anyhow!("corrupt meta ring of vCPU {v}: record at ring offset {offset}: {why}")
+                }
+                Fail::Other(e) => e,
+            })
+        });
+        match r {
+            Ok(n) => Ok(n as u64),
+            Err(DrainError::Ring(e)) => Err(anyhow!("corrupt meta ring of vCPU {v}: {e}")),
+            Err(DrainError::Consumer(e)) => Err(e),
+        }
+    }
+
+    fn drain_all_metas(&mut self, rings: &mut [Consumer]) -> Result<(), Fail> {
+        for v in 0..rings.len() {
+            self.drain_meta(rings, v).map_err(Fail::Other)?;
+        }
+        Ok(())
+    }
+
+    fn on_meta(&mut self, v: usize, bytes: &[u8]) -> Result<(), Fail> {
+        self.metas += 1;
+        // Copy out of shared memory first: the reader must not see bytes change.
+        let mut words = capnp::Word::allocate_zeroed_vec(bytes.len().div_ceil(8));
+        capnp::Word::words_to_bytes_mut(&mut words)[..bytes.len()].copy_from_slice(bytes);
+        let mut slice = capnp::Word::words_to_bytes(&words);
+        let bad = |e: capnp::Error| Fail::Corrupt(format!("not a Meta message: {e}"));
+        let msg = capnp::serialize::read_message_from_flat_slice(&mut slice, ReaderOptions::new())
+            .map_err(bad)?;
+        let root = msg.get_root::<meta::Reader>().map_err(bad)?;
+        match root
+            .which()
+            .map_err(|e| Fail::Corrupt(format!("unknown Meta kind {}", e.0)))?
+        {
+            meta::Device(d) => {
+                let d = d.map_err(bad)?;
+                let name = d.get_name().map_err(bad)?;
+                let name = String::from_utf8_lossy(name.as_bytes());
+                let index = match self.device_index.get(name.as_ref()) {
+                    Some(&i) => i,
+                    None => {
+                        let i = self.devices.len() as u32;
+                        Arc::make_mut(&mut self.devices).push(name.to_string());
+                        self.device_index.insert(name.into_owned(), i);
+                        self.devices_changed = true;
+                        i
+                    }
+                };
+                self.vcpu_devices[v].insert(d.get_id(), index);
+            }
+            meta::Block(b) => {
+                let b = b.map_err(bad)?;
+                let id = b.get_id();
+                if self.blocks.contains_key(&id) {
+                    return Ok(()); // announced again (a new attach): known already
+                }
+                let insns = b.get_insns().map_err(bad)?;
+                let start = self.block_pcs.len();
+                for (i, insn) in insns.iter().enumerate() {
+                    let pc = insn.get_pc();
+                    self.block_pcs.push(pc);
+                    if self.insn_on {
+                        let bytes = insn.get_bytes().map_err(bad)?;
+                        let disas = insn.get_disas().map_err(bad)?;
+                        let symbol = insn.get_symbol().map_err(bad)?;
+                        self.code.push(
+                            id,
+                            i as u32,
+                            pc,
+                            bytes,
+                            &String::from_utf8_lossy(disas.as_bytes()),
+                            &String::from_utf8_lossy(symbol.as_bytes()),
+                        );
+                        if self.code.len() >= self.part_rows {
+                            self.flush(Table::Code)?;
+                        }
+                    }
+                }
+                self.blocks.insert(id, (start, insns.len()));
+            }
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn on_event(&mut self, v: usize, bytes: &[u8], metas: &mut [Consumer]) -> Result<(), Fail> {
+        let rec: &[u8; EVENT_RECORD_BYTES] = bytes.try_into().map_err(|_| {
+            Fail::Corrupt(format!(
+                "a {}-byte message, not an {EVENT_RECORD_BYTES}-byte Event",
+                bytes.len()
+            ))
+        })?;
+        let e = Event::decode(rec).ok_or_else(|| Fail::Corrupt("not an Event record".into()))?;
+        if e.vcpu as usize != v {
+            return Err(Fail::Corrupt(format!("the record says vCPU {}", e.vcpu)));
+        }
+        self.events[v] += 1;
+        match e.kind {
+            KIND_MEM => self.on_mem(v, &e, metas),
+            KIND_BLOCK => {
+                if !self.insn_on {
+                    self.events_unexpected += 1;
+                    return Ok(());
+                }
+                let next = Pending {
+                    icount: e.icount,
+                    id: e.vaddr,
+                    size: e.size,
+                };
+                match self.pending[v].replace(next) {
+                    Some(prev) => self.expand(v, prev, Some(e.icount), metas),
+                    None => Ok(()),
+                }
+            }
+            k => Err(Fail::Corrupt(format!("unknown event kind {k}"))),
+        }
+    }
+
+    #[inline]
+    fn on_mem(&mut self, v: usize, e: &Event, metas: &mut [Consumer]) -> Result<(), Fail> {
+        let io = e.is_io();
+        if !(self.mem_on || (io && self.mmio_on)) {
+            self.events_unexpected += 1;
+            return Ok(());
+        }
+        let device = if io {
+            self.device(v, e.device, metas)?
+        } else {
+            NO_DEVICE
+        };
+        if self.mem_on {
+            self.mem.push(v as u32, e, device);
+            if self.mem.len() >= self.part_rows {
+                self.flush(Table::Mem)?;
+            }
+        }
+        if io && self.mmio_on {
+            self.mmio.push(v as u32, e, device);
+            if self.mmio.len() >= self.part_rows {
+                self.flush(Table::Mmio)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The capture-wide index of vCPU `v`'s device `id`.
+    fn device(&mut self, v: usize, id: u16, metas: &mut [Consumer]) -> Result<u32, Fail> {
+        if id == record::NO_DEVICE {
+            self.devices_unknown += 1;
+            return Ok(NO_DEVICE);
+        }
+        if let Some(&i) = self.vcpu_devices[v].get(&id) {
+            return Ok(i);
+        }
+        // Published after our last pass over this vCPU's meta ring.
+        self.drain_meta(metas, v).map_err(Fail::Other)?;
+        Ok(match self.vcpu_devices[v].get(&id) {
+            Some(&i) => i,
+            None => {
+                self.devices_unknown += 1;
+                NO_DEVICE
+            }
+        })
+    }
+
+    /// Writes the `insn` rows of block event `p` on vCPU `v`, whose vCPU had
+    /// executed `end` instructions when its next block started (or when QEMU
+    /// exited); `None`: the whole block.
+    fn expand(
+        &mut self,
+        v: usize,
+        p: Pending,
+        end: Option<u64>,
+        metas: &mut [Consumer],
+    ) -> Result<(), Fail> {
+        let mut known = self.blocks.get(&p.id).copied();
+        if known.is_none() && !self.missing_blocks.contains(&p.id) {
+            // Its Meta may sit in another vCPU's meta ring (translated there).
+            self.drain_all_metas(metas)?;
+            known = self.blocks.get(&p.id).copied();
+            if known.is_none() {
+                // A Meta is published before the block's first event: after
+                // this pass it can never arrive. Do not look again.
+                self.missing_blocks.insert(p.id);
+            }
+        }
+        let len = match known {
+            Some((_, len)) => len as u64,
+            None => {
+                self.blocks_unknown += 1;
+                match p.size {
+                    0 => MAX_BLOCK_INSNS,
+                    size => size as u64,
+                }
+            }
+        };
+        let n = match (end, known) {
+            (Some(end), _) => len.min(end.saturating_sub(p.icount)),
+            (None, Some(_)) => len,
+            // Neither the block's length nor where it ended: no row is sure.
+            (None, None) if p.size == 0 => 0,
+            (None, None) => len,
+        };
+        for k in 0..n {
+            let pc = known.map(|(start, _)| self.block_pcs[start + k as usize]);
+            let b = &mut self.insn;
+            match pc {
+                Some(pc) => b.pc.push(pc),
+                None => {
+                    b.unknown_pc.push(b.pc.len());
+                    b.pc.push(0);
+                }
+            }
+            b.vcpu.push(v as u32);
+            b.icount.push(p.icount + k);
+            b.block.push(p.id);
+            if b.len() >= self.part_rows {
+                self.flush(Table::Insn)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn batch_len(&self, t: Table) -> usize {
+        match t {
+            Table::Mem => self.mem.len(),
+            Table::Mmio => self.mmio.len(),
+            Table::Insn => self.insn.len(),
+            Table::Code => self.code.len(),
+            Table::Stats => 0,
+        }
+    }
+
+    /// Hands table `t`'s batch to the writer (even an empty one).
+    fn flush(&mut self, t: Table) -> Result<(), Fail> {
+        // A table that filled a batch is likely to fill the next: reserve it whole.
+        let cap = if self.batch_len(t) >= self.part_rows {
+            self.part_rows
+        } else {
+            0
+        };
+        let batch = match t {
+            Table::Mem => Batch::Mem(std::mem::replace(
+                &mut self.mem,
+                MemBatch::with_capacity(cap),
+            )),
+            Table::Mmio => Batch::Mmio(std::mem::replace(
+                &mut self.mmio,
+                MemBatch::with_capacity(cap),
+            )),
+            Table::Insn => Batch::Insn(std::mem::replace(
+                &mut self.insn,
+                InsnBatch::with_capacity(cap),
+            )),
+            Table::Code => Batch::Code(std::mem::take(&mut self.code)),
+            Table::Stats => unreachable!("stats are written by finish"),
+        };
+        self.rows_sent[t.index()] += batch.len() as u64;
+        self.sink.send(batch, &self.devices).map_err(Fail::Other)
+    }
+}

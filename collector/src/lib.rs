@@ -1,0 +1,123 @@
+//! `trace-collector`: the out-of-process side of the QEMU trace shim.
+//!
+//! It attaches to a QEMU process's shared-memory segment (created by the
+//! shim, layout in `trace_schema::layout`), drains every vCPU's rings and
+//! writes the capture directory described in docs/capture-format.md.
+//!
+//! The library API is what the binary uses:
+//! - [`attach`]: capture an already running QEMU ([`AttachArgs`]);
+//! - [`run`]: start QEMU with the shim and capture it ([`RunArgs`]);
+//! - both return a [`Summary`], whose `Display` is the final report.
+//!
+//! The device named in the `mmio.device` column comes from a
+//! `tables::DeviceNames` resolver (`CaptureSetup::names`):
+//! `memory_map::MapDeviceNames`, built from QEMU's memory map (mtree.txt)
+//! and the user's `--device-map`.
+//!
+//! Modules, one idea each: `segment` (open, check, map, attach), `drain`
+//! (rings to batches, block expansion), `tables` (batches and their
+//! DataFrames), `parquet_sink` (writer thread, atomic parts), `output`
+//! (capture directory, capture.json), `capture` (the drain loop),
+//! `launch` (`run`), `qmp` (`info mtree -f`), `progress`, `signals`.
+
+mod capture;
+mod drain;
+mod launch;
+pub mod memory_map;
+mod output;
+mod parquet_sink;
+mod progress;
+mod qmp;
+mod segment;
+mod signals;
+mod tables;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod testutil;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+
+pub use capture::{Ending, Summary};
+pub use launch::{RunArgs, SHIM_FILE};
+pub use segment::SegmentError;
+pub use tables::Table;
+
+/// How long `attach` waits for the segment of a QEMU that has a `-plugin`
+/// option but has not created its segment yet.
+pub const SEGMENT_WAIT: Duration = Duration::from_secs(10);
+
+/// Rows per Parquet part unless told otherwise.
+pub const DEFAULT_PART_ROWS: usize = 1 << 20;
+
+/// Arguments of `trace-collector attach`.
+#[derive(Debug, Clone)]
+pub struct AttachArgs {
+    /// The QEMU process.
+    pub pid: u32,
+    pub out: PathBuf,
+    pub overwrite: bool,
+    /// A QMP socket of that QEMU, to save `info mtree -f` as mtree.txt.
+    pub qmp: Option<PathBuf>,
+    /// The user's device names (`memory_map::DeviceMap` format).
+    pub device_map: Option<PathBuf>,
+    pub part_rows: usize,
+    pub show_progress: bool,
+}
+
+/// Captures the running QEMU `args.pid` until it exits, dies, or we get
+/// SIGINT/SIGTERM (then we detach and QEMU runs on).
+pub fn attach(args: &AttachArgs) -> Result<Summary> {
+    let user_names = memory_map::load_device_map(args.device_map.as_deref())?;
+    let signals = signals::install()?;
+    // A QEMU started with a -plugin option may still be starting: give it
+    // time to create its segment. Any other process is refused at once.
+    let starting = output::qemu_command(args.pid)
+        .iter()
+        .any(|a| a.contains("plugin"));
+    let wait = if starting {
+        SEGMENT_WAIT
+    } else {
+        Duration::ZERO
+    };
+    let seg = segment::Segment::open_waiting(args.pid, wait)?;
+    output::check(&args.out, args.overwrite)?;
+    seg.check_not_attached()?;
+    output::clear(&args.out)?;
+    let fetch = args.qmp.clone().map(|sock| {
+        qmp::MtreeFetch::start(
+            sock,
+            args.out.join("mtree.txt"),
+            Duration::from_secs(2),
+            false,
+            |_| {},
+        )
+    });
+    let setup = capture::CaptureSetup {
+        out: args.out.clone(),
+        part_rows: args.part_rows,
+        names: Arc::new(memory_map::MapDeviceNames::new(
+            args.out.join("mtree.txt"),
+            fetch.clone(),
+            user_names,
+        )),
+        show_progress: args.show_progress,
+    };
+    let mut captured = capture::capture(&seg, &setup, capture::Owner::Attach, signals)?;
+    if let Some(m) = fetch {
+        captured.warnings.extend(m.wait(Duration::from_secs(5)));
+    }
+    let exit = capture::attach_qemu_exit(captured.ending);
+    captured.complete(exit)
+}
+
+/// Starts QEMU (`args.qemu`) with the shim and captures it until it exits.
+/// SIGINT/SIGTERM are forwarded to QEMU as SIGTERM.
+pub fn run(args: &RunArgs) -> Result<Summary> {
+    let signals = signals::install()?;
+    launch::run(args, signals)
+}

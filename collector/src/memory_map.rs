@@ -1,0 +1,376 @@
+//! Device names from QEMU's memory map.
+//!
+//! QEMU's plugin API names the region an I/O access hit, but not always
+//! usefully: on lm3s6965evb QEMU 10.0.2 calls the SysTick region
+//! `anon0x5581…` (an unnamed alias). QEMU's flat memory map (`info mtree -f`)
+//! knows the most specific region at every address (`v7m_systick`), so each
+//! MMIO access's device is resolved from it:
+//!
+//! 1. a user map (`--device-map FILE`) entry for the address range, else
+//! 2. a user map entry for QEMU's region name, else
+//! 3. the well-known short name of QEMU's region (`SHORT_NAMES`), else
+//! 4. QEMU's region name itself (without any `@offset`), else
+//! 5. without a memory map, or for an address outside it: the plugin's name.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::qmp::MtreeFetch;
+use crate::tables::DeviceNames;
+
+/// QEMU region names whose well-known short name differs.
+pub const SHORT_NAMES: &[(&str, &str)] = &[
+    ("v7m_systick", "systick"),
+    ("nvic_sysregs", "nvic"),
+    ("nvic-default", "nvic"),
+    ("cmsdk-apb-watchdog", "watchdog"),
+    ("gicv3_dist", "gic_dist"),
+    ("gicv3_redist_region[0]", "gic_redist"),
+];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub start: u64,
+    /// Inclusive, as QEMU prints it.
+    pub end: u64,
+    /// `ram`, `rom`, `romd`, `i/o`, ...
+    pub kind: String,
+    /// QEMU's name, without the ` @offset` suffix of aliases.
+    pub name: String,
+}
+
+/// The flat view of one address space: non-overlapping regions by address.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryMap {
+    regions: Vec<Region>,
+    /// The address space the view was taken from.
+    pub address_space: String,
+}
+
+impl MemoryMap {
+    /// Parses `info mtree -f`, keeping the flat view of vCPU 0's address space
+    /// (`cpu-memory-0`; the system `memory` view when there is none).
+    pub fn parse(text: &str) -> Result<MemoryMap, String> {
+        let mut views: Vec<(Vec<String>, Vec<Region>)> = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let t = line.trim();
+            if t.starts_with("FlatView #") {
+                views.push((Vec::new(), Vec::new()));
+            } else if let Some(rest) = t.strip_prefix("AS \"") {
+                let name = rest.split('"').next().unwrap_or("").to_string();
+                if let Some(v) = views.last_mut() {
+                    v.0.push(name);
+                }
+            } else if let Some(region) = parse_region(t) {
+                match views.last_mut() {
+                    Some(v) => v.1.push(region),
+                    None => return Err(format!("line {}: a region before any \"FlatView\" header: is this `info mtree -f`?", n + 1)),
+                }
+            }
+        }
+        let pick = |want: &str| {
+            views
+                .iter()
+                .position(|(names, _)| names.iter().any(|n| n == want))
+        };
+        let i = pick("cpu-memory-0")
+            .or_else(|| pick("memory"))
+            .ok_or_else(|| "no flat view of \"cpu-memory-0\" or \"memory\" (expected the output of `info mtree -f`)".to_string())?;
+        let (names, mut regions) = views.swap_remove(i);
+        regions.sort_by_key(|r| r.start);
+        let address_space = if names.iter().any(|n| n == "cpu-memory-0") {
+            "cpu-memory-0"
+        } else {
+            "memory"
+        };
+        Ok(MemoryMap {
+            regions,
+            address_space: address_space.to_string(),
+        })
+    }
+
+    /// The region containing `addr`.
+    pub fn region(&self, addr: u64) -> Option<&Region> {
+        let i = self.regions.partition_point(|r| r.start <= addr);
+        let r = self.regions.get(i.checked_sub(1)?)?;
+        (addr <= r.end).then_some(r)
+    }
+
+    pub fn regions(&self) -> &[Region] {
+        &self.regions
+    }
+}
+
+/// `0000000040028000-0000000040028fff (prio -1000, i/o): PWM`
+fn parse_region(line: &str) -> Option<Region> {
+    let (range, rest) = line.split_once(' ')?;
+    let (start, end) = range.split_once('-')?;
+    let start = u64::from_str_radix(start, 16).ok()?;
+    let end = u64::from_str_radix(end, 16).ok()?;
+    let rest = rest.trim().strip_prefix('(')?;
+    let (attrs, name) = rest.split_once("): ")?;
+    let kind = attrs.rsplit(", ").next()?.trim().to_string();
+    let name = name.split(" @").next()?.trim().to_string();
+    (start <= end).then_some(Region {
+        start,
+        end,
+        kind,
+        name,
+    })
+}
+
+/// The user's names: `--device-map FILE`. One entry per line:
+/// `<QEMU region name> <name>` or `<start>-<end> <name>` (hex addresses,
+/// inclusive, `0x` optional); `#` starts a comment.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceMap {
+    ranges: Vec<(u64, u64, String)>,
+    regions: HashMap<String, String>,
+}
+
+impl DeviceMap {
+    pub fn parse(text: &str) -> Result<DeviceMap, String> {
+        let mut map = DeviceMap::default();
+        for (n, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap().trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut words = line.split_whitespace();
+            let (Some(key), Some(name), None) = (words.next(), words.next(), words.next()) else {
+                return Err(format!(
+                    "line {}: {raw:?}: expected `<region name or start-end> <name>`",
+                    n + 1
+                ));
+            };
+            let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16);
+            match key.split_once('-').map(|(a, b)| (hex(a), hex(b))) {
+                Some((Ok(start), Ok(end))) if start <= end => {
+                    map.ranges.push((start, end, name.to_string()))
+                }
+                Some((Ok(_), Ok(_))) => {
+                    return Err(format!(
+                        "line {}: {raw:?}: range start is after its end",
+                        n + 1
+                    ))
+                }
+                _ => {
+                    map.regions.insert(key.to_string(), name.to_string());
+                }
+            }
+        }
+        Ok(map)
+    }
+}
+
+/// Reads `--device-map FILE` (none: an empty map); errors name the file and line.
+pub fn load_device_map(path: Option<&std::path::Path>) -> anyhow::Result<DeviceMap> {
+    let Some(path) = path else {
+        return Ok(DeviceMap::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read the device map {}: {e}", path.display()))?;
+    DeviceMap::parse(&text).map_err(|e| anyhow::anyhow!("device map {}: {e}", path.display()))
+}
+
+/// Resolves device names for MMIO accesses (see the module comment).
+#[derive(Clone, Debug, Default)]
+pub struct DeviceResolver {
+    pub map: Option<MemoryMap>,
+    pub user: DeviceMap,
+}
+
+/// What an MMIO access hit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    /// The name users query by (`device` column).
+    pub device: String,
+    /// QEMU's exact region name (`region` column), when the map was known.
+    pub region: Option<String>,
+}
+
+impl DeviceResolver {
+    pub fn resolve(&self, paddr: u64, plugin_name: &str) -> Resolved {
+        let region = self.map.as_ref().and_then(|m| m.region(paddr));
+        let qemu_name = region.map(|r| r.name.clone());
+        if let Some((_, _, name)) = self
+            .user
+            .ranges
+            .iter()
+            .find(|(s, e, _)| (*s..=*e).contains(&paddr))
+        {
+            return Resolved {
+                device: name.clone(),
+                region: qemu_name,
+            };
+        }
+        let Some(r) = region else {
+            return Resolved {
+                device: plugin_name.to_string(),
+                region: None,
+            };
+        };
+        let device = self
+            .user
+            .regions
+            .get(&r.name)
+            .cloned()
+            .or_else(|| {
+                SHORT_NAMES
+                    .iter()
+                    .find(|(q, _)| *q == r.name)
+                    .map(|(_, s)| s.to_string())
+            })
+            .unwrap_or_else(|| r.name.clone());
+        Resolved {
+            device,
+            region: qemu_name,
+        }
+    }
+}
+
+/// How long naming waits for a memory map still being fetched.
+const MAP_WAIT: Duration = Duration::from_secs(15);
+
+/// The capture's `DeviceNames`: the memory map in `mtree` (fetched by
+/// `fetch`, when there is one) and the user's map. Resolution happens when a
+/// part is written, on the writer thread, so the first part waits for the
+/// fetch instead of the drain.
+pub struct MapDeviceNames {
+    fetch: Option<Arc<MtreeFetch>>,
+    mtree: PathBuf,
+    user: DeviceMap,
+    resolver: OnceLock<DeviceResolver>,
+}
+
+impl MapDeviceNames {
+    pub fn new(mtree: PathBuf, fetch: Option<Arc<MtreeFetch>>, user: DeviceMap) -> MapDeviceNames {
+        MapDeviceNames {
+            fetch,
+            mtree,
+            user,
+            resolver: OnceLock::new(),
+        }
+    }
+
+    fn resolver(&self) -> &DeviceResolver {
+        self.resolver.get_or_init(|| {
+            if let Some(f) = &self.fetch {
+                f.wait_done(MAP_WAIT);
+            }
+            let map = match std::fs::read_to_string(&self.mtree) {
+                Ok(text) => match MemoryMap::parse(&text) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        eprintln!(
+                            "trace-collector: warning: {}: {e}; MMIO devices keep the plugin's names",
+                            self.mtree.display()
+                        );
+                        None
+                    }
+                },
+                Err(_) => None,
+            };
+            DeviceResolver { map, user: self.user.clone() }
+        })
+    }
+}
+
+impl DeviceNames for MapDeviceNames {
+    fn resolve<'a>(
+        &'a self,
+        paddr: u64,
+        plugin_name: &'a str,
+    ) -> (Cow<'a, str>, Option<Cow<'a, str>>) {
+        let r = self.resolver().resolve(paddr, plugin_name);
+        (Cow::Owned(r.device), r.region.map(Cow::Owned))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LM3S: &str = "\
+FlatView #0
+ AS \"memory\", root: system
+ Root memory region: system
+  0000000000000000-000000000003ffff (prio 0, rom): stellaris.flash
+  000000004000c000-000000004000cfff (prio 0, i/o): pl011
+
+FlatView #2
+ AS \"cpu-memory-0\", root: armv7m-container
+ Root memory region: armv7m-container
+  0000000020000000-000000002000ffff (prio 0, ram): stellaris.sram
+  000000004000c000-000000004000cfff (prio 0, i/o): pl011
+  0000000040028000-0000000040028fff (prio -1000, i/o): PWM
+  00000000400fd000-00000000400fdfff (prio -1000, i/o): flash-control
+  00000000e000e000-00000000e000e00f (prio 0, i/o): nvic_sysregs
+  00000000e000e010-00000000e000e0ef (prio 1, i/o): v7m_systick
+  00000000e000e0f0-00000000e000efff (prio 0, i/o): nvic_sysregs @00000000000000f0
+";
+
+    #[test]
+    fn picks_the_cpu_view_and_finds_the_most_specific_region() {
+        let m = MemoryMap::parse(LM3S).unwrap();
+        assert_eq!(m.address_space, "cpu-memory-0");
+        assert_eq!(m.region(0xe000e010).unwrap().name, "v7m_systick");
+        assert_eq!(m.region(0xe000e0ef).unwrap().name, "v7m_systick");
+        assert_eq!(m.region(0xe000e0f0).unwrap().name, "nvic_sysregs");
+        assert_eq!(m.region(0xe000e00f).unwrap().name, "nvic_sysregs");
+        assert_eq!(m.region(0x20000000).unwrap().kind, "ram");
+        assert_eq!(m.region(0x30000000), None);
+    }
+
+    #[test]
+    fn resolves_short_names_user_names_and_falls_back_to_the_plugin() {
+        let r = DeviceResolver {
+            map: Some(MemoryMap::parse(LM3S).unwrap()),
+            user: DeviceMap::default(),
+        };
+        assert_eq!(
+            r.resolve(0xe000e018, "anon0x1234"),
+            Resolved {
+                device: "systick".into(),
+                region: Some("v7m_systick".into())
+            }
+        );
+        assert_eq!(
+            r.resolve(0x400fd000, "flash-control").device,
+            "flash-control"
+        );
+        assert_eq!(r.resolve(0x40028000, "PWM").device, "PWM");
+        assert_eq!(
+            r.resolve(0xf0000000, "anon0x99"),
+            Resolved {
+                device: "anon0x99".into(),
+                region: None
+            }
+        );
+
+        let user =
+            DeviceMap::parse("# uarts\n0x4000c000-0x4000cfff uart0\nv7m_systick tick\n").unwrap();
+        let r = DeviceResolver { user, ..r };
+        assert_eq!(r.resolve(0x4000c000, "pl011").device, "uart0");
+        assert_eq!(
+            r.resolve(0x4000c000, "pl011").region.as_deref(),
+            Some("pl011")
+        );
+        assert_eq!(r.resolve(0xe000e010, "anon").device, "tick");
+    }
+
+    #[test]
+    fn bad_inputs_name_the_line() {
+        assert!(MemoryMap::parse("  0000-0fff (prio 0, i/o): x\n")
+            .unwrap_err()
+            .contains("line 1"));
+        assert!(MemoryMap::parse("hello\n").is_err());
+        assert!(DeviceMap::parse("a b c\n").unwrap_err().contains("line 1"));
+        assert!(DeviceMap::parse("\n0x20-0x10 x\n")
+            .unwrap_err()
+            .contains("line 2"));
+    }
+}

@@ -1,0 +1,206 @@
+//! The capture directory: refusing to mix two captures, clearing an old one
+//! on `--overwrite`, and `capture.json`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::tables::Table;
+
+/// `capture.json`'s `format_version`.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Files of a capture besides the table directories.
+const CAPTURE_FILES: [&str; 2] = ["capture.json", "mtree.txt"];
+
+/// What in `dir` belongs to a capture.
+fn capture_entries(dir: &Path) -> Vec<PathBuf> {
+    CAPTURE_FILES
+        .iter()
+        .copied()
+        .chain(Table::ALL.iter().map(|t| t.name()))
+        .map(|n| dir.join(n))
+        .filter(|p| p.symlink_metadata().is_ok())
+        .collect()
+}
+
+/// Creates `dir` if needed, and refuses it if it holds a capture, unless
+/// `overwrite` (then `clear` removes it, once the capture can start).
+pub fn check(dir: &Path, overwrite: bool) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("--out {}: exists and is not a directory", dir.display());
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create --out directory {}", dir.display()))?;
+    let old = capture_entries(dir);
+    if !old.is_empty() && !overwrite {
+        bail!(
+            "--out {} already holds a capture ({}): choose another directory or pass --overwrite to replace it",
+            dir.display(),
+            old.iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Removes an old capture's files from `dir` (nothing else).
+pub fn clear(dir: &Path) -> Result<()> {
+    for p in capture_entries(dir) {
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.with_context(|| format!("cannot remove the old capture's {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes `path` through a temporary file and a rename: readers see the old
+/// or the new content, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `capture.json`; see docs/capture-format.md.
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct CaptureJson {
+    pub format_version: u32,
+    pub complete: bool,
+    pub collector_version: String,
+    pub qemu_pid: u32,
+    pub qemu_command: Vec<String>,
+    pub guest_pointer_bits: Option<u32>,
+    pub shim_options: String,
+    pub n_vcpus: u32,
+    pub devices: Vec<String>,
+    /// How QEMU ended, once the capture is complete.
+    pub qemu_exit: Option<String>,
+    /// How the capture ended: "qemu_exited", "qemu_died", "interrupted", "error".
+    pub end: Option<String>,
+    /// Rows per table, in the parts written so far.
+    pub tables: BTreeMap<String, u64>,
+    pub events_lost: u64,
+    pub events_lost_before_attach: u64,
+    pub duration_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl CaptureJson {
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let mut text = serde_json::to_string_pretty(self).expect("serializable");
+        text.push('\n');
+        write_atomic(&dir.join("capture.json"), text.as_bytes())
+    }
+}
+
+/// QEMU's command line, from /proc/<pid>/cmdline.
+pub fn qemu_command(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut args: Vec<String> = raw
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    if args.last().is_some_and(|a| a.is_empty()) {
+        args.pop();
+    }
+    args
+}
+
+/// Pointer width of the guest, from the QEMU binary's name (the first
+/// argument, else the executable): 64 for the 64-bit targets, 32 for the
+/// other `qemu-system-*`, `None` for a name we cannot read.
+pub fn guest_pointer_bits(command: &[String], exe: Option<&Path>) -> Option<u32> {
+    let names = command
+        .first()
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(exe.map(Path::to_path_buf));
+    for path in names {
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        let Some(target) = name.strip_prefix("qemu-system-") else {
+            continue;
+        };
+        let bits64 = [
+            "aarch64",
+            "x86_64",
+            "riscv64",
+            "ppc64",
+            "s390x",
+            "loongarch64",
+            "sparc64",
+        ]
+        .contains(&target)
+            || target.starts_with("mips64");
+        return Some(if bits64 { 64 } else { 32 });
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+
+    #[test]
+    fn pointer_bits_from_the_binary_name() {
+        let c = |s: &str| vec![s.to_string(), "-M".into()];
+        assert_eq!(
+            guest_pointer_bits(&c("/usr/bin/qemu-system-aarch64"), None),
+            Some(64)
+        );
+        assert_eq!(guest_pointer_bits(&c("qemu-system-x86_64"), None), Some(64));
+        assert_eq!(
+            guest_pointer_bits(&c("qemu-system-mips64el"), None),
+            Some(64)
+        );
+        assert_eq!(guest_pointer_bits(&c("qemu-system-arm"), None), Some(32));
+        assert_eq!(
+            guest_pointer_bits(&c("qemu-system-riscv32"), None),
+            Some(32)
+        );
+        assert_eq!(guest_pointer_bits(&c("./my-qemu"), None), None);
+        assert_eq!(
+            guest_pointer_bits(&c("./my-qemu"), Some(Path::new("/opt/qemu-system-riscv64"))),
+            Some(64)
+        );
+        assert_eq!(guest_pointer_bits(&[], None), None);
+    }
+
+    #[test]
+    fn refuses_an_old_capture_unless_overwrite() {
+        let t = TempDir::new("out");
+        let out = t.0.join("cap");
+        check(&out, false).unwrap(); // created
+        assert!(out.is_dir());
+        std::fs::write(out.join("notes.txt"), "mine").unwrap();
+        check(&out, false).unwrap(); // unrelated files are fine
+        std::fs::create_dir_all(out.join("mem")).unwrap();
+        std::fs::write(out.join("mem/part-000000.parquet"), "x").unwrap();
+        std::fs::write(out.join("capture.json"), "{}").unwrap();
+        let e = check(&out, false).unwrap_err().to_string();
+        assert!(
+            e.contains("--overwrite") && e.contains("capture.json"),
+            "{e}"
+        );
+        check(&out, true).unwrap();
+        clear(&out).unwrap();
+        assert!(!out.join("mem").exists() && !out.join("capture.json").exists());
+        assert!(
+            out.join("notes.txt").exists(),
+            "only the capture's files are removed"
+        );
+        // A file where the directory should be.
+        let file = t.0.join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(check(&file, true).is_err());
+    }
+}

@@ -1,0 +1,208 @@
+//! The writer thread: turns full batches into Parquet parts.
+//!
+//! The drain thread hands each full batch over through an `rtrb` ring of
+//! capacity 2 and waits while it is full. That bounded hand-over is the point
+//! of using rtrb here: at most two batches wait per capture (plus the one
+//! being written and the ones being filled), so when the disk or the Parquet
+//! encoder is slower than the guest, memory stays bounded and the drain slows
+//! down, which (with `overflow=block`) slows the guest down, instead of the
+//! collector growing until it is killed. It is also wait-free for the drain
+//! thread in the common case, unlike a mutex-protected queue.
+//!
+//! Every part is written as `DIR/<table>/.part-NNNNNN.parquet.tmp`, fsynced,
+//! then renamed to `part-NNNNNN.parquet` (and the directory fsynced), so a
+//! reader never sees a partial part, even after a crash.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use polars::prelude::{ParquetCompression, ParquetWriter};
+
+use crate::tables::{Batch, DeviceList, DeviceNames, Table};
+
+/// Batches waiting for the writer thread.
+const QUEUE: usize = 2;
+
+/// One part to write.
+pub struct Part {
+    pub number: u32,
+    pub batch: Batch,
+    pub devices: DeviceList,
+}
+
+/// What the writer has done so far, readable from any thread.
+#[derive(Default)]
+pub struct SinkProgress {
+    pub bytes_written: AtomicU64,
+    pub rows_written: [AtomicU64; 5],
+    pub parts_written: [AtomicU64; 5],
+    failed: AtomicBool,
+    error: Mutex<Option<String>>,
+}
+
+impl SinkProgress {
+    pub fn rows(&self, t: Table) -> u64 {
+        self.rows_written[t.index()].load(Ordering::Relaxed)
+    }
+}
+
+/// Called by the writer thread after each part it wrote.
+pub type OnPart = Box<dyn FnMut(&SinkProgress) + Send>;
+
+/// The drain thread's end of the writer.
+pub struct PartSink {
+    producer: rtrb::Producer<Part>,
+    thread: Option<JoinHandle<Result<()>>>,
+    progress: Arc<SinkProgress>,
+    next_part: [u32; 5],
+}
+
+impl PartSink {
+    /// Starts the writer thread, writing under `dir`.
+    pub fn start(
+        dir: PathBuf,
+        names: Arc<dyn DeviceNames>,
+        mut on_part: OnPart,
+    ) -> Result<PartSink> {
+        let (producer, mut consumer) = rtrb::RingBuffer::<Part>::new(QUEUE);
+        let progress = Arc::new(SinkProgress::default());
+        let p = progress.clone();
+        let thread = std::thread::Builder::new()
+            .name("parquet-writer".into())
+            .spawn(move || -> Result<()> {
+                loop {
+                    let part = match consumer.pop() {
+                        Ok(part) => part,
+                        Err(_) if consumer.is_abandoned() => match consumer.pop() {
+                            Ok(part) => part,
+                            Err(_) => return Ok(()),
+                        },
+                        Err(_) => {
+                            std::thread::park_timeout(Duration::from_millis(20));
+                            continue;
+                        }
+                    };
+                    let table = part.batch.table();
+                    match write_part(&dir, part, names.as_ref()) {
+                        Ok((bytes, rows)) => {
+                            p.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+                            p.rows_written[table.index()].fetch_add(rows, Ordering::Relaxed);
+                            p.parts_written[table.index()].fetch_add(1, Ordering::Relaxed);
+                            on_part(&p);
+                        }
+                        Err(e) => {
+                            *p.error.lock().unwrap() = Some(format!("{e:#}"));
+                            p.failed.store(true, Ordering::Release);
+                            return Err(e);
+                        }
+                    }
+                }
+            })
+            .context("cannot start the Parquet writer thread")?;
+        Ok(PartSink {
+            producer,
+            thread: Some(thread),
+            progress,
+            next_part: [0; 5],
+        })
+    }
+
+    pub fn progress(&self) -> &Arc<SinkProgress> {
+        &self.progress
+    }
+
+    /// Parts handed over so far for `table`.
+    pub fn parts_sent(&self, table: Table) -> u32 {
+        self.next_part[table.index()]
+    }
+
+    /// Hands a batch over, waiting while two are already queued.
+    pub fn send(&mut self, batch: Batch, devices: &DeviceList) -> Result<()> {
+        let table = batch.table();
+        let number = self.next_part[table.index()];
+        let mut part = Part {
+            number,
+            batch,
+            devices: devices.clone(),
+        };
+        let writer = self
+            .thread
+            .as_ref()
+            .expect("sink used after finish")
+            .thread()
+            .clone();
+        loop {
+            if self.progress.failed.load(Ordering::Acquire) {
+                let e = self
+                    .progress
+                    .error
+                    .lock()
+                    .unwrap()
+                    .clone()
+                    .unwrap_or_default();
+                return Err(anyhow!("the Parquet writer failed: {e}"));
+            }
+            match self.producer.push(part) {
+                Ok(()) => {
+                    writer.unpark();
+                    self.next_part[table.index()] += 1;
+                    return Ok(());
+                }
+                Err(rtrb::PushError::Full(p)) => {
+                    part = p;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
+    }
+
+    /// Waits until every part handed over is written.
+    pub fn finish(mut self) -> Result<()> {
+        let thread = self.thread.take().expect("finish called twice");
+        drop(self.producer);
+        thread.thread().unpark();
+        thread
+            .join()
+            .map_err(|_| anyhow!("the Parquet writer thread panicked"))?
+    }
+}
+
+/// Writes one part; returns its size in bytes and its rows.
+fn write_part(dir: &Path, part: Part, names: &dyn DeviceNames) -> Result<(u64, u64)> {
+    let table = part.batch.table();
+    let tdir = dir.join(table.name());
+    std::fs::create_dir_all(&tdir).with_context(|| format!("cannot create {}", tdir.display()))?;
+    let rows = part.batch.len() as u64;
+    let mut df = part
+        .batch
+        .into_frame(&part.devices, names)
+        .with_context(|| format!("cannot build a {} part", table.name()))?;
+    let tmp = tdir.join(format!(".part-{:06}.parquet.tmp", part.number));
+    let dest = tdir.join(format!("part-{:06}.parquet", part.number));
+    let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    ParquetWriter::new(&mut w)
+        .with_compression(ParquetCompression::Zstd(None))
+        .finish(&mut df)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    let file = w
+        .into_inner()
+        .map_err(|e| anyhow!("cannot write {}: {}", tmp.display(), e.error()))?;
+    file.sync_all()
+        .with_context(|| format!("cannot sync {}", tmp.display()))?;
+    let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    drop(file);
+    std::fs::rename(&tmp, &dest)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), dest.display()))?;
+    // The rename itself must reach the disk for the part to survive a crash.
+    if let Ok(d) = File::open(&tdir) {
+        let _ = d.sync_all();
+    }
+    Ok((bytes, rows))
+}

@@ -1,0 +1,570 @@
+//! Finding, checking, mapping and attaching to a QEMU process's segment.
+//!
+//! We use `nix` (`shm_open`, `fstat`, `mmap`) rather than the `shared_memory`
+//! crate on purpose: that crate owns the segment's lifetime (its `Drop`
+//! unlinks what it created or opened as owner), names segments its own way
+//! and keeps "flink" files beside them, and gives no access to the file
+//! descriptor before mapping, so it cannot check who owns the segment. Here
+//! the shim creates and unlinks the segment; the collector only opens an
+//! existing name, refuses a segment owned by another user, and maps it.
+
+use std::ffi::c_void;
+use std::num::NonZeroUsize;
+use std::os::fd::OwnedFd;
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::mman::{mmap, munmap, shm_open, shm_unlink, MapFlags, ProtFlags};
+use nix::sys::signal::kill;
+use nix::sys::stat::{fstat, Mode};
+use nix::unistd::{geteuid, Pid};
+use trace_schema::layout::{self, state, Header, LayoutError, SegmentView, HEADER_BYTES};
+use trace_schema::sync::Ordering;
+
+/// How long to wait for a segment that exists but whose header is not
+/// written yet (the shim stores the magic last).
+pub const MAGIC_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    #[error("no process with pid {0}")]
+    NoProcess(u32),
+    #[error(
+        "process {pid} has no trace segment (/dev/shm{name}): is it a QEMU started with \
+         -plugin libtrace_shim.so, and has it finished starting?"
+    )]
+    NoSegment { pid: u32, name: String },
+    #[error(
+        "the trace segment /dev/shm{name} belongs to uid {owner}, not to us (uid {me}): \
+         refusing to read another user's trace (run the collector as the user running QEMU)"
+    )]
+    OtherOwner { name: String, owner: u32, me: u32 },
+    #[error("cannot open the trace segment /dev/shm{name}: {err}")]
+    Open { name: String, err: Errno },
+    #[error("cannot map the trace segment /dev/shm{name}: {err}")]
+    Map { name: String, err: Errno },
+    #[error("invalid trace segment /dev/shm{name}: {err}")]
+    Layout { name: String, err: LayoutError },
+    #[error("trace segment /dev/shm{name} says it belongs to pid {found}, not {expected}")]
+    WrongPid {
+        name: String,
+        found: u32,
+        expected: u32,
+    },
+    #[error("QEMU pid {pid} is already being traced by trace-collector pid {collector}")]
+    AlreadyAttached { pid: u32, collector: u32 },
+    #[error("trace segment of pid {pid} has an unknown state {state}")]
+    BadState { pid: u32, state: u32 },
+}
+
+/// Whether process `pid` still runs. A zombie (exited, not yet reaped by its
+/// parent, e.g. our own `run` child) counts as gone.
+pub fn process_alive(pid: u32) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
+    match kill(Pid::from_raw(pid as i32), None) {
+        Err(Errno::ESRCH) => false,
+        // EPERM: it exists but is not ours; it is alive.
+        _ => !matches!(proc_state(pid), Some('Z') | Some('X')),
+    }
+}
+
+/// The state letter in /proc/<pid>/stat (None when unreadable).
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ...": comm may contain anything, so look after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.trim_start().chars().next()
+}
+
+/// (st_dev, st_ino): which file a name refers to.
+#[allow(clippy::unnecessary_cast)] // the types differ between libcs
+fn file_id(st: &nix::sys::stat::FileStat) -> (u64, u64) {
+    (st.st_dev as u64, st.st_ino as u64)
+}
+
+/// Our pid as the header stores it.
+fn own_pid() -> u32 {
+    std::process::id()
+}
+
+/// What `attach` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attached {
+    /// The state before we attached (`WAITING`, `DETACHED` or `ATTACHED` for a
+    /// take-over from a dead collector).
+    pub previous_state: u32,
+    /// The dead collector we took over from, if any.
+    pub took_over_from: Option<u32>,
+}
+
+/// A validated segment, mapped read-write. Unmapped on drop; never unlinked
+/// except by `unlink` (the shim unlinks it when QEMU exits).
+pub struct Segment {
+    base: NonNull<c_void>,
+    len: usize,
+    view: SegmentView,
+    name: String,
+    pid: u32,
+    /// (st_dev, st_ino) of the file we mapped: `unlink` removes that file's
+    /// name only, never a new segment of a process that reused the pid.
+    file_id: (u64, u64),
+}
+
+// The mapping is shared memory that the other side writes through atomics;
+// `SegmentView` is already Send + Sync.
+unsafe impl Send for Segment {}
+unsafe impl Sync for Segment {}
+
+impl Segment {
+    /// Opens the segment of QEMU process `pid` (`layout::segment_name(pid)`).
+    pub fn open(pid: u32) -> Result<Segment, SegmentError> {
+        if !process_alive(pid) {
+            return Err(SegmentError::NoProcess(pid));
+        }
+        Segment::open_named(&layout::segment_name(pid), pid, MAGIC_WAIT)
+    }
+
+    /// Like `open`, but waits up to `wait` for a segment that does not exist
+    /// yet (a QEMU that is still starting) while the process lives.
+    pub fn open_waiting(pid: u32, wait: Duration) -> Result<Segment, SegmentError> {
+        let started = Instant::now();
+        loop {
+            match Segment::open(pid) {
+                Err(SegmentError::NoSegment { .. }) if started.elapsed() < wait => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Opens the segment `name` (a `shm_open` name, leading '/'), which must
+    /// belong to us and to QEMU process `pid`. Waits up to `magic_wait` for a
+    /// shim that is still writing the header.
+    pub fn open_named(name: &str, pid: u32, magic_wait: Duration) -> Result<Segment, SegmentError> {
+        let fd = match shm_open(name, OFlag::O_RDWR, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => {
+                return Err(SegmentError::NoSegment {
+                    pid,
+                    name: name.to_string(),
+                })
+            }
+            Err(err) => {
+                return Err(SegmentError::Open {
+                    name: name.to_string(),
+                    err,
+                })
+            }
+        };
+        let started = Instant::now();
+        loop {
+            let st = fstat(&fd).map_err(|err| SegmentError::Open {
+                name: name.to_string(),
+                err,
+            })?;
+            let me = geteuid().as_raw();
+            if st.st_uid != me {
+                return Err(SegmentError::OtherOwner {
+                    name: name.to_string(),
+                    owner: st.st_uid,
+                    me,
+                });
+            }
+            let len = st.st_size.max(0) as u64;
+            let result = if len < HEADER_BYTES as u64 {
+                // Created but not sized yet.
+                Err(SegmentError::Layout {
+                    name: name.to_string(),
+                    err: LayoutError::TooSmall { len },
+                })
+            } else {
+                Segment::map(&fd, name, pid, len, file_id(&st))
+            };
+            match result {
+                Ok(seg) => return Ok(seg),
+                Err(SegmentError::Layout {
+                    err: LayoutError::BadMagic { .. } | LayoutError::TooSmall { .. },
+                    ..
+                }) if started.elapsed() < magic_wait => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn map(
+        fd: &OwnedFd,
+        name: &str,
+        pid: u32,
+        len: u64,
+        file_id: (u64, u64),
+    ) -> Result<Segment, SegmentError> {
+        let size = usize::try_from(len)
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .ok_or(SegmentError::Layout {
+                name: name.to_string(),
+                err: LayoutError::TooSmall { len },
+            })?;
+        let base = unsafe {
+            mmap(
+                None,
+                size,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd,
+                0,
+            )
+        }
+        .map_err(|err| SegmentError::Map {
+            name: name.to_string(),
+            err,
+        })?;
+        let unmap = |e| {
+            unsafe { munmap(base, size.get()) }.ok();
+            Err(e)
+        };
+        // Safety: the mapping is at least HEADER_BYTES long and page-aligned.
+        let header = unsafe { &*(base.as_ptr() as *const Header) };
+        let geometry = match header.validate(len) {
+            Ok(g) => g,
+            Err(err) => {
+                return unmap(SegmentError::Layout {
+                    name: name.to_string(),
+                    err,
+                })
+            }
+        };
+        if header.qemu_pid != pid {
+            return unmap(SegmentError::WrongPid {
+                name: name.to_string(),
+                found: header.qemu_pid,
+                expected: pid,
+            });
+        }
+        // Safety: `geometry` comes from `validate` against the mapped length.
+        let view = unsafe { SegmentView::new(base.as_ptr() as *mut u8, geometry) };
+        Ok(Segment {
+            base,
+            len: size.get(),
+            view,
+            name: name.to_string(),
+            pid,
+            file_id,
+        })
+    }
+
+    pub fn view(&self) -> &SegmentView {
+        &self.view
+    }
+
+    pub fn header(&self) -> &Header {
+        self.view.header()
+    }
+
+    /// The QEMU pid the segment belongs to.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether the shim has announced QEMU's exit (its last events and
+    /// counters are then published).
+    pub fn qemu_exited(&self) -> bool {
+        // Acquire: pairs with the shim's Release store, after its last events.
+        self.header().qemu_exited.load(Ordering::Acquire) == 1
+    }
+
+    /// Makes us the segment's collector: the shim starts recording.
+    ///
+    /// `collector_pid` is claimed first with a compare-and-swap (so two
+    /// collectors cannot both win), then `attach_count` is bumped (the shim
+    /// re-announces its devices to each new attach, so it must see the new
+    /// count no later than the new state), then `state` goes to `ATTACHED`.
+    /// A live collector that holds the segment is refused; a dead one is taken
+    /// over.
+    pub fn attach(&self) -> Result<Attached, SegmentError> {
+        let h = self.header();
+        let me = own_pid();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let holder = h.collector_pid.load(Ordering::Acquire);
+            let st = h.state.load(Ordering::Acquire);
+            if st > state::DETACHED {
+                return Err(SegmentError::BadState {
+                    pid: self.pid,
+                    state: st,
+                });
+            }
+            if holder != 0 && holder != me && process_alive(holder) {
+                // A live collector is attached, or is between its two steps of
+                // attaching or detaching: give the latter a moment.
+                if st == state::ATTACHED || Instant::now() > deadline {
+                    return Err(SegmentError::AlreadyAttached {
+                        pid: self.pid,
+                        collector: holder,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            if h.collector_pid
+                .compare_exchange(holder, me, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                continue;
+            }
+            h.attach_count.fetch_add(1, Ordering::AcqRel);
+            let previous_state = st;
+            self.ensure_attached()?;
+            let took_over_from =
+                (st == state::ATTACHED && holder != 0 && holder != me).then_some(holder);
+            self.heartbeat();
+            return Ok(Attached {
+                previous_state,
+                took_over_from,
+            });
+        }
+    }
+
+    /// Fails if a live collector other than us is attached (`attach` would
+    /// refuse): lets a caller check before it does anything irreversible.
+    pub fn check_not_attached(&self) -> Result<(), SegmentError> {
+        let h = self.header();
+        let holder = h.collector_pid.load(Ordering::Acquire);
+        if h.state.load(Ordering::Acquire) == state::ATTACHED
+            && holder != 0
+            && holder != own_pid()
+            && process_alive(holder)
+        {
+            return Err(SegmentError::AlreadyAttached {
+                pid: self.pid,
+                collector: holder,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sets `state` to `ATTACHED` if it is not (we hold `collector_pid`).
+    /// Returns whether it had to change it: a shim that decided we were gone.
+    pub fn ensure_attached(&self) -> Result<bool, SegmentError> {
+        let h = self.header();
+        let mut changed = false;
+        loop {
+            let st = h.state.load(Ordering::Acquire);
+            match st {
+                state::ATTACHED => return Ok(changed),
+                state::WAITING | state::DETACHED => {
+                    changed = true;
+                    // AcqRel: our collector_pid and attach_count stores must be
+                    // visible to a shim that sees ATTACHED.
+                    if h.state
+                        .compare_exchange(st, state::ATTACHED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        return Ok(changed);
+                    }
+                }
+                other => {
+                    return Err(SegmentError::BadState {
+                        pid: self.pid,
+                        state: other,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Stops the capture: the shim counts events as lost from now on, and a
+    /// spinning `overflow=block` producer gives up instead of waiting for us.
+    pub fn detach(&self) {
+        let h = self.header();
+        let me = own_pid();
+        if h.collector_pid.load(Ordering::Acquire) != me {
+            return; // not ours (any more)
+        }
+        let _ = h.state.compare_exchange(
+            state::ATTACHED,
+            state::DETACHED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        let _ = h
+            .collector_pid
+            .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Shows the shim (and any curious reader) that we are alive.
+    pub fn heartbeat(&self) {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        self.header()
+            .collector_heartbeat_ns
+            .store(ns, Ordering::Relaxed);
+    }
+
+    /// Removes the segment's name (for a QEMU that died without doing it),
+    /// if the name still refers to our segment. A name that is gone is fine.
+    pub fn unlink(&self) {
+        let Ok(fd) = shm_open(self.name.as_str(), OFlag::O_RDONLY, Mode::empty()) else {
+            return;
+        };
+        match fstat(&fd) {
+            Ok(st) if file_id(&st) == self.file_id => {}
+            _ => return,
+        }
+        match shm_unlink(self.name.as_str()) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => eprintln!(
+                "trace-collector: warning: cannot remove /dev/shm{}: {e}",
+                self.name
+            ),
+        }
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        unsafe { munmap(self.base, self.len) }.ok();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::FakeShim;
+    use trace_schema::layout::Geometry;
+
+    fn geometry() -> Geometry {
+        Geometry {
+            n_vcpus: 2,
+            event_ring_bytes: 8192,
+            meta_ring_bytes: 8192,
+        }
+    }
+
+    #[test]
+    fn opens_and_attaches_and_detaches() {
+        let shim = FakeShim::new(geometry(), "events=mem+mmio");
+        let seg = shim.open().unwrap();
+        assert_eq!(seg.view().geometry, geometry());
+        assert_eq!(seg.header().options(), "events=mem+mmio");
+        let a = seg.attach().unwrap();
+        assert_eq!(
+            a,
+            Attached {
+                previous_state: state::WAITING,
+                took_over_from: None
+            }
+        );
+        assert_eq!(shim.header().state.load(Ordering::Relaxed), state::ATTACHED);
+        assert_eq!(
+            shim.header().collector_pid.load(Ordering::Relaxed),
+            std::process::id()
+        );
+        assert_eq!(shim.header().attach_count.load(Ordering::Relaxed), 1);
+        seg.detach();
+        assert_eq!(shim.header().state.load(Ordering::Relaxed), state::DETACHED);
+        assert_eq!(shim.header().collector_pid.load(Ordering::Relaxed), 0);
+        // Attach again after a detach.
+        seg.attach().unwrap();
+        assert_eq!(shim.header().attach_count.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn refuses_a_live_collector_and_takes_over_a_dead_one() {
+        let shim = FakeShim::new(geometry(), "");
+        let seg = shim.open().unwrap();
+        // pid 1 is alive and is not us.
+        shim.header()
+            .state
+            .store(state::ATTACHED, Ordering::Relaxed);
+        shim.header().collector_pid.store(1, Ordering::Relaxed);
+        assert!(seg.check_not_attached().is_err());
+        match seg.attach() {
+            Err(SegmentError::AlreadyAttached { collector: 1, .. }) => {}
+            other => panic!("expected AlreadyAttached, got {:?}", other.map(|_| ())),
+        }
+        // A dead collector: a child we reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        shim.header().collector_pid.store(dead, Ordering::Relaxed);
+        let a = seg.attach().unwrap();
+        assert_eq!(a.took_over_from, Some(dead));
+        assert_eq!(
+            shim.header().collector_pid.load(Ordering::Relaxed),
+            std::process::id()
+        );
+    }
+
+    #[test]
+    fn refuses_bad_headers() {
+        type Break = fn(&mut Header);
+        let cases: [(Break, &str); 4] = [
+            (|h| h.magic.store(0x1234, Ordering::Relaxed), "magic"),
+            (|h| h.layout_version = 99, "version"),
+            (|h| h.segment_bytes += 4096, "size mismatch"),
+            (|h| h.qemu_pid += 1, "belongs to pid"),
+        ];
+        for (break_it, what) in cases {
+            let shim = FakeShim::new(geometry(), "");
+            break_it(shim.header_mut());
+            let err = shim
+                .open_with_wait(Duration::from_millis(50))
+                .err()
+                .unwrap_or_else(|| panic!("{what} accepted"));
+            assert!(err.to_string().contains(what), "{what}: {err}");
+        }
+    }
+
+    #[test]
+    fn waits_for_a_segment_that_is_being_created() {
+        let name = layout::segment_name(std::process::id());
+        let creator = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            FakeShim::named(&name, geometry(), "")
+        });
+        let seg = Segment::open_waiting(std::process::id(), Duration::from_secs(5)).unwrap();
+        let shim = creator.join().unwrap();
+        assert_eq!(seg.pid(), std::process::id());
+        // `unlink` removes our segment's name, but not a new segment that
+        // took the same name since.
+        let _ = shm_unlink(shim.name.as_str());
+        let newer = FakeShim::named(&shim.name, geometry(), "");
+        seg.unlink();
+        assert!(std::path::Path::new(&format!("/dev/shm{}", newer.name)).exists());
+        drop(shim);
+        drop(newer);
+        assert!(matches!(
+            Segment::open_waiting(std::process::id(), Duration::from_millis(50)),
+            Err(SegmentError::NoSegment { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_segment_and_process() {
+        let err = Segment::open_named("/trace-collector-test.none", 1, Duration::ZERO)
+            .err()
+            .unwrap();
+        assert!(matches!(err, SegmentError::NoSegment { .. }), "{err}");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        assert!(!process_alive(dead));
+        assert!(matches!(
+            Segment::open(dead).err().unwrap(),
+            SegmentError::NoProcess(_)
+        ));
+        assert!(process_alive(std::process::id()));
+    }
+}

@@ -1,0 +1,598 @@
+//! The capture's tables: their column batches (plain vectors filled by the
+//! drain, one push per column per row, nothing allocated per row) and the
+//! conversion of a full batch into a polars `DataFrame` with the columns of
+//! docs/capture-format.md. The conversion runs on the writer thread.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use polars::prelude::*;
+use trace_schema::options::EventSet;
+use trace_schema::record::Event;
+
+/// The tables of a capture directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    Mem,
+    Mmio,
+    Insn,
+    Code,
+    Stats,
+}
+
+impl Table {
+    pub const ALL: [Table; 5] = [
+        Table::Mem,
+        Table::Mmio,
+        Table::Insn,
+        Table::Code,
+        Table::Stats,
+    ];
+
+    /// The table's directory name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Mem => "mem",
+            Table::Mmio => "mmio",
+            Table::Insn => "insn",
+            Table::Code => "code",
+            Table::Stats => "stats",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The tables a capture of `events` writes: `mem` implies `mem` and
+    /// `mmio`, `mmio` alone only `mmio`, `insn` implies `insn` and `code`;
+    /// `stats` always.
+    pub fn for_events(events: EventSet) -> Vec<Table> {
+        let mut t = Vec::new();
+        if events.mem {
+            t.push(Table::Mem);
+        }
+        if events.mem || events.mmio {
+            t.push(Table::Mmio);
+        }
+        if events.insn {
+            t.push(Table::Insn);
+            t.push(Table::Code);
+        }
+        t.push(Table::Stats);
+        t
+    }
+}
+
+/// Resolves the names written for an I/O access: the `device` column, and
+/// (`mmio`) the `region` column, QEMU's exact region name when known. The
+/// plugin's name is kept as is in `plugin_device`. See `memory_map` for the
+/// resolver built from QEMU's memory map.
+pub trait DeviceNames: Send + Sync {
+    fn resolve<'a>(
+        &'a self,
+        paddr: u64,
+        plugin_name: &'a str,
+    ) -> (Cow<'a, str>, Option<Cow<'a, str>>);
+}
+
+/// The plugin API's name, as is (no memory map): for tests.
+#[cfg(test)]
+pub struct PluginDeviceNames;
+
+#[cfg(test)]
+impl DeviceNames for PluginDeviceNames {
+    fn resolve<'a>(
+        &'a self,
+        _paddr: u64,
+        plugin_name: &'a str,
+    ) -> (Cow<'a, str>, Option<Cow<'a, str>>) {
+        (Cow::Borrowed(plugin_name), None)
+    }
+}
+
+/// `MemBatch::device` of an access that hit no known device.
+pub const NO_DEVICE: u32 = u32::MAX;
+
+/// Rows of `mem` or `mmio`.
+#[derive(Default, Debug)]
+pub struct MemBatch {
+    pub vcpu: Vec<u32>,
+    pub icount: Vec<u64>,
+    pub pc: Vec<u64>,
+    pub store: Vec<bool>,
+    pub vaddr: Vec<u64>,
+    pub paddr: Vec<u64>,
+    pub size: Vec<u8>,
+    pub value: Vec<u64>,
+    pub value_hi: Vec<u64>,
+    pub asid: Vec<u64>,
+    pub io: Vec<bool>,
+    /// Index into the capture's device list (`NO_DEVICE` for none).
+    pub device: Vec<u32>,
+}
+
+impl MemBatch {
+    pub fn with_capacity(n: usize) -> MemBatch {
+        MemBatch {
+            vcpu: Vec::with_capacity(n),
+            icount: Vec::with_capacity(n),
+            pc: Vec::with_capacity(n),
+            store: Vec::with_capacity(n),
+            vaddr: Vec::with_capacity(n),
+            paddr: Vec::with_capacity(n),
+            size: Vec::with_capacity(n),
+            value: Vec::with_capacity(n),
+            value_hi: Vec::with_capacity(n),
+            asid: Vec::with_capacity(n),
+            io: Vec::with_capacity(n),
+            device: Vec::with_capacity(n),
+        }
+    }
+
+    #[inline]
+    pub fn push(&mut self, vcpu: u32, e: &Event, device: u32) {
+        self.vcpu.push(vcpu);
+        self.icount.push(e.icount);
+        self.pc.push(e.pc);
+        self.store.push(e.is_store());
+        self.vaddr.push(e.vaddr);
+        self.paddr.push(e.paddr);
+        self.size.push(e.size);
+        self.value.push(e.value);
+        self.value_hi.push(e.value_hi);
+        self.asid.push(e.asid);
+        self.io.push(e.is_io());
+        self.device.push(device);
+    }
+
+    pub fn len(&self) -> usize {
+        self.vcpu.len()
+    }
+
+    /// The `mem` table (`mmio == false`) or the `mmio` table.
+    pub fn into_frame(
+        self,
+        mmio: bool,
+        devices: &[String],
+        names: &dyn DeviceNames,
+    ) -> PolarsResult<DataFrame> {
+        let n = self.len();
+        let plugin_name = |d: u32| devices.get(d as usize).map(String::as_str);
+        let mut typ = StringChunkedBuilder::new("type".into(), n);
+        for &s in &self.store {
+            typ.append_value(if s { "W" } else { "R" });
+        }
+        let mut device = StringChunkedBuilder::new("device".into(), n);
+        let mut region = StringChunkedBuilder::new("region".into(), n);
+        for (&d, &paddr) in self.device.iter().zip(&self.paddr) {
+            match plugin_name(d).map(|p| names.resolve(paddr, p)) {
+                Some((dev, reg)) => {
+                    device.append_value(dev);
+                    region.append_option(reg);
+                }
+                None => {
+                    device.append_null();
+                    region.append_null();
+                }
+            }
+        }
+        let value_hi = UInt64Chunked::from_iter_options(
+            "value_hi".into(),
+            self.value_hi
+                .iter()
+                .zip(&self.size)
+                .map(|(&v, &s)| (s > 8).then_some(v)),
+        );
+        let mut cols = vec![
+            UInt32Chunked::from_vec("vcpu".into(), self.vcpu).into_column(),
+            UInt64Chunked::from_vec("icount".into(), self.icount).into_column(),
+            UInt64Chunked::from_vec("pc".into(), self.pc).into_column(),
+            typ.finish().into_column(),
+        ];
+        let device = device.finish().into_column();
+        let plugin_device = mmio.then(|| {
+            let mut b = StringChunkedBuilder::new("plugin_device".into(), n);
+            for &d in &self.device {
+                b.append_option(plugin_name(d));
+            }
+            b.finish().into_column()
+        });
+        cols.extend([
+            UInt64Chunked::from_vec("vaddr".into(), self.vaddr).into_column(),
+            UInt64Chunked::from_vec("paddr".into(), self.paddr).into_column(),
+            UInt8Chunked::from_vec("size".into(), self.size).into_column(),
+            UInt64Chunked::from_vec("value".into(), self.value).into_column(),
+            value_hi.into_column(),
+            UInt64Chunked::from_vec("asid".into(), self.asid).into_column(),
+        ]);
+        if !mmio {
+            cols.push(BooleanChunked::from_slice("io".into(), &self.io).into_column());
+        }
+        cols.push(device);
+        if mmio {
+            cols.push(region.finish().into_column());
+        }
+        cols.extend(plugin_device);
+        DataFrame::new(n, cols)
+    }
+}
+
+/// Rows of `insn`.
+#[derive(Default, Debug)]
+pub struct InsnBatch {
+    pub vcpu: Vec<u32>,
+    pub icount: Vec<u64>,
+    pub pc: Vec<u64>,
+    pub block: Vec<u64>,
+    /// Rows whose pc is unknown (their block's metadata never arrived), in
+    /// increasing order; nearly always empty.
+    pub unknown_pc: Vec<usize>,
+}
+
+impl InsnBatch {
+    pub fn with_capacity(n: usize) -> InsnBatch {
+        InsnBatch {
+            vcpu: Vec::with_capacity(n),
+            icount: Vec::with_capacity(n),
+            pc: Vec::with_capacity(n),
+            block: Vec::with_capacity(n),
+            unknown_pc: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.vcpu.len()
+    }
+
+    pub fn into_frame(self) -> PolarsResult<DataFrame> {
+        let n = self.len();
+        let pc = if self.unknown_pc.is_empty() {
+            UInt64Chunked::from_vec("pc".into(), self.pc)
+        } else {
+            let mut unknown = self.unknown_pc.iter().peekable();
+            UInt64Chunked::from_iter_options(
+                "pc".into(),
+                self.pc.iter().enumerate().map(|(i, &pc)| {
+                    if unknown.peek() == Some(&&i) {
+                        unknown.next();
+                        None
+                    } else {
+                        Some(pc)
+                    }
+                }),
+            )
+        };
+        DataFrame::new(
+            n,
+            vec![
+                UInt32Chunked::from_vec("vcpu".into(), self.vcpu).into_column(),
+                UInt64Chunked::from_vec("icount".into(), self.icount).into_column(),
+                pc.into_column(),
+                UInt64Chunked::from_vec("block".into(), self.block).into_column(),
+            ],
+        )
+    }
+}
+
+/// Rows of `code`. Variable-size fields are kept in one buffer each, with
+/// the end offset of every row.
+#[derive(Default, Debug)]
+pub struct CodeBatch {
+    pub block: Vec<u64>,
+    pub index: Vec<u32>,
+    pub pc: Vec<u64>,
+    pub size: Vec<u8>,
+    pub opcode: Vec<u32>,
+    bytes: Vec<u8>,
+    bytes_end: Vec<usize>,
+    text: String,
+    disas_end: Vec<usize>,
+    symbol_end: Vec<usize>,
+}
+
+impl CodeBatch {
+    pub fn len(&self) -> usize {
+        self.block.len()
+    }
+
+    pub fn push(
+        &mut self,
+        block: u64,
+        index: u32,
+        pc: u64,
+        bytes: &[u8],
+        disas: &str,
+        symbol: &str,
+    ) {
+        self.block.push(block);
+        self.index.push(index);
+        self.pc.push(pc);
+        self.size.push(bytes.len().min(u8::MAX as usize) as u8);
+        let mut op = [0u8; 4];
+        let k = bytes.len().min(4);
+        op[..k].copy_from_slice(&bytes[..k]);
+        self.opcode.push(u32::from_le_bytes(op));
+        self.bytes.extend_from_slice(bytes);
+        self.bytes_end.push(self.bytes.len());
+        self.text.push_str(disas);
+        self.disas_end.push(self.text.len());
+        self.text.push_str(symbol);
+        self.symbol_end.push(self.text.len());
+    }
+
+    pub fn into_frame(self) -> PolarsResult<DataFrame> {
+        let n = self.len();
+        let mut bytes = BinaryChunkedBuilder::new("bytes".into(), n);
+        let mut disas = StringChunkedBuilder::new("disas".into(), n);
+        let mut symbol = StringChunkedBuilder::new("symbol".into(), n);
+        let (mut b0, mut t0) = (0, 0);
+        for i in 0..n {
+            bytes.append_value(&self.bytes[b0..self.bytes_end[i]]);
+            b0 = self.bytes_end[i];
+            disas.append_value(&self.text[t0..self.disas_end[i]]);
+            symbol.append_value(&self.text[self.disas_end[i]..self.symbol_end[i]]);
+            t0 = self.symbol_end[i];
+        }
+        DataFrame::new(
+            n,
+            vec![
+                UInt64Chunked::from_vec("block".into(), self.block).into_column(),
+                UInt32Chunked::from_vec("index".into(), self.index).into_column(),
+                UInt64Chunked::from_vec("pc".into(), self.pc).into_column(),
+                UInt8Chunked::from_vec("size".into(), self.size).into_column(),
+                bytes.finish().into_column(),
+                UInt32Chunked::from_vec("opcode".into(), self.opcode).into_column(),
+                disas.finish().into_column(),
+                symbol.finish().into_column(),
+            ],
+        )
+    }
+}
+
+/// Rows of `stats`.
+#[derive(Default, Debug)]
+pub struct StatsBatch {
+    pub name: Vec<String>,
+    pub vcpu: Vec<Option<u32>>,
+    pub value: Vec<u64>,
+}
+
+impl StatsBatch {
+    pub fn push(&mut self, name: impl Into<String>, vcpu: Option<u32>, value: u64) {
+        self.name.push(name.into());
+        self.vcpu.push(vcpu);
+        self.value.push(value);
+    }
+
+    pub fn len(&self) -> usize {
+        self.name.len()
+    }
+
+    pub fn into_frame(self) -> PolarsResult<DataFrame> {
+        let n = self.len();
+        DataFrame::new(
+            n,
+            vec![
+                StringChunked::from_iter_values(
+                    "name".into(),
+                    self.name.iter().map(String::as_str),
+                )
+                .into_column(),
+                UInt32Chunked::from_iter_options("vcpu".into(), self.vcpu.into_iter())
+                    .into_column(),
+                UInt64Chunked::from_vec("value".into(), self.value).into_column(),
+            ],
+        )
+    }
+}
+
+/// One table's batch.
+#[derive(Debug)]
+pub enum Batch {
+    Mem(MemBatch),
+    Mmio(MemBatch),
+    Insn(InsnBatch),
+    Code(CodeBatch),
+    Stats(StatsBatch),
+}
+
+impl Batch {
+    /// An empty batch of `table`, with room for `n` rows.
+    #[cfg(test)]
+    pub fn new(table: Table, n: usize) -> Batch {
+        match table {
+            Table::Mem => Batch::Mem(MemBatch::with_capacity(n)),
+            Table::Mmio => Batch::Mmio(MemBatch::with_capacity(n)),
+            Table::Insn => Batch::Insn(InsnBatch::with_capacity(n)),
+            Table::Code => Batch::Code(CodeBatch::default()),
+            Table::Stats => Batch::Stats(StatsBatch::default()),
+        }
+    }
+
+    pub fn table(&self) -> Table {
+        match self {
+            Batch::Mem(_) => Table::Mem,
+            Batch::Mmio(_) => Table::Mmio,
+            Batch::Insn(_) => Table::Insn,
+            Batch::Code(_) => Table::Code,
+            Batch::Stats(_) => Table::Stats,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Batch::Mem(b) | Batch::Mmio(b) => b.len(),
+            Batch::Insn(b) => b.len(),
+            Batch::Code(b) => b.len(),
+            Batch::Stats(b) => b.len(),
+        }
+    }
+
+    /// Builds the table's `DataFrame`. `devices` is the capture's device list
+    /// (plugin names) as it was when the batch was handed over.
+    pub fn into_frame(
+        self,
+        devices: &[String],
+        names: &dyn DeviceNames,
+    ) -> PolarsResult<DataFrame> {
+        match self {
+            Batch::Mem(b) => b.into_frame(false, devices, names),
+            Batch::Mmio(b) => b.into_frame(true, devices, names),
+            Batch::Insn(b) => b.into_frame(),
+            Batch::Code(b) => b.into_frame(),
+            Batch::Stats(b) => b.into_frame(),
+        }
+    }
+}
+
+/// The capture's device list (plugin names, first seen first), shared
+/// copy-on-write with the batches handed to the writer.
+pub type DeviceList = Arc<Vec<String>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema_of(table: Table) -> Vec<(String, DataType)> {
+        let df = Batch::new(table, 0)
+            .into_frame(&[], &PluginDeviceNames)
+            .unwrap();
+        df.schema()
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.clone()))
+            .collect()
+    }
+
+    /// The columns and types of docs/capture-format.md.
+    #[test]
+    fn schemas_match_the_format_doc() {
+        use DataType::*;
+        let s = |v: &[(&str, DataType)]| {
+            v.iter()
+                .map(|(n, t)| (n.to_string(), t.clone()))
+                .collect::<Vec<_>>()
+        };
+        let mem_common = [
+            ("vcpu", UInt32),
+            ("icount", UInt64),
+            ("pc", UInt64),
+            ("type", String),
+            ("vaddr", UInt64),
+            ("paddr", UInt64),
+            ("size", UInt8),
+            ("value", UInt64),
+            ("value_hi", UInt64),
+            ("asid", UInt64),
+        ];
+        let mut mem = mem_common.to_vec();
+        mem.extend([("io", Boolean), ("device", String)]);
+        assert_eq!(schema_of(Table::Mem), s(&mem));
+        let mut mmio = mem_common.to_vec();
+        mmio.extend([
+            ("device", String),
+            ("region", String),
+            ("plugin_device", String),
+        ]);
+        assert_eq!(schema_of(Table::Mmio), s(&mmio));
+        assert_eq!(
+            schema_of(Table::Insn),
+            s(&[
+                ("vcpu", UInt32),
+                ("icount", UInt64),
+                ("pc", UInt64),
+                ("block", UInt64)
+            ])
+        );
+        assert_eq!(
+            schema_of(Table::Code),
+            s(&[
+                ("block", UInt64),
+                ("index", UInt32),
+                ("pc", UInt64),
+                ("size", UInt8),
+                ("bytes", Binary),
+                ("opcode", UInt32),
+                ("disas", String),
+                ("symbol", String),
+            ])
+        );
+        assert_eq!(
+            schema_of(Table::Stats),
+            s(&[("name", String), ("vcpu", UInt32), ("value", UInt64)])
+        );
+    }
+
+    #[test]
+    fn code_rows_keep_their_variable_fields_apart() {
+        let mut b = CodeBatch::default();
+        b.push(7, 0, 0x100, &[0x01, 0x02], "movs r0, #1", "");
+        b.push(
+            7,
+            1,
+            0x102,
+            &[0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff],
+            "bl foo",
+            "main",
+        );
+        let df = b.into_frame().unwrap();
+        let opcode: Vec<u32> = df
+            .column("opcode")
+            .unwrap()
+            .u32()
+            .unwrap()
+            .no_null_iter()
+            .collect();
+        assert_eq!(opcode, vec![0x0201, 0xddccbbaa]);
+        let size: Vec<u8> = df
+            .column("size")
+            .unwrap()
+            .u8()
+            .unwrap()
+            .no_null_iter()
+            .collect();
+        assert_eq!(size, vec![2, 6]);
+        let bytes: Vec<&[u8]> = df
+            .column("bytes")
+            .unwrap()
+            .binary()
+            .unwrap()
+            .no_null_iter()
+            .collect();
+        assert_eq!(
+            bytes,
+            vec![&[1u8, 2][..], &[0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff][..]]
+        );
+        let disas: Vec<&str> = df
+            .column("disas")
+            .unwrap()
+            .str()
+            .unwrap()
+            .no_null_iter()
+            .collect();
+        assert_eq!(disas, vec!["movs r0, #1", "bl foo"]);
+        let symbol: Vec<&str> = df
+            .column("symbol")
+            .unwrap()
+            .str()
+            .unwrap()
+            .no_null_iter()
+            .collect();
+        assert_eq!(symbol, vec!["", "main"]);
+    }
+
+    #[test]
+    fn insn_unknown_pcs_are_null() {
+        let mut b = InsnBatch::with_capacity(3);
+        for i in 0..3 {
+            b.vcpu.push(0);
+            b.icount.push(i);
+            b.pc.push(0x10 + i);
+            b.block.push(1);
+        }
+        b.unknown_pc.push(1);
+        let df = b.into_frame().unwrap();
+        let pc: Vec<Option<u64>> = df.column("pc").unwrap().u64().unwrap().iter().collect();
+        assert_eq!(pc, vec![Some(0x10), None, Some(0x12)]);
+    }
+}

@@ -1,0 +1,253 @@
+//! A fake shim for the unit tests: creates a segment in POSIX shared memory
+//! exactly as the real shim lays it out, and writes records into its rings
+//! with the schema's `ring::Producer`.
+
+use std::ffi::c_void;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering as StdOrdering};
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+use nix::sys::mman::{mmap, munmap, shm_open, shm_unlink, MapFlags, ProtFlags};
+use nix::sys::stat::Mode;
+use nix::unistd::ftruncate;
+use trace_schema::events_capnp::meta;
+use trace_schema::layout::{Geometry, Header, SegmentView, HEADER_BYTES, LAYOUT_VERSION, MAGIC};
+use trace_schema::record::{
+    Event, EVENT_RECORD_BYTES, FLAG_IO, FLAG_STORE, KIND_BLOCK, KIND_MEM, NO_DEVICE,
+};
+use trace_schema::ring::Producer;
+use trace_schema::sync::Ordering;
+
+use crate::segment::{Segment, SegmentError};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub struct FakeShim {
+    pub name: String,
+    base: NonNull<c_void>,
+    len: usize,
+    pub view: SegmentView,
+}
+
+unsafe impl Send for FakeShim {}
+unsafe impl Sync for FakeShim {}
+
+impl FakeShim {
+    pub fn new(g: Geometry, options: &str) -> FakeShim {
+        let name = format!(
+            "/trace-collector-test.{}.{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, StdOrdering::Relaxed)
+        );
+        let _ = shm_unlink(name.as_str());
+        FakeShim::named(&name, g, options)
+    }
+
+    /// A segment at `name`, which must not exist.
+    pub fn named(name: &str, g: Geometry, options: &str) -> FakeShim {
+        g.check().unwrap();
+        let name = name.to_string();
+        let fd = shm_open(
+            name.as_str(),
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
+            Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let len = g.segment_bytes().unwrap() as usize;
+        ftruncate(&fd, len as i64).unwrap();
+        let base = unsafe {
+            mmap(
+                None,
+                NonZeroUsize::new(len).unwrap(),
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                &fd,
+                0,
+            )
+        }
+        .unwrap();
+        let h = unsafe { &mut *(base.as_ptr() as *mut Header) };
+        h.layout_version = LAYOUT_VERSION;
+        h.header_bytes = HEADER_BYTES as u32;
+        h.event_record_bytes = EVENT_RECORD_BYTES as u32;
+        h.n_vcpus = g.n_vcpus;
+        h.event_ring_bytes = g.event_ring_bytes;
+        h.meta_ring_bytes = g.meta_ring_bytes;
+        h.segment_bytes = len as u64;
+        h.qemu_pid = std::process::id();
+        h.options[..options.len()].copy_from_slice(options.as_bytes());
+        h.options_len = options.len() as u32;
+        h.magic.store(MAGIC, Ordering::Release);
+        let view = unsafe { SegmentView::new(base.as_ptr() as *mut u8, g) };
+        FakeShim {
+            name,
+            base,
+            len,
+            view,
+        }
+    }
+
+    pub fn header(&self) -> &Header {
+        self.view.header()
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    pub fn header_mut(&self) -> &mut Header {
+        unsafe { &mut *(self.base.as_ptr() as *mut Header) }
+    }
+
+    pub fn open(&self) -> Result<Segment, SegmentError> {
+        self.open_with_wait(Duration::from_millis(100))
+    }
+
+    pub fn open_with_wait(&self, wait: Duration) -> Result<Segment, SegmentError> {
+        Segment::open_named(&self.name, std::process::id(), wait)
+    }
+
+    /// The producers of vCPU `v`: (events, meta).
+    pub fn producers(&self, v: u32) -> (Producer, Producer) {
+        let g = self.view.geometry;
+        let c = self.view.vcpu(v);
+        unsafe {
+            (
+                Producer::new(&c.event_ring, self.view.event_data(v), g.event_ring_bytes),
+                Producer::new(&c.meta_ring, self.view.meta_data(v), g.meta_ring_bytes),
+            )
+        }
+    }
+
+    pub fn finish(&self, final_icounts: &[u64]) {
+        for (v, &n) in final_icounts.iter().enumerate() {
+            self.view
+                .vcpu(v as u32)
+                .counters
+                .final_icount
+                .store(n, Ordering::Relaxed);
+        }
+        self.header().qemu_exited.store(1, Ordering::Release);
+    }
+}
+
+impl Drop for FakeShim {
+    fn drop(&mut self) {
+        let _ = shm_unlink(self.name.as_str());
+        unsafe { munmap(self.base, self.len) }.ok();
+    }
+}
+
+/// Pushes, waiting (like overflow=block) while the ring is full.
+pub fn push(p: &mut Producer, msg: &[u8]) {
+    while !p.push(msg) {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+pub fn push_event(p: &mut Producer, e: Event) {
+    let mut rec = [0u8; EVENT_RECORD_BYTES];
+    e.encode(&mut rec);
+    push(p, &rec);
+}
+
+pub fn mem(
+    vcpu: u16,
+    icount: u64,
+    pc: u64,
+    vaddr: u64,
+    store: bool,
+    size: u8,
+    value: u64,
+) -> Event {
+    Event {
+        kind: KIND_MEM,
+        size,
+        flags: if store { FLAG_STORE } else { 0 },
+        device: NO_DEVICE,
+        vcpu,
+        icount,
+        pc,
+        vaddr,
+        paddr: vaddr,
+        value,
+        value_hi: 0,
+        asid: 0,
+    }
+}
+
+pub fn mmio(
+    vcpu: u16,
+    icount: u64,
+    pc: u64,
+    paddr: u64,
+    store: bool,
+    device: u16,
+    value: u64,
+) -> Event {
+    Event {
+        flags: FLAG_IO | if store { FLAG_STORE } else { 0 },
+        device,
+        ..mem(vcpu, icount, pc, paddr, store, 4, value)
+    }
+}
+
+pub fn block(vcpu: u16, icount: u64, pc: u64, id: u64, len: u8) -> Event {
+    Event {
+        kind: KIND_BLOCK,
+        size: len,
+        device: NO_DEVICE,
+        vcpu,
+        icount,
+        pc,
+        vaddr: id,
+        ..Default::default()
+    }
+}
+
+pub fn device_meta(id: u16, name: &str) -> Vec<u8> {
+    let mut msg = capnp::message::Builder::new_default();
+    let mut d = msg.init_root::<meta::Builder>().init_device();
+    d.set_id(id);
+    d.set_name(name);
+    capnp::serialize::write_message_to_words(&msg)
+}
+
+/// A block of instructions `(pc, bytes, disas, symbol)`.
+pub fn block_meta(id: u64, pc: u64, insns: &[(u64, &[u8], &str, &str)]) -> Vec<u8> {
+    let mut msg = capnp::message::Builder::new_default();
+    let mut b = msg.init_root::<meta::Builder>().init_block();
+    b.set_id(id);
+    b.set_pc(pc);
+    let mut list = b.init_insns(insns.len() as u32);
+    for (i, (pc, bytes, disas, symbol)) in insns.iter().enumerate() {
+        let mut insn = list.reborrow().get(i as u32);
+        insn.set_pc(*pc);
+        insn.set_bytes(bytes);
+        insn.set_disas(*disas);
+        insn.set_symbol(*symbol);
+    }
+    capnp::serialize::write_message_to_words(&msg)
+}
+
+/// A fresh, empty temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "trace-collector-test.{}.{}.{what}",
+            std::process::id(),
+            COUNTER.fetch_add(1, StdOrdering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
