@@ -1,0 +1,518 @@
+//! PANDA's bufmon: every access that touches one of the watched buffers.
+//!
+//! Output, one line per matching access of the `mem` table, ordered by
+//! (icount, vcpu):
+//!
+//! ```text
+//! READ|WRITE <icount> <caller> <pc> <asid> <addr> <size> <byte> <byte> ...
+//! ```
+//!
+//! `icount` in decimal (PANDA prints the replay instruction count with
+//! `PRId64`); `caller`, `pc`, `asid`, `addr` (the virtual address) and `size`
+//! in hex zero-padded to the guest pointer width; then every byte of the
+//! access as ` %02x` in memory order. See `analyzers/README.md`.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+
+use anyhow::{bail, Result};
+use polars::prelude::*;
+
+use crate::capture::Capture;
+use crate::hex::{access_bytes, hex_pad};
+use crate::stream::{icount_range, sorted_window, window_rows, windows};
+
+/// One watched buffer: `[vaddr, vaddr + size)` in address space `asid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffer {
+    pub vaddr: u64,
+    pub size: u64,
+    pub asid: u64,
+}
+
+/// Where the `caller` column came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Callers {
+    /// A shadow call stack rebuilt from the `insn` and `code` tables.
+    ShadowStack,
+    /// No `insn` table: every caller is 0.
+    NoInsnTable,
+    /// An `insn` table but no `code` table (no disassembly to find calls
+    /// in): every caller is 0.
+    NoCodeTable,
+}
+
+/// What [`bufmon`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufmonReport {
+    pub lines: u64,
+    pub callers: Callers,
+}
+
+/// Parses a `search_buffers.txt`: one buffer a line, `<vaddr> <size>
+/// <asid>` in hex (optional `0x`), blank lines and `#` comments skipped.
+/// `source` names the file in error messages.
+pub fn parse_buffers(text: &str, source: &str) -> Result<Vec<Buffer>> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let lineno = i + 1;
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let parsed: Option<Vec<u64>> = if fields.len() == 3 {
+            fields.iter().map(|f| parse_hex(f)).collect()
+        } else {
+            None
+        };
+        let Some(v) = parsed else {
+            bail!(
+                "{source} line {lineno}: expected `<vaddr> <size> <asid>` in hex, got {:?}",
+                raw
+            );
+        };
+        if v[1] == 0 {
+            bail!("{source} line {lineno}: buffer size is 0 in {:?}", raw);
+        }
+        out.push(Buffer {
+            vaddr: v[0],
+            size: v[1],
+            asid: v[2],
+        });
+    }
+    Ok(out)
+}
+
+fn parse_hex(s: &str) -> Option<u64> {
+    let digits = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(digits, 16).ok()
+}
+
+/// The polars predicate "this access overlaps `b`": same asid, and
+/// `[vaddr, vaddr+size)` intersects `[b.vaddr, b.vaddr+b.size)`, i.e.
+/// `vaddr < b_end && vaddr + size - 1 >= b.vaddr` (written without
+/// overflowing at the top of the address space).
+fn overlaps(b: &Buffer) -> Expr {
+    let last_byte = col("vaddr") + (col("size").cast(DataType::UInt64) - lit(1u64));
+    let mut e = col("asid")
+        .eq(lit(b.asid))
+        .and(col("size").gt(lit(0u8)))
+        .and(last_byte.gt_eq(lit(b.vaddr)));
+    let end = u128::from(b.vaddr) + u128::from(b.size);
+    if end <= u128::from(u64::MAX) {
+        e = e.and(col("vaddr").lt(lit(end as u64)));
+    }
+    e
+}
+
+/// True when `disas` is a call instruction: `bl`, `blx`, `bl<cond>`,
+/// `blx<cond>` (ARM/Thumb), `blr`/`blraa`... (AArch64), `call*`/`lcall`
+/// (x86), `jal`/`jalr` linking `ra`/`x1` and `c.jal`/`c.jalr` (RISC-V; MIPS
+/// `jal`/`jalr` too).
+pub fn is_call(disas: &str) -> bool {
+    const COND: [&str; 17] = [
+        "eq", "ne", "cs", "hs", "cc", "lo", "mi", "pl", "vs", "vc", "hi", "ls", "ge", "lt", "gt",
+        "le", "al",
+    ];
+    let d = disas.trim();
+    let (mnem, ops) = match d.find(char::is_whitespace) {
+        Some(i) => (&d[..i], d[i..].trim()),
+        None => (d, ""),
+    };
+    let mnem = mnem.to_ascii_lowercase();
+    let m = mnem
+        .strip_suffix(".w")
+        .or_else(|| mnem.strip_suffix(".n"))
+        .unwrap_or(&mnem);
+    if m.starts_with("call") || m == "lcall" {
+        return true;
+    }
+    if m == "bl" || m == "blx" || m == "blr" || m.starts_with("blra") {
+        return true;
+    }
+    let cond = |rest: Option<&str>| rest.is_some_and(|c| COND.contains(&c));
+    if cond(m.strip_prefix("blx")) || cond(m.strip_prefix("bl")) {
+        return true;
+    }
+    if m == "c.jal" || m == "c.jalr" {
+        return true;
+    }
+    if m == "jal" || m == "jalr" {
+        let operands: Vec<&str> = ops.split(',').map(str::trim).collect();
+        return match operands.as_slice() {
+            [""] => false,
+            // pseudo-instruction `jal offset` / `jalr rs`: links ra
+            [_] => true,
+            [link, ..] => matches!(*link, "ra" | "x1" | "$ra" | "$31"),
+            [] => false,
+        };
+    }
+    false
+}
+
+/// Per-(block, pc) call sites found in `code`: their return address.
+struct CallSites {
+    calls: HashMap<(u64, u64), u64>,
+    returns: HashSet<u64>,
+}
+
+fn call_sites(cap: &Capture) -> Result<CallSites> {
+    let lf = cap.scan("code")?.select([
+        col("block").cast(DataType::UInt64),
+        col("pc").cast(DataType::UInt64),
+        col("size").cast(DataType::UInt64),
+        col("disas"),
+    ]);
+    let df = cap.collect(lf)?;
+    let block = df.column("block")?.u64()?;
+    let pc = df.column("pc")?.u64()?;
+    let size = df.column("size")?.u64()?;
+    let disas = df.column("disas")?.str()?;
+    let mut calls = HashMap::new();
+    let mut returns = HashSet::new();
+    for i in 0..df.height() {
+        let (Some(b), Some(p), Some(s), Some(d)) =
+            (block.get(i), pc.get(i), size.get(i), disas.get(i))
+        else {
+            continue;
+        };
+        if is_call(d) {
+            let ret = p.wrapping_add(s);
+            calls.insert((b, p), ret);
+            returns.insert(ret);
+        }
+    }
+    Ok(CallSites { calls, returns })
+}
+
+/// Entries of the shadow stack searched for a return address (like PANDA's
+/// callstack_instr, which tolerates a few missed returns).
+const RETURN_SEARCH_DEPTH: usize = 16;
+/// Deepest shadow stack kept; older entries are dropped beyond it.
+const MAX_STACK: usize = 1 << 16;
+
+#[derive(Default)]
+struct ShadowStacks {
+    stacks: HashMap<u32, Vec<u64>>,
+}
+
+impl ShadowStacks {
+    /// Execution reached `pc`: when it is one of the top return addresses,
+    /// the calls above it (and it) have returned.
+    fn reach(&mut self, vcpu: u32, pc: u64) {
+        let s = self.stacks.entry(vcpu).or_default();
+        let n = s.len();
+        for i in (n.saturating_sub(RETURN_SEARCH_DEPTH)..n).rev() {
+            if s[i] == pc {
+                s.truncate(i);
+                return;
+            }
+        }
+    }
+
+    fn call(&mut self, vcpu: u32, ret: u64) {
+        let s = self.stacks.entry(vcpu).or_default();
+        if s.len() >= MAX_STACK {
+            s.remove(0);
+        }
+        s.push(ret);
+    }
+
+    fn top(&self, vcpu: u32) -> u64 {
+        self.stacks
+            .get(&vcpu)
+            .and_then(|s| s.last().copied())
+            .unwrap_or(0)
+    }
+}
+
+/// A matching access, as read from `mem`.
+struct Access {
+    vcpu: u32,
+    icount: u64,
+    pc: u64,
+    write: bool,
+    vaddr: u64,
+    size: u8,
+    value: u64,
+    value_hi: Option<u64>,
+    asid: u64,
+}
+
+fn mem_cols() -> [Expr; 9] {
+    [
+        col("vcpu").cast(DataType::UInt32),
+        col("icount").cast(DataType::UInt64),
+        col("pc").cast(DataType::UInt64),
+        col("type"),
+        col("vaddr").cast(DataType::UInt64),
+        col("size").cast(DataType::UInt8),
+        col("value").cast(DataType::UInt64),
+        col("value_hi").cast(DataType::UInt64),
+        col("asid").cast(DataType::UInt64),
+    ]
+}
+
+fn insn_cols() -> [Expr; 4] {
+    [
+        col("vcpu").cast(DataType::UInt32),
+        col("icount").cast(DataType::UInt64),
+        col("pc").cast(DataType::UInt64),
+        col("block").cast(DataType::UInt64),
+    ]
+}
+
+fn accesses(df: &DataFrame) -> Result<Vec<Access>> {
+    let vcpu = df.column("vcpu")?.u32()?;
+    let icount = df.column("icount")?.u64()?;
+    let pc = df.column("pc")?.u64()?;
+    let ty = df.column("type")?.str()?;
+    let vaddr = df.column("vaddr")?.u64()?;
+    let size = df.column("size")?.u8()?;
+    let value = df.column("value")?.u64()?;
+    let value_hi = df.column("value_hi")?.u64()?;
+    let asid = df.column("asid")?.u64()?;
+    Ok((0..df.height())
+        .map(|i| Access {
+            vcpu: vcpu.get(i).unwrap_or(0),
+            icount: icount.get(i).unwrap_or(0),
+            pc: pc.get(i).unwrap_or(0),
+            write: ty.get(i) == Some("W"),
+            vaddr: vaddr.get(i).unwrap_or(0),
+            size: size.get(i).unwrap_or(0),
+            value: value.get(i).unwrap_or(0),
+            value_hi: value_hi.get(i),
+            asid: asid.get(i).unwrap_or(0),
+        })
+        .collect())
+}
+
+/// Walks one window of call/return instructions (`events`, sorted by
+/// (icount, vcpu)) through the shadow stacks and returns the caller of each
+/// access of the same window (`acc`, sorted likewise): the stack top after
+/// the pop of the access's own instruction, before its push.
+fn walk(
+    events: &DataFrame,
+    sites: &CallSites,
+    stacks: &mut ShadowStacks,
+    acc: &[Access],
+) -> Result<Vec<u64>> {
+    let mut out = vec![0u64; acc.len()];
+    let vcpu = events.column("vcpu")?.u32()?;
+    let icount = events.column("icount")?.u64()?;
+    let pc = events.column("pc")?.u64()?;
+    let block = events.column("block")?.u64()?;
+    let key = |a: &Access| (a.icount, a.vcpu);
+    let mut next = 0usize;
+    for i in 0..events.height() {
+        let (Some(v), Some(ic), Some(p)) = (vcpu.get(i), icount.get(i), pc.get(i)) else {
+            continue;
+        };
+        while next < acc.len() && key(&acc[next]) < (ic, v) {
+            out[next] = stacks.top(acc[next].vcpu);
+            next += 1;
+        }
+        if sites.returns.contains(&p) {
+            stacks.reach(v, p);
+        }
+        while next < acc.len() && key(&acc[next]) == (ic, v) {
+            out[next] = stacks.top(v);
+            next += 1;
+        }
+        if let Some(&ret) = block.get(i).and_then(|b| sites.calls.get(&(b, p))) {
+            stacks.call(v, ret);
+        }
+    }
+    while next < acc.len() {
+        out[next] = stacks.top(acc[next].vcpu);
+        next += 1;
+    }
+    Ok(out)
+}
+
+/// Writes bufmon's report for `buffers` to `w`.
+pub fn bufmon(cap: &Capture, buffers: &[Buffer], w: &mut dyn Write) -> Result<BufmonReport> {
+    bufmon_windowed(cap, buffers, w, window_rows())
+}
+
+/// [`bufmon`] reading about `window_rows` rows (matching accesses plus
+/// call/return instructions) at a time.
+pub fn bufmon_windowed(
+    cap: &Capture,
+    buffers: &[Buffer],
+    w: &mut dyn Write,
+    window_rows: u64,
+) -> Result<BufmonReport> {
+    let callers = if !cap.has_table("insn") {
+        Callers::NoInsnTable
+    } else if !cap.has_table("code") {
+        Callers::NoCodeTable
+    } else {
+        Callers::ShadowStack
+    };
+    let mut report = BufmonReport { lines: 0, callers };
+    let mem = cap.scan_required("mem", "bufmon")?;
+    let Some(matches) = buffers.iter().map(overlaps).reduce(|a, b| a.or(b)) else {
+        return Ok(report);
+    };
+    let Some(mut range) = icount_range(cap, "mem", &|lf| lf.filter(matches.clone()))? else {
+        return Ok(report);
+    };
+    let last = range.hi;
+
+    // Only the instructions that can push or pop are read from insn: the
+    // calls and the instructions at a return address, up to the last match.
+    let mut tracker = None;
+    if callers == Callers::ShadowStack {
+        let sites = call_sites(cap)?;
+        if !sites.calls.is_empty() {
+            let mut pcs: Vec<u64> = sites.calls.keys().map(|&(_, pc)| pc).collect();
+            pcs.extend(sites.returns.iter().copied());
+            pcs.sort_unstable();
+            pcs.dedup();
+            let pcs = Series::new("pcs".into(), pcs);
+            let events = col("icount")
+                .lt_eq(lit(last))
+                .and(col("pc").is_in(lit(pcs).implode(false), false));
+            if let Some(er) = icount_range(cap, "insn", &|lf| lf.filter(events.clone()))? {
+                range = range.union(er);
+            }
+            tracker = Some((cap.scan("insn")?, sites, events));
+        }
+    }
+
+    let d = cap.ptr_digits();
+    let mut stacks = ShadowStacks::default();
+    let mut line = String::new();
+    for win in windows(range, window_rows) {
+        let acc = accesses(&sorted_window(
+            cap,
+            &mem,
+            win,
+            Some(matches.clone()),
+            &mem_cols(),
+        )?)?;
+        let caller = match &tracker {
+            Some((insn, sites, events)) => {
+                let ev = sorted_window(cap, insn, win, Some(events.clone()), &insn_cols())?;
+                walk(&ev, sites, &mut stacks, &acc)?
+            }
+            None => vec![0; acc.len()],
+        };
+        for (a, c) in acc.iter().zip(caller) {
+            use std::fmt::Write as _;
+            line.clear();
+            let _ = write!(
+                line,
+                "{} {} {} {} {} {} {}",
+                if a.write { "WRITE" } else { "READ" },
+                a.icount,
+                hex_pad(c, d),
+                hex_pad(a.pc, d),
+                hex_pad(a.asid, d),
+                hex_pad(a.vaddr, d),
+                hex_pad(u64::from(a.size), d),
+            );
+            for b in access_bytes(a.size, a.value, a.value_hi) {
+                let _ = write!(line, " {b:02x}");
+            }
+            line.push('\n');
+            w.write_all(line.as_bytes())?;
+            report.lines += 1;
+        }
+    }
+    w.flush()?;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse() {
+        let b = parse_buffers(
+            "# comment\n\n10000 10 3f9b2040\n0x20 0X4 0  # trailing\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(
+            b,
+            vec![
+                Buffer {
+                    vaddr: 0x10000,
+                    size: 0x10,
+                    asid: 0x3f9b2040
+                },
+                Buffer {
+                    vaddr: 0x20,
+                    size: 4,
+                    asid: 0
+                }
+            ]
+        );
+        let e = parse_buffers("10 4 0\n10 zz 0\n", "bufs.txt").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bufs.txt line 2: expected `<vaddr> <size> <asid>` in hex, got \"10 zz 0\""
+        );
+        let e = parse_buffers("10 4\n", "b").unwrap_err();
+        assert!(e.to_string().starts_with("b line 1:"), "{e}");
+        let e = parse_buffers("10 0 0\n", "b").unwrap_err();
+        assert!(e.to_string().contains("size is 0"), "{e}");
+    }
+
+    #[test]
+    fn calls() {
+        for d in [
+            "bl #0x1234",
+            "blx r3",
+            "bleq #0x100",
+            "bl.w #0x10",
+            "blr x8",
+            "call 0x401000",
+            "callq *%rax",
+            "jal ra,0x80000010",
+            "jalr ra,a5,0",
+            "jalr ra,0(a5)",
+            "jal 0x100",
+            "c.jalr a5",
+        ] {
+            assert!(is_call(d), "{d}");
+        }
+        for d in [
+            "b #0x10",
+            "bls #0x10",
+            "blt #0x10",
+            "ble #0x10",
+            "blo #0x10",
+            "bx lr",
+            "jal zero,0x80000010",
+            "jalr zero,0(ra)",
+            "ret",
+            "jmp 0x10",
+            "mov r0, r1",
+            "",
+        ] {
+            assert!(!is_call(d), "{d}");
+        }
+    }
+
+    #[test]
+    fn shadow_stack() {
+        let mut s = ShadowStacks::default();
+        s.call(0, 0x104);
+        s.call(0, 0x204);
+        assert_eq!(s.top(0), 0x204);
+        s.reach(0, 0x104); // returned through both
+        assert_eq!(s.top(0), 0);
+        assert_eq!(s.top(1), 0);
+    }
+}

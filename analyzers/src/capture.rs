@@ -1,0 +1,582 @@
+//! Opening a capture directory (see `docs/capture-format.md`): its tables
+//! (directories of Parquet parts), `capture.json`, and the data-loss warnings.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use polars::prelude::*;
+
+/// How analyzers name an I/O access whose `device` is null.
+pub const UNKNOWN_DEVICE: &str = "unknown";
+
+/// The tables the collector writes, in the order `--tables` lists them.
+pub const STANDARD_TABLES: [&str; 5] = ["mem", "mmio", "insn", "code", "stats"];
+
+/// An open capture directory.
+#[derive(Debug)]
+pub struct Capture {
+    dir: PathBuf,
+    meta: Option<serde_json::Value>,
+    /// Table name -> its Parquet parts, sorted by file name.
+    tables: BTreeMap<String, Vec<PathBuf>>,
+    /// Table name -> (first part found damaged, what is wrong with it).
+    corrupt: BTreeMap<String, (PathBuf, String)>,
+    /// Problems found while opening that are not fatal.
+    open_warnings: Vec<String>,
+}
+
+/// Name, schema and row count of one table, for `trace-query --tables`.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub name: String,
+    pub parts: usize,
+    pub columns: Vec<(String, String)>,
+    pub rows: u64,
+}
+
+impl Capture {
+    /// Opens `dir`. Fails when it does not exist, is not a directory, or holds
+    /// neither a `capture.json` nor any table directory.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Capture> {
+        let dir = dir.as_ref().to_path_buf();
+        let md = std::fs::metadata(&dir)
+            .map_err(|e| anyhow!("capture directory {}: {e}", dir.display()))?;
+        if !md.is_dir() {
+            bail!("capture directory {}: not a directory", dir.display());
+        }
+        let mut open_warnings = Vec::new();
+        let meta_path = dir.join("capture.json");
+        let meta = if meta_path.exists() {
+            let text = std::fs::read_to_string(&meta_path)
+                .with_context(|| format!("reading {}", meta_path.display()))?;
+            match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    open_warnings.push(format!(
+                        "{} is not valid JSON ({e}); ignoring it",
+                        meta_path.display()
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        let mut tables = BTreeMap::new();
+        let entries = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading directory {}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("reading directory {}", dir.display()))?;
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            let parts = list_parts(&path)?;
+            if !parts.is_empty() {
+                tables.insert(name, parts);
+            }
+        }
+        if meta.is_none() && tables.is_empty() {
+            bail!(
+                "{} is not a capture directory: it has no capture.json and no table \
+                 directories (mem/, mmio/, insn/, code/, stats/ holding *.parquet parts)",
+                dir.display()
+            );
+        }
+
+        let mut corrupt = BTreeMap::new();
+        for (name, parts) in &tables {
+            for part in parts {
+                if let Err(why) = check_part(part) {
+                    corrupt.insert(name.clone(), (part.clone(), why));
+                    break;
+                }
+            }
+        }
+
+        Ok(Capture {
+            dir,
+            meta,
+            tables,
+            corrupt,
+            open_warnings,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The parsed `capture.json`, if there is one.
+    pub fn meta(&self) -> Option<&serde_json::Value> {
+        self.meta.as_ref()
+    }
+
+    /// `guest_pointer_bits` from capture.json; 64 when unknown.
+    pub fn guest_pointer_bits(&self) -> u32 {
+        self.meta
+            .as_ref()
+            .and_then(|m| m.get("guest_pointer_bits"))
+            .and_then(|v| v.as_u64())
+            .filter(|&b| b > 0 && b <= 64)
+            .map(|b| b as u32)
+            .unwrap_or(64)
+    }
+
+    /// Hex digits of a guest pointer: 8 for 32-bit guests, 16 for 64-bit ones.
+    pub fn ptr_digits(&self) -> usize {
+        crate::hex::ptr_digits(self.guest_pointer_bits())
+    }
+
+    /// `complete` from capture.json (None when absent).
+    pub fn complete(&self) -> Option<bool> {
+        self.meta
+            .as_ref()
+            .and_then(|m| m.get("complete"))
+            .and_then(|v| v.as_bool())
+    }
+
+    /// All table names: the standard ones first (in their usual order), then
+    /// any other, alphabetically.
+    pub fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = STANDARD_TABLES
+            .iter()
+            .filter(|t| self.tables.contains_key(**t))
+            .map(|t| t.to_string())
+            .collect();
+        names.extend(
+            self.tables
+                .keys()
+                .filter(|t| !STANDARD_TABLES.contains(&t.as_str()))
+                .cloned(),
+        );
+        names
+    }
+
+    pub fn has_table(&self, name: &str) -> bool {
+        self.tables.contains_key(name)
+    }
+
+    /// The Parquet parts of a table, sorted by name.
+    pub fn parts(&self, name: &str) -> Option<&[PathBuf]> {
+        self.tables.get(name).map(Vec::as_slice)
+    }
+
+    /// When one of the table's parts is damaged: that part and what is wrong.
+    pub fn corrupt_part(&self, name: &str) -> Option<(&Path, &str)> {
+        self.corrupt
+            .get(name)
+            .map(|(p, why)| (p.as_path(), why.as_str()))
+    }
+
+    pub(crate) fn corrupt_error(&self, name: &str) -> Option<anyhow::Error> {
+        self.corrupt_part(name).map(|(p, why)| {
+            anyhow!(
+                "table '{name}': corrupt Parquet part {}: {why}",
+                p.display()
+            )
+        })
+    }
+
+    pub(crate) fn unknown_table_error(&self, name: &str) -> anyhow::Error {
+        let names = self.table_names();
+        let list = if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        };
+        anyhow!(
+            "unknown table '{name}': the capture in {} has the tables: {list}",
+            self.dir.display()
+        )
+    }
+
+    /// A lazy scan over all parts of a table. Nothing is read until collected.
+    pub fn scan(&self, name: &str) -> Result<LazyFrame> {
+        let Some(parts) = self.tables.get(name) else {
+            return Err(self.unknown_table_error(name));
+        };
+        if let Some(e) = self.corrupt_error(name) {
+            return Err(e);
+        }
+        let paths = parts
+            .iter()
+            .map(|p| PlRefPath::try_from_path(p))
+            .collect::<PolarsResult<Vec<_>>>()
+            .map_err(|e| anyhow!("table '{name}': {e}"))?;
+        let args = ScanArgsParquet {
+            glob: false,
+            ..Default::default()
+        };
+        LazyFrame::scan_parquet_files(paths.into_iter().collect(), args)
+            .map_err(|e| anyhow!("table '{name}': {e}"))
+    }
+
+    /// One lazy scan per Parquet part of a table, in part order.
+    pub fn scan_parts(&self, name: &str) -> Result<Vec<LazyFrame>> {
+        let Some(parts) = self.tables.get(name) else {
+            return Err(self.unknown_table_error(name));
+        };
+        if let Some(e) = self.corrupt_error(name) {
+            return Err(e);
+        }
+        parts
+            .iter()
+            .map(|p| {
+                let path =
+                    PlRefPath::try_from_path(p).map_err(|e| anyhow!("table '{name}': {e}"))?;
+                LazyFrame::scan_parquet(path, ScanArgsParquet::default())
+                    .map_err(|e| anyhow!("table '{name}': {}: {e}", p.display()))
+            })
+            .collect()
+    }
+
+    /// A scan of a table the analyzer needs, with a message naming the
+    /// analyzer when the table is missing.
+    pub(crate) fn scan_required(&self, name: &str, who: &str) -> Result<LazyFrame> {
+        if !self.has_table(name) {
+            bail!(
+                "{who} needs the '{name}' table, which the capture in {} does not have \
+                 (tables: {})",
+                self.dir.display(),
+                self.table_names().join(", ")
+            );
+        }
+        self.scan(name)
+    }
+
+    /// Collects a lazy frame built on this capture's tables. On failure (a
+    /// polars error, or a panic inside polars on damaged data) the error says
+    /// which Parquet part is damaged, when one can be found.
+    pub fn collect(&self, lf: LazyFrame) -> Result<DataFrame> {
+        let res = catch_unwind(AssertUnwindSafe(|| lf.collect()));
+        let err = match res {
+            Ok(Ok(df)) => return Ok(df),
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => format!("polars panicked: {}", panic_message(&*panic)),
+        };
+        let diag = self.diagnose_parts().or_else(|| {
+            if looks_like_decoding_error(&err) {
+                self.diagnose_data()
+            } else {
+                None
+            }
+        });
+        match diag {
+            Some(diag) => Err(anyhow!("{diag} (query failed: {err})")),
+            None => Err(anyhow!("query failed: {err}")),
+        }
+    }
+
+    /// Reads every part in full, one at a time, for the first one that does
+    /// not decode. Expensive: only used after a query failed with what looks
+    /// like a Parquet decoding error.
+    pub fn diagnose_data(&self) -> Option<String> {
+        for (name, parts) in &self.tables {
+            for part in parts {
+                let Ok(path) = PlRefPath::try_from_path(part) else {
+                    continue;
+                };
+                let res = catch_unwind(AssertUnwindSafe(|| {
+                    LazyFrame::scan_parquet(path, ScanArgsParquet::default())?.collect()
+                }));
+                let why = match res {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(p) => panic_message(&*p),
+                };
+                return Some(format!(
+                    "table '{name}': corrupt Parquet part {}: {why}",
+                    part.display()
+                ));
+            }
+        }
+        None
+    }
+
+    /// Looks through every part's Parquet metadata for a damaged one.
+    pub fn diagnose_parts(&self) -> Option<String> {
+        for (name, parts) in &self.tables {
+            for part in parts {
+                if let Err(why) = check_part(part).and_then(|()| read_part_metadata(part)) {
+                    return Some(format!(
+                        "table '{name}': corrupt Parquet part {}: {why}",
+                        part.display()
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Name, columns and row count of each table.
+    pub fn table_info(&self) -> Result<Vec<TableInfo>> {
+        let mut out = Vec::new();
+        for name in self.table_names() {
+            let parts = self.tables[&name].len();
+            if let Some(e) = self.corrupt_error(&name) {
+                return Err(e);
+            }
+            let mut lf = self.scan(&name)?;
+            let schema = lf
+                .collect_schema()
+                .map_err(|e| match self.diagnose_parts() {
+                    Some(d) => anyhow!("{d} ({e})"),
+                    None => anyhow!("table '{name}': {e}"),
+                })?;
+            let columns = schema
+                .iter()
+                .map(|(n, dt)| (n.to_string(), dt.to_string()))
+                .collect();
+            let counted = self.collect(lf.select([len().alias("n")]))?;
+            let rows = counted
+                .column("n")?
+                .cast(&DataType::UInt64)?
+                .u64()?
+                .get(0)
+                .unwrap_or(0);
+            out.push(TableInfo {
+                name,
+                parts,
+                columns,
+                rows,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Warnings a reader should see before trusting the capture: it is
+    /// incomplete, the shim lost events, capture.json is unreadable.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = self.open_warnings.clone();
+        if self.meta.is_none() {
+            w.push(format!(
+                "{} has no capture.json: pointer width unknown, assuming 64-bit",
+                self.dir.display()
+            ));
+        }
+        if self.complete() == Some(false) {
+            let meta = self.meta.as_ref();
+            let field = |k: &str| meta.and_then(|m| m.get(k)).and_then(|v| v.as_str());
+            let mut how = String::new();
+            if let Some(end) = field("end") {
+                how.push_str(&format!(", end: {end}"));
+            }
+            if let Some(err) = field("error") {
+                how.push_str(&format!(", error: {err}"));
+            }
+            w.push(format!(
+                "the capture in {} is incomplete (capture.json: complete=false{how}): the \
+                 collector was still running or was cut short; tables hold the rows up to \
+                 its last finished part",
+                self.dir.display()
+            ));
+        }
+        for (name, (part, why)) in &self.corrupt {
+            w.push(format!(
+                "table '{name}' has a corrupt Parquet part {}: {why}",
+                part.display()
+            ));
+        }
+        let stats = match self.stats() {
+            Ok(s) => s,
+            Err(e) => {
+                w.push(format!("could not read the stats table: {e:#}"));
+                Vec::new()
+            }
+        };
+        let lost: Vec<&(String, Option<u32>, u64)> = stats
+            .iter()
+            .filter(|(n, _, v)| n == "events_lost" && *v > 0)
+            .collect();
+        let total: u64 = lost.iter().map(|(_, _, v)| v).sum();
+        if total > 0 {
+            let per: Vec<String> = lost
+                .iter()
+                .map(|(_, vcpu, n)| match vcpu {
+                    Some(v) => format!("vcpu {v}: {n}"),
+                    None => format!("capture-wide: {n}"),
+                })
+                .collect();
+            w.push(format!(
+                "{total} events lost ({}): the shim could not deliver them to the collector, \
+                 so the tables miss those accesses/instructions (stats: events_lost)",
+                per.join(", ")
+            ));
+        } else if !self.has_table("stats") {
+            // stats is written at the end; an unfinished capture has only
+            // capture.json's running sum.
+            let sum = self
+                .meta
+                .as_ref()
+                .and_then(|m| m.get("events_lost"))
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0);
+            if sum > 0 {
+                w.push(format!(
+                    "{sum} events lost: the shim could not deliver them to the collector, so \
+                     the tables miss those accesses/instructions (capture.json: events_lost)"
+                ));
+            }
+        }
+        let capture_wide = |name: &str| -> u64 {
+            stats
+                .iter()
+                .filter(|(n, v, _)| n == name && v.is_none())
+                .map(|(_, _, x)| x)
+                .sum()
+        };
+        let blocks = capture_wide("blocks_unknown");
+        if blocks > 0 {
+            w.push(format!(
+                "{blocks} executed blocks had no description (stats: blocks_unknown): their \
+                 instructions have a null pc and no code rows"
+            ));
+        }
+        let devices = capture_wide("devices_unknown");
+        if devices > 0 {
+            w.push(format!(
+                "{devices} I/O accesses have no device name (stats: devices_unknown); \
+                 analyzers show them as device '{UNKNOWN_DEVICE}'"
+            ));
+        }
+        w
+    }
+
+    /// The rows of the `stats` table: (name, vcpu, value). Empty when there
+    /// is no stats table.
+    pub fn stats(&self) -> Result<Vec<(String, Option<u32>, u64)>> {
+        if !self.has_table("stats") || self.corrupt.contains_key("stats") {
+            return Ok(Vec::new());
+        }
+        let lf = self.scan("stats")?.select([
+            col("name"),
+            col("vcpu").cast(DataType::UInt32),
+            col("value").cast(DataType::UInt64),
+        ]);
+        let df = self.collect(lf)?;
+        let name = df.column("name")?.str()?;
+        let vcpu = df.column("vcpu")?.u32()?;
+        let value = df.column("value")?.u64()?;
+        Ok((0..df.height())
+            .map(|i| {
+                (
+                    name.get(i).unwrap_or("").to_owned(),
+                    vcpu.get(i),
+                    value.get(i).unwrap_or(0),
+                )
+            })
+            .collect())
+    }
+}
+
+/// The `*.parquet` files of a table directory (hidden and temporary files
+/// excluded), sorted by name.
+fn list_parts(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut parts = Vec::new();
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("reading directory {}", dir.display()))?
+    {
+        let path = entry
+            .with_context(|| format!("reading directory {}", dir.display()))?
+            .path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.starts_with('.') || !name.ends_with(".parquet") || !path.is_file() {
+            continue;
+        }
+        parts.push(path);
+    }
+    parts.sort();
+    Ok(parts)
+}
+
+/// Cheap structural check of one part: the `PAR1` magic at both ends and a
+/// footer length that fits in the file. Catches truncated parts.
+fn check_part(path: &Path) -> std::result::Result<(), String> {
+    let mut f = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let len = f.metadata().map_err(|e| format!("cannot stat: {e}"))?.len();
+    if len < 12 {
+        return Err(format!(
+            "truncated: {len} bytes, too short for a Parquet file"
+        ));
+    }
+    let mut head = [0u8; 4];
+    f.read_exact(&mut head)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if &head != b"PAR1" {
+        return Err("not a Parquet file (no PAR1 magic at the start)".into());
+    }
+    let mut tail = [0u8; 8];
+    f.seek(SeekFrom::End(-8))
+        .and_then(|_| f.read_exact(&mut tail))
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if &tail[4..] != b"PAR1" {
+        return Err("truncated or corrupt: no PAR1 magic at the end (footer missing)".into());
+    }
+    let footer = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    if footer + 12 > len {
+        return Err(format!(
+            "corrupt footer: metadata length {footer} does not fit in the file's {len} bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses one part's Parquet metadata (footer) with polars.
+fn read_part_metadata(path: &Path) -> std::result::Result<(), String> {
+    let f = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let res = catch_unwind(AssertUnwindSafe(|| {
+        let mut r = ParquetReader::new(f);
+        r.get_metadata().map(|_| ())
+    }));
+    match res {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(p) => Err(panic_message(&*p)),
+    }
+}
+
+/// Whether a polars error message looks like damaged Parquet data (rather
+/// than, say, a type error in the query).
+fn looks_like_decoding_error(msg: &str) -> bool {
+    let m = msg.to_ascii_lowercase();
+    [
+        "parquet",
+        "out of spec",
+        "thrift",
+        "decompress",
+        "snappy",
+        "zstd",
+        "lz4",
+        "gzip",
+        "brotli",
+        "panicked",
+        "io error",
+        "unexpected end",
+    ]
+    .iter()
+    .any(|k| m.contains(k))
+}
+
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}

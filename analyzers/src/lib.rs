@@ -1,0 +1,21 @@
+//! `trace_analyzers`: SQL over capture directories written by
+//! `trace-collector` (see `docs/capture-format.md`), and analyzers that
+//! rebuild the output of well-known tools from them: PANDA's bufmon and
+//! mmio_trace, QEMU's execlog, and an SVG timeline of MMIO accesses.
+//!
+//! Every analyzer is a function taking an open [`Capture`] and a
+//! `&mut dyn Write`. Tables are read with lazy polars scans; the large ones
+//! (`insn`, `mem`) are streamed in icount windows (see [`stream`]).
+
+pub mod bufmon;
+pub mod capture;
+pub mod execlog;
+pub mod hex;
+pub mod mmio_json;
+pub mod output;
+pub mod sql;
+pub mod stream;
+pub mod timeline;
+
+pub use capture::{Capture, TableInfo};
+pub use output::Format;

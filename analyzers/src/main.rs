@@ -1,0 +1,232 @@
+//! `trace-query`: SQL over a capture directory, and the analyzers.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use trace_analyzers::{bufmon, execlog, mmio_json, output, sql, timeline, Capture};
+
+#[derive(Parser)]
+#[command(
+    name = "trace-query",
+    version,
+    about = "SQL over a trace-collector capture directory, and analyzers",
+    long_about = "SQL over a trace-collector capture directory, and analyzers.\n\n\
+        trace-query --trace DIR [--format table|csv|json] \"SQL\"\n\
+        trace-query --trace DIR --tables\n\
+        trace-query bufmon|mmio-json|execlog|timeline --trace DIR ...\n\n\
+        Every table directory of DIR (mem, mmio, insn, code, stats, ...) is a SQL table.",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    query: QueryArgs,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    /// Capture directory.
+    #[arg(long, value_name = "DIR")]
+    trace: Option<PathBuf>,
+    /// Output format of the query result.
+    #[arg(long, value_enum, default_value_t = FormatArg::Table)]
+    format: FormatArg,
+    /// List the tables with their columns and row counts.
+    #[arg(long)]
+    tables: bool,
+    /// The SQL query (polars SQL).
+    #[arg(value_name = "SQL")]
+    sql: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    /// polars' table (all columns; rows up to POLARS_FMT_MAX_ROWS, default 100000)
+    Table,
+    /// header line, then one line per row
+    Csv,
+    /// one JSON object per row and line (NDJSON)
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// PANDA's bufmon: accesses touching the buffers listed in a file.
+    Bufmon {
+        /// Capture directory.
+        #[arg(long, value_name = "DIR")]
+        trace: PathBuf,
+        /// Lines `<vaddr> <size> <asid>` in hex.
+        #[arg(long, value_name = "FILE")]
+        buffers: PathBuf,
+    },
+    /// PANDA mmio_trace's JSON log of the MMIO accesses.
+    MmioJson {
+        /// Capture directory.
+        #[arg(long, value_name = "DIR")]
+        trace: PathBuf,
+    },
+    /// QEMU's execlog: one line per executed instruction with its accesses.
+    Execlog {
+        /// Capture directory.
+        #[arg(long, value_name = "DIR")]
+        trace: PathBuf,
+    },
+    /// An SVG timeline of the MMIO accesses, one lane per device.
+    Timeline {
+        /// Capture directory.
+        #[arg(long, value_name = "DIR")]
+        trace: PathBuf,
+        /// The SVG file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+fn open(dir: &PathBuf) -> Result<Capture> {
+    let cap = Capture::open(dir)?;
+    for w in cap.warnings() {
+        eprintln!("trace-query: warning: {w}");
+    }
+    Ok(cap)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let stdout = io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    match cli.command {
+        None => {
+            let q = cli.query;
+            let Some(dir) = q.trace else {
+                bail!("--trace DIR is required (see trace-query --help)");
+            };
+            let cap = open(&dir)?;
+            if q.tables {
+                if q.sql.is_some() {
+                    bail!("give either --tables or a SQL query, not both");
+                }
+                for t in cap.table_info()? {
+                    writeln!(
+                        out,
+                        "{} ({} rows, {} part{})",
+                        t.name,
+                        t.rows,
+                        t.parts,
+                        if t.parts == 1 { "" } else { "s" }
+                    )?;
+                    for (c, dt) in &t.columns {
+                        writeln!(out, "  {c}: {dt}")?;
+                    }
+                }
+                out.flush()?;
+                return Ok(());
+            }
+            let Some(query) = q.sql else {
+                bail!("give a SQL query or --tables (see trace-query --help)");
+            };
+            let format = match q.format {
+                FormatArg::Table => output::Format::Table,
+                FormatArg::Csv => output::Format::Csv,
+                FormatArg::Json => output::Format::Json,
+            };
+            let df = sql::run_sql(&cap, &query)?;
+            if format == output::Format::Table {
+                let limit = std::env::var("POLARS_FMT_MAX_ROWS")
+                    .ok()
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(output::TABLE_MAX_ROWS as i64);
+                if limit >= 0 && df.height() as i64 > limit {
+                    eprintln!(
+                        "trace-query: note: {} rows, the table shows the first and last ones; \
+                         use --format csv, or POLARS_FMT_MAX_ROWS=-1 to see all",
+                        df.height()
+                    );
+                }
+            }
+            output::write_frame(&df, format, &mut out)?;
+        }
+        Some(Command::Bufmon { trace, buffers }) => {
+            let text = std::fs::read_to_string(&buffers)
+                .with_context(|| format!("reading {}", buffers.display()))?;
+            let bufs = bufmon::parse_buffers(&text, &buffers.display().to_string())?;
+            let cap = open(&trace)?;
+            let r = bufmon::bufmon(&cap, &bufs, &mut out)?;
+            match r.callers {
+                bufmon::Callers::ShadowStack => {}
+                bufmon::Callers::NoInsnTable => eprintln!(
+                    "trace-query: note: no insn table, so every caller is 0 (record insn to get callers)"
+                ),
+                bufmon::Callers::NoCodeTable => eprintln!(
+                    "trace-query: note: no code table, so every caller is 0"
+                ),
+            }
+        }
+        Some(Command::MmioJson { trace }) => {
+            let cap = open(&trace)?;
+            mmio_json::mmio_json(&cap, &mut out)?;
+        }
+        Some(Command::Execlog { trace }) => {
+            let cap = open(&trace)?;
+            let r = execlog::execlog(&cap, &mut out)?;
+            if r.missing_code > 0 {
+                eprintln!(
+                    "trace-query: warning: {} executed instructions have no row in the code \
+                     table (printed with opcode 0x0 and empty disassembly)",
+                    r.missing_code
+                );
+            }
+        }
+        Some(Command::Timeline { trace, out: path }) => {
+            let cap = open(&trace)?;
+            let f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            let mut w = BufWriter::new(f);
+            let r = timeline::timeline(&cap, &mut w)?;
+            w.flush()
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "trace-query: wrote {} ({} accesses, {} device lanes)",
+                path.display(),
+                r.accesses,
+                r.lanes.len()
+            );
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+            || c.to_string().contains("Broken pipe")
+    })
+}
+
+fn main() -> ExitCode {
+    output::set_table_env_defaults();
+    let cli = Cli::parse();
+    // polars may panic on damaged data: report it as an error, not a crash.
+    std::panic::set_hook(Box::new(|_| {}));
+    let res = std::panic::catch_unwind(|| run(cli)).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(anyhow!("internal error: {msg}"))
+    });
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trace-query: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

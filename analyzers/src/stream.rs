@@ -1,0 +1,139 @@
+//! Bounded-memory reading of large tables.
+//!
+//! polars is built here without its streaming engine, so a query holds its
+//! whole (filtered, projected) result in memory. Analyzers therefore read
+//! big tables either part by part (aggregations) or in windows of
+//! consecutive `icount` values (ordered output): each window is a filter on
+//! the raw `icount` column, pushed down into the Parquet scan (row groups
+//! outside the window are skipped by their statistics), then projected and
+//! sorted by (icount, vcpu) with ties kept in file order.
+
+use anyhow::Result;
+use polars::prelude::*;
+
+use crate::capture::Capture;
+
+/// Rows a window aims at (estimated from the table's icount density).
+pub const DEFAULT_WINDOW_ROWS: u64 = 1_000_000;
+
+/// [`DEFAULT_WINDOW_ROWS`], or `TRACE_QUERY_WINDOW_ROWS` from the
+/// environment when set (to trade memory for speed).
+pub fn window_rows() -> u64 {
+    std::env::var("TRACE_QUERY_WINDOW_ROWS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(DEFAULT_WINDOW_ROWS)
+}
+
+/// Smallest and largest `icount`, and row count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub lo: u64,
+    pub hi: u64,
+    pub rows: u64,
+}
+
+impl Range {
+    /// The smallest range holding both.
+    pub fn union(self, o: Range) -> Range {
+        Range {
+            lo: self.lo.min(o.lo),
+            hi: self.hi.max(o.hi),
+            rows: self.rows + o.rows,
+        }
+    }
+}
+
+/// The icount range of the rows of `table` that `filter` keeps, computed
+/// part by part (so only one part's `icount` column is in memory at once).
+/// None when no row is kept.
+pub fn icount_range(
+    cap: &Capture,
+    table: &str,
+    filter: &dyn Fn(LazyFrame) -> LazyFrame,
+) -> Result<Option<Range>> {
+    let mut acc: Option<Range> = None;
+    for part in cap.scan_parts(table)? {
+        let df = cap.collect(filter(part).select([
+            col("icount").cast(DataType::UInt64).min().alias("lo"),
+            col("icount").cast(DataType::UInt64).max().alias("hi"),
+            len().cast(DataType::UInt64).alias("n"),
+        ]))?;
+        let lo = df.column("lo")?.u64()?.get(0);
+        let hi = df.column("hi")?.u64()?.get(0);
+        let rows = df.column("n")?.u64()?.get(0).unwrap_or(0);
+        if let (Some(lo), Some(hi)) = (lo, hi) {
+            if rows > 0 {
+                let r = Range { lo, hi, rows };
+                acc = Some(acc.map_or(r, |a| a.union(r)));
+            }
+        }
+    }
+    Ok(acc)
+}
+
+/// A window of icounts: `start..end`, or `start..` when `end` is None.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub start: u64,
+    pub end: Option<u64>,
+}
+
+impl Window {
+    /// `lf` restricted to the window, by its raw `icount` column (so the
+    /// predicate reaches the Parquet scan).
+    pub fn filter(&self, lf: LazyFrame) -> LazyFrame {
+        let mut pred = col("icount").gt_eq(lit(self.start));
+        if let Some(end) = self.end {
+            pred = pred.and(col("icount").lt(lit(end)));
+        }
+        lf.filter(pred)
+    }
+}
+
+/// Windows covering `range`, each of about `window_rows` rows (assuming rows
+/// spread evenly over the icounts).
+pub fn windows(range: Range, window_rows: u64) -> Vec<Window> {
+    let span = u128::from(range.hi - range.lo) + 1;
+    let n = u128::from(range.rows.div_ceil(window_rows.max(1))).max(1);
+    let width = span.div_ceil(n).max(1);
+    let mut out = Vec::new();
+    let mut start = u128::from(range.lo);
+    while start <= u128::from(range.hi) {
+        let end = start + width;
+        out.push(Window {
+            start: start as u64,
+            end: (end <= u128::from(range.hi)).then_some(end as u64),
+        });
+        start = end;
+    }
+    out
+}
+
+/// The sort every analyzer uses: (icount, vcpu), stable.
+pub fn by_icount_vcpu() -> SortMultipleOptions {
+    SortMultipleOptions::default().with_maintain_order(true)
+}
+
+/// Collects the rows of `raw` (a table scan, before any projection) in
+/// window `w` that `filter` keeps, projected to `projection` (which must
+/// produce `icount` and `vcpu`), sorted by (icount, vcpu), as one chunk.
+pub fn sorted_window(
+    cap: &Capture,
+    raw: &LazyFrame,
+    w: Window,
+    filter: Option<Expr>,
+    projection: &[Expr],
+) -> Result<DataFrame> {
+    let mut lf = w.filter(raw.clone());
+    if let Some(f) = filter {
+        lf = lf.filter(f);
+    }
+    let lf = lf
+        .select(projection)
+        .sort(["icount", "vcpu"], by_icount_vcpu());
+    let mut df = cap.collect(lf)?;
+    df.rechunk_mut();
+    Ok(df)
+}

@@ -1,0 +1,262 @@
+use trace_analyzers::output::{write_frame, Format};
+use trace_analyzers::sql::run_sql;
+use trace_analyzers::Capture;
+
+use crate::common::*;
+
+fn query(cap: &Capture, q: &str, f: Format) -> String {
+    let df = run_sql(cap, q).unwrap();
+    let mut out = Vec::new();
+    write_frame(&df, f, &mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn tables_are_registered() {
+    let (_t, cap) = reference();
+    assert_eq!(cap.table_names(), ["mem", "mmio", "insn", "code", "stats"]);
+    let info = cap.table_info().unwrap();
+    let rows: Vec<(String, u64, usize)> = info
+        .iter()
+        .map(|t| (t.name.clone(), t.rows, t.parts))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("mem".to_string(), 13, 2),
+            ("mmio".to_string(), 3, 1),
+            ("insn".to_string(), 17, 2),
+            ("code".to_string(), 17, 1),
+            ("stats".to_string(), 5, 1),
+        ]
+    );
+    let mem = &info[0].columns;
+    assert_eq!(mem[0], ("vcpu".to_string(), "u32".to_string()));
+    assert_eq!(mem.len(), 12);
+}
+
+#[test]
+fn filter_group_by_csv() {
+    let (_t, cap) = reference();
+    assert_eq!(
+        query(
+            &cap,
+            "SELECT type, count(*) AS n FROM mem WHERE NOT io GROUP BY type ORDER BY type",
+            Format::Csv
+        ),
+        "type,n\nR,5\nW,5\n"
+    );
+    assert_eq!(
+        query(
+            &cap,
+            "SELECT device, count(*) AS n FROM mmio GROUP BY device ORDER BY n DESC, device",
+            Format::Csv
+        ),
+        "device,n\nuart0,2\nsystick,1\n"
+    );
+}
+
+#[test]
+fn join_insn_code() {
+    let (_t, cap) = reference();
+    let q = "SELECT i.icount, c.disas, c.size FROM insn i JOIN code c \
+             ON i.block = c.block AND i.pc = c.pc \
+             WHERE i.vcpu = 0 AND i.icount < 3 ORDER BY i.icount";
+    assert_eq!(
+        query(&cap, q, Format::Csv),
+        "icount,disas,size\n0,\"push {r4, lr}\",4\n1,bl #0x200,4\n2,\"ldr r2, [r3]\",2\n"
+    );
+    assert_eq!(
+        query(&cap, q, Format::Json),
+        "{\"icount\":0,\"disas\":\"push {r4, lr}\",\"size\":4}\n\
+         {\"icount\":1,\"disas\":\"bl #0x200\",\"size\":4}\n\
+         {\"icount\":2,\"disas\":\"ldr r2, [r3]\",\"size\":2}\n"
+    );
+}
+
+#[test]
+fn binary_column_as_hex() {
+    let (_t, cap) = reference();
+    assert_eq!(
+        query(
+            &cap,
+            "SELECT pc, bytes FROM code WHERE pc = 512",
+            Format::Csv
+        ),
+        "pc,bytes\n512,1268\n"
+    );
+}
+
+fn big_values_capture() -> (TmpDir, Capture) {
+    let t = TmpDir::new("u64");
+    write_meta(t.path(), 64, true);
+    write_part(
+        t.path(),
+        "stats",
+        0,
+        &mut stats_df(&[
+            ("a", Some(0), u64::MAX),
+            ("b", Some(0), (1u64 << 63) + 1),
+            ("c", None, 7),
+        ]),
+    );
+    let cap = Capture::open(t.path()).unwrap();
+    (t, cap)
+}
+
+#[test]
+fn u64_above_2_63_exact() {
+    let (_t, cap) = big_values_capture();
+    let q = "SELECT name, value FROM stats ORDER BY value DESC";
+    assert_eq!(
+        query(&cap, q, Format::Csv),
+        "name,value\na,18446744073709551615\nb,9223372036854775809\nc,7\n"
+    );
+    assert_eq!(
+        query(&cap, q, Format::Json),
+        "{\"name\":\"a\",\"value\":18446744073709551615}\n\
+         {\"name\":\"b\",\"value\":9223372036854775809}\n\
+         {\"name\":\"c\",\"value\":7}\n"
+    );
+    let df = run_sql(
+        &cap,
+        "SELECT max(value) AS m, sum(value) AS s FROM stats WHERE value > 7",
+    )
+    .unwrap();
+    assert_eq!(
+        df.column("m").unwrap().u64().unwrap().get(0),
+        Some(u64::MAX)
+    );
+    // Literals above i64::MAX and hex literals work in queries.
+    assert_eq!(
+        query(
+            &cap,
+            "SELECT name FROM stats WHERE value > 9223372036854775808 AND value <> 0xffffffffffffffff",
+            Format::Csv
+        ),
+        "name\nb\n"
+    );
+    assert_eq!(
+        query(
+            &cap,
+            "SELECT name FROM stats WHERE value = 18446744073709551615",
+            Format::Csv
+        ),
+        "name\na\n"
+    );
+    // Table output prints the exact digits too.
+    let table = query(&cap, q, Format::Table);
+    assert!(table.contains("18446744073709551615"), "{table}");
+    assert!(table.contains("9223372036854775809"), "{table}");
+}
+
+#[test]
+fn extra_table_directory_is_registered() {
+    let t = TmpDir::new("extra");
+    reference_capture(t.path());
+    write_part(t.path(), "extra", 0, &mut stats_df(&[("x", Some(1), 2)]));
+    // not tables: no parquet, hidden, temporary
+    std::fs::create_dir_all(t.path().join("notes")).unwrap();
+    std::fs::write(t.path().join("notes/readme.txt"), "hi").unwrap();
+    std::fs::write(t.path().join("mem/.part-000002.parquet.tmp"), "junk").unwrap();
+    let cap = Capture::open(t.path()).unwrap();
+    assert_eq!(
+        cap.table_names(),
+        ["mem", "mmio", "insn", "code", "stats", "extra"]
+    );
+    assert_eq!(
+        query(&cap, "SELECT name, value FROM extra", Format::Csv),
+        "name,value\nx,2\n"
+    );
+    assert_eq!(
+        query(&cap, "SELECT count(*) AS n FROM mem", Format::Csv),
+        "n\n13\n"
+    );
+}
+
+#[test]
+fn empty_table_gives_no_rows() {
+    let t = TmpDir::new("empty");
+    write_meta(t.path(), 32, true);
+    write_part(t.path(), "mem", 0, &mut mem_df(&[]));
+    let cap = Capture::open(t.path()).unwrap();
+    assert_eq!(
+        query(&cap, "SELECT icount, vaddr FROM mem", Format::Csv),
+        "icount,vaddr\n"
+    );
+    assert_eq!(query(&cap, "SELECT icount FROM mem", Format::Json), "");
+}
+
+#[test]
+fn warnings_lost_events_and_incomplete() {
+    let (_t, cap) = reference();
+    assert!(cap.warnings().is_empty(), "{:?}", cap.warnings());
+
+    let t = TmpDir::new("lost");
+    reference_capture(t.path());
+    write_meta(t.path(), 32, false);
+    write_part(
+        t.path(),
+        "stats",
+        0,
+        &mut stats_df(&[
+            ("events_lost", Some(0), 10),
+            ("events_lost", Some(1), 32),
+            ("events", Some(0), 100),
+        ]),
+    );
+    let cap = Capture::open(t.path()).unwrap();
+    let w = cap.warnings();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(w.iter().any(|m| m.contains("incomplete")), "{w:?}");
+    assert!(
+        w.iter()
+            .any(|m| m.starts_with("42 events lost (vcpu 0: 10, vcpu 1: 32)")),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn warnings_from_capture_json_and_stats() {
+    // An unfinished capture: no stats table yet, capture.json's running sum.
+    let t = TmpDir::new("unfinished");
+    write_part(t.path(), "mem", 0, &mut mem_df(&[]));
+    let meta = serde_json::json!({
+        "format_version": 1, "complete": false, "guest_pointer_bits": null,
+        "end": "error", "error": "disk full", "events_lost": 5,
+    });
+    std::fs::write(t.path().join("capture.json"), meta.to_string()).unwrap();
+    let cap = Capture::open(t.path()).unwrap();
+    assert_eq!(cap.guest_pointer_bits(), 64);
+    let w = cap.warnings();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].contains("is incomplete (capture.json: complete=false, end: error, error: disk full)"),
+        "{w:?}"
+    );
+    assert!(w[1].starts_with("5 events lost: "), "{w:?}");
+
+    // Data-quality counters of the stats table.
+    let t = TmpDir::new("unknowns");
+    write_meta(t.path(), 32, true);
+    write_part(
+        t.path(),
+        "stats",
+        0,
+        &mut stats_df(&[
+            ("blocks_unknown", None, 3),
+            ("devices_unknown", None, 4),
+            ("events_lost", Some(0), 0),
+        ]),
+    );
+    let w = Capture::open(t.path()).unwrap().warnings();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].starts_with("3 executed blocks had no description"),
+        "{w:?}"
+    );
+    assert!(
+        w[1].starts_with("4 I/O accesses have no device name"),
+        "{w:?}"
+    );
+}
