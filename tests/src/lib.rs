@@ -6,7 +6,7 @@
 //! wrote, read back with polars. Build everything first with
 //! `cargo build --release --workspace` (`scripts/test.sh` does).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use polars::prelude::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -20,7 +20,11 @@ pub fn release_dir() -> PathBuf {
 
 fn built(name: &str) -> PathBuf {
     let p = release_dir().join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --release --workspace` first (scripts/test.sh does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --release --workspace` first (scripts/test.sh does)",
+        p.display()
+    );
     p
 }
 
@@ -49,7 +53,10 @@ pub fn firmware(name: &str) -> PathBuf {
             .arg(format!("OUT={}", out.display()))
             .status()
             .expect("make is needed to build the test firmware");
-        assert!(status.success(), "building the test firmware failed (run scripts/setup.sh for the toolchains)");
+        assert!(
+            status.success(),
+            "building the test firmware failed (run scripts/setup.sh for the toolchains)"
+        );
         out
     });
     dir.join(name)
@@ -67,8 +74,17 @@ pub fn capture_dir(test: &str) -> PathBuf {
 pub fn m3_qemu() -> Vec<String> {
     let fw = firmware("m3.elf");
     [
-        "qemu-system-arm", "-M", "lm3s6965evb", "-nographic", "-monitor", "none", "-serial", "stdio",
-        "-semihosting-config", "enable=on,target=native", "-kernel",
+        "qemu-system-arm",
+        "-M",
+        "lm3s6965evb",
+        "-nographic",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-semihosting-config",
+        "enable=on,target=native",
+        "-kernel",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -80,9 +96,21 @@ pub fn m3_qemu() -> Vec<String> {
 pub fn a64_qemu() -> Vec<String> {
     let fw = firmware("a64.elf");
     [
-        "qemu-system-aarch64", "-M", "virt,gic-version=2", "-cpu", "cortex-a53", "-smp", "2",
-        "-nographic", "-nic", "none", "-monitor", "none", "-semihosting-config",
-        "enable=on,target=native", "-kernel",
+        "qemu-system-aarch64",
+        "-M",
+        "virt,gic-version=2",
+        "-cpu",
+        "cortex-a53",
+        "-smp",
+        "2",
+        "-nographic",
+        "-nic",
+        "none",
+        "-monitor",
+        "none",
+        "-semihosting-config",
+        "enable=on,target=native",
+        "-kernel",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -119,9 +147,9 @@ pub fn table(capture: &Path, name: &str) -> Result<DataFrame> {
         bail!("capture {} has no table {name}", capture.display());
     }
     let glob = format!("{}/*.parquet", dir.display());
-    LazyFrame::scan_parquet(PlRefPath::new(glob.as_str()), ScanArgsParquet::default())?
-        .collect()
-        .with_context(|| format!("reading table {name}"))
+    let df = LazyFrame::scan_parquet(PlRefPath::new(glob.as_str()), ScanArgsParquet::default())?
+        .collect();
+    anyhow::Context::with_context(df, || format!("reading table {name}"))
 }
 
 /// One row of `mem` or `mmio`.
@@ -180,7 +208,13 @@ pub fn stats(capture: &Path) -> Result<Vec<(String, Option<u32>, u64)>> {
     let vcpu = df.column("vcpu")?.u32()?.clone();
     let value = df.column("value")?.u64()?.clone();
     Ok((0..df.height())
-        .map(|i| (name.get(i).unwrap().to_string(), vcpu.get(i), value.get(i).unwrap()))
+        .map(|i| {
+            (
+                name.get(i).unwrap().to_string(),
+                vcpu.get(i),
+                value.get(i).unwrap(),
+            )
+        })
         .collect())
 }
 

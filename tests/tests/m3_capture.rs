@@ -19,7 +19,10 @@ fn check_m3_capture(dir: &std::path::Path) {
     assert_eq!(mem.len(), 47, "{mem:#?}");
     assert_eq!(mem.iter().filter(|a| a.store).count(), 32);
     assert!(mem.iter().all(|a| a.vcpu == 0));
-    assert!(mem.iter().all(|a| a.vaddr == a.paddr), "no MMU: vaddr = paddr");
+    assert!(
+        mem.iter().all(|a| a.vaddr == a.paddr),
+        "no MMU: vaddr = paddr"
+    );
 
     // Every record drained is one of these rows (no `insn` recorded here).
     if table(dir, "insn").is_err() {
@@ -35,25 +38,49 @@ fn check_m3_capture(dir: &std::path::Path) {
     assert_eq!(uart, b"Hello\n");
     let first_uart = mmio.iter().find(|a| a.paddr == UART_DR).unwrap();
     assert_eq!((first_uart.pc, first_uart.size), (0x16, 4));
-    assert_eq!(first_uart.device.as_deref(), Some("pl011"));
 
     // SysTick: 4 writes with known values, in order, and 10 reads of CVR.
-    let systick: Vec<_> = mmio.iter().filter(|a| (SYST_CSR..SYST_CSR + 16).contains(&a.paddr)).collect();
-    let writes: Vec<(u64, u64)> =
-        systick.iter().filter(|a| a.store).map(|a| (a.paddr, a.value.unwrap())).collect();
-    assert_eq!(writes, vec![(SYST_RVR, 0x1000), (SYST_CVR, 0), (SYST_CSR, 5), (SYST_CSR, 0)]);
+    let systick: Vec<_> = mmio
+        .iter()
+        .filter(|a| (SYST_CSR..SYST_CSR + 16).contains(&a.paddr))
+        .collect();
+    let writes: Vec<(u64, u64)> = systick
+        .iter()
+        .filter(|a| a.store)
+        .map(|a| (a.paddr, a.value.unwrap()))
+        .collect();
+    assert_eq!(
+        writes,
+        vec![
+            (SYST_RVR, 0x1000),
+            (SYST_CVR, 0),
+            (SYST_CSR, 5),
+            (SYST_CSR, 0)
+        ]
+    );
     let reads: Vec<_> = systick.iter().filter(|a| !a.store).collect();
     assert_eq!(reads.len(), 10);
-    assert!(reads.iter().all(|a| a.paddr == SYST_CVR && a.size == 4 && a.value.unwrap() <= 0x1000));
+    assert!(reads
+        .iter()
+        .all(|a| a.paddr == SYST_CVR && a.size == 4 && a.value.unwrap() <= 0x1000));
     let read_pcs: Vec<u64> = reads.iter().map(|a| a.pc).collect();
-    assert_eq!(read_pcs, (0..10).map(|i| 0x3c + 2 * i).collect::<Vec<u64>>());
+    assert_eq!(
+        read_pcs,
+        (0..10).map(|i| 0x3c + 2 * i).collect::<Vec<u64>>()
+    );
 
     // The RAM buffer: 16 byte stores of 0xA0+i, then 4 word stores, 4 word
     // loads of the same values, then the sum.
-    let ram: Vec<_> = mem.iter().filter(|a| (BUF..=SUM).contains(&a.paddr)).collect();
+    let ram: Vec<_> = mem
+        .iter()
+        .filter(|a| (BUF..=SUM).contains(&a.paddr))
+        .collect();
     assert_eq!(ram.len(), 16 + 4 + 4 + 1);
     for (i, a) in ram[..16].iter().enumerate() {
-        assert_eq!((a.store, a.paddr, a.size, a.value), (true, BUF + i as u64, 1, Some(0xA0 + i as u64)));
+        assert_eq!(
+            (a.store, a.paddr, a.size, a.value),
+            (true, BUF + i as u64, 1, Some(0xA0 + i as u64))
+        );
         assert_eq!(a.pc, 0x5c + 4 * i as u64);
         assert_eq!(a.device, None, "RAM accesses have no device");
     }
@@ -61,18 +88,27 @@ fn check_m3_capture(dir: &std::path::Path) {
     for (i, w) in words.iter().enumerate() {
         let st = ram[16 + i];
         let ld = ram[20 + i];
-        assert_eq!((st.store, st.paddr, st.size, st.value), (true, BUF + 4 * i as u64, 4, Some(*w)));
-        assert_eq!((ld.store, ld.paddr, ld.size, ld.value), (false, BUF + 4 * i as u64, 4, Some(*w)));
+        assert_eq!(
+            (st.store, st.paddr, st.size, st.value),
+            (true, BUF + 4 * i as u64, 4, Some(*w))
+        );
+        assert_eq!(
+            (ld.store, ld.paddr, ld.size, ld.value),
+            (false, BUF + 4 * i as u64, 4, Some(*w))
+        );
     }
-    assert_eq!((ram[24].store, ram[24].paddr, ram[24].value), (true, SUM, Some(0x2420_1c18)));
+    assert_eq!(
+        (ram[24].store, ram[24].paddr, ram[24].value),
+        (true, SUM, Some(0x2420_1c18))
+    );
 
     // The unimplemented-device stubs, by the plugin's name.
     let flash: Vec<_> = mmio.iter().filter(|a| a.paddr == 0x400F_D000).collect();
     assert_eq!(flash.len(), 1);
-    assert_eq!((flash[0].store, flash[0].value, flash[0].device.as_deref()), (false, Some(0), Some("flash-control")));
+    assert_eq!((flash[0].store, flash[0].value), (false, Some(0)));
     let pwm: Vec<_> = mmio.iter().filter(|a| a.paddr == 0x4002_8000).collect();
     assert_eq!(pwm.len(), 1);
-    assert_eq!((pwm[0].store, pwm[0].value, pwm[0].device.as_deref()), (true, Some(1), Some("PWM")));
+    assert_eq!((pwm[0].store, pwm[0].value), (true, Some(1)));
 
     // mmio is exactly the I/O part of mem.
     assert_eq!(mmio.len(), 6 + 14 + 2);
@@ -86,6 +122,31 @@ fn check_m3_capture(dir: &std::path::Path) {
     assert_eq!(stat(dir, "events_lost", Some(0)), 0);
 }
 
+/// (device, QEMU region, plugin name) of each MMIO address the firmware
+/// touches, from the `mmio` table; panics if one address has two names.
+fn names_by_address(
+    dir: &std::path::Path,
+) -> std::collections::BTreeMap<u64, (String, String, String)> {
+    let df = table(dir, "mmio").unwrap();
+    let col = |c: &str| df.column(c).unwrap().str().unwrap().clone();
+    let (device, region, plugin) = (col("device"), col("region"), col("plugin_device"));
+    let paddr = df.column("paddr").unwrap().u64().unwrap().clone();
+    let mut names = std::collections::BTreeMap::new();
+    for i in 0..df.height() {
+        let n = (
+            device.get(i).unwrap().to_string(),
+            region.get(i).unwrap_or("").to_string(),
+            plugin.get(i).unwrap().to_string(),
+        );
+        let prev = names.insert(paddr.get(i).unwrap(), n.clone());
+        assert!(
+            prev.is_none() || prev == Some(n),
+            "two names for one address"
+        );
+    }
+    names
+}
+
 #[test]
 fn run_captures_every_access_of_the_m3_firmware() {
     let dir = capture_dir("m3-run");
@@ -93,6 +154,62 @@ fn run_captures_every_access_of_the_m3_firmware() {
     // QEMU's console output still reaches the terminal (here: our pipe).
     assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello\n");
     check_m3_capture(&dir);
+
+    // Every device the firmware touches, named from QEMU's memory map: SysTick
+    // although the plugin API calls it anonXXXXXXXX.
+    let names = names_by_address(&dir);
+    let named: Vec<(u64, &str, &str)> = names
+        .iter()
+        .map(|(a, (d, r, _))| (*a, d.as_str(), r.as_str()))
+        .collect();
+    assert_eq!(
+        named,
+        vec![
+            (UART_DR, "pl011", "pl011"),
+            (0x4002_8000, "PWM", "PWM"),
+            (0x400F_D000, "flash-control", "flash-control"),
+            (SYST_CSR, "systick", "v7m_systick"),
+            (SYST_RVR, "systick", "v7m_systick"),
+            (SYST_CVR, "systick", "v7m_systick"),
+        ]
+    );
+    assert!(
+        names[&SYST_CSR].2.starts_with("anon"),
+        "the plugin's own name is kept: {:?}",
+        names[&SYST_CSR]
+    );
+    assert!(dir.join("mtree.txt").exists());
+
+    // ... so the query users write finds exactly the 14 SysTick accesses.
+    let q = std::process::Command::new(query())
+        .args(["--trace"])
+        .arg(&dir)
+        .args(["--format", "csv", "select type, count(*) as n from mmio where device='systick' group by type order by type"])
+        .output()
+        .unwrap();
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    assert_eq!(String::from_utf8_lossy(&q.stdout), "type,n\nR,10\nW,4\n");
+}
+
+#[test]
+fn a_device_map_file_renames_devices() {
+    let dir = capture_dir("m3-device-map");
+    let map = dir.with_extension("map");
+    std::fs::write(
+        &map,
+        "# ours\n0x4000c000-0x4000cfff uart0\nv7m_systick tick\n",
+    )
+    .unwrap();
+    run_capture(
+        &dir,
+        &["--events", "mmio", "--device-map", map.to_str().unwrap()],
+        &m3_qemu(),
+    );
+    let names = names_by_address(&dir);
+    assert_eq!(names[&UART_DR].0, "uart0");
+    assert_eq!(names[&SYST_CVR].0, "tick");
+    assert_eq!(names[&SYST_CVR].1, "v7m_systick");
+    assert_eq!(names[&0x4002_8000].0, "PWM");
 }
 
 #[test]
@@ -102,11 +219,26 @@ fn run_captures_every_instruction_of_the_m3_firmware() {
     check_m3_capture(&dir);
 
     // 99 instructions, icount 0..99, from 0x08 (reset b.w) to 0xf8 (bkpt).
-    let insn = table(&dir, "insn").unwrap().sort(["icount"], Default::default()).unwrap();
+    let insn = table(&dir, "insn")
+        .unwrap()
+        .sort(["icount"], Default::default())
+        .unwrap();
     assert_eq!(insn.height(), 99);
-    let icount: Vec<u64> = insn.column("icount").unwrap().u64().unwrap().into_no_null_iter().collect();
+    let icount: Vec<u64> = insn
+        .column("icount")
+        .unwrap()
+        .u64()
+        .unwrap()
+        .into_no_null_iter()
+        .collect();
     assert_eq!(icount, (0..99).collect::<Vec<u64>>());
-    let pc: Vec<u64> = insn.column("pc").unwrap().u64().unwrap().into_no_null_iter().collect();
+    let pc: Vec<u64> = insn
+        .column("pc")
+        .unwrap()
+        .u64()
+        .unwrap()
+        .into_no_null_iter()
+        .collect();
     assert_eq!((pc[0], pc[98]), (0x08, 0xf8));
 
     // Each access's (icount, pc) is an executed instruction.
@@ -121,11 +253,14 @@ fn run_captures_every_instruction_of_the_m3_firmware() {
         .unwrap()
         .str()
         .unwrap()
-        .into_iter()
+        .iter()
         .map(|s| s.unwrap_or("").to_string())
         .collect();
     assert!(disas.iter().any(|d| d.contains("bkpt")), "{disas:?}");
-    assert!(code.height() >= 99 - 1, "every executed instruction was translated at least once");
+    assert!(
+        code.height() >= 99 - 1,
+        "every executed instruction was translated at least once"
+    );
 }
 
 #[test]
@@ -144,12 +279,17 @@ fn attach_to_a_running_qemu_captures_the_same_accesses() {
         .arg(&dir)
         .output()
         .unwrap();
+    if !collector.status.success() {
+        // QEMU waits for a collector (wait=on): do not leave it behind.
+        let mut qemu = qemu;
+        let _ = qemu.kill();
+        let _ = qemu.wait();
+        panic!(
+            "attach failed: {}",
+            String::from_utf8_lossy(&collector.stderr)
+        );
+    }
     let qemu_out = qemu.wait_with_output().unwrap();
-    assert!(
-        collector.status.success(),
-        "attach failed: {}",
-        String::from_utf8_lossy(&collector.stderr)
-    );
     assert!(qemu_out.status.success());
     assert_eq!(String::from_utf8_lossy(&qemu_out.stdout), "Hello\n");
     check_m3_capture(&dir);

@@ -18,20 +18,40 @@ fn each_vcpu_has_its_own_ordered_lossless_stream() {
 
     // vCPU 0: 3 GIC setup stores, done = 0, 1000 stores of i, one load of done.
     assert_eq!(
-        cpu0[..4].iter().map(|a| (a.paddr, a.size, a.value.unwrap())).collect::<Vec<_>>(),
-        vec![(0x0800_0000, 4, 1), (0x0801_0004, 4, 0xff), (0x0801_0000, 4, 1), (DONE, 8, 0)]
+        cpu0[..4]
+            .iter()
+            .map(|a| (a.paddr, a.size, a.value.unwrap()))
+            .collect::<Vec<_>>(),
+        vec![
+            (0x0800_0000, 4, 1),
+            (0x0801_0004, 4, 0xff),
+            (0x0801_0000, 4, 1),
+            (DONE, 8, 0)
+        ]
     );
     for (i, a) in cpu0[4..1004].iter().enumerate() {
-        assert_eq!((a.store, a.paddr, a.size, a.value), (true, ARR0 + 8 * i as u64, 8, Some(i as u64)));
+        assert_eq!(
+            (a.store, a.paddr, a.size, a.value),
+            (true, ARR0 + 8 * i as u64, 8, Some(i as u64))
+        );
     }
-    assert_eq!((cpu0[1004].store, cpu0[1004].paddr, cpu0[1004].value), (false, DONE, Some(1)));
+    assert_eq!(
+        (cpu0[1004].store, cpu0[1004].paddr, cpu0[1004].value),
+        (false, DONE, Some(1))
+    );
 
     // vCPU 1: 1000 stores of (1<<32)|i, done = 1, the SGI to vCPU 0.
     for (i, a) in cpu1[..1000].iter().enumerate() {
-        assert_eq!((a.store, a.paddr, a.size, a.value), (true, ARR1 + 8 * i as u64, 8, Some((1 << 32) | i as u64)));
+        assert_eq!(
+            (a.store, a.paddr, a.size, a.value),
+            (true, ARR1 + 8 * i as u64, 8, Some((1 << 32) | i as u64))
+        );
     }
     assert_eq!((cpu1[1000].paddr, cpu1[1000].value), (DONE, Some(1)));
-    assert_eq!((cpu1[1001].paddr, cpu1[1001].size, cpu1[1001].value), (0x0800_0F00, 4, Some(0x0001_0000)));
+    assert_eq!(
+        (cpu1[1001].paddr, cpu1[1001].size, cpu1[1001].value),
+        (0x0800_0F00, 4, Some(0x0001_0000))
+    );
 
     // Per vCPU, icount only grows.
     for cpu in [&cpu0, &cpu1] {
