@@ -15,7 +15,7 @@ mod vcpu;
 use qemu_plugin_sys::*;
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
-use std::sync::atomic::{AtomicPtr, AtomicU64};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64};
 use trace_schema::events_capnp::meta;
 use trace_schema::layout::{state, Geometry, Header};
 use trace_schema::options::ShimOptions;
@@ -38,6 +38,15 @@ struct Shim {
     /// generated code before each instruction: the `icount` of every event.
     icount: qemu_plugin_u64,
     next_block_id: AtomicU64,
+    /// Our plugin id, for `qemu_plugin_reset`.
+    id: qemu_plugin_id_t,
+    /// The attach (`Header::attach_count`) whose collector has been sent the
+    /// description of every block it can see executed. Block descriptions
+    /// are sent once, at translation; the first collector also gets those of
+    /// blocks translated before it attached (they wait in the meta ring), but
+    /// a later one does not, so a new attach makes QEMU translate everything
+    /// again (see `describe_blocks_again`).
+    described_for_attach: AtomicU32,
 }
 
 unsafe impl Sync for Shim {}
@@ -119,6 +128,8 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
         vcpus,
         icount: qemu_plugin_u64 { score, offset: 0 },
         next_block_id: AtomicU64::new(0),
+        id,
+        described_for_attach: AtomicU32::new(1),
     });
     SHIM.store(Box::into_raw(built), Ordering::Release);
 
@@ -127,10 +138,38 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
     }
     unsafe {
         qemu_plugin_register_vcpu_init_cb(id, Some(on_vcpu_init));
+        register_translation_and_exit(id);
+    }
+    Ok(())
+}
+
+unsafe fn register_translation_and_exit(id: qemu_plugin_id_t) {
+    unsafe {
         qemu_plugin_register_vcpu_tb_trans_cb(id, Some(on_translate));
         qemu_plugin_register_atexit_cb(id, Some(on_exit), std::ptr::null_mut());
     }
-    Ok(())
+}
+
+/// A collector attached after another one: flush QEMU's translations so that
+/// every block is translated, and so described, again. `qemu_plugin_reset`
+/// drops all our callbacks and the translated code; `on_reset` registers
+/// ours again. Blocks that run until the flush completes are ones the new
+/// collector cannot describe (it counts them as unknown).
+#[cold]
+fn describe_blocks_again(shim: &Shim, attach: u32) {
+    let described = shim.described_for_attach.load(Ordering::Relaxed);
+    if attach > described
+        && shim
+            .described_for_attach
+            .compare_exchange(described, attach, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        unsafe { qemu_plugin_reset(shim.id, Some(on_reset)) };
+    }
+}
+
+unsafe extern "C" fn on_reset(id: qemu_plugin_id_t) {
+    unsafe { register_translation_and_exit(id) };
 }
 
 /// `wait=on`: hold QEMU until a collector is attached, so that an attached
@@ -329,6 +368,10 @@ unsafe extern "C" fn on_block_exec(vcpu: c_uint, udata: *mut c_void) {
         state::ATTACHED => {}
         state::DETACHED => return slot.count_lost(),
         _ => return,
+    }
+    let attach = header.attach_count.load(Ordering::Relaxed);
+    if attach != shim.described_for_attach.load(Ordering::Relaxed) {
+        describe_blocks_again(shim, attach);
     }
     let event = Event {
         kind: record::KIND_BLOCK,
