@@ -9,6 +9,7 @@
 //! Read in order: install → translate (per translated block) → the two hot
 //! callbacks (memory access, block execution) → exit.
 
+mod asid;
 mod segment;
 mod vcpu;
 
@@ -22,6 +23,7 @@ use trace_schema::options::ShimOptions;
 use trace_schema::record::{self, Event, EVENT_RECORD_BYTES};
 use trace_schema::sync::Ordering;
 
+use asid::AsidSlot;
 use segment::Segment;
 use vcpu::VcpuSlot;
 
@@ -34,6 +36,10 @@ struct Shim {
     options: ShimOptions,
     segment: Segment,
     vcpus: Box<[VcpuSlot]>,
+    /// Per-vCPU address-space ids (see `asid`).
+    asids: Box<[AsidSlot]>,
+    /// Some vCPU has a context register: blocks read it as they start.
+    track_asid: std::sync::atomic::AtomicBool,
     /// Per-vCPU count of instructions started, incremented inline by QEMU's
     /// generated code before each instruction: the `icount` of every event.
     icount: qemu_plugin_u64,
@@ -126,6 +132,8 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
         options,
         segment,
         vcpus,
+        asids: (0..n_vcpus).map(|_| AsidSlot::new()).collect(),
+        track_asid: std::sync::atomic::AtomicBool::new(false),
         icount: qemu_plugin_u64 { score, offset: 0 },
         next_block_id: AtomicU64::new(0),
         id,
@@ -186,6 +194,13 @@ fn wait_for_collector(header: &Header, segment: &Segment) {
 
 unsafe extern "C" fn on_vcpu_init(_id: qemu_plugin_id_t, vcpu: c_uint) {
     THREAD_VCPU.with(|v| v.set(vcpu));
+    let shim = shim();
+    if let Some(slot) = shim.asids.get(vcpu as usize) {
+        if unsafe { slot.init() } {
+            // Relaxed: every vCPU is initialised before any block is translated.
+            shim.track_asid.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 // -------------------------------------------------------------- translate
@@ -220,6 +235,16 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
                     pc as *mut c_void,
                 );
             }
+        }
+    }
+    if events.wants_memory() && shim.track_asid.load(Ordering::Relaxed) {
+        unsafe {
+            qemu_plugin_register_vcpu_tb_exec_cb(
+                tb,
+                Some(on_block_asid),
+                qemu_plugin_cb_flags::QEMU_PLUGIN_CB_R_REGS,
+                std::ptr::null_mut(),
+            );
         }
     }
     if events.insn {
@@ -333,11 +358,16 @@ unsafe extern "C" fn on_memory_access(
         paddr,
         value,
         value_hi,
-        asid: 0,
+        asid: shim.asids[vcpu as usize].value(),
     };
     let mut rec = [0u8; EVENT_RECORD_BYTES];
     event.encode(&mut rec);
     slot.emit(header, shim.options.overflow, &rec);
+}
+
+/// A block starts on a core with an MMU: note its address-space id.
+unsafe extern "C" fn on_block_asid(vcpu: c_uint, _udata: *mut c_void) {
+    unsafe { shim().asids[vcpu as usize].refresh() };
 }
 
 /// The accessed value as (low 8 bytes, high 8 bytes), zero-extended.

@@ -163,6 +163,7 @@ pub struct Access {
     pub paddr: u64,
     pub size: u8,
     pub value: Option<u64>,
+    pub asid: u64,
     pub device: Option<String>,
 }
 
@@ -179,6 +180,7 @@ pub fn accesses(capture: &Path, name: &str) -> Result<Vec<Access>> {
     let paddr = df.column("paddr")?.u64()?.clone();
     let size = df.column("size")?.u8()?.clone();
     let value = df.column("value")?.u64()?.clone();
+    let asid = df.column("asid")?.u64()?.clone();
     let device = df.column("device")?.str()?.clone();
     let mut rows: Vec<Access> = (0..n)
         .map(|i| Access {
@@ -194,6 +196,7 @@ pub fn accesses(capture: &Path, name: &str) -> Result<Vec<Access>> {
             paddr: paddr.get(i).unwrap(),
             size: size.get(i).unwrap(),
             value: value.get(i),
+            asid: asid.get(i).unwrap(),
             device: device.get(i).map(str::to_string),
         })
         .collect();

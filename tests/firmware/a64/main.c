@@ -120,8 +120,14 @@ void __attribute__((noreturn)) cpu0_main(void)
     semihost_exit(exit_ok);
 }
 
+/* CPU 1's address-space id: TTBR0_EL1 with ASID 5 in bits 63:48. The MMU
+ * stays off, so it changes no translation; a trace must show it as the asid
+ * of every access CPU 1 makes after this point (all of them). */
+#define CPU1_TTBR0 0x0005000040200000ull
+
 void __attribute__((noreturn)) cpu1_main(void)
 {
+    __asm__ volatile("msr ttbr0_el1, %0\n\tisb" :: "r"(CPU1_TTBR0) : "memory");
     fill(arr_1, 1);                                /* 1000 stores */
     __asm__ volatile("dsb sy" ::: "memory");
     *(volatile uint64_t *)&done = 1;
