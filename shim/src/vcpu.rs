@@ -25,15 +25,17 @@ pub struct VcpuSlot {
     index: u32,
     control: *const VcpuControl,
     events: UnsafeCell<Producer>,
-    /// Events published into the event ring since QEMU started.
-    written: UnsafeCell<u64>,
+    /// Events published into the event ring since QEMU started. Written by
+    /// this vCPU's thread only (load + store, no read-modify-write); atomic
+    /// because the exiting thread reads it.
+    written: std::sync::atomic::AtomicU64,
     meta_lock: AtomicBool,
     meta: UnsafeCell<Producer>,
     devices: UnsafeCell<DeviceCache>,
 }
 
-// Safety: see the module comment: `events`, `written` and `devices` are only
-// touched by the thread running this vCPU, `meta` only under `meta_lock`.
+// Safety: see the module comment: `events` and `devices` are only touched by
+// the thread running this vCPU, `meta` only under `meta_lock`.
 unsafe impl Sync for VcpuSlot {}
 unsafe impl Send for VcpuSlot {}
 
@@ -61,7 +63,7 @@ impl VcpuSlot {
             index,
             control,
             events: UnsafeCell::new(events),
-            written: UnsafeCell::new(0),
+            written: std::sync::atomic::AtomicU64::new(0),
             meta_lock: AtomicBool::new(false),
             meta: UnsafeCell::new(meta),
             devices: UnsafeCell::new(DeviceCache {
@@ -89,7 +91,8 @@ impl VcpuSlot {
     pub fn emit(&self, header: &Header, overflow: Overflow, record: &[u8; EVENT_RECORD_BYTES]) {
         let events = unsafe { &mut *self.events.get() };
         if events.push(record) || self.ring_full(header, overflow, events, record) {
-            unsafe { *self.written.get() += 1 };
+            self.written
+                .store(self.written.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         }
     }
 
@@ -196,7 +199,7 @@ impl VcpuSlot {
         let c = &self.control().counters;
         c.final_icount.store(icount, Ordering::Relaxed);
         c.events_written
-            .store(unsafe { *self.written.get() }, Ordering::Relaxed);
+            .store(self.written.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     pub fn index(&self) -> u32 {
