@@ -49,6 +49,11 @@ if [ "$need_install" -eq 1 ]; then
     $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports "${PACKAGES_BACKPORTS[@]}"
 fi
 
+# DuckDB (Python), for the tests that cross-check trace-query's SQL answers.
+if ! python3 -c "import duckdb" 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check duckdb
+fi
+
 qemu-system-arm --version | head -n1
 capnp --version
 arm-none-eabi-gcc --version | head -n1

@@ -209,3 +209,58 @@ fn sql_answers_exact_counts_joins_and_unsigned_values() {
         "top\n3758153752\n"
     );
 }
+
+/// `query` through DuckDB on the same Parquet files, as CSV text.
+fn duckdb_csv(dir: &Path, query: &str) -> String {
+    let script = r#"
+import sys, duckdb
+d, q = sys.argv[1], sys.argv[2]
+c = duckdb.connect()
+for t in ["mem", "mmio", "insn", "code", "stats"]:
+    c.execute(f"create view {t} as select * from read_parquet('{d}/{t}/*.parquet')")
+r = c.execute(q)
+print(",".join(col[0] for col in r.description))
+for row in r.fetchall():
+    print(",".join("" if v is None else str(v) for v in row))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(dir)
+        .arg(query)
+        .output()
+        .expect("python3 is needed");
+    assert!(
+        out.status.success(),
+        "DuckDB failed (is it installed? scripts/setup.sh installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn sql_answers_equal_duckdb_on_the_same_files() {
+    let a64 = capture_dir("golden-a64");
+    run_capture(&a64, &["--events", "mem,mmio,insn"], &a64_qemu());
+    let cases: [(&Path, &str); 6] = [
+        (capture(), "select device, type, count(*) as n from mmio group by device, type order by device, type"),
+        (
+            capture(),
+            "select vcpu, type, count(*) as n, sum(size) as bytes, min(paddr) as lo, max(paddr) as hi \
+             from mem group by vcpu, type order by vcpu, type",
+        ),
+        (
+            capture(),
+            "select m.icount, m.pc, m.paddr, m.value, i.block from mem m join insn i \
+             on m.vcpu = i.vcpu and m.icount = i.icount where m.io order by m.icount",
+        ),
+        (capture(), "select count(*) as n from insn where pc between 92 and 160"),
+        (a64.as_path(), "select vcpu, asid, count(*) as n, sum(value) as s, max(vaddr) as top from mem group by vcpu, asid order by vcpu"),
+        (a64.as_path(), "select vcpu, count(*) as n, min(icount) as first, max(icount) as last from insn group by vcpu order by vcpu"),
+    ];
+    for (dir, q) in cases {
+        let (ok, ours, err) =
+            trace_query(&["--trace", dir.to_str().unwrap(), "--format", "csv", q]);
+        assert!(ok, "{q}: {err}");
+        assert_eq!(ours, duckdb_csv(dir, q), "{q}");
+    }
+}
