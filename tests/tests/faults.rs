@@ -1,0 +1,1026 @@
+//! Reliability under faults, against the real QEMU, shim and collector:
+//! processes are killed for real, and every test checks exact facts about
+//! what was kept and what was lost (tests/firmware/README.md, "Cortex-M3 loop
+//! firmware", gives the accesses these counts come from). Nothing here can
+//! hang: every wait has a deadline, and the guards kill what a test started
+//! (by pid, and every QEMU whose command line holds the test's marker) even
+//! when it fails.
+//!
+//! The tests run one at a time (each keeps a QEMU and a collector busy).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use polars::prelude::*;
+use trace_tests::*;
+
+// ------------------------------------------------------------------ helpers
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One test at a time: each runs a CPU-bound QEMU plus a collector.
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Part size for the tests that kill things: many parts exist after a moment.
+const PART_ROWS: u64 = 10_000;
+/// Records in the shim's default 16 MiB event ring (80 bytes each).
+const RING_RECORDS: u64 = (16 << 20) / 80;
+
+/// `m3loop-<n>.elf`, built once per `n` (`m3loop-0.elf` is part of the
+/// default build).
+fn m3loop(n: u64) -> PathBuf {
+    if n == 0 {
+        return firmware("m3loop-0.elf");
+    }
+    let out = firmware("m3.elf").parent().unwrap().to_path_buf();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware");
+    let status = Command::new("make")
+        .arg("-s")
+        .arg("-C")
+        .arg(&src)
+        .arg("m3loop")
+        .arg(format!("ITERATIONS={n}"))
+        .arg(format!("OUT={}", out.display()))
+        .status()
+        .expect("make is needed to build the test firmware");
+    assert!(status.success(), "building m3loop-{n}.elf failed");
+    out.join(format!("m3loop-{n}.elf"))
+}
+
+/// A unique `-name` for this test's QEMUs: the cleanup finds them by it.
+fn marker(test: &str) -> String {
+    format!("trace-faults-{test}-{}", std::process::id())
+}
+
+/// The QEMU command line for an m3loop firmware, tagged with `marker`.
+fn loop_qemu(elf: &Path, marker: &str, serial: &str) -> Vec<String> {
+    [
+        "qemu-system-arm",
+        "-M",
+        "lm3s6965evb",
+        "-nographic",
+        "-monitor",
+        "none",
+        "-serial",
+        serial,
+        "-semihosting-config",
+        "enable=on,target=native",
+        "-name",
+        marker,
+        "-kernel",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([elf.display().to_string()])
+    .collect()
+}
+
+/// Pids of the live QEMUs whose command line has the argument `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        // A zombie's cmdline is empty: it does not count.
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let mut args = cmd.split(|&b| b == 0);
+        let qemu = args
+            .next()
+            .is_some_and(|a| String::from_utf8_lossy(a).contains("qemu-system"));
+        if qemu && args.any(|a| a == marker.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn segment_path(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/dev/shm/trace-collector.{pid}"))
+}
+
+/// On drop, kills every process tagged with the marker (a QEMU a killed `run`
+/// collector left behind) and removes their segments.
+struct Reaper(String);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in processes_with(&self.0) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let _ = std::fs::remove_file(segment_path(pid));
+        }
+    }
+}
+
+/// A child process, killed (SIGKILL) and reaped on drop if still running.
+struct Proc {
+    child: Child,
+    /// A QEMU: remove its segment when we kill it.
+    qemu: bool,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), sig).unwrap();
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the exit; fails the test after `limit` (the drop kills it).
+    fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "pid {} did not exit within {limit:?}; its stderr:\n{}",
+                    self.pid(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        if self.qemu {
+            let _ = std::fs::remove_file(segment_path(self.child.id()));
+        }
+    }
+}
+
+/// Starts `cmd` with stdin and stdout from/to nothing (or `stdout`), stderr to `log`.
+fn spawn(cmd: &[String], log: &Path, stdout: Option<&Path>, qemu: bool) -> Proc {
+    let err = std::fs::File::create(log).unwrap();
+    let out = match stdout {
+        Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+        None => Stdio::null(),
+    };
+    let child = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", cmd[0]));
+    Proc {
+        child,
+        qemu,
+        log: log.to_path_buf(),
+    }
+}
+
+/// A QEMU running `elf` with the shim (`overflow=block`, `wait=on`: it waits
+/// for the collector).
+fn start_qemu(elf: &Path, marker: &str, dir: &Path) -> Proc {
+    let mut cmd = loop_qemu(elf, marker, "null");
+    cmd.push("-plugin".into());
+    cmd.push(format!(
+        "{},events=mem+mmio,overflow=block,wait=on",
+        shim().display()
+    ));
+    spawn(&cmd, &dir.with_extension("qemu.log"), None, true)
+}
+
+/// Where a capture's collector writes its stderr: beside the directory.
+fn log(dir: &Path) -> PathBuf {
+    dir.with_extension("log")
+}
+
+/// `trace-collector attach --pid PID --out DIR --quiet <extra>`, stderr to `log`.
+fn start_attach(pid: u32, dir: &Path, log: &Path, extra: &[&str]) -> Proc {
+    let mut cmd = vec![
+        collector().display().to_string(),
+        "attach".into(),
+        "--pid".into(),
+        pid.to_string(),
+        "--out".into(),
+        dir.display().to_string(),
+        "--quiet".into(),
+    ];
+    cmd.extend(extra.iter().map(|s| s.to_string()));
+    spawn(&cmd, log, None, false)
+}
+
+/// `trace-collector run --out DIR --quiet <extra> -- <qemu>`, stderr to `log`.
+fn start_run(
+    dir: &Path,
+    log: &Path,
+    extra: &[&str],
+    qemu: &[String],
+    stdout: Option<&Path>,
+) -> Proc {
+    let mut cmd = vec![
+        collector().display().to_string(),
+        "run".into(),
+        "--out".into(),
+        dir.display().to_string(),
+        "--quiet".into(),
+    ];
+    cmd.extend(extra.iter().map(|s| s.to_string()));
+    cmd.push("--".into());
+    cmd.extend(qemu.iter().cloned());
+    spawn(&cmd, log, stdout, false)
+}
+
+/// Polls `cond` every 10 ms; fails the test after `limit`.
+fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until `dir`'s `mem` has `n` parts; fails at once if the collector
+/// `c` exits meanwhile.
+fn wait_for_parts(c: &mut Proc, dir: &Path, n: usize) {
+    wait_until(Duration::from_secs(60), &format!("{n} mem parts"), || {
+        assert!(c.alive(), "the collector exited: {}", c.stderr());
+        parts(dir, "mem").len() >= n
+    });
+}
+
+/// The finished parts of a table (`part-*.parquet`), in order; temporary
+/// files (`.part-*.tmp`) are not parts.
+fn parts(dir: &Path, table: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir.join(table)) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("part-") && n.ends_with(".parquet")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Temporary files left in a table's directory.
+fn temporaries(dir: &Path, table: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir.join(table)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect()
+}
+
+const MEM_COLUMNS: [&str; 12] = [
+    "vcpu", "icount", "pc", "type", "vaddr", "paddr", "size", "value", "value_hi", "asid", "io",
+    "device",
+];
+
+/// Reads every part of `table` on its own with polars: each must be a valid
+/// Parquet file with the table's columns; with `all_full`, each holds exactly
+/// `PART_ROWS` rows (else all but the last). Returns the rows.
+fn check_parts(dir: &Path, table: &str, all_full: bool) -> u64 {
+    let ps = parts(dir, table);
+    let mut rows = 0;
+    for (i, p) in ps.iter().enumerate() {
+        let file = std::fs::File::open(p).unwrap();
+        let df = ParquetReader::new(file)
+            .finish()
+            .unwrap_or_else(|e| panic!("part {} is not valid Parquet: {e}", p.display()));
+        if table == "mem" {
+            let names: Vec<String> = df
+                .get_column_names()
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
+            assert_eq!(names, MEM_COLUMNS, "{}", p.display());
+        }
+        if all_full || i + 1 < ps.len() {
+            assert_eq!(df.height() as u64, PART_ROWS, "{}", p.display());
+        }
+        rows += df.height() as u64;
+    }
+    rows
+}
+
+fn capture_json(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("capture.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The index of an m3loop-0 access in the firmware's access sequence, from
+/// the icount of its instruction (README: accesses at icount 3 and 5, then
+/// iteration k's five at 11 + 10k + {0, 1, 2, 4, 6}). Panics on an icount
+/// that makes no access: the capture would hold a row the firmware never made.
+fn seq(icount: u64) -> u64 {
+    match icount {
+        3 => 0,
+        5 => 1,
+        i if i >= 11 => {
+            let (k, off) = ((i - 11) / 10, (i - 11) % 10);
+            let j = match off {
+                0 => 0,
+                1 => 1,
+                2 => 2,
+                4 => 3,
+                6 => 4,
+                _ => panic!("icount {i}: m3loop makes no access there"),
+            };
+            2 + 5 * k + j
+        }
+        i => panic!("icount {i}: m3loop makes no access there"),
+    }
+}
+
+/// Accesses m3loop-0 has made once `f` instructions were executed.
+fn accesses_before(f: u64) -> u64 {
+    let setup = (f > 3) as u64 + (f > 5) as u64;
+    if f <= 11 {
+        return setup;
+    }
+    let (k, r) = ((f - 11) / 10, (f - 11) % 10);
+    setup + 5 * k + [0, 1, 2, 4, 6].iter().filter(|&&o| o < r).count() as u64
+}
+
+/// The access sequence numbers of a capture's `mem` rows, sorted.
+fn mem_seqs(dir: &Path) -> Vec<u64> {
+    let df = table(dir, "mem").unwrap();
+    let mut v: Vec<u64> = df
+        .column("icount")
+        .unwrap()
+        .u64()
+        .unwrap()
+        .into_no_null_iter()
+        .map(seq)
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Maximal runs of consecutive numbers, as (first, last).
+fn runs(seqs: &[u64]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &s in seqs {
+        match out.last_mut() {
+            Some((_, last)) if s == *last + 1 => *last = s,
+            Some((_, last)) => {
+                assert!(s > *last, "access {s} is in the capture twice");
+                out.push((s, s));
+            }
+            None => out.push((s, s)),
+        }
+    }
+    out
+}
+
+/// Asserts `dir`'s `mem` holds exactly the accesses 0..n of m3loop-0, no
+/// gap, no duplicate; returns n.
+fn assert_prefix(dir: &Path) -> u64 {
+    let seqs = mem_seqs(dir);
+    let r = runs(&seqs);
+    assert_eq!(r.len(), 1, "mem has gaps: {r:?}");
+    assert_eq!(r[0].0, 0, "mem does not start at the first access");
+    seqs.len() as u64
+}
+
+// Fields of the shared segment (schema/src/layout.rs, #[repr(C)]): the tests
+// read them from /dev/shm to see what the shim does once no collector runs.
+const STATE: u64 = 1080;
+const COLLECTOR_PID: u64 = 1084;
+/// vCPU 0's `events_lost`: header (4096) + two ring controls (2 * 256) +
+/// `events_written` (8).
+const EVENTS_LOST_0: u64 = 4096 + 512 + 8;
+const DETACHED: u64 = 2;
+const WAITING: u64 = 0;
+
+fn shm_read(pid: u32, offset: u64, len: usize) -> u64 {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(segment_path(pid)).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    let mut b = [0u8; 8];
+    f.read_exact(&mut b[..len]).unwrap();
+    u64::from_le_bytes(b)
+}
+
+/// Asserts the shim keeps running without a collector: DETACHED, `holder` in
+/// `collector_pid` (0 after a detach; a killed collector's pid stays until
+/// the next attach takes over), its lost-event counter growing.
+fn assert_runs_detached(qemu: u32, holder: u32) {
+    wait_until(Duration::from_secs(10), "the shim to notice", || {
+        shm_read(qemu, STATE, 4) == DETACHED
+    });
+    assert_eq!(shm_read(qemu, COLLECTOR_PID, 4), holder as u64);
+    let before = shm_read(qemu, EVENTS_LOST_0, 8);
+    wait_until(
+        Duration::from_secs(10),
+        "the guest to make progress",
+        || shm_read(qemu, EVENTS_LOST_0, 8) > before + 1000,
+    );
+}
+
+fn assert_no_panic(stderr: &str) {
+    assert!(!stderr.contains("panicked"), "a panic:\n{stderr}");
+}
+
+/// A tmpfs mounted for one test, unmounted on drop; None (with a note) where
+/// mounting is not permitted.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(at: &Path, options: &str) -> Option<Mount> {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(at)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Mount(at.to_path_buf())),
+            Ok(o) => {
+                eprintln!(
+                    "note: cannot mount a tmpfs ({}): skipping this part",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("note: cannot run mount ({e}): skipping this part");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+// -------------------------------------------------------------------- tests
+
+/// The collector is SIGKILLed mid-capture (`overflow=block`): QEMU is not
+/// held (the shim notices, detaches and counts what it cannot deliver), the
+/// parts already written are valid and hold a gap-free prefix of the
+/// accesses, and a second collector attached to the same QEMU gets new
+/// events, with the span it missed counted exactly as
+/// `events_lost_before_attach`.
+#[test]
+fn collector_killed_mid_capture() {
+    let _one = serial();
+    let m = marker("collector-killed");
+    let _reaper = Reaper(m.clone());
+    let d1 = capture_dir("faults-collector-killed-1");
+    let d2 = capture_dir("faults-collector-killed-2");
+    let mut qemu = start_qemu(&m3loop(0), &m, &d1);
+    let rows = PART_ROWS.to_string();
+    let mut c1 = start_attach(qemu.pid(), &d1, &log(&d1), &["--part-rows", &rows]);
+    wait_for_parts(&mut c1, &d1, 3);
+    c1.signal(Signal::SIGKILL);
+    c1.wait(Duration::from_secs(10)); // reaped, as a shell would
+    assert!(qemu.alive(), "QEMU died with the collector");
+
+    // The first capture: valid parts, a gap-free prefix, marked incomplete.
+    assert!(
+        temporaries(&d1, "mem").len() + temporaries(&d1, "mmio").len() <= 1,
+        "one part at a time is written"
+    );
+    let rows1 = check_parts(&d1, "mem", true);
+    check_parts(&d1, "mmio", true);
+    let written1 = assert_prefix(&d1);
+    assert_eq!(written1, rows1);
+    let j = capture_json(&d1);
+    assert_eq!(j["complete"], false);
+    assert!(
+        !d1.join("stats").exists(),
+        "stats are written at the end only"
+    );
+    assert!(j["tables"]["mem"].as_u64().unwrap() <= rows1);
+    let q = Command::new(query())
+        .arg("--trace")
+        .arg(&d1)
+        .args(["--format", "csv", "select count(*) as n from mem"])
+        .output()
+        .unwrap();
+    assert!(q.status.success());
+    assert_eq!(String::from_utf8_lossy(&q.stdout), format!("n\n{rows1}\n"));
+    assert!(String::from_utf8_lossy(&q.stderr).contains("incomplete"));
+
+    // QEMU runs on: the shim saw the collector die (its ring was full), and
+    // counts every access it cannot deliver.
+    assert_runs_detached(qemu.pid(), c1.pid());
+
+    // A second collector gets new events at once.
+    let mut c2 = start_attach(qemu.pid(), &d2, &log(&d2), &["--part-rows", "100000"]);
+    wait_for_parts(&mut c2, &d2, 4);
+    c2.signal(Signal::SIGINT);
+    let st = c2.wait(Duration::from_secs(10));
+    assert!(st.success(), "{st}: {}", c2.stderr());
+    assert!(qemu.alive());
+    let j = capture_json(&d2);
+    assert_eq!(
+        (j["complete"].as_bool(), j["end"].as_str()),
+        (Some(true), Some("interrupted"))
+    );
+    let before = stat(&d2, "events_lost_before_attach", Some(0));
+    let lost = stat(&d2, "events_lost", Some(0));
+    assert!(before > 0, "the accesses made while detached are counted");
+    assert!(c2
+        .stderr()
+        .contains(&format!("events lost before we attached: {before}")));
+
+    // What it holds: the full ring the first collector left (A), then
+    // exactly `before + lost` missing accesses, then the new ones (B).
+    let seqs = mem_seqs(&d2);
+    let r = runs(&seqs);
+    assert_eq!(r.len(), 2, "runs of consecutive accesses: {r:?}");
+    let ((a0, a1), (b0, b1)) = (r[0], r[1]);
+    assert_eq!(b0 - a1 - 1, before + lost, "the gap is the lost span");
+    assert!(a1 - a0 < RING_RECORDS, "A is at most what one ring held");
+    assert!(b1 > b0, "new events");
+    // Between the two captures: the first collector had drained records
+    // into memory that it did not write (at most the batch being filled,
+    // two queued and one being written), or had written records it had not
+    // yet released in the ring (at most one ring's worth), which the second
+    // then drains again.
+    let (hole, overlap) = (a0.saturating_sub(written1), written1.saturating_sub(a0));
+    eprintln!(
+        "first capture: accesses 0..{written1}; second: {a0}..={a1}, then \
+         {b0}..={b1}; lost while detached: {before} + {lost}; never written: \
+         {hole}; captured twice: {overlap}"
+    );
+    assert!(hole <= 4 * PART_ROWS, "{hole}");
+    assert!(overlap <= RING_RECORDS, "{overlap}");
+}
+
+/// QEMU is SIGKILLed mid-capture: the collector drains what was published,
+/// finishes the capture (`end: qemu_died`), says so, exits 0 within seconds
+/// and removes the segment QEMU left.
+fn qemu_killed(run: bool) {
+    let _one = serial();
+    let name = if run { "run" } else { "attach" };
+    let m = marker(&format!("qemu-killed-{name}"));
+    let _reaper = Reaper(m.clone());
+    let dir = capture_dir(&format!("faults-qemu-killed-{name}"));
+    let rows = PART_ROWS.to_string();
+    let mut qemu_proc = None;
+    let mut c = if run {
+        let qemu = loop_qemu(&m3loop(0), &m, "null");
+        start_run(&dir, &log(&dir), &["--part-rows", &rows], &qemu, None)
+    } else {
+        let q = start_qemu(&m3loop(0), &m, &dir);
+        let c = start_attach(q.pid(), &dir, &log(&dir), &["--part-rows", &rows]);
+        qemu_proc = Some(q);
+        c
+    };
+    wait_for_parts(&mut c, &dir, 2);
+    let qemu_pid = capture_json(&dir)["qemu_pid"].as_u64().unwrap() as u32;
+    assert_eq!(processes_with(&m), vec![qemu_pid]);
+    kill(Pid::from_raw(qemu_pid as i32), Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+    if let Some(q) = qemu_proc.as_mut() {
+        q.wait(Duration::from_secs(10));
+    }
+    let st = c.wait(Duration::from_secs(30));
+    let took = killed.elapsed();
+    let stderr = c.stderr();
+    assert!(st.success(), "{st}: {stderr}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_no_panic(&stderr);
+    assert!(stderr.contains("QEMU exited without finishing"), "{stderr}");
+    assert!(stderr.contains("capture written to"), "{stderr}");
+
+    let j = capture_json(&dir);
+    assert_eq!(j["complete"], true);
+    assert_eq!(j["end"], "qemu_died");
+    let exit = j["qemu_exit"].as_str().unwrap();
+    assert!(exit.contains("QEMU exited without finishing"), "{exit}");
+    if run {
+        assert!(exit.contains("killed by signal 9 (SIGKILL)"), "{exit}");
+    }
+    assert!(!segment_path(qemu_pid).exists(), "the segment was removed");
+    assert!(processes_with(&m).is_empty());
+
+    // Everything the shim published is there: a gap-free prefix, in valid parts.
+    let rows = check_parts(&dir, "mem", false);
+    check_parts(&dir, "mmio", false);
+    assert!(temporaries(&dir, "mem").is_empty() && temporaries(&dir, "mmio").is_empty());
+    assert_eq!(assert_prefix(&dir), rows);
+    assert_eq!(j["tables"]["mem"], rows);
+    assert_eq!(stat(&dir, "events", Some(0)), rows);
+    assert_eq!(stat(&dir, "events_lost", Some(0)), 0);
+}
+
+#[test]
+fn qemu_killed_mid_capture_run() {
+    qemu_killed(true);
+}
+
+#[test]
+fn qemu_killed_mid_capture_attach() {
+    qemu_killed(false);
+}
+
+/// SIGINT or SIGTERM to `attach`: it detaches, finishes the capture
+/// (`end: interrupted`), prints the summary, exits 0; QEMU runs on.
+fn signal_attach(sig: Signal) {
+    let _one = serial();
+    let m = marker(&format!("signal-attach-{sig}"));
+    let _reaper = Reaper(m.clone());
+    let dir = capture_dir(&format!("faults-signal-attach-{sig}"));
+    let mut qemu = start_qemu(&m3loop(0), &m, &dir);
+    let rows = PART_ROWS.to_string();
+    let mut c = start_attach(qemu.pid(), &dir, &log(&dir), &["--part-rows", &rows]);
+    wait_for_parts(&mut c, &dir, 1);
+    c.signal(sig);
+    let sent = Instant::now();
+    let st = c.wait(Duration::from_secs(30));
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+    let stderr = c.stderr();
+    assert!(st.success(), "{st}: {stderr}");
+    assert_no_panic(&stderr);
+    assert!(stderr.contains("capture written to"), "{stderr}");
+    assert!(
+        stderr.contains("still running (the collector detached)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("events lost: none"), "{stderr}");
+
+    let j = capture_json(&dir);
+    assert_eq!(j["complete"], true);
+    assert_eq!(j["end"], "interrupted");
+    assert_eq!(j["qemu_exit"], "still running (the collector detached)");
+    let rows = check_parts(&dir, "mem", false);
+    assert_eq!(assert_prefix(&dir), rows);
+    assert_eq!(stat(&dir, "events", Some(0)), rows);
+    assert_eq!(stat(&dir, "events_lost", Some(0)), 0);
+
+    assert!(qemu.alive(), "QEMU runs on");
+    assert_runs_detached(qemu.pid(), 0);
+}
+
+#[test]
+fn sigint_to_attach_detaches() {
+    signal_attach(Signal::SIGINT);
+}
+
+#[test]
+fn sigterm_to_attach_detaches() {
+    signal_attach(Signal::SIGTERM);
+}
+
+/// `qemu-system-... & trace-collector attach --pid $!`: the collector may
+/// look at the process before the shell's child has exec'd QEMU (its command
+/// line is still the shell's). It must wait, not refuse it (it used to).
+#[test]
+fn attach_to_a_child_that_has_not_exec_d_qemu_yet() {
+    let _one = serial();
+    let m = marker("not-exec-d");
+    let _reaper = Reaper(m.clone());
+    let dir = capture_dir("faults-not-exec-d");
+    let mut qemu = loop_qemu(&m3loop(0), &m, "null");
+    qemu.push(format!("{},events=mmio,wait=on", shim().display()));
+    assert!(!qemu.iter().any(|a| a.contains("plugin")));
+    // The window made wide: the child sleeps before its exec, and its
+    // command line says nothing of a plugin until then (the shell makes
+    // "-plugin" out of -plu""gin).
+    let script = r#"sleep 0.2; exec "$@" -plu""gin "$last""#;
+    let last = qemu.pop().unwrap();
+    let script = script.replace("$last", &last);
+    let mut cmd = vec!["sh".into(), "-c".into(), script, "sh".into()];
+    cmd.extend(qemu);
+    let q = spawn(&cmd, &dir.with_extension("qemu.log"), None, true);
+    let mut c = start_attach(q.pid(), &dir, &log(&dir), &[]);
+    wait_until(Duration::from_secs(30), "mmio rows", || {
+        assert!(c.alive(), "the collector gave up: {}", c.stderr());
+        capture_json_rows(&dir, "mmio") > 0
+    });
+    c.signal(Signal::SIGINT);
+    let st = c.wait(Duration::from_secs(30));
+    assert!(st.success(), "{st}: {}", c.stderr());
+    assert!(stat(&dir, "rows.mmio", None) > 0);
+}
+
+/// Rows written so far to `table`, from capture.json (0 before it exists).
+fn capture_json_rows(dir: &Path, table: &str) -> u64 {
+    std::fs::read_to_string(dir.join("capture.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|j| j["tables"][table].as_u64())
+        .unwrap_or(0)
+}
+
+/// A signal while `attach` still waits for a starting QEMU to create its
+/// segment: it gives up at once (it used to ignore the signal, and then
+/// capture until a second one).
+#[test]
+fn sigint_while_attach_waits_for_the_segment() {
+    let _one = serial();
+    let m = marker("signal-waiting");
+    let _reaper = Reaper(m.clone());
+    let dir = capture_dir("faults-signal-waiting");
+    // A QEMU that takes 2 s to start: the same pid, a -plugin option from
+    // the start, the segment only after the exec.
+    let mut qemu = loop_qemu(&m3loop(0), &m, "null");
+    qemu.push("-plugin".into());
+    qemu.push(format!("{},events=mmio,wait=on", shim().display()));
+    let script = format!("sleep 2; exec {}", qemu.join(" "));
+    let q = spawn(
+        &["sh".into(), "-c".into(), script],
+        &dir.with_extension("qemu.log"),
+        None,
+        true,
+    );
+    let mut c = start_attach(q.pid(), &dir, &log(&dir), &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(c.alive(), "it waits for the segment: {}", c.stderr());
+    c.signal(Signal::SIGINT);
+    let sent = Instant::now();
+    let st = c.wait(Duration::from_secs(30));
+    assert!(
+        sent.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        sent.elapsed()
+    );
+    let e = c.stderr();
+    assert_eq!(st.code(), Some(1), "{e}");
+    assert_no_panic(&e);
+    assert!(
+        e.contains(&format!(
+            "interrupted while waiting for process {} to create its trace segment",
+            q.pid()
+        )),
+        "{e}"
+    );
+    assert!(!dir.exists(), "no capture was started");
+}
+
+/// SIGINT or SIGTERM to `run`: it asks QEMU to exit (SIGTERM), QEMU exits
+/// cleanly, and the capture holds every access up to QEMU's last instruction.
+fn signal_run(sig: Signal) {
+    let _one = serial();
+    let m = marker(&format!("signal-run-{sig}"));
+    let _reaper = Reaper(m.clone());
+    let dir = capture_dir(&format!("faults-signal-run-{sig}"));
+    let qemu = loop_qemu(&m3loop(0), &m, "null");
+    let rows = PART_ROWS.to_string();
+    let mut c = start_run(&dir, &log(&dir), &["--part-rows", &rows], &qemu, None);
+    wait_for_parts(&mut c, &dir, 1);
+    let qemu_pid = capture_json(&dir)["qemu_pid"].as_u64().unwrap() as u32;
+    c.signal(sig);
+    let sent = Instant::now();
+    let st = c.wait(Duration::from_secs(30));
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+    let stderr = c.stderr();
+    assert!(st.success(), "{st}: {stderr}");
+    assert_no_panic(&stderr);
+    assert!(stderr.contains("asking QEMU to exit"), "{stderr}");
+    assert!(stderr.contains("exited with status 0"), "{stderr}");
+    assert!(stderr.contains("events lost: none"), "{stderr}");
+
+    let j = capture_json(&dir);
+    assert_eq!(j["complete"], true);
+    assert_eq!(j["end"], "qemu_exited");
+    assert_eq!(j["qemu_exit"], "exited with status 0");
+    assert!(processes_with(&m).is_empty());
+    assert!(!segment_path(qemu_pid).exists());
+
+    // Exactly the accesses of the instructions QEMU ran.
+    let f = stat(&dir, "final_icount", Some(0));
+    let rows = check_parts(&dir, "mem", false);
+    assert_eq!(assert_prefix(&dir), rows);
+    assert_eq!(rows, accesses_before(f), "final icount {f}");
+    assert_eq!(stat(&dir, "events_written", Some(0)), rows);
+    assert_eq!(stat(&dir, "events_lost", Some(0)), 0);
+}
+
+#[test]
+fn sigint_to_run_stops_qemu_cleanly() {
+    signal_run(Signal::SIGINT);
+}
+
+#[test]
+fn sigterm_to_run_stops_qemu_cleanly() {
+    signal_run(Signal::SIGTERM);
+}
+
+/// `overflow=drop` with the smallest ring: most events are lost, and every
+/// one is accounted for: rows + events_lost = the 5N + 8 accesses m3loop-N
+/// makes. The summary and trace-query both say so.
+#[test]
+fn drop_with_a_tiny_ring_accounts_for_every_access() {
+    let _one = serial();
+    const N: u64 = 200_000;
+    let total = 5 * N + 8;
+    let m = marker("drop");
+    let _reaper = Reaper(m.clone());
+    let dir = capture_dir("faults-drop");
+    let qemu = loop_qemu(&m3loop(N), &m, "stdio");
+    let stdout = dir.with_extension("stdout");
+    let mut c = start_run(
+        &dir,
+        &log(&dir),
+        &["--ring-kib", "4", "--overflow", "drop"],
+        &qemu,
+        Some(&stdout),
+    );
+    let st = c.wait(Duration::from_secs(120));
+    let stderr = c.stderr();
+    assert!(st.success(), "{st}: {stderr}");
+    assert_eq!(std::fs::read_to_string(&stdout).unwrap(), "done\n");
+
+    let rows = stat(&dir, "rows.mem", None);
+    let lost = stat(&dir, "events_lost", Some(0));
+    assert_eq!(rows + lost, total, "rows {rows} + lost {lost}");
+    assert!(lost > 0, "a 4 KiB ring cannot keep up");
+    assert_eq!(check_parts(&dir, "mem", false), rows);
+    assert_eq!(stat(&dir, "events", Some(0)), rows);
+    assert_eq!(stat(&dir, "events_written", Some(0)), rows);
+    // N = 200000 is loaded with movw+movt: 10N + 31 instructions (README).
+    assert_eq!(stat(&dir, "final_icount", Some(0)), 10 * N + 31);
+    let j = capture_json(&dir);
+    assert_eq!(j["events_lost"], lost);
+    assert_eq!(j["end"], "qemu_exited");
+    // The rows kept are real accesses, each once, in order.
+    let icounts: Vec<u64> = table(&dir, "mem")
+        .unwrap()
+        .column("icount")
+        .unwrap()
+        .u64()
+        .unwrap()
+        .into_no_null_iter()
+        .collect();
+    assert!(icounts.windows(2).all(|w| w[0] < w[1]));
+    let mmio = stat(&dir, "rows.mmio", None);
+    assert!(mmio <= N + 7);
+
+    assert!(
+        stderr.contains(&format!("events lost: {lost} (vCPU 0: {lost})")),
+        "{stderr}"
+    );
+    let q = Command::new(query())
+        .arg("--trace")
+        .arg(&dir)
+        .args(["--format", "csv", "select count(*) as n from mem"])
+        .output()
+        .unwrap();
+    assert!(q.status.success());
+    assert_eq!(String::from_utf8_lossy(&q.stdout), format!("n\n{rows}\n"));
+    let qerr = String::from_utf8_lossy(&q.stderr);
+    assert!(
+        qerr.contains("warning") && qerr.contains(&format!("{lost} events lost")),
+        "{qerr}"
+    );
+}
+
+/// An output directory that cannot be created or written: a clear error
+/// before QEMU starts (`run`) or is released from `wait=on` (`attach`).
+#[test]
+fn unwritable_output_directory() {
+    let _one = serial();
+    let m = marker("unwritable");
+    let _reaper = Reaper(m.clone());
+    let base = capture_dir("faults-unwritable");
+    std::fs::create_dir_all(&base).unwrap();
+    let qemu = loop_qemu(&m3loop(0), &m, "null");
+
+    let bad = Path::new("/proc/trace-collector-test/cap");
+    let mut c = start_run(bad, &base.join("proc.log"), &[], &qemu, None);
+    let st = c.wait(Duration::from_secs(30));
+    let e = c.stderr();
+    assert_eq!(st.code(), Some(1), "{e}");
+    assert!(
+        e.contains("cannot create --out directory /proc/trace-collector-test/cap"),
+        "{e}"
+    );
+    assert_no_panic(&e);
+    assert!(processes_with(&m).is_empty(), "QEMU was left running");
+
+    // A read-only file system: the directory exists but takes no file.
+    let Some(ro) = Mount::tmpfs(&base.join("ro"), "ro,size=64k") else {
+        return;
+    };
+    let mut c = start_run(&ro.0, &base.join("ro.log"), &[], &qemu, None);
+    let st = c.wait(Duration::from_secs(30));
+    let e = c.stderr();
+    assert_eq!(st.code(), Some(1), "{e}");
+    assert!(
+        e.contains("cannot write in --out directory") && e.contains("Read-only file system"),
+        "{e}"
+    );
+    assert_no_panic(&e);
+    assert!(processes_with(&m).is_empty(), "QEMU was left running");
+
+    // attach: the QEMU waiting for a collector keeps waiting for a good one.
+    let mut q = start_qemu(&m3loop(0), &m, &base.join("q"));
+    let mut c = start_attach(q.pid(), &ro.0, &base.join("ro-attach.log"), &[]);
+    let st = c.wait(Duration::from_secs(30));
+    let e = c.stderr();
+    assert_eq!(st.code(), Some(1), "{e}");
+    assert!(e.contains("Read-only file system"), "{e}");
+    assert!(q.alive());
+    assert_eq!(shm_read(q.pid(), STATE, 4), WAITING, "QEMU still waits");
+}
+
+/// The disk fills up mid-capture: a clear error, exit 1, QEMU stopped, the
+/// parts already written valid, no partial part left, capture.json says why.
+#[test]
+fn disk_full() {
+    let _one = serial();
+    let m = marker("disk-full");
+    let _reaper = Reaper(m.clone());
+    let base = capture_dir("faults-disk-full");
+    let Some(mnt) = Mount::tmpfs(&base.join("mnt"), "size=1m") else {
+        return;
+    };
+    let dir = mnt.0.join("cap");
+    let qemu = loop_qemu(&m3loop(0), &m, "null");
+    let rows = PART_ROWS.to_string();
+    // The log goes beside the mount, not onto the full disk.
+    let mut c = start_run(
+        &dir,
+        &base.join("collector.log"),
+        &["--part-rows", &rows],
+        &qemu,
+        None,
+    );
+    let st = c.wait(Duration::from_secs(120));
+    let e = c.stderr();
+    assert_eq!(st.code(), Some(1), "{e}");
+    assert_no_panic(&e);
+    assert!(e.contains("No space left on device"), "{e}");
+    assert!(processes_with(&m).is_empty(), "QEMU was left running");
+
+    let j = capture_json(&dir);
+    assert_eq!(j["complete"], false);
+    assert_eq!(j["end"], "error");
+    assert!(j["error"]
+        .as_str()
+        .unwrap()
+        .contains("No space left on device"));
+    let qemu_pid = j["qemu_pid"].as_u64().unwrap() as u32;
+    assert!(!segment_path(qemu_pid).exists());
+    let rows = check_parts(&dir, "mem", true);
+    assert!(rows >= PART_ROWS, "some parts fit");
+    check_parts(&dir, "mmio", true);
+    assert!(
+        temporaries(&dir, "mem").is_empty() && temporaries(&dir, "mmio").is_empty(),
+        "the partial part was removed"
+    );
+    assert_eq!(assert_prefix(&dir), rows);
+}
+
+/// A collector SIGKILLed and not reaped (a zombie, e.g. its parent is busy)
+/// must not hold an `overflow=block` QEMU: kill(pid, 0) succeeds on a
+/// zombie, so the shim also reads the process state.
+#[test]
+fn zombie_collector_does_not_hold_qemu() {
+    let _one = serial();
+    let m = marker("zombie");
+    let _reaper = Reaper(m.clone());
+    let dir = capture_dir("faults-zombie");
+    let qemu = start_qemu(&m3loop(0), &m, &dir);
+    let mut c = start_attach(qemu.pid(), &dir, &log(&dir), &[]);
+    wait_for_parts(&mut c, &dir, 1);
+    c.signal(Signal::SIGKILL);
+    // Not reaped: `c` stays a zombie until the end of the test.
+    let shim_noticed = (0..500).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        shm_read(qemu.pid(), STATE, 4) == DETACHED
+    });
+    assert!(shim_noticed, "QEMU is held by a dead (zombie) collector");
+}
