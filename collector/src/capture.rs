@@ -154,7 +154,11 @@ pub fn capture(
             "took over from collector pid {dead}, which had died"
         ));
     }
-    json.lock().unwrap().write(&setup.out)?;
+    if let Err(e) = json.lock().unwrap().write(&setup.out) {
+        // Do not leave the shim attached to a collector that is giving up.
+        seg.detach();
+        return Err(e);
+    }
 
     let lost_counters = |seg: &Segment| -> Vec<u64> {
         (0..n_vcpus)
@@ -182,7 +186,10 @@ pub fn capture(
     };
 
     let result = (|| -> Result<Ending> {
-        let mut seen_signals = signals.load(StdOrdering::Relaxed);
+        // 0, not the current count: a signal that arrived while we were
+        // still attaching (the counter starts at 0 when the handlers are
+        // installed) is a request to stop too, not something to forget.
+        let mut seen_signals = 0;
         let mut grace: Option<Instant> = None;
         let mut last_tick = Instant::now();
         let mut last_alive = Instant::now();

@@ -51,6 +51,10 @@ pub use tables::Table;
 /// option but has not created its segment yet.
 pub const SEGMENT_WAIT: Duration = Duration::from_secs(10);
 
+/// How long `attach` waits for the segment of a process whose command line
+/// has no `-plugin` option (yet: it may not have exec'd QEMU).
+pub const EXEC_WAIT: Duration = Duration::from_millis(500);
+
 /// Rows per Parquet part unless told otherwise.
 pub const DEFAULT_PART_ROWS: usize = 1 << 20;
 
@@ -75,16 +79,17 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
     let user_names = memory_map::load_device_map(args.device_map.as_deref())?;
     let signals = signals::install()?;
     // A QEMU started with a -plugin option may still be starting: give it
-    // time to create its segment. Any other process is refused at once.
-    let starting = output::qemu_command(args.pid)
-        .iter()
-        .any(|a| a.contains("plugin"));
-    let wait = if starting {
-        SEGMENT_WAIT
-    } else {
-        Duration::ZERO
-    };
-    let seg = segment::Segment::open_waiting(args.pid, wait)?;
+    // time to create its segment. Any other process gets a moment only: the
+    // `$!` of `qemu-system-... &` can still be the shell, before its exec.
+    let seg = segment::Segment::open_waiting(args.pid, |waited| {
+        if signals.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            return Err(segment::SegmentError::Interrupted(args.pid));
+        }
+        let starting = output::qemu_command(args.pid)
+            .iter()
+            .any(|a| a.contains("plugin"));
+        Ok(waited < if starting { SEGMENT_WAIT } else { EXEC_WAIT })
+    })?;
     output::check(&args.out, args.overwrite)?;
     seg.check_not_attached()?;
     output::clear(&args.out)?;

@@ -34,6 +34,7 @@ pub fn check(dir: &Path, overwrite: bool) -> Result<()> {
     }
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create --out directory {}", dir.display()))?;
+    check_writable(dir)?;
     let old = capture_entries(dir);
     if !old.is_empty() && !overwrite {
         bail!(
@@ -43,6 +44,19 @@ pub fn check(dir: &Path, overwrite: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Fails unless we can create (and remove) a file in `dir`: a read-only
+/// file system or a directory we may not write in is an error before QEMU is
+/// started or released, not after.
+fn check_writable(dir: &Path) -> Result<()> {
+    let probe = dir.join(format!(".trace-collector-probe.{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .with_context(|| format!("cannot write in --out directory {}", dir.display()))?;
+    std::fs::remove_file(&probe).with_context(|| format!("cannot remove {}", probe.display()))
 }
 
 /// Removes an old capture's files from `dir` (nothing else).
@@ -63,8 +77,16 @@ pub fn clear(dir: &Path) -> Result<()> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    let written = std::fs::write(&tmp, bytes)
+        .with_context(|| format!("cannot write {}", tmp.display()))
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+        });
+    if written.is_err() {
+        // A partial file (disk full) must not stay behind, using the space.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// `capture.json`; see docs/capture-format.md.

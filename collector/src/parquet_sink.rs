@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use polars::prelude::{ParquetCompression, ParquetWriter};
+use polars::prelude::{DataFrame, ParquetCompression, ParquetWriter};
 
 use crate::tables::{Batch, DeviceList, DeviceNames, Table};
 
@@ -89,7 +89,24 @@ impl PartSink {
                         }
                     };
                     let table = part.batch.table();
-                    match write_part(&dir, part, names.as_ref()) {
+                    // A panic (in polars, say) must end as an error the drain
+                    // thread sees: a writer that just vanished would leave it
+                    // waiting forever for room in the queue.
+                    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        write_part(&dir, part, names.as_ref())
+                    }))
+                    .unwrap_or_else(|p| {
+                        let msg = p
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        Err(anyhow!(
+                            "internal error writing a {} part: {msg}",
+                            table.name()
+                        ))
+                    });
+                    match written {
                         Ok((bytes, rows)) => {
                             p.bytes_written.fetch_add(bytes, Ordering::Relaxed);
                             p.rows_written[table.index()].fetch_add(rows, Ordering::Relaxed);
@@ -185,11 +202,22 @@ fn write_part(dir: &Path, part: Part, names: &dyn DeviceNames) -> Result<(u64, u
         .with_context(|| format!("cannot build a {} part", table.name()))?;
     let tmp = tdir.join(format!(".part-{:06}.parquet.tmp", part.number));
     let dest = tdir.join(format!("part-{:06}.parquet", part.number));
-    let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let written = write_file(&tmp, &dest, &tdir, &mut df);
+    if written.is_err() {
+        // Disk full (or any other failure): do not leave the partial part
+        // behind, using the space the final capture.json still needs.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok((written?, rows))
+}
+
+/// Writes `df` to `tmp`, syncs it, renames it to `dest`; returns its size.
+fn write_file(tmp: &Path, dest: &Path, tdir: &Path, df: &mut DataFrame) -> Result<u64> {
+    let file = File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     ParquetWriter::new(&mut w)
         .with_compression(ParquetCompression::Zstd(None))
-        .finish(&mut df)
+        .finish(df)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     let file = w
         .into_inner()
@@ -198,11 +226,11 @@ fn write_part(dir: &Path, part: Part, names: &dyn DeviceNames) -> Result<(u64, u
         .with_context(|| format!("cannot sync {}", tmp.display()))?;
     let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     drop(file);
-    std::fs::rename(&tmp, &dest)
+    std::fs::rename(tmp, dest)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), dest.display()))?;
     // The rename itself must reach the disk for the part to survive a crash.
-    if let Ok(d) = File::open(&tdir) {
+    if let Ok(d) = File::open(tdir) {
         let _ = d.sync_all();
     }
-    Ok((bytes, rows))
+    Ok(bytes)
 }

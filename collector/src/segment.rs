@@ -55,6 +55,8 @@ pub enum SegmentError {
     },
     #[error("QEMU pid {pid} is already being traced by trace-collector pid {collector}")]
     AlreadyAttached { pid: u32, collector: u32 },
+    #[error("interrupted while waiting for process {0} to create its trace segment")]
+    Interrupted(u32),
     #[error("trace segment of pid {pid} has an unknown state {state}")]
     BadState { pid: u32, state: u32 },
 }
@@ -128,13 +130,21 @@ impl Segment {
         Segment::open_named(&layout::segment_name(pid), pid, MAGIC_WAIT)
     }
 
-    /// Like `open`, but waits up to `wait` for a segment that does not exist
-    /// yet (a QEMU that is still starting) while the process lives.
-    pub fn open_waiting(pid: u32, wait: Duration) -> Result<Segment, SegmentError> {
+    /// Like `open`, but while the process lives and has no segment yet (a
+    /// QEMU that is still starting), asks `wait(elapsed)` whether to wait on:
+    /// `Ok(true)` waits, `Ok(false)` gives up (`NoSegment`), an error is
+    /// returned as is.
+    pub fn open_waiting(
+        pid: u32,
+        mut wait: impl FnMut(Duration) -> Result<bool, SegmentError>,
+    ) -> Result<Segment, SegmentError> {
         let started = Instant::now();
         loop {
             match Segment::open(pid) {
-                Err(SegmentError::NoSegment { .. }) if started.elapsed() < wait => {
+                Err(e @ SegmentError::NoSegment { .. }) => {
+                    if !wait(started.elapsed())? {
+                        return Err(e);
+                    }
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 r => return r,
@@ -534,7 +544,8 @@ mod tests {
             std::thread::sleep(Duration::from_millis(100));
             FakeShim::named(&name, geometry(), "")
         });
-        let seg = Segment::open_waiting(std::process::id(), Duration::from_secs(5)).unwrap();
+        let seg =
+            Segment::open_waiting(std::process::id(), |t| Ok(t < Duration::from_secs(5))).unwrap();
         let shim = creator.join().unwrap();
         assert_eq!(seg.pid(), std::process::id());
         // `unlink` removes our segment's name, but not a new segment that
@@ -546,7 +557,7 @@ mod tests {
         drop(shim);
         drop(newer);
         assert!(matches!(
-            Segment::open_waiting(std::process::id(), Duration::from_millis(50)),
+            Segment::open_waiting(std::process::id(), |t| Ok(t < Duration::from_millis(50))),
             Err(SegmentError::NoSegment { .. })
         ));
     }

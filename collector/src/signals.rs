@@ -13,8 +13,9 @@ extern "C" fn on_signal(_: libc::c_int) {
     SIGNALS.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Installs the handlers; returns the counter they increment.
+/// Installs the handlers; returns the counter they increment, from 0.
 pub fn install() -> Result<&'static AtomicU32> {
+    SIGNALS.store(0, Ordering::Relaxed);
     let action = SigAction::new(
         SigHandler::Handler(on_signal),
         SaFlags::SA_RESTART,
