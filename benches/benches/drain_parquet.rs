@@ -1,0 +1,326 @@
+//! The collector's drain-to-Parquet path, without QEMU, through its public
+//! API: `trace_collector::attach` on a segment laid out exactly as the shim
+//! lays it out (the same `trace_schema::layout` header, rings and records),
+//! filled by a producer thread that plays the shim.
+//!
+//! `attach` takes a QEMU pid and opens `layout::segment_name(pid)`, checking
+//! that the header's `qemu_pid` is that pid and that the process lives: the
+//! benchmark process plays QEMU, with its own pid. Each iteration creates a
+//! fresh segment and capture directory; the time measured is the whole
+//! `attach` call: attach, drain every record, build the columns, write and
+//! fsync the Parquet parts, write stats and capture.json. The producer only
+//! copies pre-encoded records into the ring, far faster than the collector
+//! drains them, so the collector is the bottleneck, as in a capture where
+//! QEMU blocks on a full ring (`overflow=block`).
+//!
+//! Groups:
+//! - `drain_parquet/mem`: the m3loop firmware's pattern (per 10 instructions
+//!   2 RAM stores, 2 RAM loads, 1 MMIO load): tables mem and mmio;
+//! - `drain_parquet/insn`: blocks of 10 instructions, expanded by the
+//!   collector to one `insn` row per instruction.
+//!
+//! Throughput is in rows of the main table (mem, insn) per second.
+
+use std::ffi::CString;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use trace_collector::{attach, AttachArgs};
+use trace_schema::events_capnp::meta;
+use trace_schema::layout::{
+    self, state, Geometry, Header, SegmentView, HEADER_BYTES, LAYOUT_VERSION, MAGIC, OPTIONS_BYTES,
+};
+use trace_schema::record::{
+    Event, EVENT_RECORD_BYTES, FLAG_IO, FLAG_STORE, KIND_BLOCK, KIND_MEM, NO_DEVICE,
+};
+use trace_schema::ring::Producer;
+use trace_schema::sync::Ordering;
+
+/// The shim's defaults: 16 MiB event ring, 4 MiB meta ring per vCPU.
+const RING_BYTES: u64 = 16 << 20;
+const META_BYTES: u64 = 4 << 20;
+
+/// A segment created as the shim creates it, for our own pid.
+struct FakeSegment {
+    name: CString,
+    base: *mut u8,
+    len: usize,
+    view: SegmentView,
+}
+
+unsafe impl Send for FakeSegment {}
+unsafe impl Sync for FakeSegment {}
+
+impl FakeSegment {
+    fn create(options: &str) -> FakeSegment {
+        let geometry = Geometry {
+            n_vcpus: 1,
+            event_ring_bytes: RING_BYTES,
+            meta_ring_bytes: META_BYTES,
+        };
+        geometry.check().unwrap();
+        let len = geometry.segment_bytes().unwrap() as usize;
+        let pid = std::process::id();
+        let name = CString::new(layout::segment_name(pid)).unwrap();
+        unsafe {
+            libc::shm_unlink(name.as_ptr());
+            let fd = libc::shm_open(
+                name.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+                0o600 as libc::mode_t,
+            );
+            assert!(fd >= 0, "shm_open: {}", std::io::Error::last_os_error());
+            libc::fchmod(fd, 0o600);
+            assert_eq!(libc::ftruncate(fd, len as libc::off_t), 0);
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            assert!(base != libc::MAP_FAILED);
+            libc::close(fd);
+            let h = &mut *(base as *mut Header);
+            h.layout_version = LAYOUT_VERSION;
+            h.header_bytes = HEADER_BYTES as u32;
+            h.event_record_bytes = EVENT_RECORD_BYTES as u32;
+            h.n_vcpus = geometry.n_vcpus;
+            h.event_ring_bytes = geometry.event_ring_bytes;
+            h.meta_ring_bytes = geometry.meta_ring_bytes;
+            h.segment_bytes = len as u64;
+            h.qemu_pid = pid;
+            let n = options.len().min(OPTIONS_BYTES);
+            h.options[..n].copy_from_slice(&options.as_bytes()[..n]);
+            h.options_len = n as u32;
+            h.magic.store(MAGIC, Ordering::Release);
+            let view = SegmentView::new(base as *mut u8, geometry);
+            FakeSegment {
+                name,
+                base: base as *mut u8,
+                len,
+                view,
+            }
+        }
+    }
+
+    fn producers(&self) -> (Producer, Producer) {
+        let g = self.view.geometry;
+        let c = self.view.vcpu(0);
+        unsafe {
+            (
+                Producer::new(&c.event_ring, self.view.event_data(0), g.event_ring_bytes),
+                Producer::new(&c.meta_ring, self.view.meta_data(0), g.meta_ring_bytes),
+            )
+        }
+    }
+}
+
+impl Drop for FakeSegment {
+    fn drop(&mut self) {
+        unsafe {
+            libc::shm_unlink(self.name.as_ptr());
+            libc::munmap(self.base as *mut libc::c_void, self.len);
+        }
+    }
+}
+
+/// Waits (as `overflow=block` does) until the collector made room.
+fn push(p: &mut Producer, msg: &[u8]) {
+    let mut spins = 0u32;
+    while !p.push(msg) {
+        spins += 1;
+        if spins < 64 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
+
+fn encode(e: Event) -> [u8; EVENT_RECORD_BYTES] {
+    let mut rec = [0u8; EVENT_RECORD_BYTES];
+    e.encode(&mut rec);
+    rec
+}
+
+fn device_meta(id: u16, name: &str) -> Vec<u8> {
+    let mut msg = capnp::message::Builder::new_default();
+    let mut d = msg.init_root::<meta::Builder>().init_device();
+    d.set_id(id);
+    d.set_name(name);
+    capnp::serialize::write_message_to_words(&msg)
+}
+
+/// One translated block of `n` Thumb instructions at `pc`.
+fn block_meta(id: u64, pc: u64, n: u32) -> Vec<u8> {
+    let mut msg = capnp::message::Builder::new_default();
+    let mut b = msg.init_root::<meta::Builder>().init_block();
+    b.set_id(id);
+    b.set_pc(pc);
+    let mut list = b.init_insns(n);
+    for i in 0..n {
+        let mut insn = list.reborrow().get(i);
+        insn.set_pc(pc + 2 * i as u64);
+        insn.set_bytes(&[0x1a, 0x44]);
+        insn.set_disas("add r2, r3");
+        insn.set_symbol("fw_main");
+    }
+    capnp::serialize::write_message_to_words(&msg)
+}
+
+/// What the producer plays.
+#[derive(Clone, Copy)]
+enum Workload {
+    /// `iterations` m3loop iterations: 5 accesses each, one of them MMIO.
+    Mem { iterations: u64 },
+    /// `blocks` executions of one 10-instruction block.
+    Insn { blocks: u64 },
+}
+
+impl Workload {
+    fn options(self) -> &'static str {
+        match self {
+            Workload::Mem { .. } => "events=mem+mmio,overflow=block,wait=on",
+            Workload::Insn { .. } => "events=insn,overflow=block,wait=on",
+        }
+    }
+
+    /// Rows of the main table.
+    fn rows(self) -> u64 {
+        match self {
+            Workload::Mem { iterations } => 5 * iterations,
+            Workload::Insn { blocks } => 10 * blocks,
+        }
+    }
+
+    /// Plays the shim: every event, then the final counters and `qemu_exited`.
+    fn produce(self, seg: &FakeSegment) {
+        let (mut events, mut metas) = seg.producers();
+        let mut written = 0u64;
+        let icount;
+        match self {
+            Workload::Mem { iterations } => {
+                push(&mut metas, &device_meta(0, "anon0x5581c0de"));
+                let ram = |icount, pc, addr, store, value| Event {
+                    kind: KIND_MEM,
+                    size: 4,
+                    flags: if store { FLAG_STORE } else { 0 },
+                    device: NO_DEVICE,
+                    vcpu: 0,
+                    icount,
+                    pc,
+                    vaddr: addr,
+                    paddr: addr,
+                    value,
+                    value_hi: 0,
+                    asid: 0,
+                };
+                let mut s = 0u64;
+                for k in 0..iterations {
+                    let base = 11 + 10 * k;
+                    let n = iterations - k;
+                    let cvr = 0xff_ffff - (k * 10) % 0x100_0000;
+                    let recs = [
+                        encode(ram(base, 0x2a, 0x2000_0000, true, n)),
+                        encode(ram(base + 1, 0x2c, 0x2000_0004, true, s)),
+                        encode(ram(base + 2, 0x2e, 0x2000_0000, false, n)),
+                        encode(ram(base + 4, 0x32, 0x2000_0004, false, s)),
+                        encode(Event {
+                            flags: FLAG_IO,
+                            device: 0,
+                            ..ram(base + 6, 0x36, 0xe000_e018, false, cvr)
+                        }),
+                    ];
+                    for r in &recs {
+                        push(&mut events, r);
+                    }
+                    written += 5;
+                    s = ((s + n) ^ s).wrapping_add(cvr) & 0xffff_ffff;
+                }
+                icount = 11 + 10 * iterations;
+            }
+            Workload::Insn { blocks } => {
+                push(&mut metas, &block_meta(0, 0x2a, 10));
+                for b in 0..blocks {
+                    push(
+                        &mut events,
+                        &encode(Event {
+                            kind: KIND_BLOCK,
+                            size: 10,
+                            device: NO_DEVICE,
+                            icount: 10 * b,
+                            vaddr: 0,
+                            ..Default::default()
+                        }),
+                    );
+                    written += 1;
+                }
+                icount = 10 * blocks;
+            }
+        }
+        let c = &seg.view.vcpu(0).counters;
+        c.final_icount.store(icount, Ordering::Relaxed);
+        c.events_written.store(written, Ordering::Relaxed);
+        seg.view.header().qemu_exited.store(1, Ordering::Release);
+    }
+}
+
+/// One capture: returns the time `attach` took.
+fn capture_once(w: Workload, out: &PathBuf) -> Duration {
+    let seg = FakeSegment::create(w.options());
+    let _ = std::fs::remove_dir_all(out);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // The shim records nothing before a collector attaches.
+            while seg.view.header().state.load(Ordering::Acquire) != state::ATTACHED {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            w.produce(&seg);
+        });
+        let started = Instant::now();
+        let summary = attach(&AttachArgs {
+            pid: std::process::id(),
+            out: out.clone(),
+            overwrite: true,
+            qmp: None,
+            device_map: None,
+            part_rows: trace_collector::DEFAULT_PART_ROWS,
+            show_progress: false,
+        })
+        .expect("attach");
+        let took = started.elapsed();
+        std::hint::black_box(summary);
+        took
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let out = std::env::temp_dir().join(format!("trace-bench-drain.{}", std::process::id()));
+    let mut g = c.benchmark_group("drain_parquet");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(20));
+    g.warm_up_time(Duration::from_secs(1));
+    for w in [
+        Workload::Mem {
+            iterations: 1_000_000,
+        },
+        Workload::Insn { blocks: 500_000 },
+    ] {
+        let name = match w {
+            Workload::Mem { .. } => "mem (m3loop pattern, 5M rows)",
+            Workload::Insn { .. } => "insn (10-insn blocks, 5M rows)",
+        };
+        g.throughput(Throughput::Elements(w.rows()));
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| capture_once(w, &out)).sum())
+        });
+    }
+    g.finish();
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""trace-query against DuckDB on the same capture files (run it through
+benches/query-bench.sh).
+
+`generate`: writes a synthetic `mem` table in the collector's capture format:
+the same columns and types (docs/capture-format.md), parts of 1048576 rows
+named part-NNNNNN.parquet, zstd-compressed by polars as the collector's
+writer (Rust polars) does, plus capture.json and a stats part. The values
+follow a kernel boot's shape: two vCPUs drained in chunks, icount increasing
+per vCPU, ~200k distinct PCs, 2/3 loads, sizes 1/2/4/8, 1 access in 10000 to
+MMIO.
+
+`time`: runs the group-by with `trace-query --trace DIR SQL` and with DuckDB
+(its Python module, in a fresh process each time, on a view `mem` over
+DIR/mem/*.parquet), --runs times each after one warm-up run (warm page
+cache), checks that both give the same answer, and prints a Markdown table.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PART_ROWS = 1 << 20
+QUERY = "select vcpu, type, count(*), sum(size) from mem group by vcpu, type"
+
+
+def generate(out: Path, rows: int):
+    import polars as pl
+
+    (out / "mem").mkdir(parents=True, exist_ok=True)
+    (out / "stats").mkdir(parents=True, exist_ok=True)
+    part = 0
+    t0 = time.time()
+    for start in range(0, rows, PART_ROWS):
+        n = min(PART_ROWS, rows - start)
+        path = out / "mem" / f"part-{part:06d}.parquet"
+        if path.exists():
+            part += 1
+            continue
+        i = pl.int_range(start, start + n, dtype=pl.UInt64, eager=True).alias("i")
+        df = pl.DataFrame([i]).with_columns(
+            h=pl.col("i").hash(7),
+            g=(pl.col("i") // 7).hash(11),
+        )
+        io = (pl.col("h") % 10000) == 0
+        df = df.select(
+            vcpu=((pl.col("i") // 65536) % 2).cast(pl.UInt32),
+            icount=(pl.col("i") // 131072 * 65536 + pl.col("i") % 65536) * 3 // 2,
+            pc=(pl.lit(0xFFFF800008000000, dtype=pl.UInt64) + (pl.col("g") % 200000) * 4),
+            type=pl.when(pl.col("h") % 3 == 0).then(pl.lit("W")).otherwise(pl.lit("R")),
+            vaddr=pl.when(io)
+            .then(pl.lit(0x09000000, dtype=pl.UInt64))
+            .otherwise(pl.lit(0xFFFF000040000000, dtype=pl.UInt64) + (pl.col("g") % 65536) * 64
+                       + (pl.col("i") % 8) * 8),
+            size=pl.col("h").floordiv(3).mod(4).replace_strict([0, 1, 2, 3], [1, 2, 4, 8],
+                                                               return_dtype=pl.UInt8),
+            value=pl.when(pl.col("h") % 2 == 0).then(pl.lit(0, dtype=pl.UInt64))
+            .otherwise(pl.col("g") % 65536),
+            value_hi=pl.lit(None, dtype=pl.UInt64),
+            asid=pl.lit(0x41850000, dtype=pl.UInt64),
+            io=io,
+            device=pl.when(io).then(pl.lit("pl011")).otherwise(pl.lit(None, dtype=pl.String)),
+        ).with_columns(
+            paddr=pl.when(pl.col("io")).then(pl.col("vaddr"))
+            .otherwise(pl.col("vaddr") - pl.lit(0xFFFF000000000000, dtype=pl.UInt64)),
+        ).select("vcpu", "icount", "pc", "type", "vaddr", "paddr", "size", "value", "value_hi",
+                 "asid", "io", "device")
+        tmp = path.with_name("." + path.name + ".tmp")
+        df.write_parquet(tmp, compression="zstd")
+        tmp.rename(path)
+        part += 1
+        if part % 10 == 0:
+            print(f"query-bench: {min(start + n, rows)} rows written ({time.time() - t0:.0f} s)",
+                  file=sys.stderr)
+    pl.DataFrame({"name": ["rows.mem"], "vcpu": pl.Series([None], dtype=pl.UInt32),
+                  "value": pl.Series([rows], dtype=pl.UInt64)}).write_parquet(
+        out / "stats" / "part-000000.parquet")
+    (out / "capture.json").write_text(json.dumps({
+        "format_version": 1, "complete": True, "collector_version": "synthetic",
+        "qemu_pid": 0, "qemu_command": ["qemu-system-aarch64", "(synthetic: benches/query_bench.py)"],
+        "guest_pointer_bits": 64, "shim_options": "events=mem+mmio", "n_vcpus": 2,
+        "devices": ["pl011"], "qemu_exit": "exited with status 0", "end": "qemu_exited",
+        "tables": {"mem": rows, "stats": 1}, "events_lost": 0, "events_lost_before_attach": 0,
+        "duration_seconds": 0,
+    }, indent=2))
+
+
+def measured(cmd):
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    out, err = p.stdout.read(), p.stderr.read()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        sys.exit(f"query-bench: {cmd[0]} failed ({code}):\n{err}\n{out}")
+    return wall, ru.ru_maxrss, ru.ru_utime + ru.ru_stime, out
+
+
+DUCKDB_SCRIPT = r"""
+import json, sys, time
+import duckdb
+t0 = time.perf_counter()
+con = duckdb.connect()
+con.execute(f"create view mem as select * from read_parquet('{sys.argv[1]}/mem/*.parquet')")
+rows = con.execute(sys.argv[2]).fetchall()
+t1 = time.perf_counter()
+print(json.dumps({"query_s": t1 - t0, "rows": sorted([list(map(lambda v: v if isinstance(v, (int, str)) or v is None else int(v), r)) for r in rows], key=str)}))
+"""
+
+
+def parse_trace_query_csv(text):
+    rows = []
+    lines = [l for l in text.strip().splitlines() if l]
+    for l in lines[1:]:
+        f = l.split(",")
+        rows.append([int(f[0]), f[1], int(f[2]), int(f[3])])
+    return sorted(rows, key=str)
+
+
+def time_both(trace: Path, trace_query: str, runs: int):
+    import duckdb
+    total_rows = json.loads((trace / "capture.json").read_text())["tables"]["mem"]
+    data_bytes = sum(p.stat().st_size for p in (trace / "mem").glob("*.parquet"))
+    tq_cmd = [trace_query, "--trace", str(trace), "--format", "csv", QUERY]
+    dd_cmd = [sys.executable, "-c", DUCKDB_SCRIPT, str(trace), QUERY]
+    res = {"trace-query": [], "duckdb": []}
+    answers = {}
+    for rep in range(runs + 1):  # the first is a warm-up
+        for name, cmd in (("trace-query", tq_cmd), ("duckdb", dd_cmd)):
+            wall, rss, cpu, out = measured(cmd)
+            if name == "duckdb":
+                j = json.loads(out)
+                answers[name] = sorted(j["rows"], key=str)
+                inner = j["query_s"]
+            else:
+                answers[name] = parse_trace_query_csv(out)
+                inner = None
+            if rep > 0:
+                res[name].append({"wall": wall, "rss_kib": rss, "cpu": cpu, "inner": inner})
+            print(f"query-bench: {name:11} run {rep}{' (warm-up)' if rep == 0 else ''}: "
+                  f"{wall:.2f} s, {rss / 1024:.0f} MiB", file=sys.stderr)
+    same = answers["trace-query"] == answers["duckdb"]
+    med = lambda xs: statistics.median(xs)
+    tq, dd = res["trace-query"], res["duckdb"]
+    lines = [
+        f"`{QUERY}` over {total_rows:,} `mem` rows "
+        f"({len(list((trace / 'mem').glob('*.parquet')))} parts, {data_bytes / 2**20:.0f} MiB, "
+        f"{data_bytes / total_rows:.2f} B/row) in `{trace}`; warm page cache; {runs} runs after a warm-up; "
+        f"{os.cpu_count()} CPUs; DuckDB {duckdb.__version__} (Python module, fresh process per run).",
+        "",
+        "| engine | wall s, median [min–max] | CPU s | peak RSS MiB | rows/s |",
+        "|---|---|---|---|---|",
+    ]
+    for name, rs in (("trace-query", tq), ("duckdb", dd)):
+        w = med([r["wall"] for r in rs])
+        extra = ""
+        if name == "duckdb":
+            extra = f" (query alone {med([r['inner'] for r in rs]):.2f})"
+        lines.append(f"| {name} | {w:.2f}{extra} [{min(r['wall'] for r in rs):.2f}–{max(r['wall'] for r in rs):.2f}] "
+                     f"| {med([r['cpu'] for r in rs]):.2f} | {med([r['rss_kib'] for r in rs]) / 1024:.0f} "
+                     f"| {total_rows / w / 1e6:.0f}M |")
+    ratio = med([r["wall"] for r in tq]) / med([r["wall"] for r in dd])
+    lines.append("")
+    lines.append(f"trace-query / DuckDB wall time: {ratio:.2f}×. Same answer: {'yes' if same else 'NO'}"
+                 f" ({answers['trace-query']}).")
+    if not same:
+        lines.append(f"DuckDB's answer: {answers['duckdb']}")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate")
+    g.add_argument("--out", required=True)
+    g.add_argument("--rows", type=int, default=100_000_000)
+    t = sub.add_parser("time")
+    t.add_argument("--trace", required=True)
+    t.add_argument("--trace-query", required=True)
+    t.add_argument("--runs", type=int, default=5)
+    a = ap.parse_args()
+    if a.cmd == "generate":
+        generate(Path(a.out), a.rows)
+    else:
+        print(time_both(Path(a.trace), a.trace_query, a.runs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+//! A yardstick for the end-to-end benchmark: the real shim and its rings with
+//! a collector that drains every ring and throws the records away (no
+//! decoding, no tables, no Parquet). The time QEMU takes under it is what the
+//! shim and the ring cost on their own; the gap to `trace-collector run` is
+//! the collector's share.
+//!
+//! ```text
+//! null-collector --shim PATH --events mem+mmio -- qemu-system-... [args]
+//! ```
+//!
+//! Starts QEMU with `-plugin PATH,events=...,overflow=block,wait=on`, attaches
+//! to its segment as `trace-collector` does (collector_pid, attach_count,
+//! state), drains until the shim announces QEMU's exit, and prints
+//! `null-collector: events=N meta=M bytes=B` on stderr. Exits with QEMU's
+//! status.
+
+use std::ffi::CString;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use trace_schema::layout::{self, state, Header, SegmentView, HEADER_BYTES};
+use trace_schema::ring::Consumer;
+use trace_schema::sync::Ordering;
+
+fn usage() -> ! {
+    eprintln!("usage: null-collector --shim PATH --events EVENTS -- QEMU [ARGS...]");
+    std::process::exit(2)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut shim = None;
+    let mut events = "mem+mmio".to_string();
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--shim" => {
+                shim = args.get(i + 1).cloned();
+                i += 2;
+            }
+            "--events" => {
+                events = args
+                    .get(i + 1)
+                    .cloned()
+                    .unwrap_or_else(|| usage())
+                    .replace(',', "+");
+                i += 2;
+            }
+            "--" => {
+                i += 1;
+                break;
+            }
+            _ => usage(),
+        }
+    }
+    let qemu = &args[i..];
+    let (Some(shim), Some(binary)) = (shim, qemu.first()) else {
+        usage()
+    };
+    let mut child = Command::new(binary)
+        .args(&qemu[1..])
+        .arg("-plugin")
+        .arg(format!("{shim},events={events},overflow=block,wait=on"))
+        .spawn()
+        .unwrap_or_else(|e| {
+            eprintln!("null-collector: cannot start {binary}: {e}");
+            std::process::exit(1)
+        });
+    let pid = child.id();
+
+    // The segment: wait for the shim to create it and write its header.
+    let name = CString::new(layout::segment_name(pid)).unwrap();
+    let started = Instant::now();
+    let (base, len) = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            eprintln!("null-collector: QEMU exited before creating its segment: {status}");
+            std::process::exit(1);
+        }
+        let fd = unsafe { libc::shm_open(name.as_ptr(), libc::O_RDWR, 0) };
+        if fd >= 0 {
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            unsafe { libc::fstat(fd, &mut st) };
+            let len = st.st_size as usize;
+            if len >= HEADER_BYTES {
+                let base = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_SHARED,
+                        fd,
+                        0,
+                    )
+                };
+                unsafe { libc::close(fd) };
+                assert!(base != libc::MAP_FAILED, "mmap");
+                let header = unsafe { &*(base as *const Header) };
+                if header.validate(len as u64).is_ok() {
+                    break (base as *mut u8, len);
+                }
+                unsafe { libc::munmap(base, len) };
+            } else {
+                unsafe { libc::close(fd) };
+            }
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            eprintln!("null-collector: no valid segment for QEMU pid {pid}");
+            let _ = child.kill();
+            std::process::exit(1);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let header = unsafe { &*(base as *const Header) };
+    let geometry = header.validate(len as u64).unwrap();
+    let view = unsafe { SegmentView::new(base, geometry) };
+
+    let mut rings: Vec<Consumer> = Vec::new();
+    for v in 0..geometry.n_vcpus {
+        let c = view.vcpu(v);
+        unsafe {
+            rings.push(Consumer::new(
+                &c.event_ring,
+                view.event_data(v),
+                geometry.event_ring_bytes,
+            ));
+            rings.push(Consumer::new(
+                &c.meta_ring,
+                view.meta_data(v),
+                geometry.meta_ring_bytes,
+            ));
+        }
+    }
+
+    // Attach as trace-collector does: claim, bump attach_count, then ATTACHED.
+    header
+        .collector_pid
+        .store(std::process::id(), Ordering::Release);
+    header.attach_count.fetch_add(1, Ordering::AcqRel);
+    header.state.store(state::ATTACHED, Ordering::Release);
+
+    let (mut events, mut metas, mut bytes, mut sum) = (0u64, 0u64, 0u64, 0u64);
+    let mut drain_all = |rings: &mut [Consumer]| -> u64 {
+        let mut n = 0;
+        for (k, r) in rings.iter_mut().enumerate() {
+            let got = r
+                .drain(|m| {
+                    bytes += m.len() as u64;
+                    // Read one word of each record, as any consumer must.
+                    sum = sum.wrapping_add(u64::from_le_bytes(m[16..24].try_into().unwrap()));
+                    Ok::<(), ()>(())
+                })
+                .expect("ring") as u64;
+            if k % 2 == 0 {
+                events += got;
+            } else {
+                metas += got;
+            }
+            n += got;
+        }
+        n
+    };
+    loop {
+        let exited = header.qemu_exited.load(Ordering::Acquire) == 1;
+        let n = drain_all(&mut rings);
+        if exited {
+            drain_all(&mut rings);
+            break;
+        }
+        if n == 0 {
+            if let Ok(Some(_)) = child.try_wait() {
+                drain_all(&mut rings);
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+    let status = child.wait().expect("wait");
+    eprintln!("null-collector: events={events} meta={metas} bytes={bytes} (checksum {sum:x})");
+    std::process::exit(status.code().unwrap_or(1));
+}
