@@ -246,8 +246,33 @@ fn run_captures_every_instruction_of_the_m3_firmware() {
         assert_eq!(pc[a.icount as usize], a.pc, "access {a:?}");
     }
 
-    // The disassembly is stored once per translated instruction.
+    // The disassembly is stored once per translated instruction: one `code`
+    // row per (block, index), and every executed instruction has the row of
+    // the translation it ran from.
     let code = table(&dir, "code").unwrap();
+    let u64s = |df: &polars::prelude::DataFrame, c: &str| -> Vec<u64> {
+        df.column(c)
+            .unwrap()
+            .u64()
+            .unwrap()
+            .into_no_null_iter()
+            .collect()
+    };
+    let (code_block, code_pc) = (u64s(&code, "block"), u64s(&code, "pc"));
+    let index: Vec<u32> = code
+        .column("index")
+        .unwrap()
+        .u32()
+        .unwrap()
+        .into_no_null_iter()
+        .collect();
+    let size: Vec<u8> = code
+        .column("size")
+        .unwrap()
+        .u8()
+        .unwrap()
+        .into_no_null_iter()
+        .collect();
     let disas: Vec<String> = code
         .column("disas")
         .unwrap()
@@ -256,11 +281,24 @@ fn run_captures_every_instruction_of_the_m3_firmware() {
         .iter()
         .map(|s| s.unwrap_or("").to_string())
         .collect();
-    assert!(disas.iter().any(|d| d.contains("bkpt")), "{disas:?}");
-    assert!(
-        code.height() >= 99 - 1,
-        "every executed instruction was translated at least once"
-    );
+    let rows: std::collections::HashMap<(u64, u64), (u8, &str)> = (0..code.height())
+        .map(|i| ((code_block[i], code_pc[i]), (size[i], disas[i].as_str())))
+        .collect();
+    let slots: std::collections::HashSet<(u64, u32)> = code_block
+        .iter()
+        .zip(&index)
+        .map(|(b, i)| (*b, *i))
+        .collect();
+    assert_eq!(slots.len(), code.height(), "one row per (block, index)");
+    let insn_block = u64s(&insn, "block");
+    for (i, (&b, &p)) in insn_block.iter().zip(&pc).enumerate() {
+        assert!(
+            rows.contains_key(&(b, p)),
+            "instruction {i} at {p:#x} (block {b}) has no code row"
+        );
+    }
+    assert_eq!(rows[&(insn_block[0], 0x08)], (4, "b.w #0xc"));
+    assert_eq!(rows[&(insn_block[98], 0xf8)], (2, "bkpt #0xab"));
 }
 
 #[test]
