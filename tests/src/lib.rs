@@ -70,6 +70,29 @@ pub fn capture_dir(test: &str) -> PathBuf {
     d
 }
 
+/// Pids of the live QEMUs whose command line has the argument `marker` (a
+/// `-name` a test gave them, so that it can find and kill its own). A
+/// zombie's command line is empty: it does not count.
+pub fn qemus_with(marker: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let mut args = cmd.split(|&b| b == 0);
+        let qemu = args
+            .next()
+            .is_some_and(|a| String::from_utf8_lossy(a).contains("qemu-system"));
+        if qemu && args.any(|a| a == marker.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
 /// QEMU command line for the Cortex-M3 firmware (prints `Hello\n`, exits 0).
 pub fn m3_qemu() -> Vec<String> {
     let fw = firmware("m3.elf");

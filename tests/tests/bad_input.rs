@@ -106,27 +106,6 @@ fn tagged_m3(marker: &str) -> Vec<String> {
     q
 }
 
-/// Live QEMUs whose command line holds `marker`.
-fn qemus_with(marker: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let mut args = cmd.split(|&b| b == 0);
-        let qemu = args
-            .next()
-            .is_some_and(|a| String::from_utf8_lossy(a).contains("qemu-system"));
-        if qemu && args.any(|a| a == marker.as_bytes()) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 #[track_caller]
 fn assert_no_qemu(marker: &str) {
     let left = qemus_with(marker);

@@ -81,28 +81,6 @@ fn loop_qemu(elf: &Path, marker: &str, serial: &str) -> Vec<String> {
     .collect()
 }
 
-/// Pids of the live QEMUs whose command line has the argument `marker`.
-fn processes_with(marker: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        // A zombie's cmdline is empty: it does not count.
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let mut args = cmd.split(|&b| b == 0);
-        let qemu = args
-            .next()
-            .is_some_and(|a| String::from_utf8_lossy(a).contains("qemu-system"));
-        if qemu && args.any(|a| a == marker.as_bytes()) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 fn segment_path(pid: u32) -> PathBuf {
     PathBuf::from(format!("/dev/shm/trace-collector.{pid}"))
 }
@@ -113,7 +91,7 @@ struct Reaper(String);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        for pid in processes_with(&self.0) {
+        for pid in qemus_with(&self.0) {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             let _ = std::fs::remove_file(segment_path(pid));
         }
@@ -601,7 +579,7 @@ fn qemu_killed(run: bool) {
     };
     wait_for_parts(&mut c, &dir, 2);
     let qemu_pid = capture_json(&dir)["qemu_pid"].as_u64().unwrap() as u32;
-    assert_eq!(processes_with(&m), vec![qemu_pid]);
+    assert_eq!(qemus_with(&m), vec![qemu_pid]);
     kill(Pid::from_raw(qemu_pid as i32), Signal::SIGKILL).unwrap();
     let killed = Instant::now();
     if let Some(q) = qemu_proc.as_mut() {
@@ -625,7 +603,7 @@ fn qemu_killed(run: bool) {
         assert!(exit.contains("killed by signal 9 (SIGKILL)"), "{exit}");
     }
     assert!(!segment_path(qemu_pid).exists(), "the segment was removed");
-    assert!(processes_with(&m).is_empty());
+    assert!(qemus_with(&m).is_empty());
 
     // Everything the shim published is there: a gap-free prefix, in valid parts.
     let rows = check_parts(&dir, "mem", false);
@@ -816,7 +794,7 @@ fn signal_run(sig: Signal) {
     assert_eq!(j["complete"], true);
     assert_eq!(j["end"], "qemu_exited");
     assert_eq!(j["qemu_exit"], "exited with status 0");
-    assert!(processes_with(&m).is_empty());
+    assert!(qemus_with(&m).is_empty());
     assert!(!segment_path(qemu_pid).exists());
 
     // Exactly the accesses of the instructions QEMU ran.
@@ -928,7 +906,7 @@ fn unwritable_output_directory() {
         "{e}"
     );
     assert_no_panic(&e);
-    assert!(processes_with(&m).is_empty(), "QEMU was left running");
+    assert!(qemus_with(&m).is_empty(), "QEMU was left running");
 
     // A read-only file system: the directory exists but takes no file.
     let Some(ro) = Mount::tmpfs(&base.join("ro"), "ro,size=64k") else {
@@ -943,7 +921,7 @@ fn unwritable_output_directory() {
         "{e}"
     );
     assert_no_panic(&e);
-    assert!(processes_with(&m).is_empty(), "QEMU was left running");
+    assert!(qemus_with(&m).is_empty(), "QEMU was left running");
 
     // attach: the QEMU waiting for a collector keeps waiting for a good one.
     let mut q = start_qemu(&m3loop(0), &m, &base.join("q"));
@@ -983,7 +961,7 @@ fn disk_full() {
     assert_eq!(st.code(), Some(1), "{e}");
     assert_no_panic(&e);
     assert!(e.contains("No space left on device"), "{e}");
-    assert!(processes_with(&m).is_empty(), "QEMU was left running");
+    assert!(qemus_with(&m).is_empty(), "QEMU was left running");
 
     let j = capture_json(&dir);
     assert_eq!(j["complete"], false);
