@@ -183,48 +183,41 @@ pub struct DeviceResolver {
     pub user: DeviceMap,
 }
 
-/// What an MMIO access hit.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Resolved {
+/// What an MMIO access hit: names borrowed from the resolver (or the plugin's
+/// name), since they are written once per MMIO row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resolved<'a> {
     /// The name users query by (`device` column).
-    pub device: String,
+    pub device: &'a str,
     /// QEMU's exact region name (`region` column), when the map was known.
-    pub region: Option<String>,
+    pub region: Option<&'a str>,
 }
 
 impl DeviceResolver {
-    pub fn resolve(&self, paddr: u64, plugin_name: &str) -> Resolved {
+    pub fn resolve<'a>(&'a self, paddr: u64, plugin_name: &'a str) -> Resolved<'a> {
         let region = self.map.as_ref().and_then(|m| m.region(paddr));
-        let qemu_name = region.map(|r| r.name.clone());
-        if let Some((_, _, name)) = self
+        let qemu_name = region.map(|r| r.name.as_str());
+        let user_range = self
             .user
             .ranges
             .iter()
-            .find(|(s, e, _)| (*s..=*e).contains(&paddr))
-        {
-            return Resolved {
-                device: name.clone(),
-                region: qemu_name,
-            };
-        }
-        let Some(r) = region else {
-            return Resolved {
-                device: plugin_name.to_string(),
-                region: None,
-            };
+            .find(|(s, e, _)| (*s..=*e).contains(&paddr));
+        let device = match (user_range, region) {
+            (Some((_, _, name)), _) => name.as_str(),
+            (None, None) => plugin_name,
+            (None, Some(r)) => self
+                .user
+                .regions
+                .get(&r.name)
+                .map(String::as_str)
+                .or_else(|| {
+                    SHORT_NAMES
+                        .iter()
+                        .find(|(q, _)| *q == r.name)
+                        .map(|(_, s)| *s)
+                })
+                .unwrap_or(&r.name),
         };
-        let device = self
-            .user
-            .regions
-            .get(&r.name)
-            .cloned()
-            .or_else(|| {
-                SHORT_NAMES
-                    .iter()
-                    .find(|(q, _)| *q == r.name)
-                    .map(|(_, s)| s.to_string())
-            })
-            .unwrap_or_else(|| r.name.clone());
         Resolved {
             device,
             region: qemu_name,
@@ -286,7 +279,7 @@ impl DeviceNames for MapDeviceNames {
         plugin_name: &'a str,
     ) -> (Cow<'a, str>, Option<Cow<'a, str>>) {
         let r = self.resolver().resolve(paddr, plugin_name);
-        (Cow::Owned(r.device), r.region.map(Cow::Owned))
+        (Cow::Borrowed(r.device), r.region.map(Cow::Borrowed))
     }
 }
 
