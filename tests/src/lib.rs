@@ -40,12 +40,25 @@ pub fn shim() -> PathBuf {
     built("libtrace_shim.so")
 }
 
+/// tests/firmware in the checkout being tested. Taken from the environment
+/// `cargo test` gives the test binary, not from the path compiled in: with a
+/// target directory shared between clones (as .ci/run does), an unchanged
+/// test binary built from another clone is reused, and its compiled-in path
+/// may no longer exist.
+pub fn firmware_sources() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.join("firmware").is_dir())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("firmware")
+}
+
 /// Builds the test firmware (tests/firmware) once per test binary.
 pub fn firmware(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
         let out = release_dir().join("firmware");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware");
+        let src = firmware_sources();
         let status = Command::new("make")
             .arg("-s")
             .arg("-C")

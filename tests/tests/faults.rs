@@ -39,7 +39,7 @@ fn m3loop(n: u64) -> PathBuf {
         return firmware("m3loop-0.elf");
     }
     let out = firmware("m3.elf").parent().unwrap().to_path_buf();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware");
+    let src = firmware_sources();
     let status = Command::new("make")
         .arg("-s")
         .arg("-C")
