@@ -260,7 +260,12 @@ impl Capture {
     /// polars error, or a panic inside polars on damaged data) the error says
     /// which Parquet part is damaged, when one can be found.
     pub fn collect(&self, lf: LazyFrame) -> Result<DataFrame> {
-        let res = catch_unwind(AssertUnwindSafe(|| lf.collect()));
+        // The streaming engine: a query over a 100M-row table runs in bounded
+        // memory instead of materialising every column it touches.
+        let res = catch_unwind(AssertUnwindSafe(|| {
+            lf.collect_with_engine(Engine::Streaming)
+                .map(|result| result.unwrap_single())
+        }));
         let err = match res {
             Ok(Ok(df)) => return Ok(df),
             Ok(Err(e)) => e.to_string(),

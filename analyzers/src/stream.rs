@@ -1,7 +1,8 @@
 //! Bounded-memory reading of large tables.
 //!
-//! polars is built here without its streaming engine, so a query holds its
-//! whole (filtered, projected) result in memory. Analyzers therefore read
+//! SQL queries run on polars' streaming engine, but an analyzer's result (every
+//! matching row, in icount order) is as big as its input, and a sort holds
+//! what it sorts. Analyzers therefore read
 //! big tables either part by part (aggregations) or in windows of
 //! consecutive `icount` values (ordered output): each window is a filter on
 //! the raw `icount` column, pushed down into the Parquet scan (row groups
