@@ -3,11 +3,12 @@
 //! (Arm TTBR0, x86 CR3, RISC-V satp). Cores without an MMU (Cortex-M) have no
 //! such register, and their accesses carry 0.
 //!
-//! Reading a register needs a callback registered with `QEMU_PLUGIN_CB_R_REGS`,
-//! which costs a register sync; per access that would be too dear, so it is
-//! read once per executed block into the vCPU's slot here, where the memory
-//! callback finds it. That is exact: a write to these registers ends the
-//! translated block in QEMU, so no access in a block follows such a write.
+//! Reading a register needs a callback registered with `QEMU_PLUGIN_CB_R_REGS`
+//! and goes through QEMU's gdbstub register code, which is dear: the memory
+//! callback reads it at most once per executed block, when it first emits an
+//! event there, into the vCPU's slot here (see `Shim::asid_of`). That is
+//! exact: a write to these registers ends the translated block in QEMU, so
+//! every access of a block sees the value its first access saw.
 
 use qemu_plugin_sys::*;
 use std::cell::UnsafeCell;

@@ -38,11 +38,14 @@ struct Shim {
     vcpus: Box<[VcpuSlot]>,
     /// Per-vCPU address-space ids (see `asid`).
     asids: Box<[AsidSlot]>,
-    /// Some vCPU has a context register: blocks read it as they start.
+    /// Some vCPU has a context register: memory callbacks may read it.
     track_asid: std::sync::atomic::AtomicBool,
     /// Per-vCPU count of instructions started, incremented inline by QEMU's
     /// generated code before each instruction: the `icount` of every event.
     icount: qemu_plugin_u64,
+    /// Per-vCPU flag, set to 1 inline by QEMU's generated code as each block
+    /// starts: the ASID in `asids` may be stale (see `asid_of`).
+    asid_stale: qemu_plugin_u64,
     next_block_id: AtomicU64,
     /// Our plugin id, for `qemu_plugin_reset`.
     id: qemu_plugin_id_t,
@@ -127,7 +130,8 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
     let vcpus = (0..n_vcpus)
         .map(|v| VcpuSlot::new(&segment.view, v))
         .collect();
-    let score = unsafe { qemu_plugin_scoreboard_new(std::mem::size_of::<u64>()) };
+    // One scoreboard entry per vCPU: [icount, asid_stale], both u64.
+    let score = unsafe { qemu_plugin_scoreboard_new(2 * std::mem::size_of::<u64>()) };
     let built = Box::new(Shim {
         options,
         segment,
@@ -135,6 +139,10 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
         asids: (0..n_vcpus).map(|_| AsidSlot::new()).collect(),
         track_asid: std::sync::atomic::AtomicBool::new(false),
         icount: qemu_plugin_u64 { score, offset: 0 },
+        asid_stale: qemu_plugin_u64 {
+            score,
+            offset: std::mem::size_of::<u64>(),
+        },
         next_block_id: AtomicU64::new(0),
         id,
         described_for_attach: AtomicU32::new(1),
@@ -212,6 +220,23 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
     let header = shim.header();
     let events = shim.options.events;
     let n = unsafe { qemu_plugin_tb_n_insns(tb) };
+    // With an MMU core, a memory callback reads the context register when it
+    // first emits an event in an executed block: that needs R_REGS, and the
+    // block marks the value read before it stale as it starts.
+    let track_asid = events.wants_memory() && shim.track_asid.load(Ordering::Relaxed);
+    let memory_flags = if track_asid {
+        unsafe {
+            qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(
+                tb,
+                qemu_plugin_op::QEMU_PLUGIN_INLINE_STORE_U64,
+                shim.asid_stale,
+                1,
+            );
+        }
+        qemu_plugin_cb_flags::QEMU_PLUGIN_CB_R_REGS
+    } else {
+        qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS
+    };
     for i in 0..n {
         let insn = unsafe { qemu_plugin_tb_get_insn(tb, i) };
         unsafe {
@@ -230,21 +255,11 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
                 qemu_plugin_register_vcpu_mem_cb(
                     insn,
                     Some(on_memory_access),
-                    qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
+                    memory_flags,
                     qemu_plugin_mem_rw::QEMU_PLUGIN_MEM_RW,
                     pc as *mut c_void,
                 );
             }
-        }
-    }
-    if events.wants_memory() && shim.track_asid.load(Ordering::Relaxed) {
-        unsafe {
-            qemu_plugin_register_vcpu_tb_exec_cb(
-                tb,
-                Some(on_block_asid),
-                qemu_plugin_cb_flags::QEMU_PLUGIN_CB_R_REGS,
-                std::ptr::null_mut(),
-            );
         }
     }
     if events.insn {
@@ -358,16 +373,32 @@ unsafe extern "C" fn on_memory_access(
         paddr,
         value,
         value_hi,
-        asid: shim.asids[vcpu as usize].value(),
+        asid: unsafe { shim.asid_of(vcpu) },
     };
     let mut rec = [0u8; EVENT_RECORD_BYTES];
     event.encode(&mut rec);
     slot.emit(header, shim.options.overflow, &rec);
 }
 
-/// A block starts on a core with an MMU: note its address-space id.
-unsafe extern "C" fn on_block_asid(vcpu: c_uint, _udata: *mut c_void) {
-    unsafe { shim().asids[vcpu as usize].refresh() };
+impl Shim {
+    /// The vCPU's address-space id, read from its context register at most
+    /// once per executed block: by the first access of the block that is
+    /// emitted. Blocks with no emitted access (all of them but a few with
+    /// `events=mmio`) never pay for the read, which goes through QEMU's
+    /// gdbstub register path and costs more than the rest of the callback.
+    /// Only called from memory callbacks, registered with R_REGS when the
+    /// core has a context register.
+    #[inline(always)]
+    unsafe fn asid_of(&self, vcpu: c_uint) -> u64 {
+        let slot = &self.asids[vcpu as usize];
+        if unsafe { qemu_plugin_u64_get(self.asid_stale, vcpu) } != 0 {
+            unsafe {
+                slot.refresh();
+                qemu_plugin_u64_set(self.asid_stale, vcpu, 0);
+            }
+        }
+        slot.value()
+    }
 }
 
 /// The accessed value as (low 8 bytes, high 8 bytes), zero-extended.
