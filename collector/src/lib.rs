@@ -25,6 +25,7 @@ mod drain;
 mod launch;
 pub mod memory_map;
 mod output;
+mod parquet_file;
 mod parquet_sink;
 mod progress;
 mod qmp;

@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use polars::prelude::{DataFrame, ParquetCompression, ParquetWriter};
+use polars::prelude::DataFrame;
 
 use crate::tables::{Batch, DeviceList, DeviceNames, Table};
 
@@ -215,9 +215,7 @@ fn write_part(dir: &Path, part: Part, names: &dyn DeviceNames) -> Result<(u64, u
 fn write_file(tmp: &Path, dest: &Path, tdir: &Path, df: &mut DataFrame) -> Result<u64> {
     let file = File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    ParquetWriter::new(&mut w)
-        .with_compression(ParquetCompression::Zstd(None))
-        .finish(df)
+    crate::parquet_file::write(df, &mut w)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     let file = w
         .into_inner()
