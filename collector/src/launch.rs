@@ -1,7 +1,7 @@
 //! `run`: start QEMU with the shim loaded and a QMP socket, wait for its
 //! segment, capture, and report how QEMU exited.
 
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -156,6 +156,29 @@ fn stop_child(child: &mut Child) {
     }
 }
 
+/// QEMU gets SIGTERM if we die, even by SIGKILL, where no handler of ours
+/// runs: a `run` capture must not leave its QEMU running (and its segment in
+/// /dev/shm) with no one to drain it. SIGTERM, not SIGKILL, so that QEMU
+/// shuts down and the shim removes its segment. Set up by the kernel
+/// (PR_SET_PDEATHSIG), for the thread that spawns QEMU: `run` does that on the
+/// main thread, which lives as long as the process.
+fn stop_with_us(command: &mut Command) {
+    let parent = std::process::id();
+    // Safety: the closure runs in the child between fork and exec; it only
+    // makes two system calls (async-signal-safe) and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+            // We may have died before the prctl: then QEMU is an orphan
+            // already and would never get the signal.
+            if nix::unistd::getppid().as_raw() as u32 != parent {
+                return Err(std::io::Error::other("trace-collector exited"));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// `trace-collector run`.
 pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
     let plugin = plugin_options(args)?;
@@ -179,13 +202,16 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
     // that; paused, the guest cannot run (or exit) before the memory map is
     // read. The fetch resumes it.
     let start_paused = !args.qemu[1..].iter().any(|a| a == "-S");
-    let mut child = Command::new(qemu)
+    let mut command = Command::new(qemu);
+    command
         .args(&args.qemu[1..])
         .args(start_paused.then_some("-S"))
         .arg("-plugin")
         .arg(&plugin_arg)
         .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+    stop_with_us(&mut command);
+    let mut child = command
         .spawn()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => anyhow!("cannot start QEMU: {qemu:?} not found"),

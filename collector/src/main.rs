@@ -17,8 +17,9 @@ tables (see docs/capture-format.md).
 The capture ends when QEMU exits (complete), when the QEMU process disappears \
 (killed: the capture holds everything drained until then), or on SIGINT/SIGTERM: \
 `attach` then detaches and QEMU runs on; `run` asks QEMU to exit (SIGTERM) and \
-keeps draining until it has, or stops at once on a second signal. A summary is \
-printed on stderr at the end.
+keeps draining until it has, or stops at once on a second signal. If a `run` \
+collector is killed outright (SIGKILL), the kernel sends its QEMU SIGTERM. A \
+summary is printed on stderr at the end.
 
 Exit status:
   0  the capture was written (whatever way QEMU ended; see the summary and capture.json)

@@ -625,6 +625,35 @@ fn qemu_killed_mid_capture_attach() {
     qemu_killed(false);
 }
 
+/// The collector of a `run` is SIGKILLed (no handler of its own runs): its
+/// QEMU is stopped too, by the kernel (parent-death signal), within seconds,
+/// and its segment is removed; the parts written stay valid.
+#[test]
+fn run_collector_killed_stops_its_qemu() {
+    let _one = serial();
+    let m = marker("run-collector-killed");
+    let _reaper = Reaper(m.clone());
+    let dir = capture_dir("faults-run-collector-killed");
+    let rows = PART_ROWS.to_string();
+    let qemu = loop_qemu(&m3loop(0), &m, "null");
+    let mut c = start_run(&dir, &log(&dir), &["--part-rows", &rows], &qemu, None);
+    wait_for_parts(&mut c, &dir, 2);
+    let qemu_pid = capture_json(&dir)["qemu_pid"].as_u64().unwrap() as u32;
+    assert_eq!(qemus_with(&m), vec![qemu_pid]);
+    c.signal(Signal::SIGKILL);
+    c.wait(Duration::from_secs(10));
+    wait_until(Duration::from_secs(10), "QEMU to exit", || {
+        qemus_with(&m).is_empty()
+    });
+    assert!(
+        !segment_path(qemu_pid).exists(),
+        "QEMU shut down cleanly and removed its segment"
+    );
+    let written = check_parts(&dir, "mem", true);
+    assert_eq!(assert_prefix(&dir), written);
+    assert_eq!(capture_json(&dir)["complete"], false);
+}
+
 /// SIGINT or SIGTERM to `attach`: it detaches, finishes the capture
 /// (`end: interrupted`), prints the summary, exits 0; QEMU runs on.
 fn signal_attach(sig: Signal) {
