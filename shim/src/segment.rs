@@ -3,7 +3,8 @@
 //! The segment is `/dev/shm/trace-collector.<qemu pid>`, created exclusively
 //! (O_EXCL) with mode 0600, so no other user can read the trace and no one can
 //! hand us a segment prepared in advance. It is unlinked when QEMU exits; a
-//! collector that has it mapped keeps reading it.
+//! collector that has it mapped keeps reading it. Segments of QEMUs that were
+//! killed outright are removed by the next QEMU that loads the shim.
 
 use std::ffi::CString;
 use trace_schema::layout::{
@@ -26,6 +27,7 @@ impl Segment {
         let bytes = geometry.segment_bytes().unwrap();
         let pid = std::process::id();
         let name = CString::new(layout::segment_name(pid)).unwrap();
+        remove_stale_segments(pid);
         let fd = unsafe { open_exclusive(&name)? };
         let unlink_and = |msg: String| {
             unsafe {
@@ -135,6 +137,40 @@ impl Drop for SignalGuard {
     fn drop(&mut self) {
         for (sig, old) in &self.previous {
             unsafe { libc::sigaction(*sig, old, std::ptr::null_mut()) };
+        }
+    }
+}
+
+/// Removes the segments that QEMUs of this user left behind when they were
+/// killed outright (SIGKILL: no exit handler ran) while no collector was
+/// attached to remove them: each holds a whole capture's rings in tmpfs
+/// memory. A segment is stale when its name is `trace-collector.<pid>`, it is
+/// ours, and no process `<pid>` exists. (A QEMU in another pid namespace
+/// sharing this /dev/shm would look dead here too; containers normally get
+/// their own /dev/shm.) Runs once, at install.
+fn remove_stale_segments(own_pid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir("/dev/shm") else {
+        return;
+    };
+    let uid = unsafe { libc::geteuid() };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix("trace-collector."))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let ours = entry.metadata().is_ok_and(|m| m.uid() == uid);
+        let gone = pid != own_pid
+            && pid <= i32::MAX as u32
+            && unsafe { libc::kill(pid as libc::pid_t, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if ours && gone {
+            let name = CString::new(layout::segment_name(pid)).unwrap();
+            unsafe { libc::shm_unlink(name.as_ptr()) };
         }
     }
 }

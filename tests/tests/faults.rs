@@ -654,6 +654,27 @@ fn run_collector_killed_stops_its_qemu() {
     assert_eq!(capture_json(&dir)["complete"], false);
 }
 
+/// A QEMU SIGKILLed while no collector is attached cannot remove its
+/// segment; the next QEMU that loads the shim does.
+#[test]
+fn a_killed_qemu_s_segment_is_removed_by_the_next_one() {
+    let _one = serial();
+    let m = marker("stale-segment");
+    let _reaper = Reaper(m.clone());
+    let dir = capture_dir("faults-stale-segment");
+    let mut first = start_qemu(&m3loop(0), &m, &dir);
+    let stale = segment_path(first.pid());
+    wait_until(Duration::from_secs(10), "the first segment", || stale.exists());
+    first.signal(Signal::SIGKILL);
+    first.wait(Duration::from_secs(10));
+    assert!(stale.exists(), "nothing ran in QEMU to remove it");
+
+    let second = start_qemu(&m3loop(0), &m, &dir.with_extension("second"));
+    let fresh = segment_path(second.pid());
+    wait_until(Duration::from_secs(10), "the second segment", || fresh.exists());
+    assert!(!stale.exists(), "the second QEMU removed the stale segment");
+}
+
 /// SIGINT or SIGTERM to `attach`: it detaches, finishes the capture
 /// (`end: interrupted`), prints the summary, exits 0; QEMU runs on.
 fn signal_attach(sig: Signal) {
