@@ -29,6 +29,11 @@ pub const WRAP_MARKER: u64 = u64::MAX;
 /// one; the bound keeps a hostile segment table from making us read far.
 pub const MAX_SEGMENTS: u32 = 64;
 
+/// How many consumed bytes `Consumer::drain` may hold before it releases them
+/// (819 event records): often enough that a waiting producer and a consumer's
+/// successor lose little, rarely enough that the store costs nothing.
+pub const RELEASE_EVERY: u64 = 64 * 1024;
+
 /// The shared part of a ring. `head` and `tail` live on separate 128-byte
 /// blocks so that the producer's and consumer's stores do not share a cache
 /// line (or its adjacent-line prefetch partner).
@@ -226,12 +231,18 @@ impl Consumer {
         head.saturating_sub(self.tail)
     }
 
-    /// Hands every message published so far to `each`, in order, then releases
-    /// their space to the producer. Returns the number of messages.
+    /// Hands every message published so far to `each`, in order, releasing
+    /// their space to the producer as it goes: every `RELEASE_EVERY` bytes and
+    /// at the end. Returns the number of messages.
+    ///
+    /// Releasing as we go, not once per call, frees space for a producer that
+    /// waits on a full ring sooner, and bounds what a consumer that dies
+    /// mid-call has handed on (to `each`) without releasing: the next consumer
+    /// starts at the released position and sees those messages again.
     ///
     /// `each` sees the bytes in place in shared memory: it must copy what it
-    /// keeps. On error nothing more is released, so the caller can report
-    /// exactly where the ring went bad.
+    /// keeps. On error nothing after the last message `each` accepted is
+    /// released, so the caller can report exactly where the ring went bad.
     pub fn drain<E>(
         &mut self,
         mut each: impl FnMut(&[u8]) -> Result<(), E>,
@@ -270,6 +281,11 @@ impl Consumer {
             each(&bytes[..len]).map_err(DrainError::Consumer)?;
             tail += len as u64;
             count += 1;
+            if tail - self.tail >= RELEASE_EVERY {
+                self.tail = tail;
+                // Release: as below.
+                control.tail.store(tail, Ordering::Release);
+            }
         }
         self.tail = tail;
         // Release: our reads of the drained bytes must be complete before the
@@ -424,6 +440,38 @@ mod tests {
         assert_eq!(drain_tags(&mut c), vec![0, 1, 2, 3]);
         assert!(p.push(&message(1, 4)));
         assert_eq!(drain_tags(&mut c), vec![4]);
+    }
+
+    /// A long drain releases space as it goes, not only at its end: the
+    /// producer can push again while the consumer is still in `drain`.
+    #[test]
+    fn a_long_drain_releases_space_as_it_goes() {
+        let capacity = 4 * RELEASE_EVERY;
+        let mut ring = HeapRing::new(capacity);
+        let (mut p, mut c) = ring.split();
+        let msg = message(9, 7); // 80 bytes, as an event record
+        let mut pushed = 0u64;
+        while p.push(&msg) {
+            pushed += 1;
+        }
+        let control = &*ring.control as *const RingControl;
+        let mut seen = 0u64;
+        let mut released_during = Vec::new();
+        c.drain(|_| {
+            seen += 1;
+            released_during.push(unsafe { &*control }.tail.load(Ordering::Relaxed));
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(seen, pushed);
+        let last_seen_release = *released_during.last().unwrap();
+        assert!(
+            last_seen_release >= capacity - RELEASE_EVERY - 80,
+            "released {last_seen_release} of {capacity} bytes before the last message"
+        );
+        assert!(released_during.windows(2).all(|w| w[0] <= w[1]));
+        assert!(released_during.iter().all(|&t| t % 80 == 0));
+        assert_eq!(c.position(), p.position());
     }
 
     #[test]
