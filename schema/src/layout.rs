@@ -21,13 +21,15 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 /// "TRCQEMU" + layout generation, as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TRCQEMU1");
 /// Bumped on any change to this file or to `events.capnp`'s `Event`.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 pub const HEADER_BYTES: usize = 4096;
 pub const RING_CONTROL_BYTES: usize = 256;
 pub const VCPU_CONTROL_BYTES: usize = 4096;
 /// Bytes of the shim's option string kept in the header (for the capture's metadata).
 pub const OPTIONS_BYTES: usize = 1024;
+/// Slots of the double-buffered commit record (see `commit`).
+pub const COMMIT_SLOTS: usize = 2;
 
 pub const MAX_VCPUS: u32 = 4096;
 pub const MIN_RING_BYTES: u64 = 4096;
@@ -79,6 +81,13 @@ pub struct Header {
     /// Nanoseconds (CLOCK_MONOTONIC) at which the collector last showed it is
     /// alive; informational.
     pub collector_heartbeat_ns: AtomicU64,
+    /// Written by the attached collector only (see `commit`): which slot of
+    /// `commit_group` and `VcpuControl::committed_events` is current,
+    /// 1-based; 0 while no collector has committed anything.
+    pub commit_slot: AtomicU32,
+    _reserved: u32,
+    pub commit_group: [AtomicU64; COMMIT_SLOTS],
+    pub commit_collector_pid: [AtomicU32; COMMIT_SLOTS],
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_BYTES);
@@ -104,6 +113,8 @@ pub struct VcpuControl {
     pub event_ring: RingControl,
     pub meta_ring: RingControl,
     pub counters: VcpuCounters,
+    /// Written by the attached collector only (see `commit`).
+    pub committed_events: [AtomicU64; COMMIT_SLOTS],
 }
 
 const _: () = assert!(std::mem::size_of::<VcpuControl>() <= VCPU_CONTROL_BYTES);

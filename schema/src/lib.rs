@@ -4,9 +4,11 @@
 //! - [`record`]: the fixed-size Cap'n Proto `Event` record and its offsets.
 //! - [`layout`]: the segment's header, per-vCPU blocks and their validation.
 //! - [`ring`]: the lock-free SPSC ring both sides use.
+//! - [`commit`]: what a collector has durably written, left for the next one.
 //! - [`options`]: the shim's `-plugin ...,opt=val` options.
 //! - [`events_capnp`]: code generated from `events.capnp`.
 
+pub mod commit;
 pub mod layout;
 pub mod options;
 pub mod record;
