@@ -401,25 +401,35 @@ impl Capture {
                 Vec::new()
             }
         };
-        let lost: Vec<&(String, Option<u32>, u64)> = stats
-            .iter()
-            .filter(|(n, _, v)| n == "events_lost" && *v > 0)
-            .collect();
-        let total: u64 = lost.iter().map(|(_, _, v)| v).sum();
-        if total > 0 {
-            let per: Vec<String> = lost
-                .iter()
-                .map(|(_, vcpu, n)| match vcpu {
-                    Some(v) => format!("vcpu {v}: {n}"),
-                    None => format!("capture-wide: {n}"),
-                })
-                .collect();
-            w.push(format!(
-                "{total} events lost ({}): the shim could not deliver them to the collector, \
-                 so the tables miss those accesses/instructions (stats: events_lost)",
-                per.join(", ")
-            ));
-        } else if !self.has_table("stats") {
+        let total = push_loss_warning(
+            &mut w,
+            &stats,
+            "events_lost",
+            "the shim could not deliver them to the collector",
+        );
+        push_loss_warning(
+            &mut w,
+            &stats,
+            "events_lost_collector_died",
+            "a collector drained them and was killed before writing them",
+        );
+        let sessions = self
+            .meta
+            .as_ref()
+            .and_then(|m| m.get("collector_pids"))
+            .and_then(|p| p.as_array())
+            .map_or(1, Vec::len);
+        if sessions > 1 {
+            // Continued with --append: losses before a later session's
+            // attach are gaps inside the capture.
+            push_loss_warning(
+                &mut w,
+                &stats,
+                "events_lost_before_attach",
+                "no collector was attached (the capture was continued with --append)",
+            );
+        }
+        if total == 0 && !self.has_table("stats") {
             // stats is written at the end; an unfinished capture has only
             // capture.json's running sum.
             let sum = self
@@ -459,7 +469,8 @@ impl Capture {
         w
     }
 
-    /// The rows of the `stats` table: (name, vcpu, value). Empty when there
+    /// The rows of the `stats` table: (name, vcpu, value), one set per
+    /// collector session (an appended capture has several). Empty when there
     /// is no stats table.
     pub fn stats(&self) -> Result<Vec<(String, Option<u32>, u64)>> {
         if !self.has_table("stats") || self.corrupt.contains_key("stats") {
@@ -584,4 +595,34 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     } else {
         "unknown panic".into()
     }
+}
+
+/// Adds a warning for the losses of stat `name` (summed per vCPU over every
+/// session), if any; returns their total.
+fn push_loss_warning(
+    w: &mut Vec<String>,
+    stats: &[(String, Option<u32>, u64)],
+    name: &str,
+    why: &str,
+) -> u64 {
+    let mut per: BTreeMap<Option<u32>, u64> = BTreeMap::new();
+    for (_, vcpu, n) in stats.iter().filter(|(n, _, v)| n == name && *v > 0) {
+        *per.entry(*vcpu).or_default() += n;
+    }
+    let total: u64 = per.values().sum();
+    if total > 0 {
+        let per: Vec<String> = per
+            .iter()
+            .map(|(vcpu, n)| match vcpu {
+                Some(v) => format!("vcpu {v}: {n}"),
+                None => format!("capture-wide: {n}"),
+            })
+            .collect();
+        w.push(format!(
+            "{total} events lost ({}): {why}, so the tables miss those \
+             accesses/instructions (stats: {name})",
+            per.join(", ")
+        ));
+    }
+    total
 }

@@ -285,6 +285,7 @@ fn capture_once(w: Workload, out: &PathBuf) -> Duration {
             pid: std::process::id(),
             out: out.clone(),
             overwrite: true,
+            append: false,
             qmp: None,
             device_map: None,
             part_rows: trace_collector::DEFAULT_PART_ROWS,

@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use trace_schema::commit;
 use trace_schema::options::{EventSet, ShimOptions};
 use trace_schema::sync::Ordering;
 
-use crate::drain::{DrainReport, Drainer, FinishInfo};
+use crate::append::{self, AppendPlan};
+use crate::drain::{DrainReport, Drainer, FinishInfo, Resume};
 use crate::output::{self, CaptureJson, FORMAT_VERSION};
 use crate::parquet_sink::PartSink;
 use crate::progress::{Progress, TICK};
@@ -30,6 +32,9 @@ pub struct CaptureSetup {
     pub part_rows: usize,
     pub names: Arc<dyn DeviceNames>,
     pub show_progress: bool,
+    /// `--append`: the capture.json of the capture in `out` to continue
+    /// (`None`: `out` holds no capture, start one).
+    pub append: Option<CaptureJson>,
 }
 
 /// How the capture ended.
@@ -107,40 +112,15 @@ pub fn capture(
     let command = output::qemu_command(pid);
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
     let tables = Table::for_events(events);
-    let json = Arc::new(Mutex::new(CaptureJson {
-        format_version: FORMAT_VERSION,
-        complete: false,
-        collector_version: env!("CARGO_PKG_VERSION").to_string(),
-        qemu_pid: pid,
-        guest_pointer_bits: output::guest_pointer_bits(&command, exe.as_deref()),
-        qemu_command: command,
-        shim_options: options.clone(),
-        n_vcpus,
-        tables: tables.iter().map(|t| (t.name().to_string(), 0)).collect(),
-        ..Default::default()
-    }));
-
-    let on_part = {
-        let json = json.clone();
-        let out = setup.out.clone();
-        let tables = tables.clone();
-        Box::new(move |p: &crate::parquet_sink::SinkProgress| {
-            let mut j = json.lock().unwrap();
-            for t in &tables {
-                j.tables.insert(t.name().to_string(), p.rows(*t));
-            }
-            if let Err(e) = j.write(&out) {
-                eprintln!("trace-collector: warning: {e:#}");
-            }
-        })
-    };
-    let sink = PartSink::start(setup.out.clone(), setup.names.clone(), on_part)?;
-    let mut drainer = Drainer::new(*seg.view(), events, setup.part_rows, sink);
-    let mut warnings = Vec::new();
-    let mut progress = Progress::new(setup.show_progress);
 
     let attached = seg.attach()?;
-    let lost_before: Vec<u64> = (0..n_vcpus)
+    let mut warnings = Vec::new();
+    if let Some(dead) = attached.took_over_from {
+        warnings.push(format!(
+            "took over from collector pid {dead}, which had died"
+        ));
+    }
+    let lost_at_attach: Vec<u64> = (0..n_vcpus)
         .map(|v| {
             seg.view()
                 .vcpu(v)
@@ -149,11 +129,121 @@ pub fn capture(
                 .load(Ordering::Relaxed)
         })
         .collect();
-    if let Some(dead) = attached.took_over_from {
+    // What the collectors before us committed, and where they left the
+    // rings: records in between were drained by one that died, and are lost.
+    let committed = commit::read(seg.view());
+    let first_index: Vec<u64> = (0..n_vcpus)
+        .map(|v| {
+            let tail = seg.view().vcpu(v).event_ring.tail.load(Ordering::Acquire);
+            commit::event_index(tail, seg.view().geometry.event_ring_bytes)
+        })
+        .collect();
+    let lost_collector_died: Vec<u64> = first_index
+        .iter()
+        .zip(&committed.events)
+        .map(|(&released, &done)| released.saturating_sub(done))
+        .collect();
+    let plan = match &setup.append {
+        Some(previous) => append::prepare(
+            &setup.out,
+            previous.clone(),
+            pid,
+            &command,
+            &options,
+            &committed,
+        ),
+        None => Ok(AppendPlan {
+            skip_below: vec![0; n_vcpus as usize],
+            lost_accounted: vec![0; n_vcpus as usize],
+            ..Default::default()
+        }),
+    };
+    let plan = match plan {
+        Ok(p) => p,
+        Err(e) => {
+            // Do not leave the shim attached to a collector that is giving up.
+            seg.detach();
+            return Err(e);
+        }
+    };
+    if !plan.removed.is_empty() {
         warnings.push(format!(
-            "took over from collector pid {dead}, which had died"
+            "removed {} part(s) the previous collector wrote but had not committed",
+            plan.removed.len()
         ));
     }
+    // This session's share of the shim's loss counter: what earlier
+    // sessions of an appended capture did not account for.
+    let lost_before: Vec<u64> = lost_at_attach
+        .iter()
+        .zip(&plan.lost_accounted)
+        .map(|(&now, &accounted)| now.saturating_sub(accounted))
+        .collect();
+    let previous = setup.append.clone().unwrap_or_default();
+    let base_rows = plan.rows.clone();
+    let json = Arc::new(Mutex::new(CaptureJson {
+        format_version: FORMAT_VERSION,
+        complete: false,
+        collector_version: env!("CARGO_PKG_VERSION").to_string(),
+        qemu_pid: pid,
+        collector_pids: previous
+            .collector_pids
+            .iter()
+            .copied()
+            .chain([std::process::id()])
+            .collect(),
+        guest_pointer_bits: output::guest_pointer_bits(&command, exe.as_deref()),
+        qemu_command: command,
+        shim_options: options.clone(),
+        n_vcpus,
+        devices: previous.devices.clone(),
+        tables: tables
+            .iter()
+            .map(|t| (t.name().to_string(), base_rows.get(t.name()).copied().unwrap_or(0)))
+            .collect(),
+        ..Default::default()
+    }));
+
+    let on_part = {
+        let json = json.clone();
+        let out = setup.out.clone();
+        let tables = tables.clone();
+        let base_rows = base_rows.clone();
+        Box::new(move |p: &crate::parquet_sink::SinkProgress| {
+            let mut j = json.lock().unwrap();
+            for t in &tables {
+                let base = base_rows.get(t.name()).copied().unwrap_or(0);
+                j.tables.insert(t.name().to_string(), base + p.rows(*t));
+            }
+            if let Err(e) = j.write(&out) {
+                eprintln!("trace-collector: warning: {e:#}");
+            }
+        })
+    };
+    let on_commit = {
+        let view = *seg.view();
+        Box::new(move |c: &commit::Committed| commit::publish(&view, c))
+    };
+    let sink = match PartSink::start(
+        setup.out.clone(),
+        setup.names.clone(),
+        plan.first_part,
+        on_part,
+        on_commit,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            seg.detach();
+            return Err(e);
+        }
+    };
+    let resume = Resume {
+        first_index,
+        skip_below: plan.skip_below.clone(),
+        group: committed.group + 1,
+    };
+    let mut drainer = Drainer::new(*seg.view(), events, setup.part_rows, sink, resume);
+    let mut progress = Progress::new(setup.show_progress);
     if let Err(e) = json.lock().unwrap().write(&setup.out) {
         // Do not leave the shim attached to a collector that is giving up.
         seg.detach();
@@ -180,7 +270,7 @@ pub fn capture(
                     .counters
                     .events_lost
                     .load(Ordering::Relaxed)
-                    .saturating_sub(lost_before[v as usize])
+                    .saturating_sub(lost_at_attach[v as usize])
             })
             .sum()
     };
@@ -258,7 +348,12 @@ pub fn capture(
                     warnings.push("the shim had marked us detached; attached again".into());
                 }
                 if let Some(devices) = drainer.take_new_devices() {
-                    json.lock().unwrap().devices = devices.as_ref().clone();
+                    let mut j = json.lock().unwrap();
+                    for d in devices.iter() {
+                        if !j.devices.contains(d) {
+                            j.devices.push(d.clone());
+                        }
+                    }
                 }
                 let p = drainer.sink_progress();
                 progress.update(
@@ -282,15 +377,18 @@ pub fn capture(
             let sink_progress = drainer.sink_progress().clone();
             // Keep what was drained: the batches so far become parts.
             let info = FinishInfo {
+                lost_at_attach: &lost_at_attach,
                 lost_before_attach: &lost_before,
                 qemu_exited: false,
                 lost_at_stop: Some(&lost),
+                lost_collector_died: &lost_collector_died,
             };
             let _ = drainer.finish(info);
             let mut j = json.lock().unwrap();
             for t in &tables {
+                let base = base_rows.get(t.name()).copied().unwrap_or(0);
                 j.tables
-                    .insert(t.name().to_string(), sink_progress.rows(*t));
+                    .insert(t.name().to_string(), base + sink_progress.rows(*t));
             }
             j.end = Some("error".into());
             j.error = Some(format!("{err:#}"));
@@ -307,18 +405,29 @@ pub fn capture(
     let bytes = drainer.sink_progress().clone();
     let qemu_exited = ending == Ending::QemuExited;
     let report = drainer.finish(FinishInfo {
+        lost_at_attach: &lost_at_attach,
         lost_before_attach: &lost_before,
         qemu_exited,
         lost_at_stop: lost_at_stop.as_deref(),
+        lost_collector_died: &lost_collector_died,
     })?;
     let mut json = json.lock().unwrap().clone();
-    json.devices = report.devices.clone();
+    for d in &report.devices {
+        if !json.devices.contains(d) {
+            json.devices.push(d.clone());
+        }
+    }
     for (t, rows) in &report.rows {
-        json.tables.insert(t.name().to_string(), *rows);
+        let base = base_rows.get(t.name()).copied().unwrap_or(0);
+        json.tables.insert(t.name().to_string(), base + *rows);
     }
     json.end = Some(ending.key().into());
-    json.events_lost = report.events_lost.iter().sum();
-    json.events_lost_before_attach = report.events_lost_before_attach.iter().sum();
+    // Totals over every session of the capture.
+    json.events_lost = previous.events_lost + report.events_lost.iter().sum::<u64>();
+    json.events_lost_before_attach = previous.events_lost_before_attach
+        + report.events_lost_before_attach.iter().sum::<u64>();
+    json.events_lost_collector_died = previous.events_lost_collector_died
+        + report.events_lost_collector_died.iter().sum::<u64>();
     json.duration_seconds = started.elapsed().as_secs_f64();
     json.write(&setup.out)?;
     Ok(Captured {
@@ -349,6 +458,8 @@ impl Captured {
             events: self.report.events,
             events_lost: self.report.events_lost,
             events_lost_before_attach: self.report.events_lost_before_attach,
+            events_lost_collector_died: self.report.events_lost_collector_died,
+            events_already_captured: self.report.events_skipped,
             bytes_written: self.bytes_written,
             duration: self.duration,
             warnings: self.warnings,
@@ -371,6 +482,10 @@ pub struct Summary {
     /// Events the shim could not deliver during the capture, per vCPU.
     pub events_lost: Vec<u64>,
     pub events_lost_before_attach: Vec<u64>,
+    /// Records a collector before us drained and died before writing.
+    pub events_lost_collector_died: Vec<u64>,
+    /// Records drained again that the appended capture already held.
+    pub events_already_captured: Vec<u64>,
     pub bytes_written: u64,
     pub duration: Duration,
     pub warnings: Vec<String>,
@@ -407,6 +522,17 @@ impl std::fmt::Display for Summary {
         let before: u64 = self.events_lost_before_attach.iter().sum();
         if before > 0 {
             writeln!(f, "  events lost before we attached: {before}")?;
+        }
+        let died: u64 = self.events_lost_collector_died.iter().sum();
+        if died > 0 {
+            writeln!(
+                f,
+                "  events lost by a collector that died before writing them: {died}"
+            )?;
+        }
+        let again: u64 = self.events_already_captured.iter().sum();
+        if again > 0 {
+            writeln!(f, "  events already in the capture, not written again: {again}")?;
         }
         writeln!(
             f,

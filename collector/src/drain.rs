@@ -9,12 +9,19 @@
 //! next one arrives, or until the end of the capture, where the count is
 //! `final_icount - i` if QEMU exited (the shim published `final_icount`) and
 //! the whole block otherwise.
+//!
+//! Commit groups (see `trace_schema::commit`): when any table's batch is
+//! full, every table's batch but `stats` is cut at once, between two records, and
+//! the group's `Committed` follows its parts to the writer. Its per-vCPU count
+//! is the index of the vCPU's first record not wholly in the group's parts:
+//! the pending block's (its `insn` rows are not written yet) or the next one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 use capnp::message::ReaderOptions;
+use trace_schema::commit::Committed;
 use trace_schema::events_capnp::meta;
 use trace_schema::layout::SegmentView;
 use trace_schema::options::EventSet;
@@ -58,6 +65,8 @@ struct Pending {
     icount: u64,
     id: u64,
     size: u8,
+    /// The record's index in its vCPU's event ring (`commit::event_index`).
+    index: u64,
 }
 
 /// Everything but the rings, so that the event ring of one vCPU can be drained
@@ -89,6 +98,17 @@ struct State {
     missing_blocks: HashSet<u64>,
     pending: Vec<Option<Pending>>,
 
+    /// Per vCPU: the ring index (`commit::event_index`) of the next record.
+    next_index: Vec<u64>,
+    /// Per vCPU: records below this index are in the capture already (an
+    /// appended capture re-reading what the previous collector committed).
+    skip_below: Vec<u64>,
+    skipped: Vec<u64>,
+    /// The commit group the current batches belong to.
+    group: u64,
+    /// Some batch reached `part_rows`: cut the group after this record.
+    cut_due: bool,
+
     events: Vec<u64>,
     metas: u64,
     blocks_unknown: u64,
@@ -104,9 +124,23 @@ pub struct Drainer {
     st: State,
 }
 
+/// Where a drain starts in the rings, and what it must not write again.
+pub struct Resume {
+    /// Per vCPU: the ring index of the first record to drain (the released
+    /// position when we attached).
+    pub first_index: Vec<u64>,
+    /// Per vCPU: records below this index are not turned into rows (0: none).
+    pub skip_below: Vec<u64>,
+    /// The first commit group to write.
+    pub group: u64,
+}
+
 /// Per-vCPU counters the drain cannot read from the segment by itself.
 pub struct FinishInfo<'a> {
     /// `events_lost` of each vCPU when we attached.
+    pub lost_at_attach: &'a [u64],
+    /// The part of that this capture accounts for (`--append`: what earlier
+    /// sessions did not), the `events_lost_before_attach` stat.
     pub lost_before_attach: &'a [u64],
     /// Whether the shim announced QEMU's exit (then `final_icount` is valid).
     pub qemu_exited: bool,
@@ -114,6 +148,9 @@ pub struct FinishInfo<'a> {
     /// detaching (later losses are the detach's, not the capture's); `None`:
     /// read the counters now.
     pub lost_at_stop: Option<&'a [u64]>,
+    /// Per vCPU: records a previous collector drained and died before
+    /// committing (`commit`), found when we attached.
+    pub lost_collector_died: &'a [u64],
 }
 
 /// The result of a capture's drain.
@@ -126,12 +163,21 @@ pub struct DrainReport {
     /// Events lost per vCPU during the capture.
     pub events_lost: Vec<u64>,
     pub events_lost_before_attach: Vec<u64>,
+    /// Records skipped per vCPU: already in the (appended) capture.
+    pub events_skipped: Vec<u64>,
+    pub events_lost_collector_died: Vec<u64>,
     pub devices: Vec<String>,
 }
 
 impl Drainer {
     /// A drainer for the rings of `view`, writing the tables `events` implies.
-    pub fn new(view: SegmentView, events: EventSet, part_rows: usize, sink: PartSink) -> Drainer {
+    pub fn new(
+        view: SegmentView,
+        events: EventSet,
+        part_rows: usize,
+        sink: PartSink,
+        resume: Resume,
+    ) -> Drainer {
         let n = view.geometry.n_vcpus;
         let (mut event_rings, mut meta_rings) = (Vec::new(), Vec::new());
         for v in 0..n {
@@ -176,6 +222,11 @@ impl Drainer {
                 block_pcs: Vec::new(),
                 missing_blocks: HashSet::new(),
                 pending: vec![None; n as usize],
+                next_index: resume.first_index,
+                skip_below: resume.skip_below,
+                skipped: vec![0; n as usize],
+                group: resume.group.max(1),
+                cut_due: false,
                 events: vec![0; n as usize],
                 metas: 0,
                 blocks_unknown: 0,
@@ -265,14 +316,18 @@ impl Drainer {
         }
         let tables = self.tables();
         let st = &mut self.st;
+        // The last group: what is left, and an empty part for each table
+        // that has none (so that every table of the capture exists).
         for &t in &tables {
             if t != Table::Stats && (st.batch_len(t) > 0 || st.sink.parts_sent(t) == 0) {
                 st.flush(t).map_err(Fail::into_error)?;
             }
         }
+        st.commit().map_err(Fail::into_error)?;
 
         let mut report = DrainReport {
             events: st.events.clone(),
+            events_skipped: st.skipped.clone(),
             devices: st.devices.as_ref().clone(),
             ..Default::default()
         };
@@ -283,17 +338,26 @@ impl Drainer {
                 Some(l) => l.get(v as usize).copied().unwrap_or(0),
                 None => c.events_lost.load(Ordering::Relaxed),
             };
+            let at_attach = info.lost_at_attach.get(v as usize).copied().unwrap_or(0);
             let before = info
                 .lost_before_attach
                 .get(v as usize)
                 .copied()
                 .unwrap_or(0);
-            let lost = lost_now.saturating_sub(before);
+            let lost = lost_now.saturating_sub(at_attach);
+            let died = info
+                .lost_collector_died
+                .get(v as usize)
+                .copied()
+                .unwrap_or(0);
             report.events_lost.push(lost);
             report.events_lost_before_attach.push(before);
+            report.events_lost_collector_died.push(died);
             stats.push("events", Some(v), st.events[v as usize]);
             stats.push("events_lost", Some(v), lost);
             stats.push("events_lost_before_attach", Some(v), before);
+            stats.push("events_lost_collector_died", Some(v), died);
+            stats.push("events_already_captured", Some(v), st.skipped[v as usize]);
             stats.push("meta_lost", Some(v), c.meta_lost.load(Ordering::Relaxed));
             if info.qemu_exited {
                 stats.push(
@@ -320,7 +384,7 @@ impl Drainer {
         }
         report.rows.push((Table::Stats, stats.len() as u64));
         let devices = st.devices.clone();
-        st.sink.send(Batch::Stats(stats), &devices)?;
+        st.sink.send(Batch::Stats(stats), &devices, st.group)?;
         self.st.sink.finish()?;
         Ok(report)
     }
@@ -429,9 +493,15 @@ impl State {
         if e.vcpu as usize != v {
             return Err(Fail::Corrupt(format!("the record says vCPU {}", e.vcpu)));
         }
+        let index = self.next_index[v];
+        self.next_index[v] += 1;
+        if index < self.skip_below[v] {
+            self.skipped[v] += 1;
+            return Ok(());
+        }
         self.events[v] += 1;
         match e.kind {
-            KIND_MEM => self.on_mem(v, &e, metas),
+            KIND_MEM => self.on_mem(v, &e, metas)?,
             KIND_BLOCK => {
                 if !self.insn_on {
                     self.events_unexpected += 1;
@@ -441,14 +511,51 @@ impl State {
                     icount: e.icount,
                     id: e.vaddr,
                     size: e.size,
+                    index,
                 };
-                match self.pending[v].replace(next) {
-                    Some(prev) => self.expand(v, prev, Some(e.icount), metas),
-                    None => Ok(()),
+                if let Some(prev) = self.pending[v].replace(next) {
+                    self.expand(v, prev, Some(e.icount), metas)?;
                 }
             }
-            k => Err(Fail::Corrupt(format!("unknown event kind {k}"))),
+            k => return Err(Fail::Corrupt(format!("unknown event kind {k}"))),
         }
+        // Between two records: the only place a group may end.
+        if std::mem::take(&mut self.cut_due) {
+            self.cut()?;
+        }
+        Ok(())
+    }
+
+    /// Ends the current commit group: every event table's batch (those with
+    /// rows) goes to the writer, then the group's commit record.
+    fn cut(&mut self) -> Result<(), Fail> {
+        // `code` too: the descriptions the group's `insn` rows refer to.
+        for t in [Table::Mem, Table::Mmio, Table::Insn, Table::Code] {
+            if self.batch_len(t) > 0 {
+                self.flush(t)?;
+            }
+        }
+        self.commit()
+    }
+
+    /// Hands the current group's commit record to the writer (after its
+    /// parts) and starts the next group.
+    fn commit(&mut self) -> Result<(), Fail> {
+        let events = (0..self.next_index.len())
+            .map(|v| match self.pending[v] {
+                Some(p) => p.index,
+                None => self.next_index[v],
+            })
+            .collect();
+        let group = self.group;
+        self.group += 1;
+        self.sink
+            .commit(Committed {
+                collector_pid: std::process::id(),
+                group,
+                events,
+            })
+            .map_err(Fail::Other)
     }
 
     #[inline]
@@ -465,15 +572,11 @@ impl State {
         };
         if self.mem_on {
             self.mem.push(v as u32, e, device);
-            if self.mem.len() >= self.part_rows {
-                self.flush(Table::Mem)?;
-            }
+            self.cut_due |= self.mem.len() >= self.part_rows;
         }
         if io && self.mmio_on {
             self.mmio.push(v as u32, e, device);
-            if self.mmio.len() >= self.part_rows {
-                self.flush(Table::Mmio)?;
-            }
+            self.cut_due |= self.mmio.len() >= self.part_rows;
         }
         Ok(())
     }
@@ -549,10 +652,8 @@ impl State {
             b.vcpu.push(v as u32);
             b.icount.push(p.icount + k);
             b.block.push(p.id);
-            if b.len() >= self.part_rows {
-                self.flush(Table::Insn)?;
-            }
         }
+        self.cut_due |= self.insn.len() >= self.part_rows;
         Ok(())
     }
 
@@ -591,6 +692,8 @@ impl State {
             Table::Stats => unreachable!("stats are written by finish"),
         };
         self.rows_sent[t.index()] += batch.len() as u64;
-        self.sink.send(batch, &self.devices).map_err(Fail::Other)
+        self.sink
+            .send(batch, &self.devices, self.group)
+            .map_err(Fail::Other)
     }
 }

@@ -187,7 +187,7 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
     }
     let shim = shim_path(args.shim.as_deref())?;
     let user_names = crate::memory_map::load_device_map(args.device_map.as_deref())?;
-    output::check(&args.out, args.overwrite)?;
+    output::check(&args.out, args.overwrite, false)?;
     let sockets = SocketDir::new()?;
     let qmp = sockets.0.join("qmp.sock");
 
@@ -251,6 +251,7 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
                 user_names,
             )),
             show_progress: args.show_progress,
+            append: None,
         };
         let captured = capture::capture(&seg, &setup, Owner::Run { child: pid }, signals)?;
         Ok((captured, mtree))

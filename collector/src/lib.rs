@@ -15,11 +15,13 @@
 //! and the user's `--device-map`.
 //!
 //! Modules, one idea each: `segment` (open, check, map, attach), `drain`
-//! (rings to batches, block expansion), `tables` (batches and their
-//! DataFrames), `parquet_sink` (writer thread, atomic parts), `output`
-//! (capture directory, capture.json), `capture` (the drain loop),
+//! (rings to batches, block expansion, commit groups), `tables` (batches and
+//! their DataFrames), `parquet_sink` (writer thread, atomic parts),
+//! `parquet_file` (one part, its encodings), `output` (capture directory,
+//! capture.json), `append` (`--append`), `capture` (the drain loop),
 //! `launch` (`run`), `qmp` (`info mtree -f`), `progress`, `signals`.
 
+mod append;
 mod capture;
 mod drain;
 mod launch;
@@ -68,6 +70,8 @@ pub struct AttachArgs {
     pub pid: u32,
     pub out: PathBuf,
     pub overwrite: bool,
+    /// Continue the capture already in `out` (of the same QEMU).
+    pub append: bool,
     /// A QMP socket of that QEMU, to save `info mtree -f` as mtree.txt.
     pub qmp: Option<PathBuf>,
     /// The user's device names (`memory_map::DeviceMap` format).
@@ -93,9 +97,16 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
             .any(|a| a.contains("plugin"));
         Ok(waited < if starting { SEGMENT_WAIT } else { EXEC_WAIT })
     })?;
-    output::check(&args.out, args.overwrite)?;
+    output::check(&args.out, args.overwrite, args.append)?;
     seg.check_not_attached()?;
-    output::clear(&args.out)?;
+    let append = if args.append {
+        append::previous_capture(&args.out)?
+    } else {
+        None
+    };
+    if append.is_none() {
+        output::clear(&args.out)?;
+    }
     let fetch = args.qmp.clone().map(|sock| {
         qmp::MtreeFetch::start(
             sock,
@@ -114,6 +125,7 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
             user_names,
         )),
         show_progress: args.show_progress,
+        append,
     };
     let mut captured = capture::capture(&seg, &setup, capture::Owner::Attach, signals)?;
     if let Some(m) = fetch {

@@ -63,6 +63,12 @@ enum Cmd {
         /// QMP socket of that QEMU (its -qmp unix:PATH,server=on): saves `info mtree -f` as DIR/mtree.txt.
         #[arg(long, value_name = "PATH")]
         qmp: Option<PathBuf>,
+        /// Continue the capture in DIR (of this same QEMU, e.g. after its
+        /// collector was killed): new parts follow the old ones, records the old
+        /// capture committed are not written again, and what was lost in
+        /// between is counted in stats.
+        #[arg(long, conflicts_with = "overwrite")]
+        append: bool,
         #[command(flatten)]
         output: Output,
     },
@@ -95,10 +101,16 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Attach { pid, qmp, output } => trace_collector::attach(&AttachArgs {
+        Cmd::Attach {
+            pid,
+            qmp,
+            append,
+            output,
+        } => trace_collector::attach(&AttachArgs {
             pid,
             out: output.out,
             overwrite: output.overwrite,
+            append,
             qmp,
             device_map: output.device_map,
             part_rows: output.part_rows as usize,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::tables::Table;
 
@@ -27,8 +27,9 @@ fn capture_entries(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Creates `dir` if needed, and refuses it if it holds a capture, unless
-/// `overwrite` (then `clear` removes it, once the capture can start).
-pub fn check(dir: &Path, overwrite: bool) -> Result<()> {
+/// `overwrite` (then `clear` removes it, once the capture can start) or
+/// `append` (then the capture continues it, see `append`).
+pub fn check(dir: &Path, overwrite: bool, append: bool) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
         bail!("--out {}: exists and is not a directory", dir.display());
     }
@@ -36,9 +37,9 @@ pub fn check(dir: &Path, overwrite: bool) -> Result<()> {
         .with_context(|| format!("cannot create --out directory {}", dir.display()))?;
     check_writable(dir)?;
     let old = capture_entries(dir);
-    if !old.is_empty() && !overwrite {
+    if !old.is_empty() && !overwrite && !append {
         bail!(
-            "--out {} already holds a capture ({}): choose another directory or pass --overwrite to replace it",
+            "--out {} already holds a capture ({}): choose another directory, pass --overwrite to replace it, or --append (attach) to continue it",
             dir.display(),
             old.iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy()).collect::<Vec<_>>().join(", ")
         );
@@ -90,12 +91,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// `capture.json`; see docs/capture-format.md.
-#[derive(Serialize, Clone, Debug, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+#[serde(default)]
 pub struct CaptureJson {
     pub format_version: u32,
     pub complete: bool,
     pub collector_version: String,
     pub qemu_pid: u32,
+    /// The collectors that wrote this capture, one per session (`--append`
+    /// adds one).
+    pub collector_pids: Vec<u32>,
     pub qemu_command: Vec<String>,
     pub guest_pointer_bits: Option<u32>,
     pub shim_options: String,
@@ -109,6 +114,9 @@ pub struct CaptureJson {
     pub tables: BTreeMap<String, u64>,
     pub events_lost: u64,
     pub events_lost_before_attach: u64,
+    /// Records a collector drained and died before writing (see
+    /// trace_schema::commit).
+    pub events_lost_collector_died: u64,
     pub duration_seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -201,19 +209,20 @@ mod tests {
     fn refuses_an_old_capture_unless_overwrite() {
         let t = TempDir::new("out");
         let out = t.0.join("cap");
-        check(&out, false).unwrap(); // created
+        check(&out, false, false).unwrap(); // created
         assert!(out.is_dir());
         std::fs::write(out.join("notes.txt"), "mine").unwrap();
-        check(&out, false).unwrap(); // unrelated files are fine
+        check(&out, false, false).unwrap(); // unrelated files are fine
         std::fs::create_dir_all(out.join("mem")).unwrap();
         std::fs::write(out.join("mem/part-000000.parquet"), "x").unwrap();
         std::fs::write(out.join("capture.json"), "{}").unwrap();
-        let e = check(&out, false).unwrap_err().to_string();
+        let e = check(&out, false, false).unwrap_err().to_string();
         assert!(
-            e.contains("--overwrite") && e.contains("capture.json"),
+            e.contains("--overwrite") && e.contains("--append") && e.contains("capture.json"),
             "{e}"
         );
-        check(&out, true).unwrap();
+        check(&out, false, true).unwrap();
+        check(&out, true, false).unwrap();
         clear(&out).unwrap();
         assert!(!out.join("mem").exists() && !out.join("capture.json").exists());
         assert!(
@@ -223,6 +232,6 @@ mod tests {
         // A file where the directory should be.
         let file = t.0.join("file");
         std::fs::write(&file, "").unwrap();
-        assert!(check(&file, true).is_err());
+        assert!(check(&file, true, false).is_err());
     }
 }

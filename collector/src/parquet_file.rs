@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | `icount` | DELTA_BINARY_PACKED | grows by small steps within a vCPU: ~0.1 B/row |
 //! | `vaddr`, `paddr`, `value` | PLAIN (then zstd) | too many distinct values for a dictionary |
-//! | everything else | dictionary, plain if that fails | few distinct values (pc, type, size, device, vcpu, ...) |
+//! | everything else | polars' default: a dictionary (plain if that fails), plain for booleans | few distinct values (pc, type, size, device, vcpu, ...) |
 //!
 //! Every page is zstd-compressed (level 3). Min/max statistics are kept: they
 //! let readers skip row groups (trace-query's icount windows rely on them).
@@ -22,27 +22,35 @@ use std::io::Write;
 use anyhow::Result;
 use polars::prelude::{CompatLevel, DataFrame, SchemaExt};
 use polars_parquet::write::{
-    row_group_iter, CompressionOptions, Encoding, FileWriter, StatisticsOptions, Version,
-    WriteOptions, ZstdLevel,
+    get_dtype_encoding, row_group_iter, schema_to_metadata_key, CompressionOptions, Encoding, FileWriter, KeyValue,
+    StatisticsOptions, Version, WriteOptions, ZstdLevel,
 };
 
-/// The encoding of a (non-nested) column, by name. See the module docs.
-pub fn encoding_of(column: &str) -> Encoding {
+/// The footer key holding a part's commit group (see `trace_schema::commit`).
+pub const GROUP_KEY: &str = "trace_collector.group";
+
+/// The encoding of a column chosen by its name (see the module docs), or
+/// `None`: polars' default for its type (a dictionary for numbers and
+/// strings, plain for booleans).
+pub fn encoding_of(column: &str) -> Option<Encoding> {
     match column {
-        "icount" => Encoding::DeltaBinaryPacked,
-        "vaddr" | "paddr" | "value" => Encoding::Plain,
-        _ => Encoding::RleDictionary,
+        "icount" => Some(Encoding::DeltaBinaryPacked),
+        "vaddr" | "paddr" | "value" => Some(Encoding::Plain),
+        _ => None,
     }
 }
 
-/// Writes `df` to `w` as one Parquet file (a row group per chunk of `df`);
-/// returns the file's size in bytes.
-pub fn write<W: Write>(df: &mut DataFrame, w: W) -> Result<u64> {
+/// Writes `df` to `w` as one Parquet file (a row group per chunk of `df`),
+/// with `group` in its footer; returns the file's size in bytes.
+pub fn write<W: Write>(df: &mut DataFrame, w: W, group: u64) -> Result<u64> {
     df.align_chunks();
     let schema = df.schema().to_arrow(CompatLevel::newest());
     let encodings: Vec<Vec<Encoding>> = schema
-        .iter_names()
-        .map(|name| vec![encoding_of(name.as_str())])
+        .iter()
+        .map(|(name, field)| match encoding_of(name.as_str()) {
+            Some(e) => vec![e],
+            None => get_dtype_encoding(&field.dtype),
+        })
         .collect();
     let options = WriteOptions {
         statistics: StatisticsOptions::default(),
@@ -57,7 +65,29 @@ pub fn write<W: Write>(df: &mut DataFrame, w: W) -> Result<u64> {
         let group = row_group_iter(batch, encodings.clone().into(), fields.clone(), options);
         writer.write(rows, group)?;
     }
-    Ok(writer.end(None)?)
+    let footer = vec![
+        // Readers (polars) take column types from the Arrow schema here.
+        schema_to_metadata_key(writer.schema()),
+        KeyValue {
+            key: GROUP_KEY.into(),
+            value: Some(group.to_string()),
+        },
+    ];
+    Ok(writer.end(Some(footer))?)
+}
+
+/// A part's rows and commit group (0 when its footer has none), from its footer.
+pub fn part_info(path: &std::path::Path) -> Result<(u64, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let meta = polars_parquet::read::read_metadata(&mut f)?;
+    let group = meta
+        .key_value_metadata()
+        .iter()
+        .flatten()
+        .find(|kv| kv.key == GROUP_KEY)
+        .and_then(|kv| kv.value.as_deref()?.parse().ok())
+        .unwrap_or(0);
+    Ok((meta.num_rows as u64, group))
 }
 
 #[cfg(test)]
@@ -74,18 +104,21 @@ mod tests {
         let vaddr: Vec<u64> = (0..n + 2).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
         let pc: Vec<u64> = (0..n + 2).map(|i| 0x1000 + (i % 7) * 4).collect();
         let typ: Vec<&str> = (0..n + 2).map(|i| if i % 3 == 0 { "W" } else { "R" }).collect();
+        let io: Vec<bool> = (0..n + 2).map(|i| i % 5 == 0).collect();
         let mut df = df!(
             "icount" => icount,
             "vaddr" => vaddr,
             "pc" => pc,
             "type" => typ,
+            "io" => io,
         )
         .unwrap();
         let dir = std::env::temp_dir().join(format!("parquet-file-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.parquet");
-        let size = write(&mut df, std::fs::File::create(&path).unwrap()).unwrap();
+        let size = write(&mut df, std::fs::File::create(&path).unwrap(), 42).unwrap();
         assert_eq!(size, std::fs::metadata(&path).unwrap().len());
+        assert_eq!(part_info(&path).unwrap(), (n + 2, 42));
         let back = ParquetReader::new(std::fs::File::open(&path).unwrap())
             .finish()
             .unwrap();

@@ -12,6 +12,12 @@
 //! Every part is written as `DIR/<table>/.part-NNNNNN.parquet.tmp`, fsynced,
 //! then renamed to `part-NNNNNN.parquet` (and the directory fsynced), so a
 //! reader never sees a partial part, even after a crash.
+//!
+//! Parts come in commit groups (see `trace_schema::commit`): the drain thread
+//! hands over a group's parts, then the group's `Committed` record. The
+//! writer handles both in order, so when it reaches the record every part of
+//! the group is in place, and it hands the record to `on_commit` (which
+//! publishes it in the segment).
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -23,6 +29,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use polars::prelude::DataFrame;
+use trace_schema::commit::Committed;
 
 use crate::tables::{Batch, DeviceList, DeviceNames, Table};
 
@@ -32,8 +39,18 @@ const QUEUE: usize = 2;
 /// One part to write.
 pub struct Part {
     pub number: u32,
+    /// Its commit group, recorded in its footer.
+    pub group: u64,
     pub batch: Batch,
     pub devices: DeviceList,
+}
+
+/// What the writer thread is handed, in order.
+enum Job {
+    Part(Part),
+    /// Every part handed over before this one is a group's last: once they
+    /// are written, the group is committed.
+    Commit(Committed),
 }
 
 /// What the writer has done so far, readable from any thread.
@@ -54,37 +71,50 @@ impl SinkProgress {
 
 /// Called by the writer thread after each part it wrote.
 pub type OnPart = Box<dyn FnMut(&SinkProgress) + Send>;
+/// Called by the writer thread when every part of a commit group is written.
+pub type OnCommit = Box<dyn FnMut(&Committed) + Send>;
 
 /// The drain thread's end of the writer.
 pub struct PartSink {
-    producer: rtrb::Producer<Part>,
+    producer: rtrb::Producer<Job>,
     thread: Option<JoinHandle<Result<()>>>,
     progress: Arc<SinkProgress>,
     next_part: [u32; 5],
+    first_part: [u32; 5],
 }
 
 impl PartSink {
-    /// Starts the writer thread, writing under `dir`.
+    /// Starts the writer thread, writing under `dir`; each table's parts are
+    /// numbered from `first_part` (0, or after an earlier capture's parts).
     pub fn start(
         dir: PathBuf,
         names: Arc<dyn DeviceNames>,
+        first_part: [u32; 5],
         mut on_part: OnPart,
+        mut on_commit: OnCommit,
     ) -> Result<PartSink> {
-        let (producer, mut consumer) = rtrb::RingBuffer::<Part>::new(QUEUE);
+        let (producer, mut consumer) = rtrb::RingBuffer::<Job>::new(QUEUE);
         let progress = Arc::new(SinkProgress::default());
         let p = progress.clone();
         let thread = std::thread::Builder::new()
             .name("parquet-writer".into())
             .spawn(move || -> Result<()> {
                 loop {
-                    let part = match consumer.pop() {
-                        Ok(part) => part,
+                    let job = match consumer.pop() {
+                        Ok(job) => job,
                         Err(_) if consumer.is_abandoned() => match consumer.pop() {
-                            Ok(part) => part,
+                            Ok(job) => job,
                             Err(_) => return Ok(()),
                         },
                         Err(_) => {
                             std::thread::park_timeout(Duration::from_millis(20));
+                            continue;
+                        }
+                    };
+                    let part = match job {
+                        Job::Part(part) => part,
+                        Job::Commit(c) => {
+                            on_commit(&c);
                             continue;
                         }
                     };
@@ -126,7 +156,8 @@ impl PartSink {
             producer,
             thread: Some(thread),
             progress,
-            next_part: [0; 5],
+            next_part: first_part,
+            first_part,
         })
     }
 
@@ -134,20 +165,33 @@ impl PartSink {
         &self.progress
     }
 
-    /// Parts handed over so far for `table`.
+    /// Parts handed over so far for `table` by this sink.
     pub fn parts_sent(&self, table: Table) -> u32 {
-        self.next_part[table.index()]
+        self.next_part[table.index()] - self.first_part[table.index()]
     }
 
-    /// Hands a batch over, waiting while two are already queued.
-    pub fn send(&mut self, batch: Batch, devices: &DeviceList) -> Result<()> {
+    /// Hands a batch over as a part of commit group `group`, waiting while
+    /// two jobs are already queued.
+    pub fn send(&mut self, batch: Batch, devices: &DeviceList, group: u64) -> Result<()> {
         let table = batch.table();
         let number = self.next_part[table.index()];
-        let mut part = Part {
+        self.push(Job::Part(Part {
             number,
+            group,
             batch,
             devices: devices.clone(),
-        };
+        }))?;
+        self.next_part[table.index()] += 1;
+        Ok(())
+    }
+
+    /// Hands over the end of a commit group: `commit` is published once
+    /// every part sent before it is written.
+    pub fn commit(&mut self, commit: Committed) -> Result<()> {
+        self.push(Job::Commit(commit))
+    }
+
+    fn push(&mut self, mut job: Job) -> Result<()> {
         let writer = self
             .thread
             .as_ref()
@@ -165,14 +209,13 @@ impl PartSink {
                     .unwrap_or_default();
                 return Err(anyhow!("the Parquet writer failed: {e}"));
             }
-            match self.producer.push(part) {
+            match self.producer.push(job) {
                 Ok(()) => {
                     writer.unpark();
-                    self.next_part[table.index()] += 1;
                     return Ok(());
                 }
-                Err(rtrb::PushError::Full(p)) => {
-                    part = p;
+                Err(rtrb::PushError::Full(j)) => {
+                    job = j;
                     std::thread::sleep(Duration::from_micros(200));
                 }
             }
@@ -202,7 +245,7 @@ fn write_part(dir: &Path, part: Part, names: &dyn DeviceNames) -> Result<(u64, u
         .with_context(|| format!("cannot build a {} part", table.name()))?;
     let tmp = tdir.join(format!(".part-{:06}.parquet.tmp", part.number));
     let dest = tdir.join(format!("part-{:06}.parquet", part.number));
-    let written = write_file(&tmp, &dest, &tdir, &mut df);
+    let written = write_file(&tmp, &dest, &tdir, &mut df, part.group);
     if written.is_err() {
         // Disk full (or any other failure): do not leave the partial part
         // behind, using the space the final capture.json still needs.
@@ -212,10 +255,10 @@ fn write_part(dir: &Path, part: Part, names: &dyn DeviceNames) -> Result<(u64, u
 }
 
 /// Writes `df` to `tmp`, syncs it, renames it to `dest`; returns its size.
-fn write_file(tmp: &Path, dest: &Path, tdir: &Path, df: &mut DataFrame) -> Result<u64> {
+fn write_file(tmp: &Path, dest: &Path, tdir: &Path, df: &mut DataFrame, group: u64) -> Result<u64> {
     let file = File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    crate::parquet_file::write(df, &mut w)
+    crate::parquet_file::write(df, &mut w, group)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     let file = w
         .into_inner()

@@ -15,12 +15,13 @@ use crate::tables::PluginDeviceNames;
 use crate::testutil::*;
 
 fn setup(out: &Path, part_rows: usize) -> CaptureSetup {
-    crate::output::check(out, false).unwrap();
+    crate::output::check(out, false, false).unwrap();
     CaptureSetup {
         out: out.to_path_buf(),
         part_rows,
         names: Arc::new(PluginDeviceNames),
         show_progress: false,
+        append: None,
     }
 }
 
