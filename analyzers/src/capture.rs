@@ -407,12 +407,23 @@ impl Capture {
             "events_lost",
             "the shim could not deliver them to the collector",
         );
-        push_loss_warning(
-            &mut w,
-            &stats,
-            "events_lost_collector_died",
-            "a collector drained them and was killed before writing them",
-        );
+        let died_names: std::collections::BTreeSet<&str> = stats
+            .iter()
+            .map(|(n, _, _)| n.as_str())
+            .filter(|n| n.starts_with("events_lost_collector_died."))
+            .collect();
+        for name in died_names {
+            let table = name.trim_start_matches("events_lost_collector_died.");
+            push_loss_warning(
+                &mut w,
+                &stats,
+                name,
+                &format!(
+                    "a collector drained them and was killed before writing their \
+                     {table} rows"
+                ),
+            );
+        }
         let sessions = self
             .meta
             .as_ref()

@@ -3,10 +3,9 @@
 //! The directory must hold a capture of the same QEMU process (pid, command
 //! line and shim options all equal), and the segment's commit record
 //! (`trace_schema::commit`) must be one its collectors made, or none. Then:
-//! - parts of groups after the last committed one are removed (they hold
-//!   rows of records the dead collector had not committed: those records
-//!   are either drained again now or counted as lost), with leftover
-//!   temporary files;
+//! - parts the commit record does not count are removed (the dead collector
+//!   renamed them but died before recording it: their records are either
+//!   drained again now or counted as lost), with leftover temporary files;
 //! - new parts are numbered after the remaining ones;
 //! - records below the commit are not written again;
 //! - the losses the remaining `stats` parts already account for are not
@@ -20,7 +19,7 @@ use polars::prelude::{ParquetReader, SerReader};
 use trace_schema::commit::Committed;
 
 use crate::output::CaptureJson;
-use crate::parquet_file::part_info;
+use crate::parquet_file::part_rows;
 use crate::tables::Table;
 
 /// How the new collector continues the directory.
@@ -32,8 +31,9 @@ pub struct AppendPlan {
     pub first_part: [u32; 5],
     /// Rows per table in the parts kept.
     pub rows: BTreeMap<String, u64>,
-    /// Per vCPU: records below this index are in the kept parts.
-    pub skip_below: Vec<u64>,
+    /// Per vCPU, per table: records below this index have their rows of
+    /// that table in the kept parts.
+    pub skip_below: Vec<[u64; 5]>,
     /// Per vCPU: the shim's `events_lost` the kept stats parts account for.
     pub lost_accounted: Vec<u64>,
     /// Uncommitted parts removed.
@@ -79,7 +79,7 @@ pub fn prepare(
             previous.shim_options
         );
     }
-    if committed.group > 0 && !previous.collector_pids.contains(&committed.collector_pid) {
+    if committed.collector_pid != 0 && !previous.collector_pids.contains(&committed.collector_pid) {
         bail!(
             "--append: this QEMU's capture was last continued by collector pid {} into another \
              directory, not {d} (written by pid(s) {:?}): append there, or capture into a new directory",
@@ -98,15 +98,14 @@ pub fn prepare(
         let mut next = 0u32;
         let mut rows = 0u64;
         for (number, path) in parts(&tdir)? {
-            let (n, group) = part_info(&path)
-                .with_context(|| format!("--append: cannot read the part {}", path.display()))?;
-            if group > committed.group {
+            if number as u64 >= committed.parts[t.index()] {
                 std::fs::remove_file(&path)
                     .with_context(|| format!("--append: cannot remove {}", path.display()))?;
                 plan.removed.push(path);
                 continue;
             }
-            rows += n;
+            rows += part_rows(&path)
+                .with_context(|| format!("--append: cannot read the part {}", path.display()))?;
             next = next.max(number + 1);
             if t == Table::Stats {
                 add_accounted_losses(&path, &mut plan.lost_accounted)?;
@@ -192,24 +191,25 @@ mod tests {
         }
     }
 
-    fn committed(group: u64) -> Committed {
+    /// Parts written: 2 of mem, 1 of mmio, none of insn and code, 1 of stats.
+    fn committed() -> Committed {
         Committed {
             collector_pid: 7,
-            group,
-            events: vec![100, 200],
+            parts: [2, 1, 0, 0, 1],
+            events: vec![[100, 90, 0, 0, 100], [200, 180, 0, 0, 200]],
         }
     }
 
-    /// Writes `DIR/<table>/part-<n>.parquet` with `rows` rows, in `group`.
-    fn part(dir: &Path, table: &str, n: u32, rows: u64, group: u64) {
+    /// Writes `DIR/<table>/part-<n>.parquet` with `rows` rows.
+    fn part(dir: &Path, table: &str, n: u32, rows: u64) {
         let tdir = dir.join(table);
         std::fs::create_dir_all(&tdir).unwrap();
         let mut df = polars::df!("icount" => (0..rows).collect::<Vec<u64>>()).unwrap();
         let f = std::fs::File::create(tdir.join(format!("part-{n:06}.parquet"))).unwrap();
-        crate::parquet_file::write(&mut df, f, group).unwrap();
+        crate::parquet_file::write(&mut df, f).unwrap();
     }
 
-    fn stats_part(dir: &Path, n: u32, group: u64, lost: u64, before: u64) {
+    fn stats_part(dir: &Path, n: u32, lost: u64, before: u64) {
         let tdir = dir.join("stats");
         std::fs::create_dir_all(&tdir).unwrap();
         let mut b = StatsBatch::default();
@@ -218,7 +218,7 @@ mod tests {
         b.push("events", Some(1), 1000);
         let mut df = b.into_frame().unwrap();
         let f = std::fs::File::create(tdir.join(format!("part-{n:06}.parquet"))).unwrap();
-        crate::parquet_file::write(&mut df, f, group).unwrap();
+        crate::parquet_file::write(&mut df, f).unwrap();
     }
 
     fn prepare_with(dir: &Path, prev: CaptureJson, c: &Committed) -> Result<AppendPlan> {
@@ -230,19 +230,19 @@ mod tests {
     fn keeps_committed_parts_and_removes_the_rest() {
         let t = TempDir::new("append");
         let d = &t.0;
-        part(d, "mem", 0, 10, 1);
-        part(d, "mem", 1, 10, 2);
-        part(d, "mem", 2, 10, 3); // written after the last commit (2)
-        part(d, "mmio", 0, 3, 2);
-        stats_part(d, 0, 2, 5, 6);
+        part(d, "mem", 0, 10);
+        part(d, "mem", 1, 10);
+        part(d, "mem", 2, 10); // renamed, but the collector died before recording it
+        part(d, "mmio", 0, 3);
+        stats_part(d, 0, 5, 6);
         std::fs::write(d.join("mem/.part-000003.parquet.tmp"), "half").unwrap();
-        let plan = prepare_with(d, previous(), &committed(2)).unwrap();
+        let plan = prepare_with(d, previous(), &committed()).unwrap();
         assert_eq!(plan.removed, vec![d.join("mem/part-000002.parquet")]);
         assert!(!d.join("mem/.part-000003.parquet.tmp").exists());
         assert_eq!(plan.first_part, [2, 1, 0, 0, 1]);
         assert_eq!(plan.rows["mem"], 20);
         assert_eq!(plan.rows["mmio"], 3);
-        assert_eq!(plan.skip_below, vec![100, 200]);
+        assert_eq!(plan.skip_below, committed().events);
         assert_eq!(plan.lost_accounted, vec![0, 11]);
     }
 
@@ -254,28 +254,28 @@ mod tests {
             qemu_pid: 43,
             ..previous()
         };
-        let e = prepare_with(d, other_pid, &committed(1)).unwrap_err();
+        let e = prepare_with(d, other_pid, &committed()).unwrap_err();
         assert!(e.to_string().contains("QEMU pid 43"), "{e}");
         let other_options = CaptureJson {
             shim_options: "events=insn".into(),
             ..previous()
         };
-        let e = prepare_with(d, other_options, &committed(1)).unwrap_err();
+        let e = prepare_with(d, other_options, &committed()).unwrap_err();
         assert!(e.to_string().contains("shim options"), "{e}");
         // The segment's commit is another collector's (it continued the
         // capture elsewhere): the kept records are not in this directory.
         let elsewhere = Committed {
             collector_pid: 8,
-            ..committed(3)
+            ..committed()
         };
         let e = prepare_with(d, previous(), &elsewhere).unwrap_err();
         assert!(e.to_string().contains("collector pid 8"), "{e}");
         // No commit yet: nothing in the directory is committed.
-        part(d, "mem", 0, 10, 1);
+        part(d, "mem", 0, 10);
         let none = Committed {
             collector_pid: 0,
-            group: 0,
-            events: vec![0],
+            parts: [0; 5],
+            events: vec![[0; 5]],
         };
         let plan = prepare_with(d, previous(), &none).unwrap();
         assert_eq!(plan.removed.len(), 1);

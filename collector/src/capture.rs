@@ -138,10 +138,10 @@ pub fn capture(
             commit::event_index(tail, seg.view().geometry.event_ring_bytes)
         })
         .collect();
-    let lost_collector_died: Vec<u64> = first_index
+    let lost_collector_died: Vec<[u64; 5]> = first_index
         .iter()
         .zip(&committed.events)
-        .map(|(&released, &done)| released.saturating_sub(done))
+        .map(|(&released, done)| std::array::from_fn(|t| released.saturating_sub(done[t])))
         .collect();
     let plan = match &setup.append {
         Some(previous) => append::prepare(
@@ -153,7 +153,7 @@ pub fn capture(
             &committed,
         ),
         None => Ok(AppendPlan {
-            skip_below: vec![0; n_vcpus as usize],
+            skip_below: vec![[0; 5]; n_vcpus as usize],
             lost_accounted: vec![0; n_vcpus as usize],
             ..Default::default()
         }),
@@ -168,7 +168,7 @@ pub fn capture(
     };
     if !plan.removed.is_empty() {
         warnings.push(format!(
-            "removed {} part(s) the previous collector wrote but had not committed",
+            "removed {} part(s) the previous collector wrote but had not recorded as written",
             plan.removed.len()
         ));
     }
@@ -224,10 +224,22 @@ pub fn capture(
         let view = *seg.view();
         Box::new(move |c: &commit::Committed| commit::publish(&view, c))
     };
+    // The record our parts update: continuing the previous one when we
+    // continue its directory; else ours starts where we start draining
+    // (records before that are not ours to write).
+    let start = commit::Committed {
+        collector_pid: std::process::id(),
+        parts: std::array::from_fn(|t| plan.first_part[t] as u64),
+        events: match &setup.append {
+            Some(_) => committed.events.clone(),
+            None => first_index.iter().map(|&i| [i; 5]).collect(),
+        },
+    };
     let sink = match PartSink::start(
         setup.out.clone(),
         setup.names.clone(),
         plan.first_part,
+        start,
         on_part,
         on_commit,
     ) {
@@ -240,7 +252,6 @@ pub fn capture(
     let resume = Resume {
         first_index,
         skip_below: plan.skip_below.clone(),
-        group: committed.group + 1,
     };
     let mut drainer = Drainer::new(*seg.view(), events, setup.part_rows, sink, resume);
     let mut progress = Progress::new(setup.show_progress);

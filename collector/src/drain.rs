@@ -10,18 +10,18 @@
 //! `final_icount - i` if QEMU exited (the shim published `final_icount`) and
 //! the whole block otherwise.
 //!
-//! Commit groups (see `trace_schema::commit`): when any table's batch is
-//! full, every table's batch but `stats` is cut at once, between two records, and
-//! the group's `Committed` follows its parts to the writer. Its per-vCPU count
-//! is the index of the vCPU's first record not wholly in the group's parts:
-//! the pending block's (its `insn` rows are not written yet) or the next one.
+//! What a part completes (see `trace_schema::commit`): a full batch is cut
+//! between two records, never inside one, and handed over with, per vCPU, the
+//! index of the first record whose rows of that table are not all in it (or
+//! in earlier parts): the pending block's (its `insn` rows are not written
+//! yet) or the next one. In an appended capture, a record's rows of a table
+//! are not written again when the capture already holds them (`skip_below`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 use capnp::message::ReaderOptions;
-use trace_schema::commit::Committed;
 use trace_schema::events_capnp::meta;
 use trace_schema::layout::SegmentView;
 use trace_schema::options::EventSet;
@@ -100,14 +100,14 @@ struct State {
 
     /// Per vCPU: the ring index (`commit::event_index`) of the next record.
     next_index: Vec<u64>,
-    /// Per vCPU: records below this index are in the capture already (an
-    /// appended capture re-reading what the previous collector committed).
-    skip_below: Vec<u64>,
+    /// Per vCPU, per table (`Table::index`): the record's rows of that table
+    /// are in the capture already when its index is below this (an appended
+    /// capture re-reading what the previous collector committed).
+    skip_below: Vec<[u64; 5]>,
+    /// Per vCPU: records all of whose rows the capture already held.
     skipped: Vec<u64>,
-    /// The commit group the current batches belong to.
-    group: u64,
-    /// Some batch reached `part_rows`: cut the group after this record.
-    cut_due: bool,
+    /// Per table: its batch is full; hand it over after this record.
+    flush_due: [bool; 5],
 
     events: Vec<u64>,
     metas: u64,
@@ -129,10 +129,9 @@ pub struct Resume {
     /// Per vCPU: the ring index of the first record to drain (the released
     /// position when we attached).
     pub first_index: Vec<u64>,
-    /// Per vCPU: records below this index are not turned into rows (0: none).
-    pub skip_below: Vec<u64>,
-    /// The first commit group to write.
-    pub group: u64,
+    /// Per vCPU, per table: records below this index get no rows in that
+    /// table (0: none).
+    pub skip_below: Vec<[u64; 5]>,
 }
 
 /// Per-vCPU counters the drain cannot read from the segment by itself.
@@ -148,9 +147,9 @@ pub struct FinishInfo<'a> {
     /// detaching (later losses are the detach's, not the capture's); `None`:
     /// read the counters now.
     pub lost_at_stop: Option<&'a [u64]>,
-    /// Per vCPU: records a previous collector drained and died before
-    /// committing (`commit`), found when we attached.
-    pub lost_collector_died: &'a [u64],
+    /// Per vCPU, per table: records a previous collector drained and died
+    /// before writing their rows of that table (`commit`), found at attach.
+    pub lost_collector_died: &'a [[u64; 5]],
 }
 
 /// The result of a capture's drain.
@@ -165,6 +164,8 @@ pub struct DrainReport {
     pub events_lost_before_attach: Vec<u64>,
     /// Records skipped per vCPU: already in the (appended) capture.
     pub events_skipped: Vec<u64>,
+    /// Per vCPU: records some of whose rows a collector that died never
+    /// wrote (the largest count over the tables).
     pub events_lost_collector_died: Vec<u64>,
     pub devices: Vec<String>,
 }
@@ -225,8 +226,7 @@ impl Drainer {
                 next_index: resume.first_index,
                 skip_below: resume.skip_below,
                 skipped: vec![0; n as usize],
-                group: resume.group.max(1),
-                cut_due: false,
+                flush_due: [false; 5],
                 events: vec![0; n as usize],
                 metas: 0,
                 blocks_unknown: 0,
@@ -316,14 +316,13 @@ impl Drainer {
         }
         let tables = self.tables();
         let st = &mut self.st;
-        // The last group: what is left, and an empty part for each table
-        // that has none (so that every table of the capture exists).
+        // What is left, and an empty part for each table that has none (so
+        // that every table of the capture exists).
         for &t in &tables {
             if t != Table::Stats && (st.batch_len(t) > 0 || st.sink.parts_sent(t) == 0) {
                 st.flush(t).map_err(Fail::into_error)?;
             }
         }
-        st.commit().map_err(Fail::into_error)?;
 
         let mut report = DrainReport {
             events: st.events.clone(),
@@ -349,14 +348,25 @@ impl Drainer {
                 .lost_collector_died
                 .get(v as usize)
                 .copied()
-                .unwrap_or(0);
+                .unwrap_or_default();
             report.events_lost.push(lost);
             report.events_lost_before_attach.push(before);
-            report.events_lost_collector_died.push(died);
             stats.push("events", Some(v), st.events[v as usize]);
             stats.push("events_lost", Some(v), lost);
             stats.push("events_lost_before_attach", Some(v), before);
-            stats.push("events_lost_collector_died", Some(v), died);
+            let mut died_max = 0;
+            for &t in &tables {
+                if matches!(t, Table::Mem | Table::Mmio | Table::Insn) {
+                    let n = died[t.index()];
+                    died_max = died_max.max(n);
+                    stats.push(
+                        format!("events_lost_collector_died.{}", t.name()),
+                        Some(v),
+                        n,
+                    );
+                }
+            }
+            report.events_lost_collector_died.push(died_max);
             stats.push("events_already_captured", Some(v), st.skipped[v as usize]);
             stats.push("meta_lost", Some(v), c.meta_lost.load(Ordering::Relaxed));
             if info.qemu_exited {
@@ -384,7 +394,8 @@ impl Drainer {
         }
         report.rows.push((Table::Stats, stats.len() as u64));
         let devices = st.devices.clone();
-        st.sink.send(Batch::Stats(stats), &devices, st.group)?;
+        let covers = st.cover(Table::Stats);
+        st.sink.send(Batch::Stats(stats), &devices, covers)?;
         self.st.sink.finish()?;
         Ok(report)
     }
@@ -495,17 +506,29 @@ impl State {
         }
         let index = self.next_index[v];
         self.next_index[v] += 1;
-        if index < self.skip_below[v] {
-            self.skipped[v] += 1;
-            return Ok(());
-        }
-        self.events[v] += 1;
+        let skip = self.skip_below[v];
+        let held = |t: Table| index < skip[t.index()];
         match e.kind {
-            KIND_MEM => self.on_mem(v, &e, metas)?,
+            KIND_MEM if (!self.mem_on || held(Table::Mem)) && held(Table::Mmio) => {
+                self.skipped[v] += 1;
+                return Ok(());
+            }
+            KIND_MEM => {
+                self.events[v] += 1;
+                self.on_mem(v, index, &e, metas)?;
+            }
+            KIND_BLOCK if !self.insn_on => {
+                self.events[v] += 1;
+                self.events_unexpected += 1;
+                return Ok(());
+            }
             KIND_BLOCK => {
-                if !self.insn_on {
-                    self.events_unexpected += 1;
-                    return Ok(());
+                // A block held already still becomes the pending one: the
+                // next block's expansion needs its icount.
+                if held(Table::Insn) {
+                    self.skipped[v] += 1;
+                } else {
+                    self.events[v] += 1;
                 }
                 let next = Pending {
                     icount: e.icount,
@@ -519,47 +542,36 @@ impl State {
             }
             k => return Err(Fail::Corrupt(format!("unknown event kind {k}"))),
         }
-        // Between two records: the only place a group may end.
-        if std::mem::take(&mut self.cut_due) {
-            self.cut()?;
+        // Between two records: a part never holds only some of a record's
+        // rows of its table.
+        for t in [Table::Mem, Table::Mmio, Table::Insn] {
+            if std::mem::take(&mut self.flush_due[t.index()]) {
+                self.flush(t)?;
+            }
         }
         Ok(())
     }
 
-    /// Ends the current commit group: every event table's batch (those with
-    /// rows) goes to the writer, then the group's commit record.
-    fn cut(&mut self) -> Result<(), Fail> {
-        // `code` too: the descriptions the group's `insn` rows refer to.
-        for t in [Table::Mem, Table::Mmio, Table::Insn, Table::Code] {
-            if self.batch_len(t) > 0 {
-                self.flush(t)?;
-            }
-        }
-        self.commit()
-    }
-
-    /// Hands the current group's commit record to the writer (after its
-    /// parts) and starts the next group.
-    fn commit(&mut self) -> Result<(), Fail> {
-        let events = (0..self.next_index.len())
+    /// Per vCPU: the index of its first record whose rows of table `t` may
+    /// not all be in batches yet: for `insn` the pending block's (its rows
+    /// come when the next block arrives), else the next record's.
+    fn cover(&self, t: Table) -> Vec<u64> {
+        (0..self.next_index.len())
             .map(|v| match self.pending[v] {
-                Some(p) => p.index,
-                None => self.next_index[v],
+                Some(p) if t == Table::Insn => p.index,
+                _ => self.next_index[v],
             })
-            .collect();
-        let group = self.group;
-        self.group += 1;
-        self.sink
-            .commit(Committed {
-                collector_pid: std::process::id(),
-                group,
-                events,
-            })
-            .map_err(Fail::Other)
+            .collect()
     }
 
     #[inline]
-    fn on_mem(&mut self, v: usize, e: &Event, metas: &mut [Consumer]) -> Result<(), Fail> {
+    fn on_mem(
+        &mut self,
+        v: usize,
+        index: u64,
+        e: &Event,
+        metas: &mut [Consumer],
+    ) -> Result<(), Fail> {
         let io = e.is_io();
         if !(self.mem_on || (io && self.mmio_on)) {
             self.events_unexpected += 1;
@@ -570,13 +582,14 @@ impl State {
         } else {
             NO_DEVICE
         };
-        if self.mem_on {
+        let skip = self.skip_below[v];
+        if self.mem_on && index >= skip[Table::Mem.index()] {
             self.mem.push(v as u32, e, device);
-            self.cut_due |= self.mem.len() >= self.part_rows;
+            self.flush_due[Table::Mem.index()] |= self.mem.len() >= self.part_rows;
         }
-        if io && self.mmio_on {
+        if io && self.mmio_on && index >= skip[Table::Mmio.index()] {
             self.mmio.push(v as u32, e, device);
-            self.cut_due |= self.mmio.len() >= self.part_rows;
+            self.flush_due[Table::Mmio.index()] |= self.mmio.len() >= self.part_rows;
         }
         Ok(())
     }
@@ -611,6 +624,9 @@ impl State {
         end: Option<u64>,
         metas: &mut [Consumer],
     ) -> Result<(), Fail> {
+        if p.index < self.skip_below[v][Table::Insn.index()] {
+            return Ok(()); // its rows are in the capture already
+        }
         let mut known = self.blocks.get(&p.id).copied();
         if known.is_none() && !self.missing_blocks.contains(&p.id) {
             // Its Meta may sit in another vCPU's meta ring (translated there).
@@ -653,7 +669,7 @@ impl State {
             b.icount.push(p.icount + k);
             b.block.push(p.id);
         }
-        self.cut_due |= self.insn.len() >= self.part_rows;
+        self.flush_due[Table::Insn.index()] |= self.insn.len() >= self.part_rows;
         Ok(())
     }
 
@@ -692,8 +708,9 @@ impl State {
             Table::Stats => unreachable!("stats are written by finish"),
         };
         self.rows_sent[t.index()] += batch.len() as u64;
+        let covers = self.cover(t);
         self.sink
-            .send(batch, &self.devices, self.group)
+            .send(batch, &self.devices, covers)
             .map_err(Fail::Other)
     }
 }

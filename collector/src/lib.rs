@@ -15,7 +15,7 @@
 //! and the user's `--device-map`.
 //!
 //! Modules, one idea each: `segment` (open, check, map, attach), `drain`
-//! (rings to batches, block expansion, commit groups), `tables` (batches and
+//! (rings to batches, block expansion, what each part completes), `tables` (batches and
 //! their DataFrames), `parquet_sink` (writer thread, atomic parts),
 //! `parquet_file` (one part, its encodings), `output` (capture directory,
 //! capture.json), `append` (`--append`), `capture` (the drain loop),

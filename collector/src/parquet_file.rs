@@ -22,12 +22,10 @@ use std::io::Write;
 use anyhow::Result;
 use polars::prelude::{CompatLevel, DataFrame, SchemaExt};
 use polars_parquet::write::{
-    get_dtype_encoding, row_group_iter, schema_to_metadata_key, CompressionOptions, Encoding, FileWriter, KeyValue,
+    get_dtype_encoding, row_group_iter, CompressionOptions, Encoding, FileWriter,
     StatisticsOptions, Version, WriteOptions, ZstdLevel,
 };
 
-/// The footer key holding a part's commit group (see `trace_schema::commit`).
-pub const GROUP_KEY: &str = "trace_collector.group";
 
 /// The encoding of a column chosen by its name (see the module docs), or
 /// `None`: polars' default for its type (a dictionary for numbers and
@@ -40,9 +38,9 @@ pub fn encoding_of(column: &str) -> Option<Encoding> {
     }
 }
 
-/// Writes `df` to `w` as one Parquet file (a row group per chunk of `df`),
-/// with `group` in its footer; returns the file's size in bytes.
-pub fn write<W: Write>(df: &mut DataFrame, w: W, group: u64) -> Result<u64> {
+/// Writes `df` to `w` as one Parquet file (a row group per chunk of `df`);
+/// returns the file's size in bytes.
+pub fn write<W: Write>(df: &mut DataFrame, w: W) -> Result<u64> {
     df.align_chunks();
     let schema = df.schema().to_arrow(CompatLevel::newest());
     let encodings: Vec<Vec<Encoding>> = schema
@@ -65,29 +63,15 @@ pub fn write<W: Write>(df: &mut DataFrame, w: W, group: u64) -> Result<u64> {
         let group = row_group_iter(batch, encodings.clone().into(), fields.clone(), options);
         writer.write(rows, group)?;
     }
-    let footer = vec![
-        // Readers (polars) take column types from the Arrow schema here.
-        schema_to_metadata_key(writer.schema()),
-        KeyValue {
-            key: GROUP_KEY.into(),
-            value: Some(group.to_string()),
-        },
-    ];
-    Ok(writer.end(Some(footer))?)
+    // With no footer metadata given, the writer stores the Arrow schema,
+    // from which readers (polars) take the column types.
+    Ok(writer.end(None)?)
 }
 
-/// A part's rows and commit group (0 when its footer has none), from its footer.
-pub fn part_info(path: &std::path::Path) -> Result<(u64, u64)> {
+/// A part's rows, from its footer.
+pub fn part_rows(path: &std::path::Path) -> Result<u64> {
     let mut f = std::fs::File::open(path)?;
-    let meta = polars_parquet::read::read_metadata(&mut f)?;
-    let group = meta
-        .key_value_metadata()
-        .iter()
-        .flatten()
-        .find(|kv| kv.key == GROUP_KEY)
-        .and_then(|kv| kv.value.as_deref()?.parse().ok())
-        .unwrap_or(0);
-    Ok((meta.num_rows as u64, group))
+    Ok(polars_parquet::read::read_metadata(&mut f)?.num_rows as u64)
 }
 
 #[cfg(test)]
@@ -116,9 +100,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("parquet-file-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.parquet");
-        let size = write(&mut df, std::fs::File::create(&path).unwrap(), 42).unwrap();
+        let size = write(&mut df, std::fs::File::create(&path).unwrap()).unwrap();
         assert_eq!(size, std::fs::metadata(&path).unwrap().len());
-        assert_eq!(part_info(&path).unwrap(), (n + 2, 42));
+        assert_eq!(part_rows(&path).unwrap(), n + 2);
         let back = ParquetReader::new(std::fs::File::open(&path).unwrap())
             .finish()
             .unwrap();

@@ -13,11 +13,10 @@
 //! then renamed to `part-NNNNNN.parquet` (and the directory fsynced), so a
 //! reader never sees a partial part, even after a crash.
 //!
-//! Parts come in commit groups (see `trace_schema::commit`): the drain thread
-//! hands over a group's parts, then the group's `Committed` record. The
-//! writer handles both in order, so when it reaches the record every part of
-//! the group is in place, and it hands the record to `on_commit` (which
-//! publishes it in the segment).
+//! Each part carries what it completes (see `trace_schema::commit`): per
+//! vCPU, the records whose rows of its table are all in it or in earlier
+//! parts. Once the part is in place the writer updates the commit record and
+//! hands it to `on_commit` (which publishes it in the segment).
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -39,18 +38,11 @@ const QUEUE: usize = 2;
 /// One part to write.
 pub struct Part {
     pub number: u32,
-    /// Its commit group, recorded in its footer.
-    pub group: u64,
     pub batch: Batch,
     pub devices: DeviceList,
-}
-
-/// What the writer thread is handed, in order.
-enum Job {
-    Part(Part),
-    /// Every part handed over before this one is a group's last: once they
-    /// are written, the group is committed.
-    Commit(Committed),
+    /// Per vCPU: the records whose rows of this table are all in this part or
+    /// earlier ones (`trace_schema::commit`).
+    pub covers: Vec<u64>,
 }
 
 /// What the writer has done so far, readable from any thread.
@@ -71,12 +63,12 @@ impl SinkProgress {
 
 /// Called by the writer thread after each part it wrote.
 pub type OnPart = Box<dyn FnMut(&SinkProgress) + Send>;
-/// Called by the writer thread when every part of a commit group is written.
+/// Called by the writer thread with the commit record after each part.
 pub type OnCommit = Box<dyn FnMut(&Committed) + Send>;
 
 /// The drain thread's end of the writer.
 pub struct PartSink {
-    producer: rtrb::Producer<Job>,
+    producer: rtrb::Producer<Part>,
     thread: Option<JoinHandle<Result<()>>>,
     progress: Arc<SinkProgress>,
     next_part: [u32; 5],
@@ -85,25 +77,27 @@ pub struct PartSink {
 
 impl PartSink {
     /// Starts the writer thread, writing under `dir`; each table's parts are
-    /// numbered from `first_part` (0, or after an earlier capture's parts).
+    /// numbered from `first_part` (0, or after an earlier capture's parts);
+    /// `commit` is the commit record the parts update.
     pub fn start(
         dir: PathBuf,
         names: Arc<dyn DeviceNames>,
         first_part: [u32; 5],
+        mut commit: Committed,
         mut on_part: OnPart,
         mut on_commit: OnCommit,
     ) -> Result<PartSink> {
-        let (producer, mut consumer) = rtrb::RingBuffer::<Job>::new(QUEUE);
+        let (producer, mut consumer) = rtrb::RingBuffer::<Part>::new(QUEUE);
         let progress = Arc::new(SinkProgress::default());
         let p = progress.clone();
         let thread = std::thread::Builder::new()
             .name("parquet-writer".into())
             .spawn(move || -> Result<()> {
                 loop {
-                    let job = match consumer.pop() {
-                        Ok(job) => job,
+                    let part = match consumer.pop() {
+                        Ok(part) => part,
                         Err(_) if consumer.is_abandoned() => match consumer.pop() {
-                            Ok(job) => job,
+                            Ok(part) => part,
                             Err(_) => return Ok(()),
                         },
                         Err(_) => {
@@ -111,14 +105,8 @@ impl PartSink {
                             continue;
                         }
                     };
-                    let part = match job {
-                        Job::Part(part) => part,
-                        Job::Commit(c) => {
-                            on_commit(&c);
-                            continue;
-                        }
-                    };
                     let table = part.batch.table();
+                    let (number, covers) = (part.number, part.covers.clone());
                     // A panic (in polars, say) must end as an error the drain
                     // thread sees: a writer that just vanished would leave it
                     // waiting forever for room in the queue.
@@ -141,6 +129,13 @@ impl PartSink {
                             p.bytes_written.fetch_add(bytes, Ordering::Relaxed);
                             p.rows_written[table.index()].fetch_add(rows, Ordering::Relaxed);
                             p.parts_written[table.index()].fetch_add(1, Ordering::Relaxed);
+                            // The part is in place: it now counts as written.
+                            let t = table.index();
+                            commit.parts[t] = number as u64 + 1;
+                            for (counts, c) in commit.events.iter_mut().zip(covers) {
+                                counts[t] = c;
+                            }
+                            on_commit(&commit);
                             on_part(&p);
                         }
                         Err(e) => {
@@ -170,28 +165,22 @@ impl PartSink {
         self.next_part[table.index()] - self.first_part[table.index()]
     }
 
-    /// Hands a batch over as a part of commit group `group`, waiting while
-    /// two jobs are already queued.
-    pub fn send(&mut self, batch: Batch, devices: &DeviceList, group: u64) -> Result<()> {
+    /// Hands a batch over as the next part of its table, with what it
+    /// completes (`Part::covers`), waiting while two are already queued.
+    pub fn send(&mut self, batch: Batch, devices: &DeviceList, covers: Vec<u64>) -> Result<()> {
         let table = batch.table();
         let number = self.next_part[table.index()];
-        self.push(Job::Part(Part {
+        self.push(Part {
             number,
-            group,
             batch,
             devices: devices.clone(),
-        }))?;
+            covers,
+        })?;
         self.next_part[table.index()] += 1;
         Ok(())
     }
 
-    /// Hands over the end of a commit group: `commit` is published once
-    /// every part sent before it is written.
-    pub fn commit(&mut self, commit: Committed) -> Result<()> {
-        self.push(Job::Commit(commit))
-    }
-
-    fn push(&mut self, mut job: Job) -> Result<()> {
+    fn push(&mut self, mut part: Part) -> Result<()> {
         let writer = self
             .thread
             .as_ref()
@@ -209,13 +198,13 @@ impl PartSink {
                     .unwrap_or_default();
                 return Err(anyhow!("the Parquet writer failed: {e}"));
             }
-            match self.producer.push(job) {
+            match self.producer.push(part) {
                 Ok(()) => {
                     writer.unpark();
                     return Ok(());
                 }
-                Err(rtrb::PushError::Full(j)) => {
-                    job = j;
+                Err(rtrb::PushError::Full(p)) => {
+                    part = p;
                     std::thread::sleep(Duration::from_micros(200));
                 }
             }
@@ -245,7 +234,7 @@ fn write_part(dir: &Path, part: Part, names: &dyn DeviceNames) -> Result<(u64, u
         .with_context(|| format!("cannot build a {} part", table.name()))?;
     let tmp = tdir.join(format!(".part-{:06}.parquet.tmp", part.number));
     let dest = tdir.join(format!("part-{:06}.parquet", part.number));
-    let written = write_file(&tmp, &dest, &tdir, &mut df, part.group);
+    let written = write_file(&tmp, &dest, &tdir, &mut df);
     if written.is_err() {
         // Disk full (or any other failure): do not leave the partial part
         // behind, using the space the final capture.json still needs.
@@ -255,10 +244,10 @@ fn write_part(dir: &Path, part: Part, names: &dyn DeviceNames) -> Result<(u64, u
 }
 
 /// Writes `df` to `tmp`, syncs it, renames it to `dest`; returns its size.
-fn write_file(tmp: &Path, dest: &Path, tdir: &Path, df: &mut DataFrame, group: u64) -> Result<u64> {
+fn write_file(tmp: &Path, dest: &Path, tdir: &Path, df: &mut DataFrame) -> Result<u64> {
     let file = File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    crate::parquet_file::write(df, &mut w, group)
+    crate::parquet_file::write(df, &mut w)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     let file = w
         .into_inner()

@@ -30,6 +30,8 @@ pub const VCPU_CONTROL_BYTES: usize = 4096;
 pub const OPTIONS_BYTES: usize = 1024;
 /// Slots of the double-buffered commit record (see `commit`).
 pub const COMMIT_SLOTS: usize = 2;
+/// Output streams (the collector's tables) the commit record counts per.
+pub const COMMIT_STREAMS: usize = 5;
 
 pub const MAX_VCPUS: u32 = 4096;
 pub const MIN_RING_BYTES: u64 = 4096;
@@ -82,11 +84,12 @@ pub struct Header {
     /// alive; informational.
     pub collector_heartbeat_ns: AtomicU64,
     /// Written by the attached collector only (see `commit`): which slot of
-    /// `commit_group` and `VcpuControl::committed_events` is current,
-    /// 1-based; 0 while no collector has committed anything.
+    /// `commit_parts`, `commit_collector_pid` and
+    /// `VcpuControl::committed_events` is current, 1-based; 0 while no
+    /// collector has committed anything.
     pub commit_slot: AtomicU32,
     _reserved: u32,
-    pub commit_group: [AtomicU64; COMMIT_SLOTS],
+    pub commit_parts: [[AtomicU64; COMMIT_STREAMS]; COMMIT_SLOTS],
     pub commit_collector_pid: [AtomicU32; COMMIT_SLOTS],
 }
 
@@ -114,7 +117,7 @@ pub struct VcpuControl {
     pub meta_ring: RingControl,
     pub counters: VcpuCounters,
     /// Written by the attached collector only (see `commit`).
-    pub committed_events: [AtomicU64; COMMIT_SLOTS],
+    pub committed_events: [[AtomicU64; COMMIT_STREAMS]; COMMIT_SLOTS],
 }
 
 const _: () = assert!(std::mem::size_of::<VcpuControl>() <= VCPU_CONTROL_BYTES);
