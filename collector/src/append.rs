@@ -8,6 +8,8 @@
 //!   drained again now or counted as lost), with leftover temporary files;
 //! - new parts are numbered after the remaining ones;
 //! - records below the commit are not written again;
+//! - the blocks the kept `code` parts describe are known to the drain: the
+//!   records drained again may be of blocks described to the dead collector;
 //! - the losses the remaining `stats` parts already account for are not
 //!   counted again.
 
@@ -38,6 +40,9 @@ pub struct AppendPlan {
     pub lost_accounted: Vec<u64>,
     /// Uncommitted parts removed.
     pub removed: Vec<PathBuf>,
+    /// The blocks the kept `code` parts describe: (block id, the pc of each
+    /// instruction in order).
+    pub blocks: Vec<(u64, Vec<u64>)>,
 }
 
 /// Reads `dir`'s capture.json, or `None` when it holds no capture.
@@ -110,6 +115,9 @@ pub fn prepare(
             if t == Table::Stats {
                 add_accounted_losses(&path, &mut plan.lost_accounted)?;
             }
+            if t == Table::Code {
+                add_blocks(&path, &mut plan.blocks)?;
+            }
         }
         remove_temporaries(&tdir)?;
         plan.first_part[t.index()] = next;
@@ -148,6 +156,27 @@ fn remove_temporaries(tdir: &Path) -> Result<()> {
         if e.file_name().to_string_lossy().starts_with(".part-") {
             std::fs::remove_file(e.path())
                 .with_context(|| format!("--append: cannot remove {}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds the blocks a `code` part describes (its rows are in block, index
+/// order per block).
+fn add_blocks(path: &Path, blocks: &mut Vec<(u64, Vec<u64>)>) -> Result<()> {
+    let file = std::fs::File::open(path)?;
+    let df = ParquetReader::new(file)
+        .finish()
+        .with_context(|| format!("--append: cannot read {}", path.display()))?;
+    let ids = df.column("block")?.u64()?.clone();
+    let pcs = df.column("pc")?.u64()?.clone();
+    for (id, pc) in ids.iter().zip(pcs.iter()) {
+        let (Some(id), Some(pc)) = (id, pc) else {
+            continue;
+        };
+        match blocks.last_mut() {
+            Some((last, list)) if *last == id => list.push(pc),
+            _ => blocks.push((id, vec![pc])),
         }
     }
     Ok(())

@@ -158,7 +158,7 @@ pub fn capture(
             ..Default::default()
         }),
     };
-    let plan = match plan {
+    let mut plan = match plan {
         Ok(p) => p,
         Err(e) => {
             // Do not leave the shim attached to a collector that is giving up.
@@ -252,6 +252,7 @@ pub fn capture(
     let resume = Resume {
         first_index,
         skip_below: plan.skip_below.clone(),
+        known_blocks: std::mem::take(&mut plan.blocks),
     };
     let mut drainer = Drainer::new(*seg.view(), events, setup.part_rows, sink, resume);
     let mut progress = Progress::new(setup.show_progress);
@@ -260,6 +261,7 @@ pub fn capture(
         seg.detach();
         return Err(e);
     }
+    let mut reserve = output::SpaceReserve::new(&setup.out);
 
     let lost_counters = |seg: &Segment| -> Vec<u64> {
         (0..n_vcpus)
@@ -404,6 +406,7 @@ pub fn capture(
             j.end = Some("error".into());
             j.error = Some(format!("{err:#}"));
             j.duration_seconds = started.elapsed().as_secs_f64();
+            reserve.release();
             let _ = j.write(&setup.out);
             return Err(err);
         }
@@ -440,6 +443,7 @@ pub fn capture(
     json.events_lost_collector_died = previous.events_lost_collector_died
         + report.events_lost_collector_died.iter().sum::<u64>();
     json.duration_seconds = started.elapsed().as_secs_f64();
+    reserve.release();
     json.write(&setup.out)?;
     Ok(Captured {
         json,

@@ -132,6 +132,9 @@ pub struct Resume {
     /// Per vCPU, per table: records below this index get no rows in that
     /// table (0: none).
     pub skip_below: Vec<[u64; 5]>,
+    /// Blocks described to an earlier collector whose `code` rows the
+    /// capture holds: (id, pcs). Their `code` rows are not written again.
+    pub known_blocks: Vec<(u64, Vec<u64>)>,
 }
 
 /// Per-vCPU counters the drain cannot read from the segment by itself.
@@ -200,6 +203,12 @@ impl Drainer {
         }
         let part_rows = part_rows.max(1);
         let cap = part_rows.min(INITIAL_ROWS);
+        let mut blocks = HashMap::new();
+        let mut block_pcs = Vec::new();
+        for (id, pcs) in resume.known_blocks {
+            blocks.insert(id, (block_pcs.len(), pcs.len() as u32));
+            block_pcs.extend(pcs);
+        }
         Drainer {
             event_rings,
             meta_rings,
@@ -219,8 +228,8 @@ impl Drainer {
                 devices_changed: false,
                 device_index: HashMap::new(),
                 vcpu_devices: vec![HashMap::new(); n as usize],
-                blocks: HashMap::new(),
-                block_pcs: Vec::new(),
+                blocks,
+                block_pcs,
                 missing_blocks: HashSet::new(),
                 pending: vec![None; n as usize],
                 next_index: resume.first_index,

@@ -90,6 +90,41 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     written
 }
 
+/// Space set aside in the capture directory for the final capture.json: if
+/// the disk fills up, the capture ends with an error, and the metadata that
+/// says so must still fit. Removed (freeing the space) before that last
+/// write, and on drop.
+pub struct SpaceReserve(Option<PathBuf>);
+
+impl SpaceReserve {
+    const BYTES: usize = 64 << 10;
+
+    /// Sets the space aside (nothing when the disk is already too full).
+    pub fn new(dir: &Path) -> SpaceReserve {
+        let path = dir.join(".trace-collector-reserve");
+        match std::fs::write(&path, vec![0u8; Self::BYTES]) {
+            Ok(()) => SpaceReserve(Some(path)),
+            Err(_) => {
+                let _ = std::fs::remove_file(&path);
+                SpaceReserve(None)
+            }
+        }
+    }
+
+    /// Frees the space.
+    pub fn release(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Drop for SpaceReserve {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// `capture.json`; see docs/capture-format.md.
 #[derive(Serialize, Deserialize, Clone, Debug, Default)]
 #[serde(default)]
