@@ -13,7 +13,9 @@
 //! | `vaddr`, `paddr`, `value` | PLAIN (then zstd) | too many distinct values for a dictionary |
 //! | everything else | polars' default: a dictionary (plain if that fails), plain for booleans | few distinct values (pc, type, size, device, vcpu, ...) |
 //!
-//! Every page is zstd-compressed (level 3). Min/max statistics are kept: they
+//! Every page is zstd-compressed at level 1: against level 3, the drain-to-Parquet
+//! benchmark takes 25% less time and the boot capture is as small (3.45 B per
+//! mem row). Min/max statistics are kept: they
 //! let readers skip row groups (trace-query's icount windows rely on them).
 //! Every Parquet reader (polars, DuckDB, pyarrow) reads these encodings.
 
@@ -52,7 +54,7 @@ pub fn write<W: Write>(df: &mut DataFrame, w: W) -> Result<u64> {
         .collect();
     let options = WriteOptions {
         statistics: StatisticsOptions::default(),
-        compression: CompressionOptions::Zstd(Some(ZstdLevel::try_new(3)?)),
+        compression: CompressionOptions::Zstd(Some(ZstdLevel::try_new(1)?)),
         version: Version::V1,
         data_page_size: None,
     };
