@@ -129,56 +129,27 @@ pub fn capture(
                 .load(Ordering::Relaxed)
         })
         .collect();
-    // What the collectors before us committed, and where they left the
-    // rings: records in between were drained by one that died, and are lost.
-    let committed = commit::read(seg.view());
-    let first_index: Vec<u64> = (0..n_vcpus)
-        .map(|v| {
-            let tail = seg.view().vcpu(v).event_ring.tail.load(Ordering::Acquire);
-            commit::event_index(tail, seg.view().geometry.event_ring_bytes)
-        })
-        .collect();
-    let lost_collector_died: Vec<[u64; 5]> = first_index
-        .iter()
-        .zip(&committed.events)
-        .map(|(&released, done)| std::array::from_fn(|t| released.saturating_sub(done[t])))
-        .collect();
-    let plan = match &setup.append {
-        Some(previous) => append::prepare(
-            &setup.out,
-            previous.clone(),
-            pid,
-            &command,
-            &options,
-            &committed,
-        ),
-        None => Ok(AppendPlan {
-            skip_below: vec![[0; 5]; n_vcpus as usize],
-            lost_accounted: vec![0; n_vcpus as usize],
-            ..Default::default()
-        }),
-    };
-    let mut plan = match plan {
-        Ok(p) => p,
+    let resumed = match resume_point(seg, setup, &command, &options, &lost_at_attach) {
+        Ok(r) => r,
         Err(e) => {
             // Do not leave the shim attached to a collector that is giving up.
             seg.detach();
             return Err(e);
         }
     };
+    let ResumePoint {
+        committed,
+        first_index,
+        lost_collector_died,
+        mut plan,
+        lost_before,
+    } = resumed;
     if !plan.removed.is_empty() {
         warnings.push(format!(
             "removed {} part(s) the previous collector wrote but had not recorded as written",
             plan.removed.len()
         ));
     }
-    // This session's share of the shim's loss counter: what earlier
-    // sessions of an appended capture did not account for.
-    let lost_before: Vec<u64> = lost_at_attach
-        .iter()
-        .zip(&plan.lost_accounted)
-        .map(|(&now, &accounted)| now.saturating_sub(accounted))
-        .collect();
     let previous = setup.append.clone().unwrap_or_default();
     let base_rows = plan.rows.clone();
     let json = Arc::new(Mutex::new(CaptureJson {
@@ -453,6 +424,76 @@ pub fn capture(
         bytes_written: bytes.bytes_written.load(StdOrdering::Relaxed),
         warnings,
         out: setup.out.clone(),
+    })
+}
+
+/// Where a capture starts, from what the collectors before it left.
+struct ResumePoint {
+    /// The commit record found in the segment.
+    committed: commit::Committed,
+    /// Per vCPU: the index of the first record we drain (the released position).
+    first_index: Vec<u64>,
+    /// Per vCPU, per table: records drained by a collector that died and
+    /// whose rows of that table were never written.
+    lost_collector_died: Vec<[u64; 5]>,
+    /// How the directory is continued (an empty plan: a new capture).
+    plan: AppendPlan,
+    /// Per vCPU: this session's share of the shim's loss counter at attach
+    /// (what earlier sessions of an appended capture did not account for).
+    lost_before: Vec<u64>,
+}
+
+/// Reads the commit record and the rings' released positions (we hold the
+/// attach, so nobody moves them), and prepares the directory for `--append`.
+fn resume_point(
+    seg: &Segment,
+    setup: &CaptureSetup,
+    command: &[String],
+    options: &str,
+    lost_at_attach: &[u64],
+) -> Result<ResumePoint> {
+    let view = seg.view();
+    let n_vcpus = view.geometry.n_vcpus;
+    // Records between what was committed and where the rings were released
+    // were drained by a collector that died: they are lost.
+    let committed = commit::read(view);
+    let first_index: Vec<u64> = (0..n_vcpus)
+        .map(|v| {
+            let tail = view.vcpu(v).event_ring.tail.load(Ordering::Acquire);
+            commit::event_index(tail, view.geometry.event_ring_bytes)
+        })
+        .collect();
+    let lost_collector_died = first_index
+        .iter()
+        .zip(&committed.events)
+        .map(|(&released, done)| std::array::from_fn(|t| released.saturating_sub(done[t])))
+        .collect();
+    let plan = match &setup.append {
+        Some(previous) => append::prepare(
+            &setup.out,
+            previous.clone(),
+            seg.pid(),
+            command,
+            options,
+            &committed,
+        )?,
+        None => AppendPlan {
+            skip_below: vec![[0; 5]; n_vcpus as usize],
+            lost_accounted: vec![0; n_vcpus as usize],
+            ..Default::default()
+        },
+    };
+    let lost_before = lost_at_attach
+        .iter()
+        .zip(&plan.lost_accounted)
+        .map(|(&now, &accounted)| now.saturating_sub(accounted))
+        .collect();
+    Ok(ResumePoint {
+        committed,
+        first_index,
+        lost_collector_died,
+        plan,
+        lost_before,
     })
 }
 
