@@ -170,7 +170,12 @@ pub fn capture(
         devices: previous.devices.clone(),
         tables: tables
             .iter()
-            .map(|t| (t.name().to_string(), base_rows.get(t.name()).copied().unwrap_or(0)))
+            .map(|t| {
+                (
+                    t.name().to_string(),
+                    base_rows.get(t.name()).copied().unwrap_or(0),
+                )
+            })
             .collect(),
         ..Default::default()
     }));
@@ -409,10 +414,10 @@ pub fn capture(
     json.end = Some(ending.key().into());
     // Totals over every session of the capture.
     json.events_lost = previous.events_lost + report.events_lost.iter().sum::<u64>();
-    json.events_lost_before_attach = previous.events_lost_before_attach
-        + report.events_lost_before_attach.iter().sum::<u64>();
-    json.events_lost_collector_died = previous.events_lost_collector_died
-        + report.events_lost_collector_died.iter().sum::<u64>();
+    json.events_lost_before_attach =
+        previous.events_lost_before_attach + report.events_lost_before_attach.iter().sum::<u64>();
+    json.events_lost_collector_died =
+        previous.events_lost_collector_died + report.events_lost_collector_died.iter().sum::<u64>();
     json.duration_seconds = started.elapsed().as_secs_f64();
     reserve.release();
     json.write(&setup.out)?;
@@ -588,7 +593,10 @@ impl std::fmt::Display for Summary {
         }
         let again: u64 = self.events_already_captured.iter().sum();
         if again > 0 {
-            writeln!(f, "  events already in the capture, not written again: {again}")?;
+            writeln!(
+                f,
+                "  events already in the capture, not written again: {again}"
+            )?;
         }
         writeln!(
             f,

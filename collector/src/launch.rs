@@ -211,15 +211,13 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", qmp.display()));
     stop_with_us(&mut command);
-    let mut child = command
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => anyhow!("cannot start QEMU: {qemu:?} not found"),
-            std::io::ErrorKind::PermissionDenied => {
-                anyhow!("cannot start QEMU: {qemu:?} is not executable")
-            }
-            _ => anyhow!("cannot start QEMU {qemu:?}: {e}"),
-        })?;
+    let mut child = command.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow!("cannot start QEMU: {qemu:?} not found"),
+        std::io::ErrorKind::PermissionDenied => {
+            anyhow!("cannot start QEMU: {qemu:?} is not executable")
+        }
+        _ => anyhow!("cannot start QEMU {qemu:?}: {e}"),
+    })?;
     let pid = child.id();
 
     let seg = match wait_for_segment(&mut child, signals) {

@@ -28,7 +28,6 @@ use polars_parquet::write::{
     StatisticsOptions, Version, WriteOptions, ZstdLevel,
 };
 
-
 /// The encoding of a column chosen by its name (see the module docs), or
 /// `None`: polars' default for its type (a dictionary for numbers and
 /// strings, plain for booleans).
@@ -86,10 +85,17 @@ mod tests {
     #[test]
     fn a_written_file_reads_back_exactly() {
         let n = 10_000u64;
-        let icount: Vec<u64> = (0..n).map(|i| i * 3).chain([u64::MAX - 1, u64::MAX]).collect();
-        let vaddr: Vec<u64> = (0..n + 2).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+        let icount: Vec<u64> = (0..n)
+            .map(|i| i * 3)
+            .chain([u64::MAX - 1, u64::MAX])
+            .collect();
+        let vaddr: Vec<u64> = (0..n + 2)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
         let pc: Vec<u64> = (0..n + 2).map(|i| 0x1000 + (i % 7) * 4).collect();
-        let typ: Vec<&str> = (0..n + 2).map(|i| if i % 3 == 0 { "W" } else { "R" }).collect();
+        let typ: Vec<&str> = (0..n + 2)
+            .map(|i| if i % 3 == 0 { "W" } else { "R" })
+            .collect();
         let io: Vec<bool> = (0..n + 2).map(|i| i % 5 == 0).collect();
         let mut df = df!(
             "icount" => icount,

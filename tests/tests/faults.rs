@@ -252,10 +252,14 @@ fn wait_for_parts(c: &mut Proc, dir: &Path, n: usize) {
 }
 
 fn wait_for_table_parts(c: &mut Proc, dir: &Path, table: &str, n: usize) {
-    wait_until(Duration::from_secs(60), &format!("{n} {table} parts"), || {
-        assert!(c.alive(), "the collector exited: {}", c.stderr());
-        parts(dir, table).len() >= n
-    });
+    wait_until(
+        Duration::from_secs(60),
+        &format!("{n} {table} parts"),
+        || {
+            assert!(c.alive(), "the collector exited: {}", c.stderr());
+            parts(dir, table).len() >= n
+        },
+    );
 }
 
 /// The finished parts of a table (`part-*.parquet`), in order; temporary
@@ -635,7 +639,11 @@ fn collector_killed_then_capture_appended() {
     assert!(before > 0, "accesses were lost while detached");
     assert!(r.len() <= 3, "{r:?}");
     if died > 0 {
-        assert_eq!(r[1].0 - r[0].1 - 1, died, "the first gap is the unwritten span");
+        assert_eq!(
+            r[1].0 - r[0].1 - 1,
+            died,
+            "the first gap is the unwritten span"
+        );
     }
     assert!(stderr.contains(&format!("events lost before we attached: {before}")));
     // The MMIO rows too: each access at most once.
@@ -717,7 +725,11 @@ fn collector_killed_then_insn_capture_appended() {
     // drained again have no pc, and the capture says so.
     let no_pc = insn.column("pc").unwrap().null_count();
     let unknown = stat(&d, "blocks_unknown", None);
-    assert_eq!(no_pc > 0, unknown > 0, "{no_pc} rows without pc, {unknown} blocks unknown");
+    assert_eq!(
+        no_pc > 0,
+        unknown > 0,
+        "{no_pc} rows without pc, {unknown} blocks unknown"
+    );
     let died = stat(&d, "events_lost_collector_died.insn", Some(0));
     let before = stat(&d, "events_lost_before_attach", Some(0));
     eprintln!("died {died}, before {before}, rows without pc {no_pc}, blocks unknown {unknown}");
@@ -830,14 +842,18 @@ fn a_killed_qemu_s_segment_is_removed_by_the_next_one() {
     let dir = capture_dir("faults-stale-segment");
     let mut first = start_qemu(&m3loop(0), &m, &dir);
     let stale = segment_path(first.pid());
-    wait_until(Duration::from_secs(10), "the first segment", || stale.exists());
+    wait_until(Duration::from_secs(10), "the first segment", || {
+        stale.exists()
+    });
     first.signal(Signal::SIGKILL);
     first.wait(Duration::from_secs(10));
     assert!(stale.exists(), "nothing ran in QEMU to remove it");
 
     let second = start_qemu(&m3loop(0), &m, &dir.with_extension("second"));
     let fresh = segment_path(second.pid());
-    wait_until(Duration::from_secs(10), "the second segment", || fresh.exists());
+    wait_until(Duration::from_secs(10), "the second segment", || {
+        fresh.exists()
+    });
     assert!(!stale.exists(), "the second QEMU removed the stale segment");
 }
 
