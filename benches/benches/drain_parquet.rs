@@ -28,9 +28,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use trace_collector::{attach, AttachArgs};
 use trace_schema::events_capnp::meta;
-use trace_schema::layout::{
-    self, state, Geometry, Header, SegmentView, HEADER_BYTES, LAYOUT_VERSION, MAGIC, OPTIONS_BYTES,
-};
+use trace_schema::layout::{self, state, Geometry, Header, SegmentView};
 use trace_schema::record::{
     Event, EVENT_RECORD_BYTES, FLAG_IO, FLAG_STORE, KIND_BLOCK, KIND_MEM, NO_DEVICE,
 };
@@ -83,19 +81,7 @@ impl FakeSegment {
             );
             assert!(base != libc::MAP_FAILED);
             libc::close(fd);
-            let h = &mut *(base as *mut Header);
-            h.layout_version = LAYOUT_VERSION;
-            h.header_bytes = HEADER_BYTES as u32;
-            h.event_record_bytes = EVENT_RECORD_BYTES as u32;
-            h.n_vcpus = geometry.n_vcpus;
-            h.event_ring_bytes = geometry.event_ring_bytes;
-            h.meta_ring_bytes = geometry.meta_ring_bytes;
-            h.segment_bytes = len as u64;
-            h.qemu_pid = pid;
-            let n = options.len().min(OPTIONS_BYTES);
-            h.options[..n].copy_from_slice(&options.as_bytes()[..n]);
-            h.options_len = n as u32;
-            h.magic.store(MAGIC, Ordering::Release);
+            (*(base as *mut Header)).initialise(geometry, pid, options);
             let view = SegmentView::new(base as *mut u8, geometry);
             FakeSegment {
                 name,

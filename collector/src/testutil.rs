@@ -14,7 +14,7 @@ use nix::sys::mman::{mmap, munmap, shm_open, shm_unlink, MapFlags, ProtFlags};
 use nix::sys::stat::Mode;
 use nix::unistd::ftruncate;
 use trace_schema::events_capnp::meta;
-use trace_schema::layout::{Geometry, Header, SegmentView, HEADER_BYTES, LAYOUT_VERSION, MAGIC};
+use trace_schema::layout::{Geometry, Header, SegmentView};
 use trace_schema::record::{
     Event, EVENT_RECORD_BYTES, FLAG_IO, FLAG_STORE, KIND_BLOCK, KIND_MEM, NO_DEVICE,
 };
@@ -70,17 +70,7 @@ impl FakeShim {
         }
         .unwrap();
         let h = unsafe { &mut *(base.as_ptr() as *mut Header) };
-        h.layout_version = LAYOUT_VERSION;
-        h.header_bytes = HEADER_BYTES as u32;
-        h.event_record_bytes = EVENT_RECORD_BYTES as u32;
-        h.n_vcpus = g.n_vcpus;
-        h.event_ring_bytes = g.event_ring_bytes;
-        h.meta_ring_bytes = g.meta_ring_bytes;
-        h.segment_bytes = len as u64;
-        h.qemu_pid = std::process::id();
-        h.options[..options.len()].copy_from_slice(options.as_bytes());
-        h.options_len = options.len() as u32;
-        h.magic.store(MAGIC, Ordering::Release);
+        h.initialise(g, std::process::id(), options);
         let view = unsafe { SegmentView::new(base.as_ptr() as *mut u8, g) };
         FakeShim {
             name,

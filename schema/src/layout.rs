@@ -220,6 +220,27 @@ impl std::fmt::Display for LayoutError {
 impl std::error::Error for LayoutError {}
 
 impl Header {
+    /// Writes the header of a fresh (all-zero) segment of `geometry` for QEMU
+    /// process `qemu_pid`, with the shim's `options` (cut to `OPTIONS_BYTES`),
+    /// the magic last: everything else stays zero (rings empty, counters 0,
+    /// state WAITING). `geometry` must have passed `Geometry::check`.
+    pub fn initialise(&mut self, geometry: Geometry, qemu_pid: u32, options: &str) {
+        self.layout_version = LAYOUT_VERSION;
+        self.header_bytes = HEADER_BYTES as u32;
+        self.event_record_bytes = EVENT_RECORD_BYTES as u32;
+        self.n_vcpus = geometry.n_vcpus;
+        self.event_ring_bytes = geometry.event_ring_bytes;
+        self.meta_ring_bytes = geometry.meta_ring_bytes;
+        self.segment_bytes = geometry.segment_bytes().expect("a checked geometry");
+        self.qemu_pid = qemu_pid;
+        let n = options.len().min(OPTIONS_BYTES);
+        self.options[..n].copy_from_slice(&options.as_bytes()[..n]);
+        self.options_len = n as u32;
+        // Release: a collector that reads the magic with Acquire sees every
+        // header field written above.
+        self.magic.store(MAGIC, Ordering::Release);
+    }
+
     /// Validates a mapped header before anything else in the segment is
     /// touched; returns the geometry, every offset of which lies inside
     /// `mapped_len` bytes.
@@ -330,15 +351,7 @@ mod tests {
     fn segment(g: Geometry) -> Vec<u64> {
         let bytes = g.segment_bytes().unwrap();
         let mut mem = vec![0u64; bytes as usize / 8];
-        let h = unsafe { &mut *(mem.as_mut_ptr() as *mut Header) };
-        h.layout_version = LAYOUT_VERSION;
-        h.header_bytes = HEADER_BYTES as u32;
-        h.event_record_bytes = EVENT_RECORD_BYTES as u32;
-        h.n_vcpus = g.n_vcpus;
-        h.event_ring_bytes = g.event_ring_bytes;
-        h.meta_ring_bytes = g.meta_ring_bytes;
-        h.segment_bytes = bytes;
-        h.magic.store(MAGIC, Ordering::Release);
+        header(&mut mem).initialise(g, 0, "");
         mem
     }
 

@@ -7,10 +7,7 @@
 //! killed outright are removed by the next QEMU that loads the shim.
 
 use std::ffi::CString;
-use trace_schema::layout::{
-    self, Geometry, Header, SegmentView, HEADER_BYTES, LAYOUT_VERSION, MAGIC, OPTIONS_BYTES,
-};
-use trace_schema::record::EVENT_RECORD_BYTES;
+use trace_schema::layout::{self, Geometry, Header, SegmentView};
 use trace_schema::sync::Ordering;
 
 pub struct Segment {
@@ -63,21 +60,7 @@ impl Segment {
         // The file is fresh from ftruncate, so every byte is zero: all rings
         // are empty, all counters 0, state WAITING.
         let header = unsafe { &mut *(base as *mut Header) };
-        header.layout_version = LAYOUT_VERSION;
-        header.header_bytes = HEADER_BYTES as u32;
-        header.event_record_bytes = EVENT_RECORD_BYTES as u32;
-        header.n_vcpus = geometry.n_vcpus;
-        header.event_ring_bytes = geometry.event_ring_bytes;
-        header.meta_ring_bytes = geometry.meta_ring_bytes;
-        header.segment_bytes = bytes;
-        header.qemu_pid = pid;
-        let opts = options.as_bytes();
-        let n = opts.len().min(OPTIONS_BYTES);
-        header.options[..n].copy_from_slice(&opts[..n]);
-        header.options_len = n as u32;
-        // Release: a collector that reads the magic with Acquire sees every
-        // header field written above.
-        header.magic.store(MAGIC, Ordering::Release);
+        header.initialise(geometry, pid, options);
 
         let view = unsafe { SegmentView::new(base as *mut u8, geometry) };
         Ok(Segment { name, view })
