@@ -13,7 +13,6 @@
 //! - the losses the remaining `stats` parts already account for are not
 //!   counted again.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -31,8 +30,8 @@ pub struct AppendPlan {
     pub previous: CaptureJson,
     /// Per table (`Table::index`): the number of its next part.
     pub first_part: [u32; 5],
-    /// Rows per table in the parts kept.
-    pub rows: BTreeMap<String, u64>,
+    /// Per table (`Table::index`): rows in the parts kept.
+    pub rows: [u64; 5],
     /// Per vCPU, per table: records below this index have their rows of
     /// that table in the kept parts.
     pub skip_below: Vec<[u64; 5]>,
@@ -121,7 +120,7 @@ pub fn prepare(
         }
         remove_temporaries(&tdir)?;
         plan.first_part[t.index()] = next;
-        plan.rows.insert(t.name().to_string(), rows);
+        plan.rows[t.index()] = rows;
     }
     plan.previous = previous;
     Ok(plan)
@@ -269,8 +268,7 @@ mod tests {
         assert_eq!(plan.removed, vec![d.join("mem/part-000002.parquet")]);
         assert!(!d.join("mem/.part-000003.parquet.tmp").exists());
         assert_eq!(plan.first_part, [2, 1, 0, 0, 1]);
-        assert_eq!(plan.rows["mem"], 20);
-        assert_eq!(plan.rows["mmio"], 3);
+        assert_eq!(plan.rows, [20, 3, 0, 0, 3]);
         assert_eq!(plan.skip_below, committed().events);
         assert_eq!(plan.lost_accounted, vec![0, 11]);
     }

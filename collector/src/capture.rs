@@ -120,23 +120,11 @@ pub fn capture(
             "took over from collector pid {dead}, which had died"
         ));
     }
-    let lost_at_attach: Vec<u64> = (0..n_vcpus)
-        .map(|v| {
-            seg.view()
-                .vcpu(v)
-                .counters
-                .events_lost
-                .load(Ordering::Relaxed)
-        })
-        .collect();
-    let resumed = match resume_point(seg, setup, &command, &options, &lost_at_attach) {
-        Ok(r) => r,
-        Err(e) => {
-            // Do not leave the shim attached to a collector that is giving up.
-            seg.detach();
-            return Err(e);
-        }
-    };
+    let lost_at_attach = lost_counters(seg);
+    let resumed = or_detach(
+        seg,
+        resume_point(seg, setup, &command, &options, &lost_at_attach),
+    )?;
     let ResumePoint {
         committed,
         first_index,
@@ -151,7 +139,7 @@ pub fn capture(
         ));
     }
     let previous = setup.append.clone().unwrap_or_default();
-    let base_rows = plan.rows.clone();
+    let base_rows = plan.rows;
     let json = Arc::new(Mutex::new(CaptureJson {
         format_version: FORMAT_VERSION,
         complete: false,
@@ -170,12 +158,7 @@ pub fn capture(
         devices: previous.devices.clone(),
         tables: tables
             .iter()
-            .map(|t| {
-                (
-                    t.name().to_string(),
-                    base_rows.get(t.name()).copied().unwrap_or(0),
-                )
-            })
+            .map(|t| (t.name().to_string(), base_rows[t.index()]))
             .collect(),
         ..Default::default()
     }));
@@ -184,11 +167,10 @@ pub fn capture(
         let json = json.clone();
         let out = setup.out.clone();
         let tables = tables.clone();
-        let base_rows = base_rows.clone();
         Box::new(move |p: &crate::parquet_sink::SinkProgress| {
             let mut j = json.lock().unwrap();
             for t in &tables {
-                let base = base_rows.get(t.name()).copied().unwrap_or(0);
+                let base = base_rows[t.index()];
                 j.tables.insert(t.name().to_string(), base + p.rows(*t));
             }
             if let Err(e) = j.write(&out) {
@@ -211,20 +193,17 @@ pub fn capture(
             None => first_index.iter().map(|&i| [i; 5]).collect(),
         },
     };
-    let sink = match PartSink::start(
-        setup.out.clone(),
-        setup.names.clone(),
-        plan.first_part,
-        start,
-        on_part,
-        on_commit,
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            seg.detach();
-            return Err(e);
-        }
-    };
+    let sink = or_detach(
+        seg,
+        PartSink::start(
+            setup.out.clone(),
+            setup.names.clone(),
+            plan.first_part,
+            start,
+            on_part,
+            on_commit,
+        ),
+    )?;
     let resume = Resume {
         first_index,
         skip_below: plan.skip_below.clone(),
@@ -232,35 +211,15 @@ pub fn capture(
     };
     let mut drainer = Drainer::new(*seg.view(), events, setup.part_rows, sink, resume);
     let mut progress = Progress::new(setup.show_progress);
-    if let Err(e) = json.lock().unwrap().write(&setup.out) {
-        // Do not leave the shim attached to a collector that is giving up.
-        seg.detach();
-        return Err(e);
-    }
+    or_detach(seg, json.lock().unwrap().write(&setup.out))?;
     let mut reserve = output::SpaceReserve::new(&setup.out);
 
-    let lost_counters = |seg: &Segment| -> Vec<u64> {
-        (0..n_vcpus)
-            .map(|v| {
-                seg.view()
-                    .vcpu(v)
-                    .counters
-                    .events_lost
-                    .load(Ordering::Relaxed)
-            })
-            .collect()
-    };
     let mut lost_at_stop: Option<Vec<u64>> = None;
     let lost_now = |seg: &Segment| -> u64 {
-        (0..n_vcpus)
-            .map(|v| {
-                seg.view()
-                    .vcpu(v)
-                    .counters
-                    .events_lost
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(lost_at_attach[v as usize])
-            })
+        lost_counters(seg)
+            .iter()
+            .zip(&lost_at_attach)
+            .map(|(now, then)| now.saturating_sub(*then))
             .sum()
     };
 
@@ -375,7 +334,7 @@ pub fn capture(
             let _ = drainer.finish(info);
             let mut j = json.lock().unwrap();
             for t in &tables {
-                let base = base_rows.get(t.name()).copied().unwrap_or(0);
+                let base = base_rows[t.index()];
                 j.tables
                     .insert(t.name().to_string(), base + sink_progress.rows(*t));
             }
@@ -408,7 +367,7 @@ pub fn capture(
         }
     }
     for (t, rows) in &report.rows {
-        let base = base_rows.get(t.name()).copied().unwrap_or(0);
+        let base = base_rows[t.index()];
         json.tables.insert(t.name().to_string(), base + *rows);
     }
     json.end = Some(ending.key().into());
@@ -430,6 +389,28 @@ pub fn capture(
         warnings,
         out: setup.out.clone(),
     })
+}
+
+/// `r`, after detaching from `seg` if it is an error: the shim must not stay
+/// attached to a collector that is giving up before its capture started.
+fn or_detach<T>(seg: &Segment, r: Result<T>) -> Result<T> {
+    if r.is_err() {
+        seg.detach();
+    }
+    r
+}
+
+/// The shim's `events_lost` counter of each vCPU.
+fn lost_counters(seg: &Segment) -> Vec<u64> {
+    (0..seg.view().geometry.n_vcpus)
+        .map(|v| {
+            seg.view()
+                .vcpu(v)
+                .counters
+                .events_lost
+                .load(Ordering::Relaxed)
+        })
+        .collect()
 }
 
 /// Where a capture starts, from what the collectors before it left.
