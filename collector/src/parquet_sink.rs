@@ -94,7 +94,7 @@ impl PartSink {
             .name("parquet-writer".into())
             .spawn(move || -> Result<()> {
                 loop {
-                    let part = match consumer.pop() {
+                    let mut part = match consumer.pop() {
                         Ok(part) => part,
                         Err(_) if consumer.is_abandoned() => match consumer.pop() {
                             Ok(part) => part,
@@ -106,7 +106,7 @@ impl PartSink {
                         }
                     };
                     let table = part.batch.table();
-                    let (number, covers) = (part.number, part.covers.clone());
+                    let (number, covers) = (part.number, std::mem::take(&mut part.covers));
                     // A panic (in polars, say) must end as an error the drain
                     // thread sees: a writer that just vanished would leave it
                     // waiting forever for room in the queue.

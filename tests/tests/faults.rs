@@ -326,6 +326,18 @@ fn check_parts(dir: &Path, table: &str, all_full: bool) -> u64 {
     rows
 }
 
+/// `dir`'s capture.json, after checking that the capture is complete and
+/// ended the way `end` says.
+fn finished_capture(dir: &Path, end: &str) -> serde_json::Value {
+    let j = capture_json(dir);
+    assert_eq!(
+        (j["complete"].as_bool(), j["end"].as_str()),
+        (Some(true), Some(end)),
+        "{j}"
+    );
+    j
+}
+
 fn capture_json(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("capture.json")).unwrap();
     serde_json::from_str(&text).unwrap()
@@ -539,11 +551,7 @@ fn collector_killed_mid_capture() {
     let st = c2.wait(Duration::from_secs(10));
     assert!(st.success(), "{st}: {}", c2.stderr());
     assert!(qemu.alive());
-    let j = capture_json(&d2);
-    assert_eq!(
-        (j["complete"].as_bool(), j["end"].as_str()),
-        (Some(true), Some("interrupted"))
-    );
+    finished_capture(&d2, "interrupted");
     let before = stat(&d2, "events_lost_before_attach", Some(0));
     let lost = stat(&d2, "events_lost", Some(0));
     assert!(before > 0, "the accesses made while detached are counted");
@@ -613,12 +621,8 @@ fn collector_killed_then_capture_appended() {
     assert!(qemu.alive());
     assert_no_panic(&stderr);
 
-    let j = capture_json(&d);
+    let j = finished_capture(&d, "interrupted");
     assert_eq!(j["collector_pids"].as_array().unwrap().len(), 2, "{j}");
-    assert_eq!(
-        (j["complete"].as_bool(), j["end"].as_str()),
-        (Some(true), Some("interrupted"))
-    );
     let rows = check_parts(&d, "mem", false);
     check_parts(&d, "mmio", false);
     assert!(temporaries(&d, "mem").is_empty() && temporaries(&d, "mmio").is_empty());
@@ -772,9 +776,7 @@ fn qemu_killed(run: bool) {
     assert!(stderr.contains("QEMU exited without finishing"), "{stderr}");
     assert!(stderr.contains("capture written to"), "{stderr}");
 
-    let j = capture_json(&dir);
-    assert_eq!(j["complete"], true);
-    assert_eq!(j["end"], "qemu_died");
+    let j = finished_capture(&dir, "qemu_died");
     let exit = j["qemu_exit"].as_str().unwrap();
     assert!(exit.contains("QEMU exited without finishing"), "{exit}");
     if run {
@@ -886,9 +888,7 @@ fn signal_attach(sig: Signal) {
     );
     assert!(stderr.contains("events lost: none"), "{stderr}");
 
-    let j = capture_json(&dir);
-    assert_eq!(j["complete"], true);
-    assert_eq!(j["end"], "interrupted");
+    let j = finished_capture(&dir, "interrupted");
     assert_eq!(j["qemu_exit"], "still running (the collector detached)");
     let rows = check_parts(&dir, "mem", false);
     assert_eq!(assert_prefix(&dir), rows);
@@ -1022,9 +1022,7 @@ fn signal_run(sig: Signal) {
     assert!(stderr.contains("exited with status 0"), "{stderr}");
     assert!(stderr.contains("events lost: none"), "{stderr}");
 
-    let j = capture_json(&dir);
-    assert_eq!(j["complete"], true);
-    assert_eq!(j["end"], "qemu_exited");
+    let j = finished_capture(&dir, "qemu_exited");
     assert_eq!(j["qemu_exit"], "exited with status 0");
     assert!(qemus_with(&m).is_empty());
     assert!(!segment_path(qemu_pid).exists());
