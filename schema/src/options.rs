@@ -7,6 +7,25 @@
 
 use crate::layout::{MAX_RING_BYTES, MIN_RING_BYTES};
 
+/// The option strings QEMU passes to a plugin's `qemu_plugin_install` as
+/// `argc`/`argv` (the shim's and the benchmark plugins'), as Rust strings
+/// (invalid UTF-8 replaced).
+///
+/// # Safety
+/// `argv` must point to `argc` NUL-terminated strings (QEMU's guarantee).
+pub unsafe fn plugin_args(
+    argc: std::ffi::c_int,
+    argv: *const *const std::ffi::c_char,
+) -> Vec<String> {
+    (0..argc.max(0) as usize)
+        .map(|i| {
+            unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) }
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
 /// What to record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventSet {

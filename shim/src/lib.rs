@@ -98,13 +98,7 @@ pub unsafe extern "C" fn qemu_plugin_install(
     argc: c_int,
     argv: *mut *mut c_char,
 ) -> c_int {
-    let args: Vec<String> = (0..argc.max(0) as usize)
-        .map(|i| {
-            unsafe { CStr::from_ptr(*argv.add(i)) }
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
+    let args = unsafe { trace_schema::options::plugin_args(argc, argv as *const *const c_char) };
     match unsafe { install(id, &*info, &args) } {
         Ok(()) => 0,
         Err(message) => {

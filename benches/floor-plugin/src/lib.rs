@@ -20,7 +20,7 @@
 //! `-plugin libbench_floor.so[,mode=mem|exec][,inline=on|off|padded]`
 
 use qemu_plugin_sys::*;
-use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 #[no_mangle]
@@ -95,13 +95,7 @@ pub unsafe extern "C" fn qemu_plugin_install(
     argc: c_int,
     argv: *mut *mut c_char,
 ) -> c_int {
-    let args: Vec<String> = (0..argc.max(0) as usize)
-        .map(|i| {
-            unsafe { CStr::from_ptr(*argv.add(i)) }
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
+    let args = unsafe { trace_schema::options::plugin_args(argc, argv as *const *const c_char) };
     let (mode, inline) = match parse(&args) {
         Ok(o) => o,
         Err(e) => {
