@@ -124,14 +124,7 @@ fn run_capture(
 /// parts: every event arrives once, in order, with its device names.
 #[test]
 fn mem_and_mmio_capture_is_exact() {
-    let shim = FakeShim::new(
-        Geometry {
-            n_vcpus: 2,
-            event_ring_bytes: 4096,
-            meta_ring_bytes: 4096,
-        },
-        "events=mem+mmio",
-    );
+    let shim = FakeShim::small(2, "events=mem+mmio");
     let dir = TempDir::new("mem");
     let out = dir.0.join("cap");
     const N: u64 = 3000;
@@ -316,14 +309,7 @@ fn insn_expansion() {
 /// tells how many instructions ran; without it nothing is written.
 #[test]
 fn unknown_blocks_without_length() {
-    let shim = FakeShim::new(
-        Geometry {
-            n_vcpus: 2,
-            event_ring_bytes: 4096,
-            meta_ring_bytes: 4096,
-        },
-        "events=insn",
-    );
+    let shim = FakeShim::small(2, "events=insn");
     let dir = TempDir::new("unknown");
     let out = dir.0.join("cap");
     run_capture(&shim, &out, 100, |shim| {
@@ -361,14 +347,7 @@ fn unknown_blocks_without_length() {
 /// The last block of unknown length when QEMU did not report its exit: no row.
 #[test]
 fn unknown_last_block_without_exit_has_no_rows() {
-    let shim = FakeShim::new(
-        Geometry {
-            n_vcpus: 1,
-            event_ring_bytes: 4096,
-            meta_ring_bytes: 4096,
-        },
-        "events=insn",
-    );
+    let shim = FakeShim::small(1, "events=insn");
     let dir = TempDir::new("unknown-last");
     let out = dir.0.join("cap");
     let seg = shim.open().unwrap();
@@ -393,14 +372,7 @@ fn unknown_last_block_without_exit_has_no_rows() {
 /// A vCPU's last block when QEMU did not report its exit: the whole block.
 #[test]
 fn last_block_without_exit_is_whole_and_interrupt_detaches() {
-    let shim = FakeShim::new(
-        Geometry {
-            n_vcpus: 1,
-            event_ring_bytes: 4096,
-            meta_ring_bytes: 4096,
-        },
-        "events=insn+mem",
-    );
+    let shim = FakeShim::small(1, "events=insn+mem");
     let dir = TempDir::new("interrupt");
     let out = dir.0.join("cap");
     let seg = shim.open().unwrap();
@@ -475,14 +447,7 @@ fn last_block_without_exit_is_whole_and_interrupt_detaches() {
 /// QEMU killed: the capture ends, the stale segment is removed.
 #[test]
 fn qemu_that_dies_ends_the_capture() {
-    let shim = FakeShim::new(
-        Geometry {
-            n_vcpus: 1,
-            event_ring_bytes: 4096,
-            meta_ring_bytes: 4096,
-        },
-        "",
-    );
+    let shim = FakeShim::small(1, "");
     let mut child = std::process::Command::new("sleep")
         .arg("30")
         .spawn()
@@ -514,14 +479,7 @@ fn qemu_that_dies_ends_the_capture() {
 /// and the capture keeps what came before, marked as failed.
 #[test]
 fn corrupt_ring_is_an_error() {
-    let shim = FakeShim::new(
-        Geometry {
-            n_vcpus: 2,
-            event_ring_bytes: 4096,
-            meta_ring_bytes: 4096,
-        },
-        "events=mem",
-    );
+    let shim = FakeShim::small(2, "events=mem");
     let dir = TempDir::new("corrupt");
     let out = dir.0.join("cap");
     let seg = shim.open().unwrap();

@@ -36,6 +36,18 @@ unsafe impl Send for FakeShim {}
 unsafe impl Sync for FakeShim {}
 
 impl FakeShim {
+    /// A segment of `n_vcpus` with 4 KiB rings (the smallest).
+    pub fn small(n_vcpus: u32, options: &str) -> FakeShim {
+        FakeShim::new(
+            Geometry {
+                n_vcpus,
+                event_ring_bytes: 4096,
+                meta_ring_bytes: 4096,
+            },
+            options,
+        )
+    }
+
     pub fn new(g: Geometry, options: &str) -> FakeShim {
         let name = format!(
             "/trace-collector-test.{}.{}",
