@@ -425,6 +425,24 @@ const COLLECTOR_PID: u64 = 1084;
 /// vCPU 0's `events_lost`: header (4096) + two ring controls (2 * 256) +
 /// `events_written` (8).
 const EVENTS_LOST_0: u64 = 4096 + 512 + 8;
+/// The commit record (schema/src/commit.rs): the current slot (1-based), then
+/// per slot the parts written per table, and vCPU 0's per-slot, per-table
+/// record counts (after its four counters). Table 0 is `mem`.
+const COMMIT_SLOT: u64 = 1104;
+const COMMIT_PARTS: u64 = 1112;
+const COMMITTED_EVENTS_0: u64 = 4096 + 512 + 32;
+
+/// (parts of `mem` written, vCPU 0's records whose `mem` rows they hold),
+/// from the commit record in QEMU `pid`'s segment.
+fn committed_mem(pid: u32) -> (u64, u64) {
+    let slot = shm_read(pid, COMMIT_SLOT, 4);
+    assert!(slot == 1 || slot == 2, "commit slot {slot}");
+    let s = slot - 1;
+    (
+        shm_read(pid, COMMIT_PARTS + s * 5 * 8, 8),
+        shm_read(pid, COMMITTED_EVENTS_0 + s * 5 * 8, 8),
+    )
+}
 const DETACHED: u64 = 2;
 const WAITING: u64 = 0;
 
@@ -523,6 +541,21 @@ fn collector_killed_mid_capture() {
     check_parts(&d1, "mmio", false);
     let written1 = assert_prefix(&d1);
     assert_eq!(written1, rows1);
+    // What the killed collector recorded as written, read before the next
+    // one attaches: its first parts, and exactly the rows in them.
+    let (committed_parts, committed) = committed_mem(qemu.pid());
+    let mem_parts = parts(&d1, "mem");
+    assert!(committed_parts as usize <= mem_parts.len() && committed_parts > 0);
+    let committed_rows: u64 = mem_parts[..committed_parts as usize]
+        .iter()
+        .map(|p| {
+            ParquetReader::new(std::fs::File::open(p).unwrap())
+                .finish()
+                .unwrap()
+                .height() as u64
+        })
+        .sum();
+    assert_eq!(committed, committed_rows);
     let j = capture_json(&d1);
     assert_eq!(j["complete"], false);
     assert!(
@@ -581,12 +614,10 @@ fn collector_killed_mid_capture() {
     );
     assert!(hole <= 4 * PART_ROWS, "{hole}");
     assert!(overlap <= UNRELEASED_RECORDS, "{overlap}");
-    // The second collector counts what the first drained and never
-    // committed: the hole, and any rows of the first capture written after
-    // its last commit.
+    // The second collector counts exactly what the first drained and did not
+    // record as written: from its commit to where the ring was released.
     let died = stat(&d2, "events_lost_collector_died.mem", Some(0));
-    assert!(died >= hole, "died {died} < hole {hole}");
-    assert!(died <= hole + 5 * PART_ROWS, "died {died}, hole {hole}");
+    assert_eq!(died, a0 - committed, "hole {hole}");
 }
 
 /// The collector is SIGKILLed mid-capture and a new one continues the same
