@@ -218,7 +218,17 @@ def dir_bytes(d):
     return sum(f.stat().st_size for f in Path(d).glob("*.parquet")) if Path(d).is_dir() else 0
 
 
-def outcome(cfg, wl, run_dir, log_path, m):
+def instructions(lib, cap):
+    """Rows of the capture's `insn` view: the instructions its `block_exec`
+    rows say ran (read after the timed run)."""
+    r = subprocess.run([str(lib / "trace-query"), "--trace", str(cap), "--format", "csv",
+                        "select sum(insns) as n from block_exec"],
+                       capture_output=True, text=True)
+    lines = r.stdout.split()
+    return int(lines[1]) if r.returncode == 0 and len(lines) == 2 and lines[1].isdigit() else None
+
+
+def outcome(cfg, wl, run_dir, log_path, m, lib):
     text = Path(log_path).read_text(errors="replace")
     m["ok"] = m["exit"] == 0 and wl.marker in text
     if cfg.kind == "floor":
@@ -244,11 +254,14 @@ def outcome(cfg, wl, run_dir, log_path, m):
             j = {}
             m["ok"] = False
         m["events"] = {k: v for k, v in j.get("tables", {}).items() if k != "stats"}
+        if "block_exec" in m["events"]:
+            # Shown as instructions (the `insn` view's rows), as text logs count them.
+            m["events"]["insn"] = instructions(lib, cap)
         m["events_lost"] = j.get("events_lost")
         m["end"] = j.get("end")
         m["complete"] = j.get("complete")
         m["ok"] = m["ok"] and j.get("complete") is True and j.get("end") == "qemu_exited"
-        m["bytes"] = {t: dir_bytes(cap / t) for t in ("mem", "mmio", "insn", "code", "stats")
+        m["bytes"] = {t: dir_bytes(cap / t) for t in ("mem", "mmio", "block_exec", "code", "stats")
                       if (cap / t).is_dir()}
         # keep one capture per configuration for inspection, no more
         keep = run_dir.parent / f"last-capture-{cfg.name}"  # per workload directory
@@ -364,7 +377,9 @@ def bytes_text(cfg, s):
     parts = []
     for t in ("mem", "mmio", "insn"):
         if e.get(t):
-            parts.append(f"{t} {b.get(t, 0) / e[t]:.2f}")
+            # insn: block_exec's files per instruction they describe
+            on_disk = b.get("block_exec", 0) if t == "insn" else b.get(t, 0)
+            parts.append(f"{t} {on_disk / e[t]:.2f}")
     if e.get("mem"):
         total = sum(b.values())
         parts.append(f"all files/mem row {total / e['mem']:.2f}")
@@ -544,7 +559,7 @@ def main():
                     m = run_measured(cmd, log)
                     m.update({"workload": wl.name, "config": c.name, "rep": rep,
                               "cmd": cmd, "load1": os.getloadavg()[0]})
-                    outcome(c, wl, run_dir, log, m)
+                    outcome(c, wl, run_dir, log, m, Path(args.target_dir))
                     if not m["ok"]:
                         tail = log.read_text(errors="replace")[-2000:]
                         print(f"e2e: {wl.name} {c.name} run {rep} FAILED (exit {m['exit']}):\n{tail}",

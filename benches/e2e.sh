@@ -63,10 +63,10 @@ results="${results:-$ROOT/benches/RESULTS.md}"
 mkdir -p "$WORK"
 
 # Everything in release mode (never a debug build).
-cargo build --release -p trace-shim -p trace-collector -p trace-bench-floor -p trace-bench-textlog \
-    -p trace-benches --bin null-collector
+cargo build --release -p trace-shim -p trace-collector -p trace-analyzers -p trace-bench-floor \
+    -p trace-bench-textlog -p trace-benches --bin null-collector
 T="$CARGO_TARGET_DIR/release"
-for f in trace-collector libtrace_shim.so libbench_floor.so libbench_textlog.so null-collector; do
+for f in trace-collector trace-query libtrace_shim.so libbench_floor.so libbench_textlog.so null-collector; do
     [ -e "$T/$f" ] || { echo "e2e.sh: $T/$f was not built" >&2; exit 1; }
 done
 

@@ -358,7 +358,7 @@ pub fn bufmon_windowed(
         Callers::ShadowStack
     };
     let mut report = BufmonReport { lines: 0, callers };
-    let mem = cap.scan_required("mem", "bufmon")?;
+    cap.require("mem", "bufmon")?;
     let Some(matches) = buffers.iter().map(overlaps).reduce(|a, b| a.or(b)) else {
         return Ok(report);
     };
@@ -384,7 +384,7 @@ pub fn bufmon_windowed(
             if let Some(er) = icount_range(cap, "insn", &|lf| lf.filter(events.clone()))? {
                 range = range.union(er);
             }
-            tracker = Some((cap.scan("insn")?, sites, events));
+            tracker = Some((sites, events));
         }
     }
 
@@ -394,14 +394,14 @@ pub fn bufmon_windowed(
     for win in windows(range, window_rows) {
         let acc = accesses(&sorted_window(
             cap,
-            &mem,
+            "mem",
             win,
             Some(matches.clone()),
             &mem_cols(),
         )?)?;
         let caller = match &tracker {
-            Some((insn, sites, events)) => {
-                let ev = sorted_window(cap, insn, win, Some(events.clone()), &insn_cols())?;
+            Some((sites, events)) => {
+                let ev = sorted_window(cap, "insn", win, Some(events.clone()), &insn_cols())?;
                 walk(&ev, sites, &mut stacks, &acc)?
             }
             None => vec![0; acc.len()],

@@ -10,11 +10,19 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use polars::prelude::*;
 
+use crate::stream::Window;
+
 /// How analyzers name an I/O access whose `device` is null.
 pub const UNKNOWN_DEVICE: &str = "unknown";
 
-/// The tables the collector writes, in the order `--tables` lists them.
-pub const STANDARD_TABLES: [&str; 5] = ["mem", "mmio", "insn", "code", "stats"];
+/// The tables of a capture, in the order `--tables` lists them. `insn` is
+/// not written by the collector: it is the view [`Capture::scan`] builds
+/// from `block_exec` and `code` (captures of older versions hold it as a
+/// table, which is then used as is).
+pub const STANDARD_TABLES: [&str; 6] = ["mem", "mmio", "insn", "block_exec", "code", "stats"];
+
+/// The view rebuilt from `block_exec` rather than read from files.
+const INSN: &str = "insn";
 
 /// An open capture directory.
 #[derive(Debug)]
@@ -27,6 +35,8 @@ pub struct Capture {
     corrupt: BTreeMap<String, (PathBuf, String)>,
     /// Problems found while opening that are not fatal.
     open_warnings: Vec<String>,
+    /// `code`'s (block, index, pc), read once for the `insn` view.
+    code_pcs: std::sync::OnceLock<DataFrame>,
 }
 
 /// Name, schema and row count of one table, for `trace-query --tables`.
@@ -111,6 +121,7 @@ impl Capture {
             tables,
             corrupt,
             open_warnings,
+            code_pcs: std::sync::OnceLock::new(),
         })
     }
 
@@ -152,7 +163,7 @@ impl Capture {
     pub fn table_names(&self) -> Vec<String> {
         let mut names: Vec<String> = STANDARD_TABLES
             .iter()
-            .filter(|t| self.tables.contains_key(**t))
+            .filter(|t| self.has_table(t))
             .map(|t| t.to_string())
             .collect();
         names.extend(
@@ -165,7 +176,13 @@ impl Capture {
     }
 
     pub fn has_table(&self, name: &str) -> bool {
-        self.tables.contains_key(name)
+        self.tables.contains_key(name) || (name == INSN && self.insn_is_view())
+    }
+
+    /// `insn` is rebuilt from `block_exec` (the collector writes no `insn`
+    /// files since block executions are a tenth of the rows).
+    fn insn_is_view(&self) -> bool {
+        !self.tables.contains_key(INSN) && self.tables.contains_key("block_exec")
     }
 
     /// The Parquet parts of a table, sorted by name.
@@ -204,6 +221,10 @@ impl Capture {
 
     /// A lazy scan over all parts of a table. Nothing is read until collected.
     pub fn scan(&self, name: &str) -> Result<LazyFrame> {
+        if name == INSN && self.insn_is_view() {
+            // Read once: `code` is only scanned if the query uses `insn`.
+            return Ok(insn_view(self.scan("block_exec")?, self.code_pcs_scan()?));
+        }
         let Some(parts) = self.tables.get(name) else {
             return Err(self.unknown_table_error(name));
         };
@@ -223,8 +244,69 @@ impl Capture {
             .map_err(|e| anyhow!("table '{name}': {e}"))
     }
 
-    /// One lazy scan per Parquet part of a table, in part order.
+    /// The rows of `name` whose `icount` is in `w`, as a lazy frame. For
+    /// the `insn` view the window first selects the block executions that
+    /// overlap it (a filter the Parquet scan of `block_exec` can use), so a
+    /// window costs its own rows, not the whole table's.
+    pub fn scan_window(&self, name: &str, w: Window) -> Result<LazyFrame> {
+        if name == INSN && self.insn_is_view() {
+            let mut overlaps =
+                (col("icount") + col("insns").cast(DataType::UInt64)).gt(lit(w.start));
+            if let Some(end) = w.end {
+                overlaps = overlaps.and(col("icount").lt(lit(end)));
+            }
+            let blocks = self.scan("block_exec")?.filter(overlaps);
+            return Ok(w.filter(insn_view(blocks, self.code_pcs()?.clone().lazy())));
+        }
+        Ok(w.filter(self.scan(name)?))
+    }
+
+    /// `code`'s (block, index, pc), each (block, index) once, read at the
+    /// first use and kept: the windows and parts of one analysis all join
+    /// with it. Small next to the instructions: one row per translated
+    /// instruction.
+    fn code_pcs(&self) -> Result<&DataFrame> {
+        if let Some(df) = self.code_pcs.get() {
+            return Ok(df);
+        }
+        let df = self.collect(self.code_pcs_scan()?)?;
+        Ok(self.code_pcs.get_or_init(|| df))
+    }
+
+    /// A lazy scan of `code`'s (block, index, pc), each (block, index) once
+    /// (an empty frame when there is no `code`).
+    fn code_pcs_scan(&self) -> Result<LazyFrame> {
+        if !self.tables.contains_key("code") {
+            let schema = Schema::from_iter([
+                Field::new("block".into(), DataType::UInt64),
+                Field::new("index".into(), DataType::UInt32),
+                Field::new("pc".into(), DataType::UInt64),
+            ]);
+            return Ok(DataFrame::empty_with_schema(&schema).lazy());
+        }
+        Ok(self
+            .scan("code")?
+            .select([
+                col("block").cast(DataType::UInt64),
+                col("index").cast(DataType::UInt32),
+                col("pc").cast(DataType::UInt64),
+            ])
+            .unique(
+                Some(by_name(["block", "index"], true, false)),
+                UniqueKeepStrategy::First,
+            ))
+    }
+
+    /// One lazy scan per Parquet part of a table, in part order (for the
+    /// `insn` view: per part of `block_exec`).
     pub fn scan_parts(&self, name: &str) -> Result<Vec<LazyFrame>> {
+        if name == INSN && self.insn_is_view() {
+            return self
+                .scan_parts("block_exec")?
+                .into_iter()
+                .map(|part| Ok(insn_view(part, self.code_pcs()?.clone().lazy())))
+                .collect();
+        }
         let Some(parts) = self.tables.get(name) else {
             return Err(self.unknown_table_error(name));
         };
@@ -242,9 +324,9 @@ impl Capture {
             .collect()
     }
 
-    /// A scan of a table the analyzer needs, with a message naming the
-    /// analyzer when the table is missing.
-    pub(crate) fn scan_required(&self, name: &str, who: &str) -> Result<LazyFrame> {
+    /// Fails, with a message naming the analyzer, when the capture lacks a
+    /// table the analyzer needs.
+    pub(crate) fn require(&self, name: &str, who: &str) -> Result<()> {
         if !self.has_table(name) {
             bail!(
                 "{who} needs the '{name}' table, which the capture in {} does not have \
@@ -253,6 +335,12 @@ impl Capture {
                 self.table_names().join(", ")
             );
         }
+        Ok(())
+    }
+
+    /// A scan of a table the analyzer needs (see [`Capture::require`]).
+    pub(crate) fn scan_required(&self, name: &str, who: &str) -> Result<LazyFrame> {
+        self.require(name, who)?;
         self.scan(name)
     }
 
@@ -329,8 +417,11 @@ impl Capture {
     pub fn table_info(&self) -> Result<Vec<TableInfo>> {
         let mut out = Vec::new();
         for name in self.table_names() {
-            let parts = self.tables[&name].len();
-            if let Some(e) = self.corrupt_error(&name) {
+            let view = name == INSN && self.insn_is_view();
+            // The view's files are block_exec's (and code's).
+            let source = if view { "block_exec" } else { name.as_str() };
+            let parts = self.tables[source].len();
+            if let Some(e) = self.corrupt_error(source) {
                 return Err(e);
             }
             let mut lf = self.scan(&name)?;
@@ -344,7 +435,14 @@ impl Capture {
                 .iter()
                 .map(|(n, dt)| (n.to_string(), dt.to_string()))
                 .collect();
-            let counted = self.collect(lf.select([len().alias("n")]))?;
+            let count = if view {
+                // As many rows as instructions ran, without the join.
+                self.scan("block_exec")?
+                    .select([col("insns").cast(DataType::UInt64).sum().alias("n")])
+            } else {
+                lf.select([len().alias("n")])
+            };
+            let counted = self.collect(count)?;
             let rows = counted
                 .column("n")?
                 .cast(&DataType::UInt64)?
@@ -506,6 +604,43 @@ impl Capture {
             })
             .collect())
     }
+}
+
+/// One row per instruction that ran: each `block_exec` row's first
+/// `insns` instructions, their pcs from `code` (null when the block's
+/// description is missing: `blocks_unknown`), in `block_exec` order.
+/// `code`: (block, index, pc), each (block, index) once.
+fn insn_view(blocks: LazyFrame, code: LazyFrame) -> LazyFrame {
+    blocks
+        .filter(col("insns").gt(lit(0u32)))
+        .select([
+            col("vcpu"),
+            col("icount"),
+            col("block"),
+            int_ranges(lit(0u32), col("insns"), lit(1u32), DataType::UInt32).alias("index"),
+        ])
+        .explode(
+            by_name(["index"], true, false),
+            ExplodeOptions {
+                empty_as_null: false,
+                keep_nulls: false,
+            },
+        )
+        .join(
+            code,
+            [col("block"), col("index")],
+            [col("block"), col("index")],
+            JoinArgs {
+                maintain_order: MaintainOrderJoin::Left,
+                ..JoinArgs::new(JoinType::Left)
+            },
+        )
+        .select([
+            col("vcpu"),
+            (col("icount") + col("index").cast(DataType::UInt64)).alias("icount"),
+            col("pc"),
+            col("block"),
+        ])
 }
 
 /// The `*.parquet` files of a table directory (hidden and temporary files

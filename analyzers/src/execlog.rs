@@ -42,13 +42,9 @@ pub fn execlog_windowed(
     w: &mut dyn Write,
     window_rows: u64,
 ) -> Result<ExeclogReport> {
-    let insn = cap.scan_required("insn", "execlog")?;
+    cap.require("insn", "execlog")?;
     let code = load_code(cap)?;
-    let mem = if cap.has_table("mem") {
-        Some(cap.scan("mem")?)
-    } else {
-        None
-    };
+    let mem = cap.has_table("mem");
     let insn_cols = [
         col("vcpu").cast(DataType::UInt32),
         col("icount").cast(DataType::UInt64),
@@ -69,13 +65,14 @@ pub fn execlog_windowed(
     };
     let mut line = String::new();
     for win in windows(range, window_rows) {
-        let df = sorted_window(cap, &insn, win, None, &insn_cols)?;
+        let df = sorted_window(cap, "insn", win, None, &insn_cols)?;
         if df.height() == 0 {
             continue;
         }
-        let accesses = match &mem {
-            Some(mem) => Some(sorted_window(cap, mem, win, None, &mem_cols)?),
-            None => None,
+        let accesses = if mem {
+            Some(sorted_window(cap, "mem", win, None, &mem_cols)?)
+        } else {
+            None
         };
         let vcpu = df.column("vcpu")?.u32()?;
         let icount = df.column("icount")?.u64()?;

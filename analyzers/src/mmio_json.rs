@@ -28,7 +28,7 @@ pub fn mmio_json(cap: &Capture, w: &mut dyn Write) -> Result<u64> {
 
 /// [`mmio_json`] reading about `window_rows` accesses at a time.
 pub fn mmio_json_windowed(cap: &Capture, w: &mut dyn Write, window_rows: u64) -> Result<u64> {
-    let raw = cap.scan_required("mmio", "mmio-json")?;
+    cap.require("mmio", "mmio-json")?;
     let cols = [
         col("vcpu").cast(DataType::UInt32),
         col("icount").cast(DataType::UInt64),
@@ -49,7 +49,7 @@ pub fn mmio_json_windowed(cap: &Capture, w: &mut dyn Write, window_rows: u64) ->
     let mut pending: Option<String> = None;
     let range = icount_range(cap, "mmio", &|lf| lf)?;
     for win in range.map(|r| windows(r, window_rows)).unwrap_or_default() {
-        let df = sorted_window(cap, &raw, win, None, &cols)?;
+        let df = sorted_window(cap, "mmio", win, None, &cols)?;
         let pc = df.column("pc")?.u64()?;
         let ty = df.column("type")?.str()?;
         let vaddr = df.column("vaddr")?.u64()?;

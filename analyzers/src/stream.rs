@@ -117,17 +117,17 @@ pub fn by_icount_vcpu() -> SortMultipleOptions {
     SortMultipleOptions::default().with_maintain_order(true)
 }
 
-/// Collects the rows of `raw` (a table scan, before any projection) in
-/// window `w` that `filter` keeps, projected to `projection` (which must
-/// produce `icount` and `vcpu`), sorted by (icount, vcpu), as one chunk.
+/// Collects the rows of `table` in window `w` that `filter` keeps,
+/// projected to `projection` (which must produce `icount` and `vcpu`),
+/// sorted by (icount, vcpu), as one chunk.
 pub fn sorted_window(
     cap: &Capture,
-    raw: &LazyFrame,
+    table: &str,
     w: Window,
     filter: Option<Expr>,
     projection: &[Expr],
 ) -> Result<DataFrame> {
-    let mut lf = w.filter(raw.clone());
+    let mut lf = cap.scan_window(table, w)?;
     if let Some(f) = filter {
         lf = lf.filter(f);
     }

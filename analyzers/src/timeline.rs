@@ -44,7 +44,7 @@ struct Lane {
 /// Writes the SVG picture of the capture's `mmio` table to `w`.
 pub fn timeline(cap: &Capture, w: &mut dyn Write) -> Result<TimelineReport> {
     // Fails early, naming the analyzer, when there is no mmio table.
-    let _ = cap.scan_required("mmio", "timeline")?;
+    cap.require("mmio", "timeline")?;
     let range = crate::stream::icount_range(cap, "mmio", &|lf| lf)?;
     let mut lanes: BTreeMap<String, Lane> = BTreeMap::new();
     let (lo, hi) = range.map_or((0, 0), |r| (r.lo, r.hi));

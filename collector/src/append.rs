@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use polars::prelude::{ParquetReader, SerReader};
 use trace_schema::commit::Committed;
 
-use crate::output::CaptureJson;
+use crate::output::{CaptureJson, FORMAT_VERSION};
 use crate::parquet_file::part_rows;
 use crate::tables::Table;
 
@@ -39,9 +39,9 @@ pub struct AppendPlan {
     pub lost_accounted: Vec<u64>,
     /// Uncommitted parts removed.
     pub removed: Vec<PathBuf>,
-    /// The blocks the kept `code` parts describe: (block id, the pc of each
-    /// instruction in order).
-    pub blocks: Vec<(u64, Vec<u64>)>,
+    /// The blocks the kept `code` parts describe: (block id, instruction
+    /// count).
+    pub blocks: Vec<(u64, u32)>,
 }
 
 /// Reads `dir`'s capture.json, or `None` when it holds no capture.
@@ -75,6 +75,13 @@ pub fn prepare(
             previous.qemu_pid,
             previous.qemu_command.join(" "),
             qemu_command.join(" ")
+        );
+    }
+    if previous.format_version != FORMAT_VERSION {
+        bail!(
+            "--append: {d} holds a capture in format version {}, this collector writes version \
+             {FORMAT_VERSION}: capture into a new directory",
+            previous.format_version
         );
     }
     if previous.shim_options != shim_options {
@@ -162,20 +169,16 @@ fn remove_temporaries(tdir: &Path) -> Result<()> {
 
 /// Adds the blocks a `code` part describes (its rows are in block, index
 /// order per block).
-fn add_blocks(path: &Path, blocks: &mut Vec<(u64, Vec<u64>)>) -> Result<()> {
+fn add_blocks(path: &Path, blocks: &mut Vec<(u64, u32)>) -> Result<()> {
     let file = std::fs::File::open(path)?;
     let df = ParquetReader::new(file)
         .finish()
         .with_context(|| format!("--append: cannot read {}", path.display()))?;
     let ids = df.column("block")?.u64()?.clone();
-    let pcs = df.column("pc")?.u64()?.clone();
-    for (id, pc) in ids.iter().zip(pcs.iter()) {
-        let (Some(id), Some(pc)) = (id, pc) else {
-            continue;
-        };
+    for id in ids.iter().flatten() {
         match blocks.last_mut() {
-            Some((last, list)) if *last == id => list.push(pc),
-            _ => blocks.push((id, vec![pc])),
+            Some((last, n)) if *last == id => *n += 1,
+            _ => blocks.push((id, 1)),
         }
     }
     Ok(())
@@ -215,11 +218,12 @@ mod tests {
             qemu_command: vec!["qemu-system-arm".into(), "-M".into(), "virt".into()],
             shim_options: "events=mem+mmio".into(),
             collector_pids: vec![7],
+            format_version: FORMAT_VERSION,
             ..Default::default()
         }
     }
 
-    /// Parts written: 2 of mem, 1 of mmio, none of insn and code, 1 of stats.
+    /// Parts written: 2 of mem, 1 of mmio, none of block_exec and code, 1 of stats.
     fn committed() -> Committed {
         Committed {
             collector_pid: 7,
@@ -289,6 +293,13 @@ mod tests {
         };
         let e = prepare_with(d, other_options, &committed()).unwrap_err();
         assert!(e.to_string().contains("shim options"), "{e}");
+        // Written by a collector of another format (version 1: `insn` rows).
+        let older = CaptureJson {
+            format_version: 1,
+            ..previous()
+        };
+        let e = prepare_with(d, older, &committed()).unwrap_err();
+        assert!(e.to_string().contains("format version 1"), "{e}");
         // The segment's commit is another collector's (it continued the
         // capture elsewhere): the kept records are not in this directory.
         let elsewhere = Committed {

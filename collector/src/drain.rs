@@ -1,20 +1,20 @@
 //! From the rings to the table batches: decoding event records and meta
-//! messages, resolving device ids, and expanding executed blocks into one
-//! `insn` row per instruction.
+//! messages, resolving device ids, and turning block events into
+//! `block_exec` rows (block, first icount, instructions that ran).
 //!
-//! Block expansion: a block event says "block B started at icount i". How
-//! many of B's instructions ran is only known from the vCPU's next block
-//! event (icount j): `min(len(B), j - i)` (a block can stop early on an
-//! exception). So the last block event of each vCPU stays pending until the
-//! next one arrives, or until the end of the capture, where the count is
-//! `final_icount - i` if QEMU exited (the shim published `final_icount`) and
-//! the whole block otherwise.
+//! Block events: one says "block B started at icount i". How many of B's
+//! instructions ran is only known from the vCPU's next block event (icount
+//! j): `min(len(B), j - i)` (a block can stop early on an exception). So the
+//! last block event of each vCPU stays pending until the next one arrives, or
+//! until the end of the capture, where the count is `final_icount - i` if
+//! QEMU exited (the shim published `final_icount`) and the whole block
+//! otherwise.
 //!
 //! What a part completes (see `trace_schema::commit`): a full batch is cut
 //! between two records, never inside one, and handed over with, per vCPU, the
 //! index of the first record whose rows of that table are not all in it (or
-//! in earlier parts): the pending block's (its `insn` rows are not written
-//! yet) or the next one. In an appended capture, a record's rows of a table
+//! in earlier parts): the pending block's (its `block_exec` row is not
+//! written yet) or the next one. In an appended capture, a record's rows of a table
 //! are not written again when the capture already holds them (`skip_below`).
 
 use std::collections::{HashMap, HashSet};
@@ -31,7 +31,7 @@ use trace_schema::sync::Ordering;
 
 use crate::parquet_sink::{PartSink, SinkProgress};
 use crate::tables::{
-    Batch, CodeBatch, DeviceList, InsnBatch, MemBatch, StatsBatch, Table, NO_DEVICE,
+    Batch, BlockExecBatch, CodeBatch, DeviceList, MemBatch, StatsBatch, Table, NO_DEVICE,
 };
 
 /// Most instructions a translated block can have (QEMU's TCG_MAX_INSNS):
@@ -81,7 +81,7 @@ struct State {
 
     mem: MemBatch,
     mmio: MemBatch,
-    insn: InsnBatch,
+    block_exec: BlockExecBatch,
     code: CodeBatch,
     rows_sent: [u64; 5],
 
@@ -90,9 +90,8 @@ struct State {
     device_index: HashMap<String, u32>,
     /// Per vCPU: `Meta.device.id` → index in `devices`.
     vcpu_devices: Vec<HashMap<u16, u32>>,
-    /// Block id → (first index in `block_pcs`, instruction count).
-    blocks: HashMap<u64, (usize, u32)>,
-    block_pcs: Vec<u64>,
+    /// Block id → instruction count.
+    blocks: HashMap<u64, u32>,
     /// Blocks whose Meta did not arrive (lost, or announced to an earlier
     /// collector).
     missing_blocks: HashSet<u64>,
@@ -133,8 +132,9 @@ pub struct Resume {
     /// table (0: none).
     pub skip_below: Vec<[u64; 5]>,
     /// Blocks described to an earlier collector whose `code` rows the
-    /// capture holds: (id, pcs). Their `code` rows are not written again.
-    pub known_blocks: Vec<(u64, Vec<u64>)>,
+    /// capture holds: (id, instruction count). Their `code` rows are not
+    /// written again.
+    pub known_blocks: Vec<(u64, u32)>,
 }
 
 /// Per-vCPU counters the drain cannot read from the segment by itself.
@@ -203,12 +203,7 @@ impl Drainer {
         }
         let part_rows = part_rows.max(1);
         let cap = part_rows.min(INITIAL_ROWS);
-        let mut blocks = HashMap::new();
-        let mut block_pcs = Vec::new();
-        for (id, pcs) in resume.known_blocks {
-            blocks.insert(id, (block_pcs.len(), pcs.len() as u32));
-            block_pcs.extend(pcs);
-        }
+        let blocks = resume.known_blocks.into_iter().collect();
         Drainer {
             event_rings,
             meta_rings,
@@ -221,7 +216,7 @@ impl Drainer {
                 sink,
                 mem: MemBatch::with_capacity(if events.mem { cap } else { 0 }),
                 mmio: MemBatch::with_capacity(if events.mem || events.mmio { cap } else { 0 }),
-                insn: InsnBatch::with_capacity(if events.insn { cap } else { 0 }),
+                block_exec: BlockExecBatch::with_capacity(if events.insn { cap } else { 0 }),
                 code: CodeBatch::default(),
                 rows_sent: [0; 5],
                 devices: Arc::new(Vec::new()),
@@ -229,7 +224,6 @@ impl Drainer {
                 device_index: HashMap::new(),
                 vcpu_devices: vec![HashMap::new(); n as usize],
                 blocks,
-                block_pcs,
                 missing_blocks: HashSet::new(),
                 pending: vec![None; n as usize],
                 next_index: resume.first_index,
@@ -302,7 +296,7 @@ impl Drainer {
         self.st.sink.progress()
     }
 
-    /// Ends the capture's tables: expands each vCPU's last block, writes the
+    /// Ends the capture's tables: counts each vCPU's last block, writes the
     /// partial batches, an empty part for each table that has none, and the
     /// stats table; waits for the writer.
     pub fn finish(mut self, info: FinishInfo) -> Result<DrainReport> {
@@ -317,7 +311,7 @@ impl Drainer {
                         .final_icount
                         .load(Ordering::Relaxed)
                 });
-                st.expand(v, p, end, meta_rings).map_err(|f| match f {
+                st.block_ran(v, p, end, meta_rings).map_err(|f| match f {
                     Fail::Corrupt(why) => anyhow!("vCPU {v}: {why}"),
                     Fail::Other(e) => e,
                 })?;
@@ -365,7 +359,7 @@ impl Drainer {
             stats.push("events_lost_before_attach", Some(v), before);
             let mut died_max = 0;
             for &t in &tables {
-                if matches!(t, Table::Mem | Table::Mmio | Table::Insn) {
+                if matches!(t, Table::Mem | Table::Mmio | Table::BlockExec) {
                     let n = died[t.index()];
                     died_max = died_max.max(n);
                     stats.push(
@@ -474,10 +468,8 @@ impl State {
                     return Ok(()); // announced again (a new attach): known already
                 }
                 let insns = b.get_insns().map_err(bad)?;
-                let start = self.block_pcs.len();
                 for (i, insn) in insns.iter().enumerate() {
                     let pc = insn.get_pc();
-                    self.block_pcs.push(pc);
                     if self.insn_on {
                         let bytes = insn.get_bytes().map_err(bad)?;
                         let disas = insn.get_disas().map_err(bad)?;
@@ -495,7 +487,7 @@ impl State {
                         }
                     }
                 }
-                self.blocks.insert(id, (start, insns.len()));
+                self.blocks.insert(id, insns.len());
             }
         }
         Ok(())
@@ -533,8 +525,8 @@ impl State {
             }
             KIND_BLOCK => {
                 // A block held already still becomes the pending one: the
-                // next block's expansion needs its icount.
-                if held(Table::Insn) {
+                // next block's row needs its icount.
+                if held(Table::BlockExec) {
                     self.skipped[v] += 1;
                 } else {
                     self.events[v] += 1;
@@ -546,14 +538,14 @@ impl State {
                     index,
                 };
                 if let Some(prev) = self.pending[v].replace(next) {
-                    self.expand(v, prev, Some(e.icount), metas)?;
+                    self.block_ran(v, prev, Some(e.icount), metas)?;
                 }
             }
             k => return Err(Fail::Corrupt(format!("unknown event kind {k}"))),
         }
         // Between two records: a part never holds only some of a record's
         // rows of its table.
-        for t in [Table::Mem, Table::Mmio, Table::Insn] {
+        for t in [Table::Mem, Table::Mmio, Table::BlockExec] {
             if std::mem::take(&mut self.flush_due[t.index()]) {
                 self.flush(t)?;
             }
@@ -562,12 +554,12 @@ impl State {
     }
 
     /// Per vCPU: the index of its first record whose rows of table `t` may
-    /// not all be in batches yet: for `insn` the pending block's (its rows
-    /// come when the next block arrives), else the next record's.
+    /// not all be in batches yet: for `block_exec` the pending block's (its
+    /// row comes when the next block arrives), else the next record's.
     fn cover(&self, t: Table) -> Vec<u64> {
         (0..self.next_index.len())
             .map(|v| match self.pending[v] {
-                Some(p) if t == Table::Insn => p.index,
+                Some(p) if t == Table::BlockExec => p.index,
                 _ => self.next_index[v],
             })
             .collect()
@@ -623,18 +615,18 @@ impl State {
         })
     }
 
-    /// Writes the `insn` rows of block event `p` on vCPU `v`, whose vCPU had
-    /// executed `end` instructions when its next block started (or when QEMU
-    /// exited); `None`: the whole block.
-    fn expand(
+    /// Writes the `block_exec` row of block event `p` on vCPU `v`, whose
+    /// vCPU had executed `end` instructions when its next block started (or
+    /// when QEMU exited); `None`: the whole block ran.
+    fn block_ran(
         &mut self,
         v: usize,
         p: Pending,
         end: Option<u64>,
         metas: &mut [Consumer],
     ) -> Result<(), Fail> {
-        if p.index < self.skip_below[v][Table::Insn.index()] {
-            return Ok(()); // its rows are in the capture already
+        if p.index < self.skip_below[v][Table::BlockExec.index()] {
+            return Ok(()); // its row is in the capture already
         }
         let mut known = self.blocks.get(&p.id).copied();
         if known.is_none() && !self.missing_blocks.contains(&p.id) {
@@ -648,7 +640,7 @@ impl State {
             }
         }
         let len = match known {
-            Some((_, len)) => len as u64,
+            Some(len) => len as u64,
             None => {
                 self.blocks_unknown += 1;
                 match p.size {
@@ -664,21 +656,10 @@ impl State {
             (None, None) if p.size == 0 => 0,
             (None, None) => len,
         };
-        for k in 0..n {
-            let pc = known.map(|(start, _)| self.block_pcs[start + k as usize]);
-            let b = &mut self.insn;
-            match pc {
-                Some(pc) => b.pc.push(pc),
-                None => {
-                    b.unknown_pc.push(b.pc.len());
-                    b.pc.push(0);
-                }
-            }
-            b.vcpu.push(v as u32);
-            b.icount.push(p.icount + k);
-            b.block.push(p.id);
+        if n > 0 {
+            self.block_exec.push(v as u32, p.icount, p.id, n as u32);
         }
-        self.flush_due[Table::Insn.index()] |= self.insn.len() >= self.part_rows;
+        self.flush_due[Table::BlockExec.index()] |= self.block_exec.len() >= self.part_rows;
         Ok(())
     }
 
@@ -686,7 +667,7 @@ impl State {
         match t {
             Table::Mem => self.mem.len(),
             Table::Mmio => self.mmio.len(),
-            Table::Insn => self.insn.len(),
+            Table::BlockExec => self.block_exec.len(),
             Table::Code => self.code.len(),
             Table::Stats => 0,
         }
@@ -709,9 +690,9 @@ impl State {
                 &mut self.mmio,
                 MemBatch::with_capacity(cap),
             )),
-            Table::Insn => Batch::Insn(std::mem::replace(
-                &mut self.insn,
-                InsnBatch::with_capacity(cap),
+            Table::BlockExec => Batch::BlockExec(std::mem::replace(
+                &mut self.block_exec,
+                BlockExecBatch::with_capacity(cap),
             )),
             Table::Code => Batch::Code(std::mem::take(&mut self.code)),
             Table::Stats => unreachable!("stats are written by finish"),

@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::tables::Table;
 
-/// `capture.json`'s `format_version`.
-pub const FORMAT_VERSION: u32 = 1;
+/// `capture.json`'s `format_version`. 2: instructions are in `block_exec`
+/// (one row per executed block); version 1 wrote an `insn` row per
+/// instruction.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Files of a capture besides the table directories.
 const CAPTURE_FILES: [&str; 2] = ["capture.json", "mtree.txt"];

@@ -15,7 +15,7 @@ use trace_schema::record::Event;
 pub enum Table {
     Mem,
     Mmio,
-    Insn,
+    BlockExec,
     Code,
     Stats,
 }
@@ -24,7 +24,7 @@ impl Table {
     pub const ALL: [Table; 5] = [
         Table::Mem,
         Table::Mmio,
-        Table::Insn,
+        Table::BlockExec,
         Table::Code,
         Table::Stats,
     ];
@@ -34,7 +34,7 @@ impl Table {
         match self {
             Table::Mem => "mem",
             Table::Mmio => "mmio",
-            Table::Insn => "insn",
+            Table::BlockExec => "block_exec",
             Table::Code => "code",
             Table::Stats => "stats",
         }
@@ -45,7 +45,8 @@ impl Table {
     }
 
     /// The tables a capture of `events` writes: `mem` implies `mem` and
-    /// `mmio`, `mmio` alone only `mmio`, `insn` implies `insn` and `code`;
+    /// `mmio`, `mmio` alone only `mmio`, `insn` implies `block_exec` and
+    /// `code` (from which readers rebuild one `insn` row per instruction);
     /// `stats` always.
     pub fn for_events(events: EventSet) -> Vec<Table> {
         let mut t = Vec::new();
@@ -56,7 +57,7 @@ impl Table {
             t.push(Table::Mmio);
         }
         if events.insn {
-            t.push(Table::Insn);
+            t.push(Table::BlockExec);
             t.push(Table::Code);
         }
         t.push(Table::Stats);
@@ -218,26 +219,28 @@ impl MemBatch {
     }
 }
 
-/// Rows of `insn`.
+/// Rows of `block_exec`: one per executed block, saying how many of its
+/// instructions ran. Per-instruction rows (the `insn` view of the readers)
+/// are this joined with `code` on `block`, `index < insns`: a tenth of the
+/// rows to encode while capturing, for the same information.
 #[derive(Default, Debug)]
-pub struct InsnBatch {
+pub struct BlockExecBatch {
     pub vcpu: Vec<u32>,
+    /// The icount of the block's first instruction.
     pub icount: Vec<u64>,
-    pub pc: Vec<u64>,
     pub block: Vec<u64>,
-    /// Rows whose pc is unknown (their block's metadata never arrived), in
-    /// increasing order; nearly always empty.
-    pub unknown_pc: Vec<usize>,
+    /// How many of the block's instructions ran (fewer than its length when
+    /// it stopped early, on an exception).
+    pub insns: Vec<u32>,
 }
 
-impl InsnBatch {
-    pub fn with_capacity(n: usize) -> InsnBatch {
-        InsnBatch {
+impl BlockExecBatch {
+    pub fn with_capacity(n: usize) -> BlockExecBatch {
+        BlockExecBatch {
             vcpu: Vec::with_capacity(n),
             icount: Vec::with_capacity(n),
-            pc: Vec::with_capacity(n),
             block: Vec::with_capacity(n),
-            unknown_pc: Vec::new(),
+            insns: Vec::with_capacity(n),
         }
     }
 
@@ -245,31 +248,22 @@ impl InsnBatch {
         self.vcpu.len()
     }
 
+    pub fn push(&mut self, vcpu: u32, icount: u64, block: u64, insns: u32) {
+        self.vcpu.push(vcpu);
+        self.icount.push(icount);
+        self.block.push(block);
+        self.insns.push(insns);
+    }
+
     pub fn into_frame(self) -> PolarsResult<DataFrame> {
         let n = self.len();
-        let pc = if self.unknown_pc.is_empty() {
-            UInt64Chunked::from_vec("pc".into(), self.pc)
-        } else {
-            let mut unknown = self.unknown_pc.iter().peekable();
-            UInt64Chunked::from_iter_options(
-                "pc".into(),
-                self.pc.iter().enumerate().map(|(i, &pc)| {
-                    if unknown.peek() == Some(&&i) {
-                        unknown.next();
-                        None
-                    } else {
-                        Some(pc)
-                    }
-                }),
-            )
-        };
         DataFrame::new(
             n,
             vec![
                 UInt32Chunked::from_vec("vcpu".into(), self.vcpu).into_column(),
                 UInt64Chunked::from_vec("icount".into(), self.icount).into_column(),
-                pc.into_column(),
                 UInt64Chunked::from_vec("block".into(), self.block).into_column(),
+                UInt32Chunked::from_vec("insns".into(), self.insns).into_column(),
             ],
         )
     }
@@ -392,7 +386,7 @@ impl StatsBatch {
 pub enum Batch {
     Mem(MemBatch),
     Mmio(MemBatch),
-    Insn(InsnBatch),
+    BlockExec(BlockExecBatch),
     Code(CodeBatch),
     Stats(StatsBatch),
 }
@@ -404,7 +398,7 @@ impl Batch {
         match table {
             Table::Mem => Batch::Mem(MemBatch::with_capacity(n)),
             Table::Mmio => Batch::Mmio(MemBatch::with_capacity(n)),
-            Table::Insn => Batch::Insn(InsnBatch::with_capacity(n)),
+            Table::BlockExec => Batch::BlockExec(BlockExecBatch::with_capacity(n)),
             Table::Code => Batch::Code(CodeBatch::default()),
             Table::Stats => Batch::Stats(StatsBatch::default()),
         }
@@ -414,7 +408,7 @@ impl Batch {
         match self {
             Batch::Mem(_) => Table::Mem,
             Batch::Mmio(_) => Table::Mmio,
-            Batch::Insn(_) => Table::Insn,
+            Batch::BlockExec(_) => Table::BlockExec,
             Batch::Code(_) => Table::Code,
             Batch::Stats(_) => Table::Stats,
         }
@@ -423,7 +417,7 @@ impl Batch {
     pub fn len(&self) -> usize {
         match self {
             Batch::Mem(b) | Batch::Mmio(b) => b.len(),
-            Batch::Insn(b) => b.len(),
+            Batch::BlockExec(b) => b.len(),
             Batch::Code(b) => b.len(),
             Batch::Stats(b) => b.len(),
         }
@@ -439,7 +433,7 @@ impl Batch {
         match self {
             Batch::Mem(b) => b.into_frame(false, devices, names),
             Batch::Mmio(b) => b.into_frame(true, devices, names),
-            Batch::Insn(b) => b.into_frame(),
+            Batch::BlockExec(b) => b.into_frame(),
             Batch::Code(b) => b.into_frame(),
             Batch::Stats(b) => b.into_frame(),
         }
@@ -496,12 +490,12 @@ mod tests {
         ]);
         assert_eq!(schema_of(Table::Mmio), s(&mmio));
         assert_eq!(
-            schema_of(Table::Insn),
+            schema_of(Table::BlockExec),
             s(&[
                 ("vcpu", UInt32),
                 ("icount", UInt64),
-                ("pc", UInt64),
-                ("block", UInt64)
+                ("block", UInt64),
+                ("insns", UInt32)
             ])
         );
         assert_eq!(
@@ -579,20 +573,5 @@ mod tests {
             .no_null_iter()
             .collect();
         assert_eq!(symbol, vec!["", "main"]);
-    }
-
-    #[test]
-    fn insn_unknown_pcs_are_null() {
-        let mut b = InsnBatch::with_capacity(3);
-        for i in 0..3 {
-            b.vcpu.push(0);
-            b.icount.push(i);
-            b.pc.push(0x10 + i);
-            b.block.push(1);
-        }
-        b.unknown_pc.push(1);
-        let df = b.into_frame().unwrap();
-        let pc: Vec<Option<u64>> = df.column("pc").unwrap().u64().unwrap().iter().collect();
-        assert_eq!(pc, vec![Some(0x10), None, Some(0x12)]);
     }
 }

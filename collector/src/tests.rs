@@ -72,6 +72,20 @@ fn u32s(df: &DataFrame, col: &str) -> Vec<u32> {
         .no_null_iter()
         .collect()
 }
+/// The `block_exec` rows as (vcpu, icount, block, insns), by vCPU then
+/// icount.
+fn block_exec_rows(dir: &Path) -> Vec<(u32, u64, u64, u32)> {
+    let df = read_table(dir, "block_exec");
+    let mut rows: Vec<_> = u32s(&df, "vcpu")
+        .into_iter()
+        .zip(u64s(&df, "icount"))
+        .zip(u64s(&df, "block"))
+        .zip(u32s(&df, "insns"))
+        .map(|(((v, i), b), n)| (v, i, b, n))
+        .collect();
+    rows.sort_by_key(|r| (r.0, r.1));
+    rows
+}
 fn strs(df: &DataFrame, col: &str) -> Vec<Option<String>> {
     df.column(col)
         .unwrap()
@@ -221,14 +235,15 @@ fn mem_and_mmio_capture_is_exact() {
     assert_eq!(stat(&out, "events_lost", Some(1)), Some(0));
     assert_eq!(stat(&out, "final_icount", Some(1)), Some(N));
     assert_eq!(stat(&out, "rows.mmio", None), Some(2 * N / 5));
-    assert!(!out.join("insn").exists(), "insn is not recorded");
+    assert!(!out.join("block_exec").exists(), "insn is not recorded");
 }
 
-/// Block events become one insn row per executed instruction: an early exit
-/// cuts a block short, a block translated on another vCPU is found, the last
-/// block ends at final_icount, and code has one row per translated insn.
+/// Block events become one block_exec row each, with the number of its
+/// instructions that ran: an early exit cuts a block short, a block
+/// translated on another vCPU is found, the last block ends at final_icount,
+/// and code has one row per translated insn.
 #[test]
-fn insn_expansion() {
+fn one_block_exec_row_per_block_event() {
     let shim = FakeShim::new(
         Geometry {
             n_vcpus: 2,
@@ -261,35 +276,20 @@ fn insn_expansion() {
         shim.finish(&[6, 10]);
     });
     assert_eq!(captured.ending, Ending::QemuExited);
-    let insn = read_table(&out, "insn");
-    let v0 = insn
-        .filter(&insn.column("vcpu").unwrap().u32().unwrap().equal(0))
-        .unwrap();
-    assert_eq!(u64s(&v0, "icount"), vec![0, 1, 2, 3, 4, 5]);
+    let rows = block_exec_rows(&out);
     assert_eq!(
-        opt_u64s(&v0, "pc"),
-        [0x100, 0x102, 0x104, 0x200, 0x100, 0x102]
-            .map(Some)
-            .to_vec()
-    );
-    assert_eq!(u64s(&v0, "block"), vec![10, 10, 10, 11, 10, 10]);
-    let v1 = insn
-        .filter(&insn.column("vcpu").unwrap().u32().unwrap().equal(1))
-        .unwrap();
-    assert_eq!(u64s(&v1, "icount"), vec![0, 1, 2, 3, 4, 5]);
-    assert_eq!(
-        opt_u64s(&v1, "pc"),
+        rows,
         vec![
-            Some(0x200),
-            Some(0x202),
-            None,
-            None,
-            Some(0x200),
-            Some(0x202)
+            // (vcpu, icount, block, instructions that ran)
+            (0, 0, 10, 3),
+            (0, 3, 11, 1),
+            (0, 4, 10, 2),
+            (1, 0, 11, 2),
+            (1, 2, 99, 2),
+            (1, 4, 11, 2),
         ]
     );
-    assert_eq!(u64s(&v1, "block"), vec![11, 11, 99, 99, 11, 11]);
-    assert_eq!(part_count(&out, "insn"), 3, "12 rows in parts of 4");
+    assert_eq!(part_count(&out, "block_exec"), 2, "6 rows in parts of 4");
 
     let code = read_table(&out, "code");
     assert_eq!(code.height(), 5);
@@ -300,7 +300,7 @@ fn insn_expansion() {
     assert_eq!(strs(&code, "disas")[4].as_deref(), Some("bx lr"));
 
     assert_eq!(stat(&out, "blocks_unknown", None), Some(1));
-    assert_eq!(stat(&out, "rows.insn", None), Some(12));
+    assert_eq!(stat(&out, "rows.block_exec", None), Some(6));
     assert!(!out.join("mem").exists() && !out.join("mmio").exists());
 }
 
@@ -322,25 +322,18 @@ fn unknown_blocks_without_length() {
         push_event(&mut ev, block(1, 0, 0, 9, 0)); // ends at final_icount 2
         shim.finish(&[3001, 2]);
     });
-    let insn = read_table(&out, "insn");
-    let icount = u64s(&insn, "icount");
-    let vcpus = u32s(&insn, "vcpu");
-    let of = |v: u32| -> Vec<u64> {
-        icount
-            .iter()
-            .zip(&vcpus)
-            .filter(|p| *p.1 == v)
-            .map(|p| *p.0)
-            .collect()
-    };
-    let v0: Vec<u64> = (100..103)
-        .chain(103..103 + 512)
-        .chain(2000..2512)
-        .chain([3000])
-        .collect();
-    assert_eq!(of(0), v0);
-    assert_eq!(of(1), vec![0, 1]);
-    assert!(opt_u64s(&insn, "pc").iter().all(Option::is_none));
+    assert_eq!(
+        block_exec_rows(&out),
+        vec![
+            (0, 100, 7, 3),
+            (0, 103, 8, 512),
+            (0, 2000, 7, 512),
+            (0, 3000, 9, 1),
+            (1, 0, 9, 2),
+        ]
+    );
+    assert!(!out.join("code").join("part-000001.parquet").exists());
+    assert_eq!(read_table(&out, "code").height(), 0, "no block described");
     assert_eq!(stat(&out, "blocks_unknown", None), Some(5));
 }
 
@@ -363,10 +356,7 @@ fn unknown_last_block_without_exit_has_no_rows() {
         });
         capture(&seg, &setup(&out, 100), Owner::Attach, &signals).unwrap()
     });
-    assert_eq!(
-        u64s(&read_table(&out, "insn"), "icount"),
-        vec![0, 1, 2, 3, 4]
-    );
+    assert_eq!(block_exec_rows(&out), vec![(0, 0, 7, 5)]);
 }
 
 /// A vCPU's last block when QEMU did not report its exit: the whole block.
@@ -421,8 +411,7 @@ fn last_block_without_exit_is_whole_and_interrupt_detaches() {
     assert_eq!(captured.ending, Ending::Interrupted);
     assert_eq!(shim.header().state.load(Ordering::Relaxed), state::DETACHED);
     assert_eq!(shim.header().collector_pid.load(Ordering::Relaxed), 0);
-    let insn = read_table(&out, "insn");
-    assert_eq!(u64s(&insn, "icount"), vec![0, 1]);
+    assert_eq!(block_exec_rows(&out), vec![(0, 0, 1, 2)]);
     let mem = read_table(&out, "mem");
     assert_eq!(
         opt_u64s(&mem, "value_hi"),

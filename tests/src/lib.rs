@@ -176,8 +176,16 @@ pub fn run_capture(out: &Path, args: &[&str], qemu: &[String]) -> Output {
     output
 }
 
-/// All parts of one table, in file order.
+/// All parts of one table, in file order. `insn`, which the collector does
+/// not write, is the view trace-query builds from `block_exec` and `code`.
 pub fn table(capture: &Path, name: &str) -> Result<DataFrame> {
+    if name == "insn" && !capture.join("insn").is_dir() {
+        let cap = trace_analyzers::capture::Capture::open(capture)?;
+        if !cap.has_table("insn") {
+            bail!("capture {} has no table {name}", capture.display());
+        }
+        return cap.collect(cap.scan("insn")?);
+    }
     let dir = capture.join(name);
     if !dir.is_dir() {
         bail!("capture {} has no table {name}", capture.display());

@@ -216,8 +216,14 @@ fn duckdb_csv(dir: &Path, query: &str) -> String {
 import sys, duckdb
 d, q = sys.argv[1], sys.argv[2]
 c = duckdb.connect()
-for t in ["mem", "mmio", "insn", "code", "stats"]:
+for t in ["mem", "mmio", "block_exec", "code", "stats"]:
     c.execute(f"create view {t} as select * from read_parquet('{d}/{t}/*.parquet')")
+# insn, rebuilt from block_exec and code as docs/capture-format.md says.
+c.execute("""create view insn as
+    select x.vcpu, x.icount + x.i as icount, c.pc, x.block
+    from (select vcpu, icount, block, unnest(range(insns::bigint)) as i from block_exec) x
+    left join (select distinct block, "index", pc from code) c
+      on c.block = x.block and c."index" = x.i""")
 r = c.execute(q)
 print(",".join(col[0] for col in r.description))
 for row in r.fetchall():

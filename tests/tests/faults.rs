@@ -726,13 +726,13 @@ fn collector_killed_then_insn_capture_appended() {
     let mut qemu = start_qemu_recording(&m3loop(0), &m, &d, "insn");
     let rows = PART_ROWS.to_string();
     let mut c1 = start_attach(qemu.pid(), &d, &log(&d), &["--part-rows", &rows]);
-    wait_for_table_parts(&mut c1, &d, "insn", 3);
+    wait_for_table_parts(&mut c1, &d, "block_exec", 3);
     c1.signal(Signal::SIGKILL);
     c1.wait(Duration::from_secs(10));
-    let first_parts = parts(&d, "insn").len();
+    let first_parts = parts(&d, "block_exec").len();
     let log2 = d.with_extension("append.log");
     let mut c2 = start_attach(qemu.pid(), &d, &log2, &["--part-rows", &rows, "--append"]);
-    wait_for_table_parts(&mut c2, &d, "insn", first_parts + 3);
+    wait_for_table_parts(&mut c2, &d, "block_exec", first_parts + 3);
     c2.signal(Signal::SIGINT);
     let st = c2.wait(Duration::from_secs(10));
     let stderr = c2.stderr();
@@ -765,7 +765,7 @@ fn collector_killed_then_insn_capture_appended() {
         unknown > 0,
         "{no_pc} rows without pc, {unknown} blocks unknown"
     );
-    let died = stat(&d, "events_lost_collector_died.insn", Some(0));
+    let died = stat(&d, "events_lost_collector_died.block_exec", Some(0));
     let before = stat(&d, "events_lost_before_attach", Some(0));
     eprintln!("died {died}, before {before}, rows without pc {no_pc}, blocks unknown {unknown}");
 }

@@ -55,7 +55,7 @@ fn bufmon_edges_and_asid() {
 fn bufmon_without_insn_has_zero_callers() {
     let t = TmpDir::new("noinsn");
     reference_capture(t.path());
-    std::fs::remove_dir_all(t.path().join("insn")).unwrap();
+    std::fs::remove_dir_all(t.path().join("block_exec")).unwrap();
     let cap = Capture::open(t.path()).unwrap();
     let (out, r) = run_bufmon(&cap, "20000100 10 0\n");
     assert_eq!(r.callers, bufmon::Callers::NoInsnTable);
@@ -238,17 +238,12 @@ fn execlog_null_pc_and_unknown_device() {
     write_meta(t.path(), 32, true);
     write_part(t.path(), "code", 0, &mut code_df(&code_rows()[..1]));
     // icount 1 belongs to a block whose description never arrived: null pc.
-    let mut insn = DataFrame::new(
-        2,
-        vec![
-            Column::new("vcpu".into(), [0u32, 0]),
-            Column::new("icount".into(), [0u64, 1]),
-            Column::new("pc".into(), [Some(0x100u64), None]),
-            Column::new("block".into(), [1u64, 99]),
-        ],
-    )
-    .unwrap();
-    write_part(t.path(), "insn", 0, &mut insn);
+    write_part(
+        t.path(),
+        "block_exec",
+        0,
+        &mut block_exec_df(&[(0, 0, 1, 1), (0, 1, 99, 1)]),
+    );
     let mut m = io(1, 0, "R", 0x4000_0000, 1, "x");
     m.device = None;
     let mut mem = mem_df(&[m]);
@@ -263,5 +258,35 @@ fn execlog_null_pc_and_unknown_device() {
         String::from_utf8(out).unwrap(),
         "0, 0x100, 0xe92d4010, \"push {r4, lr}\"\n\
          0, 0x0, 0x0, \"\", load, 0x40000000, unknown\n"
+    );
+}
+
+/// A capture of an older version holds `insn` itself (one row per
+/// instruction, no `block_exec`): it is read as it is.
+#[test]
+fn insn_table_of_older_captures_is_read_as_is() {
+    use polars::prelude::*;
+    let t = TmpDir::new("oldinsn");
+    write_meta(t.path(), 32, true);
+    write_part(t.path(), "code", 0, &mut code_df(&code_rows()[..1]));
+    let mut insn = DataFrame::new(
+        2,
+        vec![
+            Column::new("vcpu".into(), [0u32, 0]),
+            Column::new("icount".into(), [0u64, 1]),
+            Column::new("pc".into(), [Some(0x100u64), None]),
+            Column::new("block".into(), [1u64, 99]),
+        ],
+    )
+    .unwrap();
+    write_part(t.path(), "insn", 0, &mut insn);
+    let cap = Capture::open(t.path()).unwrap();
+    assert_eq!(cap.table_names(), ["insn", "code"]);
+    let mut out = Vec::new();
+    let r = execlog::execlog(&cap, &mut out).unwrap();
+    assert_eq!((r.lines, r.missing_code), (2, 1));
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "0, 0x100, 0xe92d4010, \"push {r4, lr}\"\n0, 0x0, 0x0, \"\"\n"
     );
 }

@@ -100,13 +100,13 @@ fn errors_exit_1() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("line 2"), "{}", stderr(&o));
 
-    let part = t.path().join("insn/part-000001.parquet");
+    let part = t.path().join("block_exec/part-000001.parquet");
     let b = std::fs::read(&part).unwrap();
     std::fs::write(&part, &b[..b.len() - 10]).unwrap();
     let o = tq(&["execlog", "--trace", dir]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("insn/part-000001.parquet"),
+        stderr(&o).contains("block_exec/part-000001.parquet"),
         "{}",
         stderr(&o)
     );

@@ -183,6 +183,23 @@ pub fn insn_df(rows: &[(u32, u64, u64, u64)]) -> DataFrame {
     .unwrap()
 }
 
+/// (vcpu, icount, block, insns)
+pub fn block_exec_df(rows: &[(u32, u64, u64, u32)]) -> DataFrame {
+    DataFrame::new(
+        rows.len(),
+        vec![
+            Column::new("vcpu".into(), rows.iter().map(|r| r.0).collect::<Vec<_>>()),
+            Column::new(
+                "icount".into(),
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            ),
+            Column::new("block".into(), rows.iter().map(|r| r.2).collect::<Vec<_>>()),
+            Column::new("insns".into(), rows.iter().map(|r| r.3).collect::<Vec<_>>()),
+        ],
+    )
+    .unwrap()
+}
+
 /// (block, index, pc, size, opcode, disas)
 pub type Code = (u64, u32, u64, u8, u32, &'static str);
 
@@ -226,7 +243,7 @@ pub fn stats_df(rows: &[(&str, Option<u32>, u64)]) -> DataFrame {
 
 pub fn write_meta(dir: &Path, bits: u32, complete: bool) {
     let meta = serde_json::json!({
-        "format_version": 1,
+        "format_version": 2,
         "complete": complete,
         "qemu_pid": 1234,
         "qemu_command": ["qemu-system-arm", "-M", "lm3s6965evb"],
@@ -294,6 +311,12 @@ pub fn insn_rows() -> Vec<(u32, u64, u64, u64)> {
     rows
 }
 
+/// The block executions `insn_rows` are made of: (vcpu, icount, block,
+/// insns).
+pub fn block_exec_rows() -> Vec<(u32, u64, u64, u32)> {
+    vec![(0, 0, 1, 2), (0, 2, 2, 5), (0, 7, 3, 6), (1, 0, 4, 4)]
+}
+
 /// mem rows, split in two parts (the second store of `push` is in part 1).
 pub fn mem_parts() -> (Vec<Mem>, Vec<Mem>) {
     let mut p0 = vec![
@@ -342,9 +365,9 @@ pub fn reference_capture(dir: &Path) {
         .cloned()
         .collect();
     write_part(dir, "mmio", 0, &mut mmio_df(&mmio));
-    let insn = insn_rows();
-    write_part(dir, "insn", 0, &mut insn_df(&insn[..9]));
-    write_part(dir, "insn", 1, &mut insn_df(&insn[9..]));
+    let blocks = block_exec_rows();
+    write_part(dir, "block_exec", 0, &mut block_exec_df(&blocks[..2]));
+    write_part(dir, "block_exec", 1, &mut block_exec_df(&blocks[2..]));
     write_part(dir, "code", 0, &mut code_df(&code_rows()));
     write_part(
         dir,

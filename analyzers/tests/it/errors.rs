@@ -40,7 +40,10 @@ fn unknown_table() {
     let (_t, cap) = reference();
     let e = err_text(run_sql(&cap, "SELECT * FROM memory").unwrap_err());
     assert!(e.starts_with("unknown table 'memory'"), "{e}");
-    assert!(e.ends_with("mem, mmio, insn, code, stats"), "{e}");
+    assert!(
+        e.ends_with("mem, mmio, insn, block_exec, code, stats"),
+        "{e}"
+    );
     let e = err_text(cap.scan("nope").err().unwrap());
     assert!(e.starts_with("unknown table 'nope'"), "{e}");
 }
@@ -85,7 +88,7 @@ fn truncated_part_is_named() {
 fn corrupt_pages_are_named() {
     let t = TmpDir::new("garbage");
     reference_capture(t.path());
-    let part = t.path().join("insn/part-000000.parquet");
+    let part = t.path().join("block_exec/part-000000.parquet");
     let mut bytes = std::fs::read(&part).unwrap();
     // Keep the magic and the footer, overwrite the column data.
     let footer = u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap());
@@ -96,7 +99,7 @@ fn corrupt_pages_are_named() {
     std::fs::write(&part, &bytes).unwrap();
     let cap = Capture::open(t.path()).unwrap();
     let e = err_text(run_sql(&cap, "SELECT sum(pc) FROM insn").unwrap_err());
-    assert!(e.contains("insn/part-000000.parquet"), "{e}");
+    assert!(e.contains("block_exec/part-000000.parquet"), "{e}");
 }
 
 #[test]

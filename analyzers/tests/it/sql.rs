@@ -14,7 +14,10 @@ fn query(cap: &Capture, q: &str, f: Format) -> String {
 #[test]
 fn tables_are_registered() {
     let (_t, cap) = reference();
-    assert_eq!(cap.table_names(), ["mem", "mmio", "insn", "code", "stats"]);
+    assert_eq!(
+        cap.table_names(),
+        ["mem", "mmio", "insn", "block_exec", "code", "stats"]
+    );
     let info = cap.table_info().unwrap();
     let rows: Vec<(String, u64, usize)> = info
         .iter()
@@ -25,7 +28,9 @@ fn tables_are_registered() {
         [
             ("mem".to_string(), 13, 2),
             ("mmio".to_string(), 3, 1),
+            // The view: as many rows as instructions ran, block_exec's parts.
             ("insn".to_string(), 17, 2),
+            ("block_exec".to_string(), 4, 2),
             ("code".to_string(), 17, 1),
             ("stats".to_string(), 5, 1),
         ]
@@ -162,7 +167,15 @@ fn extra_table_directory_is_registered() {
     let cap = Capture::open(t.path()).unwrap();
     assert_eq!(
         cap.table_names(),
-        ["mem", "mmio", "insn", "code", "stats", "extra"]
+        [
+            "mem",
+            "mmio",
+            "insn",
+            "block_exec",
+            "code",
+            "stats",
+            "extra"
+        ]
     );
     assert_eq!(
         query(&cap, "SELECT name, value FROM extra", Format::Csv),
@@ -222,7 +235,7 @@ fn warnings_from_capture_json_and_stats() {
     let t = TmpDir::new("unfinished");
     write_part(t.path(), "mem", 0, &mut mem_df(&[]));
     let meta = serde_json::json!({
-        "format_version": 1, "complete": false, "guest_pointer_bits": null,
+        "format_version": 2, "complete": false, "guest_pointer_bits": null,
         "end": "error", "error": "disk full", "events_lost": 5,
     });
     std::fs::write(t.path().join("capture.json"), meta.to_string()).unwrap();
@@ -259,4 +272,73 @@ fn warnings_from_capture_json_and_stats() {
         w[1].starts_with("4 I/O accesses have no device name"),
         "{w:?}"
     );
+}
+
+/// `insn` is rebuilt from `block_exec` and `code`: one row per instruction
+/// that ran, in `block_exec` order, with the pc of its place in the block.
+#[test]
+fn insn_view_is_one_row_per_instruction_that_ran() {
+    let (_t, cap) = reference();
+    let rows = cap.collect(cap.scan("insn").unwrap()).unwrap();
+    let col = |c: &str| -> Vec<u64> {
+        let s = rows
+            .column(c)
+            .unwrap()
+            .cast(&polars::prelude::DataType::UInt64)
+            .unwrap();
+        s.u64().unwrap().into_no_null_iter().collect()
+    };
+    let expected = insn_rows();
+    assert_eq!(
+        col("vcpu"),
+        expected.iter().map(|r| r.0 as u64).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        col("icount"),
+        expected.iter().map(|r| r.1).collect::<Vec<_>>()
+    );
+    assert_eq!(col("pc"), expected.iter().map(|r| r.2).collect::<Vec<_>>());
+    assert_eq!(
+        col("block"),
+        expected.iter().map(|r| r.3).collect::<Vec<_>>()
+    );
+}
+
+/// A block that stopped early gives only the instructions that ran; one
+/// whose description is missing gives its instructions with a null pc; a
+/// block described twice (a `code` row written again) still gives each
+/// instruction once; a row of no instructions gives none.
+#[test]
+fn insn_view_edge_cases() {
+    let t = TmpDir::new("insnview");
+    write_meta(t.path(), 32, true);
+    let mut code = code_rows();
+    code.push(code[0]); // block 1, index 0 twice
+    write_part(t.path(), "code", 0, &mut code_df(&code));
+    write_part(
+        t.path(),
+        "block_exec",
+        0,
+        // block 2 (5 insns) stops after 2; block 77 is unknown; 0 insns.
+        &mut block_exec_df(&[(0, 10, 2, 2), (0, 12, 77, 3), (0, 15, 1, 0), (0, 15, 1, 2)]),
+    );
+    let cap = Capture::open(t.path()).unwrap();
+    assert_eq!(
+        query(&cap, "SELECT icount, pc, block FROM insn", Format::Csv),
+        "icount,pc,block\n10,512,2\n11,514,2\n12,,77\n13,,77\n14,,77\n15,256,1\n16,260,1\n"
+    );
+    // Windows cut through blocks: the rows of [11, 13) only.
+    let w = trace_analyzers::stream::Window {
+        start: 11,
+        end: Some(13),
+    };
+    let df = cap.collect(cap.scan_window("insn", w).unwrap()).unwrap();
+    let icount: Vec<u64> = df
+        .column("icount")
+        .unwrap()
+        .u64()
+        .unwrap()
+        .into_no_null_iter()
+        .collect();
+    assert_eq!(icount, [11, 12]);
 }
