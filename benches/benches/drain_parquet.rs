@@ -285,6 +285,8 @@ fn capture_once(w: Workload, out: &PathBuf) -> Duration {
 }
 
 fn bench(c: &mut Criterion) {
+    // As the trace-collector binary does first thing.
+    trace_collector::keep_freed_memory();
     let out = std::env::temp_dir().join(format!("trace-bench-drain.{}", std::process::id()));
     let mut g = c.benchmark_group("drain_parquet");
     g.sample_size(10);

@@ -99,6 +99,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    trace_collector::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Attach {
