@@ -124,18 +124,21 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
     let vcpus = (0..n_vcpus)
         .map(|v| VcpuSlot::new(&segment.view, v))
         .collect();
-    // One scoreboard entry per vCPU: [icount, asid_stale], both u64.
-    let score = unsafe { qemu_plugin_scoreboard_new(2 * std::mem::size_of::<u64>()) };
+    // One scoreboard entry per vCPU: a `Score`.
+    let score = unsafe { qemu_plugin_scoreboard_new(std::mem::size_of::<Score>()) };
     let built = Box::new(Shim {
         options,
         segment,
         vcpus,
         asids: (0..n_vcpus).map(|_| AsidSlot::new()).collect(),
         track_asid: std::sync::atomic::AtomicBool::new(false),
-        icount: qemu_plugin_u64 { score, offset: 0 },
+        icount: qemu_plugin_u64 {
+            score,
+            offset: std::mem::offset_of!(Score, icount),
+        },
         asid_stale: qemu_plugin_u64 {
             score,
-            offset: std::mem::size_of::<u64>(),
+            offset: std::mem::offset_of!(Score, asid_stale),
         },
         next_block_id: AtomicU64::new(0),
         id,
@@ -354,6 +357,7 @@ unsafe extern "C" fn on_memory_access(
     if unsafe { qemu_plugin_mem_is_big_endian(info) } {
         flags |= record::FLAG_BIG_ENDIAN;
     }
+    let score = shim.score(vcpu);
     let event = Event {
         kind: record::KIND_MEM,
         size: 1u8 << unsafe { qemu_plugin_mem_size_shift(info) },
@@ -361,13 +365,13 @@ unsafe extern "C" fn on_memory_access(
         device,
         vcpu: vcpu as u16,
         // The inline counter already counts this instruction.
-        icount: unsafe { qemu_plugin_u64_get(shim.icount, vcpu) }.wrapping_sub(1),
+        icount: unsafe { (*score).icount }.wrapping_sub(1),
         pc: udata as u64,
         vaddr,
         paddr,
         value,
         value_hi,
-        asid: unsafe { shim.asid_of(vcpu) },
+        asid: unsafe { shim.asid_of(vcpu, score) },
     };
     let mut rec = [0u8; EVENT_RECORD_BYTES];
     event.encode(&mut rec);
@@ -383,16 +387,35 @@ impl Shim {
     /// Only called from memory callbacks, registered with R_REGS when the
     /// core has a context register.
     #[inline(always)]
-    unsafe fn asid_of(&self, vcpu: c_uint) -> u64 {
+    unsafe fn asid_of(&self, vcpu: c_uint, score: *mut Score) -> u64 {
         let slot = &self.asids[vcpu as usize];
-        if unsafe { qemu_plugin_u64_get(self.asid_stale, vcpu) } != 0 {
-            unsafe {
+        unsafe {
+            if (*score).asid_stale != 0 {
                 slot.refresh();
-                qemu_plugin_u64_set(self.asid_stale, vcpu, 0);
+                (*score).asid_stale = 0;
             }
         }
         slot.value()
     }
+
+    /// The vCPU's scoreboard entry. Its address is looked up at every
+    /// callback, never kept: QEMU moves the scoreboard when it grows (a vCPU
+    /// beyond its allocation). Only the vCPU's own thread touches the entry
+    /// (its inline ops and its callbacks), so plain reads and writes do.
+    #[inline(always)]
+    fn score(&self, vcpu: c_uint) -> *mut Score {
+        unsafe { qemu_plugin_scoreboard_find(self.icount.score, vcpu) as *mut Score }
+    }
+}
+
+/// A vCPU's scoreboard entry: the counters QEMU's generated code updates
+/// inline.
+#[repr(C)]
+struct Score {
+    /// Instructions started (`Shim::icount`).
+    icount: u64,
+    /// The ASID read before this block started may be stale (`Shim::asid_stale`).
+    asid_stale: u64,
 }
 
 /// The accessed value as (low 8 bytes, high 8 bytes), zero-extended.
@@ -433,7 +456,7 @@ unsafe extern "C" fn on_block_exec(vcpu: c_uint, udata: *mut c_void) {
         vcpu: vcpu as u16,
         device: record::NO_DEVICE,
         // Block callbacks run before the block's first inline increment.
-        icount: unsafe { qemu_plugin_u64_get(shim.icount, vcpu) },
+        icount: unsafe { (*shim.score(vcpu)).icount },
         vaddr: udata as u64,
         ..Event::default()
     };
