@@ -236,9 +236,9 @@ mod tests {
     fn part(dir: &Path, table: &str, n: u32, rows: u64) {
         let tdir = dir.join(table);
         std::fs::create_dir_all(&tdir).unwrap();
-        let mut df = polars::df!("icount" => (0..rows).collect::<Vec<u64>>()).unwrap();
+        let df = polars::df!("icount" => (0..rows).collect::<Vec<u64>>()).unwrap();
         let f = std::fs::File::create(tdir.join(format!("part-{n:06}.parquet"))).unwrap();
-        crate::parquet_file::write(&mut df, f).unwrap();
+        crate::parquet_file::write(&df, f).unwrap();
     }
 
     fn stats_part(dir: &Path, n: u32, lost: u64, before: u64) {
@@ -248,9 +248,9 @@ mod tests {
         b.push("events_lost", Some(1), lost);
         b.push("events_lost_before_attach", Some(1), before);
         b.push("events", Some(1), 1000);
-        let mut df = b.into_frame().unwrap();
+        let df = b.into_frame().unwrap();
         let f = std::fs::File::create(tdir.join(format!("part-{n:06}.parquet"))).unwrap();
-        crate::parquet_file::write(&mut df, f).unwrap();
+        crate::parquet_file::write(&df, f).unwrap();
     }
 
     fn prepare_with(dir: &Path, prev: CaptureJson, c: &Committed) -> Result<AppendPlan> {

@@ -15,14 +15,15 @@
 //! and the user's `--device-map`.
 //!
 //! Modules, one idea each: `segment` (open, check, map, attach), `drain`
-//! (rings to batches, block expansion, what each part completes), `tables` (batches and
-//! their DataFrames), `parquet_sink` (writer thread, atomic parts),
+//! (rings to batches, block events, what each part completes), `tables` (batches and
+//! their columns), `columns` (a part's Arrow arrays), `parquet_sink` (writer thread, atomic parts),
 //! `parquet_file` (one part, its encodings), `output` (capture directory,
 //! capture.json), `append` (`--append`), `capture` (the drain loop),
 //! `launch` (`run`), `qmp` (`info mtree -f`), `progress`, `signals`.
 
 mod append;
 mod capture;
+mod columns;
 mod drain;
 mod launch;
 pub mod memory_map;

@@ -27,9 +27,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use polars::prelude::DataFrame;
+
 use trace_schema::commit::Committed;
 
+use crate::columns::Columns;
 use crate::tables::{Batch, DeviceList, DeviceNames, Table};
 
 /// Batches waiting for the writer thread.
@@ -228,13 +229,13 @@ fn write_part(dir: &Path, part: Part, names: &dyn DeviceNames) -> Result<(u64, u
     let tdir = dir.join(table.name());
     std::fs::create_dir_all(&tdir).with_context(|| format!("cannot create {}", tdir.display()))?;
     let rows = part.batch.len() as u64;
-    let mut df = part
+    let columns = part
         .batch
-        .into_frame(&part.devices, names)
+        .into_columns(&part.devices, names)
         .with_context(|| format!("cannot build a {} part", table.name()))?;
     let tmp = tdir.join(format!(".part-{:06}.parquet.tmp", part.number));
     let dest = tdir.join(format!("part-{:06}.parquet", part.number));
-    let written = write_file(&tmp, &dest, &tdir, &mut df);
+    let written = write_file(&tmp, &dest, &tdir, columns);
     if written.is_err() {
         // Disk full (or any other failure): do not leave the partial part
         // behind, using the space the final capture.json still needs.
@@ -243,11 +244,11 @@ fn write_part(dir: &Path, part: Part, names: &dyn DeviceNames) -> Result<(u64, u
     Ok((written?, rows))
 }
 
-/// Writes `df` to `tmp`, syncs it, renames it to `dest`; returns its size.
-fn write_file(tmp: &Path, dest: &Path, tdir: &Path, df: &mut DataFrame) -> Result<u64> {
+/// Writes `columns` to `tmp`, syncs it, renames it to `dest`; returns its size.
+fn write_file(tmp: &Path, dest: &Path, tdir: &Path, columns: Columns) -> Result<u64> {
     let file = File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    crate::parquet_file::write(df, &mut w)
+    crate::parquet_file::write_columns(columns, &mut w)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     let file = w
         .into_inner()

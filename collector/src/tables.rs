@@ -7,8 +7,12 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use polars::prelude::*;
+use polars_arrow::array::{BooleanArray, PrimitiveArray};
+use polars_arrow::bitmap::Bitmap;
 use trace_schema::options::EventSet;
 use trace_schema::record::Event;
+
+use crate::columns::{dictionary, u64s, Columns};
 
 /// The tables of a capture directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -151,71 +155,116 @@ impl MemBatch {
         self.vcpu.len()
     }
 
-    /// The `mem` table (`mmio == false`) or the `mmio` table.
-    pub fn into_frame(
+    /// The `mem` table (`mmio == false`) or the `mmio` table. Its String
+    /// columns are dictionaries built from the batch's codes (see
+    /// `columns`): `type` from the store flag, `plugin_device` from the
+    /// device index, `device` and `region` resolved once per distinct
+    /// (device, address) rather than per row.
+    pub fn into_columns(
         self,
         mmio: bool,
         devices: &[String],
         names: &dyn DeviceNames,
-    ) -> PolarsResult<DataFrame> {
+    ) -> PolarsResult<Columns> {
         let n = self.len();
-        let plugin_name = |d: u32| devices.get(d as usize).map(String::as_str);
-        let mut typ = StringChunkedBuilder::new("type".into(), n);
-        for &s in &self.store {
-            typ.append_value(if s { "W" } else { "R" });
-        }
-        let mut device = StringChunkedBuilder::new("device".into(), n);
-        let mut region = StringChunkedBuilder::new("region".into(), n);
+        let typ = dictionary(
+            self.store.iter().map(|&s| s as u32).collect(),
+            None,
+            &["R", "W"],
+        )?;
+        let named = |d: u32| (d as usize) < devices.len();
+        let has_device: Bitmap = self.device.iter().map(|&d| named(d)).collect();
+        let plugin_device = mmio
+            .then(|| {
+                let keys = self
+                    .device
+                    .iter()
+                    .map(|&d| if named(d) { d } else { 0 })
+                    .collect();
+                let values: Vec<&str> = devices.iter().map(String::as_str).collect();
+                dictionary(keys, Some(has_device.clone()), &values)
+            })
+            .transpose()?;
+
+        let mut device_names = Interner::default();
+        let mut region_names = Interner::default();
+        let mut resolved: PlHashMap<(u32, u64), (u32, Option<u32>)> = PlHashMap::new();
+        let mut device_keys = Vec::with_capacity(n);
+        let mut region_keys = Vec::with_capacity(if mmio { n } else { 0 });
+        let mut has_region = Vec::with_capacity(if mmio { n } else { 0 });
         for (&d, &paddr) in self.device.iter().zip(&self.paddr) {
-            match plugin_name(d).map(|p| names.resolve(paddr, p)) {
-                Some((dev, reg)) => {
-                    device.append_value(dev);
-                    region.append_option(reg);
-                }
-                None => {
-                    device.append_null();
-                    region.append_null();
-                }
+            let (dev, reg) = if named(d) {
+                *resolved.entry((d, paddr)).or_insert_with(|| {
+                    let (dev, reg) = names.resolve(paddr, &devices[d as usize]);
+                    (device_names.key(&dev), reg.map(|r| region_names.key(&r)))
+                })
+            } else {
+                (0, None)
+            };
+            device_keys.push(dev);
+            if mmio {
+                region_keys.push(reg.unwrap_or(0));
+                has_region.push(reg.is_some());
             }
         }
-        let value_hi = UInt64Chunked::from_iter_options(
-            "value_hi".into(),
-            self.value_hi
-                .iter()
-                .zip(&self.size)
-                .map(|(&v, &s)| (s > 8).then_some(v)),
-        );
-        let mut cols = vec![
-            UInt32Chunked::from_vec("vcpu".into(), self.vcpu).into_column(),
-            UInt64Chunked::from_vec("icount".into(), self.icount).into_column(),
-            UInt64Chunked::from_vec("pc".into(), self.pc).into_column(),
-            typ.finish().into_column(),
-        ];
-        let device = device.finish().into_column();
-        let plugin_device = mmio.then(|| {
-            let mut b = StringChunkedBuilder::new("plugin_device".into(), n);
-            for &d in &self.device {
-                b.append_option(plugin_name(d));
-            }
-            b.finish().into_column()
-        });
-        cols.extend([
-            UInt64Chunked::from_vec("vaddr".into(), self.vaddr).into_column(),
-            UInt64Chunked::from_vec("paddr".into(), self.paddr).into_column(),
-            UInt8Chunked::from_vec("size".into(), self.size).into_column(),
-            UInt64Chunked::from_vec("value".into(), self.value).into_column(),
-            value_hi.into_column(),
-            UInt64Chunked::from_vec("asid".into(), self.asid).into_column(),
-        ]);
+
+        let value_hi = PrimitiveArray::from_vec(self.value_hi)
+            .with_validity(Some(self.size.iter().map(|&s| s > 8).collect()));
+        let mut c = Columns::new(n);
+        c.push("vcpu", PrimitiveArray::from_vec(self.vcpu).boxed());
+        c.push("icount", u64s(self.icount));
+        c.push("pc", u64s(self.pc));
+        c.push("type", typ);
+        c.push("vaddr", u64s(self.vaddr));
+        c.push("paddr", u64s(self.paddr));
+        c.push("size", PrimitiveArray::from_vec(self.size).boxed());
+        c.push("value", u64s(self.value));
+        c.push("value_hi", value_hi.boxed());
+        c.push("asid", u64s(self.asid));
         if !mmio {
-            cols.push(BooleanChunked::from_slice("io".into(), &self.io).into_column());
+            c.push("io", BooleanArray::from_slice(&self.io).boxed());
         }
-        cols.push(device);
+        c.push(
+            "device",
+            dictionary(device_keys, Some(has_device), &device_names.values())?,
+        );
         if mmio {
-            cols.push(region.finish().into_column());
+            c.push(
+                "region",
+                dictionary(
+                    region_keys,
+                    Some(has_region.into_iter().collect()),
+                    &region_names.values(),
+                )?,
+            );
         }
-        cols.extend(plugin_device);
-        DataFrame::new(n, cols)
+        if let Some(p) = plugin_device {
+            c.push("plugin_device", p);
+        }
+        Ok(c)
+    }
+}
+
+/// Distinct strings, numbered in order of first appearance.
+#[derive(Default)]
+struct Interner {
+    keys: PlHashMap<String, u32>,
+    values: Vec<String>,
+}
+
+impl Interner {
+    fn key(&mut self, s: &str) -> u32 {
+        if let Some(&k) = self.keys.get(s) {
+            return k;
+        }
+        let k = self.values.len() as u32;
+        self.values.push(s.to_owned());
+        self.keys.insert(s.to_owned(), k);
+        k
+    }
+
+    fn values(&self) -> Vec<&str> {
+        self.values.iter().map(String::as_str).collect()
     }
 }
 
@@ -423,19 +472,20 @@ impl Batch {
         }
     }
 
-    /// Builds the table's `DataFrame`. `devices` is the capture's device list
-    /// (plugin names) as it was when the batch was handed over.
-    pub fn into_frame(
+    /// Builds the table's columns for the Parquet writer. `devices` is the
+    /// capture's device list (plugin names) as it was when the batch was
+    /// handed over.
+    pub fn into_columns(
         self,
         devices: &[String],
         names: &dyn DeviceNames,
-    ) -> PolarsResult<DataFrame> {
+    ) -> PolarsResult<Columns> {
         match self {
-            Batch::Mem(b) => b.into_frame(false, devices, names),
-            Batch::Mmio(b) => b.into_frame(true, devices, names),
-            Batch::BlockExec(b) => b.into_frame(),
-            Batch::Code(b) => b.into_frame(),
-            Batch::Stats(b) => b.into_frame(),
+            Batch::Mem(b) => b.into_columns(false, devices, names),
+            Batch::Mmio(b) => b.into_columns(true, devices, names),
+            Batch::BlockExec(b) => Ok(Columns::from_frame(b.into_frame()?)),
+            Batch::Code(b) => Ok(Columns::from_frame(b.into_frame()?)),
+            Batch::Stats(b) => Ok(Columns::from_frame(b.into_frame()?)),
         }
     }
 }
@@ -448,14 +498,68 @@ pub type DeviceList = Arc<Vec<String>>;
 mod tests {
     use super::*;
 
+    /// `batch` written as a Parquet part and read back with polars, as
+    /// readers see it.
+    fn written(batch: Batch, devices: &[String]) -> DataFrame {
+        let columns = batch.into_columns(devices, &PluginDeviceNames).unwrap();
+        let mut file = Vec::new();
+        crate::parquet_file::write_columns(columns, &mut file).unwrap();
+        ParquetReader::new(std::io::Cursor::new(file))
+            .finish()
+            .unwrap()
+    }
+
     fn schema_of(table: Table) -> Vec<(String, DataType)> {
-        let df = Batch::new(table, 0)
-            .into_frame(&[], &PluginDeviceNames)
-            .unwrap();
-        df.schema()
+        written(Batch::new(table, 0), &[])
+            .schema()
             .iter()
             .map(|(n, t)| (n.to_string(), t.clone()))
             .collect()
+    }
+
+    /// The String columns built as dictionaries from codes read back as the
+    /// strings they stand for, nulls included.
+    #[test]
+    fn mmio_strings_read_back() {
+        let devices = vec!["uart".to_string(), "anon0x1".to_string()];
+        let mut b = MemBatch::with_capacity(4);
+        let access = |store, paddr| Event {
+            kind: trace_schema::record::KIND_MEM,
+            size: 4,
+            flags: if store {
+                trace_schema::record::FLAG_STORE | trace_schema::record::FLAG_IO
+            } else {
+                trace_schema::record::FLAG_IO
+            },
+            paddr,
+            ..Event::default()
+        };
+        b.push(0, &access(true, 0x10), 0);
+        b.push(0, &access(false, 0x20), 1);
+        b.push(0, &access(false, 0x30), NO_DEVICE);
+        b.push(0, &access(true, 0x10), 0);
+        let df = written(Batch::Mmio(b), &devices);
+        let strs = |c: &str| -> Vec<Option<String>> {
+            df.column(c)
+                .unwrap()
+                .str()
+                .unwrap()
+                .iter()
+                .map(|s| s.map(str::to_owned))
+                .collect()
+        };
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(strs("type"), [some("W"), some("R"), some("R"), some("W")]);
+        assert_eq!(
+            strs("device"),
+            [some("uart"), some("anon0x1"), None, some("uart")]
+        );
+        // PluginDeviceNames knows no regions.
+        assert_eq!(strs("region"), [None, None, None, None]);
+        assert_eq!(
+            strs("plugin_device"),
+            [some("uart"), some("anon0x1"), None, some("uart")]
+        );
     }
 
     /// The columns and types of docs/capture-format.md.
