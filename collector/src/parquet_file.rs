@@ -10,7 +10,9 @@
 //! | columns | encoding | why |
 //! |---|---|---|
 //! | `icount` | DELTA_BINARY_PACKED | grows by small steps within a vCPU: ~0.1 B/row |
+//! | `asid` | DELTA_BINARY_PACKED | the same value for long runs: as small as a dictionary, without hashing every row |
 //! | `vaddr`, `paddr`, `value` | PLAIN (then zstd) | too many distinct values for a dictionary |
+//! | `value_hi` | PLAIN (then zstd) | null but for 16-byte accesses: a dictionary saves nothing |
 //! | `type`, `device`, `region`, `plugin_device` of `mem`/`mmio` | a dictionary, given as built from the batch's codes (`columns`) | a handful of distinct strings; nothing to hash per row |
 //! | everything else | polars' default: a dictionary (plain if that fails), plain for booleans | few distinct values (pc, size, vcpu, asid, ...) |
 //!
@@ -40,8 +42,8 @@ use crate::columns::Columns;
 /// strings, plain for booleans).
 pub fn encoding_of(column: &str) -> Option<Encoding> {
     match column {
-        "icount" => Some(Encoding::DeltaBinaryPacked),
-        "vaddr" | "paddr" | "value" => Some(Encoding::Plain),
+        "icount" | "asid" => Some(Encoding::DeltaBinaryPacked),
+        "vaddr" | "paddr" | "value" | "value_hi" => Some(Encoding::Plain),
         _ => None,
     }
 }
