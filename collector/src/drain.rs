@@ -675,6 +675,14 @@ impl State {
 
     /// Hands table `t`'s batch to the writer (even an empty one).
     fn flush(&mut self, t: Table) -> Result<(), Fail> {
+        if t == Table::BlockExec && self.code.len() > 0 {
+            // The blocks of these rows are described in `code` rows not
+            // written yet: write them first (the writer keeps the order), so
+            // that a part of block_exec is never on disk without its blocks'
+            // pcs. A collector that continues a killed one's capture then
+            // knows every block the kept parts executed.
+            self.flush(Table::Code)?;
+        }
         // A table that filled a batch is likely to fill the next: reserve it whole.
         let cap = if self.batch_len(t) >= self.part_rows {
             self.part_rows
