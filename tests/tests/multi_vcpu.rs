@@ -58,12 +58,17 @@ fn each_vcpu_has_its_own_ordered_lossless_stream() {
         assert!(cpu.windows(2).all(|w| w[0].icount < w[1].icount));
     }
     // The address-space id is the MMU context register, TTBR0_EL1: CPU 1
-    // set it before its first access, CPU 0 left QEMU's reset value.
+    // set it before its first access and again before its last two, CPU 0
+    // left QEMU's reset value.
     assert!(cpu0.iter().all(|a| a.asid == 0));
     assert!(
-        cpu1.iter().all(|a| a.asid == 0x0005_0000_4020_0000),
+        cpu1[..1000].iter().all(|a| a.asid == 0x0005_0000_4020_0000),
         "{:x?}",
         cpu1[0]
+    );
+    assert_eq!(
+        (cpu1[1000].asid, cpu1[1001].asid),
+        (0x0006_0000_4020_0000, 0x0006_0000_4020_0000)
     );
 
     // The GIC accesses are I/O, the rest RAM.

@@ -122,14 +122,17 @@ void __attribute__((noreturn)) cpu0_main(void)
 
 /* CPU 1's address-space id: TTBR0_EL1 with ASID 5 in bits 63:48. The MMU
  * stays off, so it changes no translation; a trace must show it as the asid
- * of every access CPU 1 makes after this point (all of them). */
+ * of every access CPU 1 makes after this point, up to the next write. */
 #define CPU1_TTBR0 0x0005000040200000ull
+/* ... and ASID 6 for its last two accesses: a switch between two accesses. */
+#define CPU1_TTBR0_LAST 0x0006000040200000ull
 
 void __attribute__((noreturn)) cpu1_main(void)
 {
     __asm__ volatile("msr ttbr0_el1, %0\n\tisb" :: "r"(CPU1_TTBR0) : "memory");
     fill(arr_1, 1);                                /* 1000 stores */
     __asm__ volatile("dsb sy" ::: "memory");
+    __asm__ volatile("msr ttbr0_el1, %0\n\tisb" :: "r"(CPU1_TTBR0_LAST) : "memory");
     *(volatile uint64_t *)&done = 1;
     __asm__ volatile("dsb sy" ::: "memory");
     REG32(GICD_SGIR) = SGIR_CPU0_SGI0;             /* wake CPU 0 */
