@@ -5,10 +5,14 @@
 //!
 //! Reading a register needs a callback registered with `QEMU_PLUGIN_CB_R_REGS`
 //! and goes through QEMU's gdbstub register code, which is dear: the memory
-//! callback reads it at most once per executed block, when it first emits an
-//! event there, into the vCPU's slot here (see `Shim::asid_of`). That is
-//! exact: a write to these registers ends the translated block in QEMU, so
-//! every access of a block sees the value its first access saw.
+//! callback reads it only when the value it read last may be stale, at the
+//! first event it emits after that, into the vCPU's slot here (see
+//! `Shim::asid_of`). When is it stale ([`Staleness`])? On AArch64, after an
+//! instruction that writes TTBR0_EL1 (found by its encoding at translation),
+//! and when the vCPU resumes (a reset, e.g. PSCI CPU_ON, sets it again).
+//! Elsewhere, at every executed block: a write to these registers ends the
+//! translated block in QEMU, so every access of a block sees the value its
+//! first access saw.
 
 use qemu_plugin_sys::*;
 use std::cell::UnsafeCell;
@@ -23,6 +27,26 @@ extern "C" {
 
 /// The context register's name in QEMU's register list, per architecture.
 const CONTEXT_REGISTERS: &[&str] = &["TTBR0_EL1", "TTBR0", "cr3", "satp"];
+
+/// When a value read from the context register may no longer hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Staleness {
+    /// After an instruction [`writes_ttbr0_el1`] finds, or a vCPU resume.
+    OnWrites,
+    /// At every executed block (no decoder for this architecture's writes).
+    EveryBlock,
+}
+
+/// Whether the AArch64 instruction `bytes` writes TTBR0_EL1: `msr
+/// ttbr0_el1, xN` (op0=3 op1=0 CRn=2 CRm=0 op2=0) or, from EL2 with VHE,
+/// `msr ttbr0_el12, xN` (op1=5). Every other way to change it is a reset.
+pub fn writes_ttbr0_el1(bytes: &[u8]) -> bool {
+    let Some(word) = bytes.get(..4) else {
+        return false;
+    };
+    let word = u32::from_le_bytes(word.try_into().unwrap()) & !0x1f; // Rt
+    word == 0xd518_2000 || word == 0xd51d_2000
+}
 
 /// One vCPU's context register and last value read.
 pub struct AsidSlot {
@@ -45,12 +69,12 @@ impl AsidSlot {
     }
 
     /// Finds the vCPU's context register. Must run on the vCPU's thread
-    /// (QEMU's register list is the current vCPU's); returns whether the core
-    /// has one.
-    pub unsafe fn init(&self) -> bool {
+    /// (QEMU's register list is the current vCPU's); returns when a value
+    /// read from it goes stale, or `None` when the core has none.
+    pub unsafe fn init(&self) -> Option<Staleness> {
         let list = unsafe { qemu_plugin_get_registers() };
         if list.is_null() {
-            return false;
+            return None;
         }
         let descriptors = unsafe {
             std::slice::from_raw_parts(
@@ -63,23 +87,22 @@ impl AsidSlot {
                 .to_string_lossy()
                 .into_owned()
         };
-        let found = CONTEXT_REGISTERS
-            .iter()
-            .find_map(|want| {
-                descriptors
-                    .iter()
-                    .find(|d| name_of(d).eq_ignore_ascii_case(want))
-            })
-            .map(|d| d.handle);
+        let found = CONTEXT_REGISTERS.iter().find_map(|&want| {
+            descriptors
+                .iter()
+                .find(|d| name_of(d).eq_ignore_ascii_case(want))
+                .map(|d| (want, d.handle))
+        });
         unsafe { g_array_free(list, 1) };
-        match found {
-            Some(handle) => unsafe {
-                *self.register.get() = handle;
-                *self.buffer.get() = g_byte_array_new();
-                true
-            },
-            None => false,
+        let (name, handle) = found?;
+        unsafe {
+            *self.register.get() = handle;
+            *self.buffer.get() = g_byte_array_new();
         }
+        Some(match name {
+            "TTBR0_EL1" => Staleness::OnWrites,
+            _ => Staleness::EveryBlock,
+        })
     }
 
     /// Reads the register (in a callback registered with `R_REGS`).
@@ -104,5 +127,22 @@ impl AsidSlot {
     #[inline(always)]
     pub fn value(&self) -> u64 {
         unsafe { *self.value.get() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_writes_to_ttbr0_el1_by_encoding() {
+        let le = |w: u32| w.to_le_bytes();
+        assert!(writes_ttbr0_el1(&le(0xd518_2000))); // msr ttbr0_el1, x0
+        assert!(writes_ttbr0_el1(&le(0xd518_2014))); // msr ttbr0_el1, x20
+        assert!(writes_ttbr0_el1(&le(0xd51d_2002))); // msr ttbr0_el12, x2
+        assert!(!writes_ttbr0_el1(&le(0xd538_2000))); // mrs x0, ttbr0_el1
+        assert!(!writes_ttbr0_el1(&le(0xd518_2020))); // msr ttbr1_el1, x0
+        assert!(!writes_ttbr0_el1(&le(0xd503_201f))); // nop
+        assert!(!writes_ttbr0_el1(&[0x00, 0x20])); // too short
     }
 }

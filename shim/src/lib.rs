@@ -16,14 +16,19 @@ mod vcpu;
 use qemu_plugin_sys::*;
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8};
 use trace_schema::events_capnp::meta;
 use trace_schema::layout::{state, Geometry, Header};
 use trace_schema::options::ShimOptions;
 use trace_schema::record::{self, Event, EVENT_RECORD_BYTES};
 use trace_schema::sync::Ordering;
 
-use asid::AsidSlot;
+use asid::{AsidSlot, Staleness};
+
+/// `Shim::asid_staleness`, ordered so that the most cautious vCPU wins.
+const ASID_NONE: u8 = 0;
+const ASID_ON_WRITES: u8 = 1;
+const ASID_EVERY_BLOCK: u8 = 2;
 use segment::Segment;
 use vcpu::VcpuSlot;
 
@@ -38,13 +43,15 @@ struct Shim {
     vcpus: Box<[VcpuSlot]>,
     /// Per-vCPU address-space ids (see `asid`).
     asids: Box<[AsidSlot]>,
-    /// Some vCPU has a context register: memory callbacks may read it.
-    track_asid: std::sync::atomic::AtomicBool,
+    /// When the vCPUs' context register values go stale (`asid::Staleness`
+    /// as `ASID_*`): `ASID_NONE` when the core has none.
+    asid_staleness: AtomicU8,
     /// Per-vCPU count of instructions started, incremented inline by QEMU's
     /// generated code before each instruction: the `icount` of every event.
     icount: qemu_plugin_u64,
-    /// Per-vCPU flag, set to 1 inline by QEMU's generated code as each block
-    /// starts: the ASID in `asids` may be stale (see `asid_of`).
+    /// Per-vCPU flag, set to 1 inline by QEMU's generated code where the
+    /// context register may change (see `on_translate`), and when the vCPU
+    /// resumes: the ASID in `asids` may be stale (see `asid_of`).
     asid_stale: qemu_plugin_u64,
     next_block_id: AtomicU64,
     /// Our plugin id, for `qemu_plugin_reset`.
@@ -131,7 +138,7 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
         segment,
         vcpus,
         asids: (0..n_vcpus).map(|_| AsidSlot::new()).collect(),
-        track_asid: std::sync::atomic::AtomicBool::new(false),
+        asid_staleness: AtomicU8::new(ASID_NONE),
         icount: qemu_plugin_u64 {
             score,
             offset: std::mem::offset_of!(Score, icount),
@@ -159,6 +166,7 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
 unsafe fn register_translation_and_exit(id: qemu_plugin_id_t) {
     unsafe {
         qemu_plugin_register_vcpu_tb_trans_cb(id, Some(on_translate));
+        qemu_plugin_register_vcpu_resume_cb(id, Some(on_vcpu_resume));
         qemu_plugin_register_atexit_cb(id, Some(on_exit), std::ptr::null_mut());
     }
 }
@@ -201,10 +209,24 @@ unsafe extern "C" fn on_vcpu_init(_id: qemu_plugin_id_t, vcpu: c_uint) {
     THREAD_VCPU.with(|v| v.set(vcpu));
     let shim = shim();
     if let Some(slot) = shim.asids.get(vcpu as usize) {
-        if unsafe { slot.init() } {
-            // Relaxed: every vCPU is initialised before any block is translated.
-            shim.track_asid.store(true, Ordering::Relaxed);
-        }
+        let mode = match unsafe { slot.init() } {
+            None => ASID_NONE,
+            Some(Staleness::OnWrites) => ASID_ON_WRITES,
+            Some(Staleness::EveryBlock) => ASID_EVERY_BLOCK,
+        };
+        // Relaxed: every vCPU is initialised before any block is translated.
+        shim.asid_staleness.fetch_max(mode, Ordering::Relaxed);
+        // Nothing read yet.
+        unsafe { (*shim.score(vcpu)).asid_stale = 1 };
+    }
+}
+
+/// The vCPU leaves idle (also after a reset, which sets its context register
+/// again): the ASID read before may be stale.
+unsafe extern "C" fn on_vcpu_resume(_id: qemu_plugin_id_t, vcpu: c_uint) {
+    let shim = shim();
+    if (vcpu as usize) < shim.asids.len() {
+        unsafe { (*shim.score(vcpu)).asid_stale = 1 };
     }
 }
 
@@ -217,11 +239,16 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
     let header = shim.header();
     let events = shim.options.events;
     let n = unsafe { qemu_plugin_tb_n_insns(tb) };
-    // With an MMU core, a memory callback reads the context register when it
-    // first emits an event in an executed block: that needs R_REGS, and the
-    // block marks the value read before it stale as it starts.
-    let track_asid = events.wants_memory() && shim.track_asid.load(Ordering::Relaxed);
-    let memory_flags = if track_asid {
+    // With an MMU core, a memory callback reads the context register at the
+    // first event it emits after the value read before went stale: that needs
+    // R_REGS, and the code that makes it stale (an instruction that writes
+    // the register, or any block) marks it so before it runs.
+    let asid = if events.wants_memory() {
+        shim.asid_staleness.load(Ordering::Relaxed)
+    } else {
+        ASID_NONE
+    };
+    if asid == ASID_EVERY_BLOCK {
         unsafe {
             qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(
                 tb,
@@ -230,9 +257,11 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
                 1,
             );
         }
-        qemu_plugin_cb_flags::QEMU_PLUGIN_CB_R_REGS
-    } else {
+    }
+    let memory_flags = if asid == ASID_NONE {
         qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS
+    } else {
+        qemu_plugin_cb_flags::QEMU_PLUGIN_CB_R_REGS
     };
     for i in 0..n {
         let insn = unsafe { qemu_plugin_tb_get_insn(tb, i) };
@@ -243,6 +272,16 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
                 shim.icount,
                 1,
             );
+        }
+        if asid == ASID_ON_WRITES && unsafe { writes_context_register(insn) } {
+            unsafe {
+                qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
+                    insn,
+                    qemu_plugin_op::QEMU_PLUGIN_INLINE_STORE_U64,
+                    shim.asid_stale,
+                    1,
+                );
+            }
         }
         if events.wants_memory() {
             // The instruction's address travels as the callback's user data:
@@ -276,6 +315,14 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
             );
         }
     }
+}
+
+/// Whether `insn` writes the context register (AArch64: TTBR0_EL1).
+unsafe fn writes_context_register(insn: *mut qemu_plugin_insn) -> bool {
+    let mut bytes = [0u8; 4];
+    let len =
+        unsafe { qemu_plugin_insn_data(insn, bytes.as_mut_ptr() as *mut c_void, bytes.len()) };
+    asid::writes_ttbr0_el1(&bytes[..len.min(bytes.len())])
 }
 
 /// The `Meta.block` message for a translated block: each instruction's
@@ -379,13 +426,12 @@ unsafe extern "C" fn on_memory_access(
 }
 
 impl Shim {
-    /// The vCPU's address-space id, read from its context register at most
-    /// once per executed block: by the first access of the block that is
-    /// emitted. Blocks with no emitted access (all of them but a few with
-    /// `events=mmio`) never pay for the read, which goes through QEMU's
-    /// gdbstub register path and costs more than the rest of the callback.
-    /// Only called from memory callbacks, registered with R_REGS when the
-    /// core has a context register.
+    /// The vCPU's address-space id, read from its context register only by
+    /// the first emitted access after the value read before went stale (on
+    /// AArch64: a write to TTBR0_EL1 or a resume; elsewhere: a new block).
+    /// The read goes through QEMU's gdbstub register path and costs more
+    /// than the rest of the callback. Only called from memory callbacks,
+    /// registered with R_REGS when the core has a context register.
     #[inline(always)]
     unsafe fn asid_of(&self, vcpu: c_uint, score: *mut Score) -> u64 {
         let slot = &self.asids[vcpu as usize];
@@ -414,7 +460,7 @@ impl Shim {
 struct Score {
     /// Instructions started (`Shim::icount`).
     icount: u64,
-    /// The ASID read before this block started may be stale (`Shim::asid_stale`).
+    /// The ASID read last may be stale (`Shim::asid_stale`).
     asid_stale: u64,
 }
 
