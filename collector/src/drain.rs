@@ -17,11 +17,12 @@
 //! written yet) or the next one. In an appended capture, a record's rows of a table
 //! are not written again when the capture already holds them (`skip_below`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 use capnp::message::ReaderOptions;
+use polars::prelude::{PlHashMap, PlHashSet};
 use trace_schema::events_capnp::meta;
 use trace_schema::layout::SegmentView;
 use trace_schema::options::EventSet;
@@ -29,6 +30,7 @@ use trace_schema::record::{self, Event, EVENT_RECORD_BYTES, KIND_BLOCK, KIND_MEM
 use trace_schema::ring::{Consumer, DrainError};
 use trace_schema::sync::Ordering;
 
+use crate::block_lengths::BlockLengths;
 use crate::parquet_sink::{PartSink, SinkProgress};
 use crate::tables::{
     Batch, BlockExecBatch, CodeBatch, DeviceList, MemBatch, StatsBatch, Table, NO_DEVICE,
@@ -89,12 +91,12 @@ struct State {
     devices_changed: bool,
     device_index: HashMap<String, u32>,
     /// Per vCPU: `Meta.device.id` → index in `devices`.
-    vcpu_devices: Vec<HashMap<u16, u32>>,
+    vcpu_devices: Vec<PlHashMap<u16, u32>>,
     /// Block id → instruction count.
-    blocks: HashMap<u64, u32>,
+    blocks: BlockLengths,
     /// Blocks whose Meta did not arrive (lost, or announced to an earlier
     /// collector).
-    missing_blocks: HashSet<u64>,
+    missing_blocks: PlHashSet<u64>,
     pending: Vec<Option<Pending>>,
 
     /// Per vCPU: the ring index (`commit::event_index`) of the next record.
@@ -222,9 +224,9 @@ impl Drainer {
                 devices: Arc::new(Vec::new()),
                 devices_changed: false,
                 device_index: HashMap::new(),
-                vcpu_devices: vec![HashMap::new(); n as usize],
+                vcpu_devices: vec![PlHashMap::default(); n as usize],
                 blocks,
-                missing_blocks: HashSet::new(),
+                missing_blocks: PlHashSet::default(),
                 pending: vec![None; n as usize],
                 next_index: resume.first_index,
                 skip_below: resume.skip_below,
@@ -464,7 +466,7 @@ impl State {
             meta::Block(b) => {
                 let b = b.map_err(bad)?;
                 let id = b.get_id();
-                if self.blocks.contains_key(&id) {
+                if self.blocks.contains(id) {
                     return Ok(()); // announced again (a new attach): known already
                 }
                 let insns = b.get_insns().map_err(bad)?;
@@ -628,11 +630,11 @@ impl State {
         if p.index < self.skip_below[v][Table::BlockExec.index()] {
             return Ok(()); // its row is in the capture already
         }
-        let mut known = self.blocks.get(&p.id).copied();
+        let mut known = self.blocks.get(p.id);
         if known.is_none() && !self.missing_blocks.contains(&p.id) {
             // Its Meta may sit in another vCPU's meta ring (translated there).
             self.drain_all_metas(metas)?;
-            known = self.blocks.get(&p.id).copied();
+            known = self.blocks.get(p.id);
             if known.is_none() {
                 // A Meta is published before the block's first event: after
                 // this pass it can never arrive. Do not look again.

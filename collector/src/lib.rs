@@ -15,13 +15,15 @@
 //! and the user's `--device-map`.
 //!
 //! Modules, one idea each: `segment` (open, check, map, attach), `drain`
-//! (rings to batches, block events, what each part completes), `tables` (batches and
+//! (rings to batches, block events, what each part completes), `block_lengths`
+//! (instructions per block id), `tables` (batches and
 //! their columns), `columns` (a part's Arrow arrays), `parquet_sink` (writer thread, atomic parts),
 //! `parquet_file` (one part, its encodings), `output` (capture directory,
 //! capture.json), `append` (`--append`), `capture` (the drain loop),
 //! `launch` (`run`), `qmp` (`info mtree -f`), `progress`, `signals`.
 
 mod append;
+mod block_lengths;
 mod capture;
 mod columns;
 mod drain;
