@@ -16,10 +16,11 @@
 //! Groups:
 //! - `drain_parquet/mem`: the m3loop firmware's pattern (per 10 instructions
 //!   2 RAM stores, 2 RAM loads, 1 MMIO load): tables mem and mmio;
-//! - `drain_parquet/insn`: blocks of 10 instructions, expanded by the
-//!   collector to one `insn` row per instruction.
+//! - `drain_parquet/insn`: blocks of 10 instructions, one `block_exec` row
+//!   each.
 //!
-//! Throughput is in rows of the main table (mem, insn) per second.
+//! Throughput is in rows per second of `mem`, and of the `insn` view
+//! (instructions the `block_exec` rows describe).
 
 use std::ffi::CString;
 use std::path::PathBuf;
