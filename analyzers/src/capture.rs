@@ -43,7 +43,11 @@ pub struct Capture {
 #[derive(Debug, Clone)]
 pub struct TableInfo {
     pub name: String,
+    /// Its Parquet parts (for the `insn` view: those of `block_exec`).
     pub parts: usize,
+    /// Built from other tables (`insn` from `block_exec` and `code`), not
+    /// read from its own files.
+    pub view: bool,
     pub columns: Vec<(String, String)>,
     pub rows: u64,
 }
@@ -452,6 +456,7 @@ impl Capture {
             out.push(TableInfo {
                 name,
                 parts,
+                view,
                 columns,
                 rows,
             });

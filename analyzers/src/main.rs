@@ -111,14 +111,22 @@ fn run(cli: Cli) -> Result<()> {
                     bail!("give either --tables or a SQL query, not both");
                 }
                 for t in cap.table_info()? {
-                    writeln!(
-                        out,
-                        "{} ({} rows, {} part{})",
-                        t.name,
-                        t.rows,
-                        t.parts,
-                        if t.parts == 1 { "" } else { "s" }
-                    )?;
+                    if t.view {
+                        writeln!(
+                            out,
+                            "{} ({} rows, a view of block_exec and code)",
+                            t.name, t.rows
+                        )?;
+                    } else {
+                        writeln!(
+                            out,
+                            "{} ({} rows, {} part{})",
+                            t.name,
+                            t.rows,
+                            t.parts,
+                            if t.parts == 1 { "" } else { "s" }
+                        )?;
+                    }
                     for (c, dt) in &t.columns {
                         writeln!(out, "  {c}: {dt}")?;
                     }

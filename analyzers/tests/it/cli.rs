@@ -59,6 +59,10 @@ fn tables_listing() {
     );
     assert!(out.contains("\nstats (5 rows, 1 part)\n"), "{out}");
     assert!(out.contains("  bytes: binary\n"), "{out}");
+    assert!(
+        out.contains("\ninsn (17 rows, a view of block_exec and code)\n  vcpu: u32\n  icount: u64\n  pc: u64\n  block: u64\nblock_exec (4 rows, 2 parts)\n"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -35,6 +35,10 @@ fn tables_are_registered() {
             ("stats".to_string(), 5, 1),
         ]
     );
+    assert_eq!(
+        info.iter().map(|t| t.view).collect::<Vec<_>>(),
+        [false, false, true, false, false, false]
+    );
     let mem = &info[0].columns;
     assert_eq!(mem[0], ("vcpu".to_string(), "u32".to_string()));
     assert_eq!(mem.len(), 12);
