@@ -362,7 +362,7 @@ pub fn bufmon_windowed(
     let Some(matches) = buffers.iter().map(overlaps).reduce(|a, b| a.or(b)) else {
         return Ok(report);
     };
-    let Some(mut range) = icount_range(cap, "mem", &|lf| lf.filter(matches.clone()))? else {
+    let Some(mut range) = icount_range(cap, "mem", Some(matches.clone()))? else {
         return Ok(report);
     };
     let last = range.hi;
@@ -381,7 +381,7 @@ pub fn bufmon_windowed(
             let events = col("icount")
                 .lt_eq(lit(last))
                 .and(col("pc").is_in(lit(pcs).implode(false), false));
-            if let Some(er) = icount_range(cap, "insn", &|lf| lf.filter(events.clone()))? {
+            if let Some(er) = icount_range(cap, "insn", Some(events.clone()))? {
                 range = range.union(er);
             }
             tracker = Some((sites, events));

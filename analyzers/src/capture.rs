@@ -24,6 +24,10 @@ pub const STANDARD_TABLES: [&str; 6] = ["mem", "mmio", "insn", "block_exec", "co
 /// The view rebuilt from `block_exec` rather than read from files.
 const INSN: &str = "insn";
 
+/// Most instructions in a translated block (QEMU's TCG_MAX_INSNS): the
+/// largest `block_exec.insns`.
+const MAX_BLOCK_INSNS: u64 = 512;
+
 /// An open capture directory.
 #[derive(Debug)]
 pub struct Capture {
@@ -183,6 +187,12 @@ impl Capture {
         self.tables.contains_key(name) || (name == INSN && self.insn_is_view())
     }
 
+    /// Whether `name` is a view built from other tables (`insn`, rebuilt
+    /// from `block_exec` and `code`) rather than read from its own files.
+    pub fn is_view(&self, name: &str) -> bool {
+        name == INSN && self.insn_is_view()
+    }
+
     /// `insn` is rebuilt from `block_exec` (the collector writes no `insn`
     /// files since block executions are a tenth of the rows).
     fn insn_is_view(&self) -> bool {
@@ -254,8 +264,13 @@ impl Capture {
     /// window costs its own rows, not the whole table's.
     pub fn scan_window(&self, name: &str, w: Window) -> Result<LazyFrame> {
         if name == INSN && self.insn_is_view() {
-            let mut overlaps =
-                (col("icount") + col("insns").cast(DataType::UInt64)).gt(lit(w.start));
+            // The first condition is on the raw column, so the Parquet scan
+            // skips the row groups before the window (a block holds at most
+            // MAX_BLOCK_INSNS instructions); without it every window would
+            // read block_exec from its start.
+            let mut overlaps = col("icount")
+                .gt_eq(lit(w.start.saturating_sub(MAX_BLOCK_INSNS)))
+                .and((col("icount") + col("insns").cast(DataType::UInt64)).gt(lit(w.start)));
             if let Some(end) = w.end {
                 overlaps = overlaps.and(col("icount").lt(lit(end)));
             }

@@ -60,7 +60,7 @@ pub fn execlog_windowed(
         col("device"),
     ];
     let mut report = ExeclogReport::default();
-    let Some(range) = icount_range(cap, "insn", &|lf| lf)? else {
+    let Some(range) = icount_range(cap, "insn", None)? else {
         return Ok(report);
     };
     let mut line = String::new();

@@ -47,7 +47,7 @@ pub fn mmio_json_windowed(cap: &Capture, w: &mut dyn Write, window_rows: u64) ->
     // Each object is written once the next one is known, so the last one
     // can go without a comma.
     let mut pending: Option<String> = None;
-    let range = icount_range(cap, "mmio", &|lf| lf)?;
+    let range = icount_range(cap, "mmio", None)?;
     for win in range.map(|r| windows(r, window_rows)).unwrap_or_default() {
         let df = sorted_window(cap, "mmio", win, None, &cols)?;
         let pc = df.column("pc")?.u64()?;

@@ -46,20 +46,46 @@ impl Range {
     }
 }
 
-/// The icount range of the rows of `table` that `filter` keeps, computed
-/// part by part (so only one part's `icount` column is in memory at once).
-/// None when no row is kept.
-pub fn icount_range(
+/// The icount range of the rows of `table` that `filter` keeps (all rows
+/// when `None`), computed part by part (so only one part's `icount` column
+/// is in memory at once). None when no row is kept.
+pub fn icount_range(cap: &Capture, table: &str, filter: Option<Expr>) -> Result<Option<Range>> {
+    if filter.is_none() && cap.is_view(table) {
+        // The `insn` view's range is `block_exec`'s: no need to expand it.
+        return range_of_parts(
+            cap,
+            "block_exec",
+            col("insns").gt(lit(0u32)),
+            (col("icount").cast(DataType::UInt64) + col("insns").cast(DataType::UInt64)
+                - lit(1u64))
+            .max(),
+            col("insns").cast(DataType::UInt64).sum(),
+        );
+    }
+    range_of_parts(
+        cap,
+        table,
+        filter.unwrap_or(lit(true)),
+        col("icount").cast(DataType::UInt64).max(),
+        len().cast(DataType::UInt64),
+    )
+}
+
+/// Per part of `table`, of the rows `keep` keeps: the smallest icount,
+/// `hi` and `rows`; combined.
+fn range_of_parts(
     cap: &Capture,
     table: &str,
-    filter: &dyn Fn(LazyFrame) -> LazyFrame,
+    keep: Expr,
+    hi: Expr,
+    rows: Expr,
 ) -> Result<Option<Range>> {
     let mut acc: Option<Range> = None;
     for part in cap.scan_parts(table)? {
-        let df = cap.collect(filter(part).select([
+        let df = cap.collect(part.filter(keep.clone()).select([
             col("icount").cast(DataType::UInt64).min().alias("lo"),
-            col("icount").cast(DataType::UInt64).max().alias("hi"),
-            len().cast(DataType::UInt64).alias("n"),
+            hi.clone().alias("hi"),
+            rows.clone().alias("n"),
         ]))?;
         let lo = df.column("lo")?.u64()?.get(0);
         let hi = df.column("hi")?.u64()?.get(0);

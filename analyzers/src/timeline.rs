@@ -45,7 +45,7 @@ struct Lane {
 pub fn timeline(cap: &Capture, w: &mut dyn Write) -> Result<TimelineReport> {
     // Fails early, naming the analyzer, when there is no mmio table.
     cap.require("mmio", "timeline")?;
-    let range = crate::stream::icount_range(cap, "mmio", &|lf| lf)?;
+    let range = crate::stream::icount_range(cap, "mmio", None)?;
     let mut lanes: BTreeMap<String, Lane> = BTreeMap::new();
     let (lo, hi) = range.map_or((0, 0), |r| (r.lo, r.hi));
     if range.is_some() {

@@ -177,7 +177,7 @@ fn small_windows_same_output() {
             "{rows}"
         );
     }
-    let range = trace_analyzers::stream::icount_range(&cap, "insn", &|lf| lf)
+    let range = trace_analyzers::stream::icount_range(&cap, "insn", None)
         .unwrap()
         .unwrap();
     assert_eq!((range.lo, range.hi, range.rows), (0, 12, 17));
