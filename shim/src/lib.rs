@@ -158,12 +158,14 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
     }
     unsafe {
         qemu_plugin_register_vcpu_init_cb(id, Some(on_vcpu_init));
-        register_translation_and_exit(id);
+        register_callbacks(id);
     }
     Ok(())
 }
 
-unsafe fn register_translation_and_exit(id: qemu_plugin_id_t) {
+/// Our callbacks but vCPU init: registered at install, and again after a
+/// `qemu_plugin_reset` (every vCPU is initialised by then).
+unsafe fn register_callbacks(id: qemu_plugin_id_t) {
     unsafe {
         qemu_plugin_register_vcpu_tb_trans_cb(id, Some(on_translate));
         qemu_plugin_register_vcpu_resume_cb(id, Some(on_vcpu_resume));
@@ -190,7 +192,7 @@ fn describe_blocks_again(shim: &Shim, attach: u32) {
 }
 
 unsafe extern "C" fn on_reset(id: qemu_plugin_id_t) {
-    unsafe { register_translation_and_exit(id) };
+    unsafe { register_callbacks(id) };
 }
 
 /// `wait=on`: hold QEMU until a collector is attached, so that an attached
