@@ -260,7 +260,7 @@ fn sql_answers_equal_duckdb_on_the_same_files() {
              on m.vcpu = i.vcpu and m.icount = i.icount where m.io order by m.icount",
         ),
         (capture(), "select count(*) as n from insn where pc between 92 and 160"),
-        (a64.as_path(), "select vcpu, asid, count(*) as n, sum(value) as s, max(vaddr) as top from mem group by vcpu, asid order by vcpu"),
+        (a64.as_path(), "select vcpu, asid, count(*) as n, sum(value) as s, max(vaddr) as top from mem group by vcpu, asid order by vcpu, asid"),
         (a64.as_path(), "select vcpu, count(*) as n, min(icount) as first, max(icount) as last from insn group by vcpu order by vcpu"),
     ];
     for (dir, q) in cases {
