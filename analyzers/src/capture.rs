@@ -184,19 +184,15 @@ impl Capture {
     }
 
     pub fn has_table(&self, name: &str) -> bool {
-        self.tables.contains_key(name) || (name == INSN && self.insn_is_view())
+        self.tables.contains_key(name) || self.is_view(name)
     }
 
-    /// Whether `name` is a view built from other tables (`insn`, rebuilt
-    /// from `block_exec` and `code`) rather than read from its own files.
+    /// Whether `name` is a view built from other tables rather than read
+    /// from its own files: `insn`, rebuilt from `block_exec` and `code` when
+    /// there is no `insn` directory (the collector writes none since format
+    /// 2: block executions are a tenth of the rows).
     pub fn is_view(&self, name: &str) -> bool {
-        name == INSN && self.insn_is_view()
-    }
-
-    /// `insn` is rebuilt from `block_exec` (the collector writes no `insn`
-    /// files since block executions are a tenth of the rows).
-    fn insn_is_view(&self) -> bool {
-        !self.tables.contains_key(INSN) && self.tables.contains_key("block_exec")
+        name == INSN && !self.tables.contains_key(INSN) && self.tables.contains_key("block_exec")
     }
 
     /// The Parquet parts of a table, sorted by name.
@@ -235,8 +231,8 @@ impl Capture {
 
     /// A lazy scan over all parts of a table. Nothing is read until collected.
     pub fn scan(&self, name: &str) -> Result<LazyFrame> {
-        if name == INSN && self.insn_is_view() {
-            // Read once: `code` is only scanned if the query uses `insn`.
+        if self.is_view(name) {
+            // Lazy: `code` is read only if the query uses `insn`.
             return Ok(insn_view(self.scan("block_exec")?, self.code_pcs_scan()?));
         }
         let Some(parts) = self.tables.get(name) else {
@@ -263,7 +259,7 @@ impl Capture {
     /// overlap it (a filter the Parquet scan of `block_exec` can use), so a
     /// window costs its own rows, not the whole table's.
     pub fn scan_window(&self, name: &str, w: Window) -> Result<LazyFrame> {
-        if name == INSN && self.insn_is_view() {
+        if self.is_view(name) {
             // The first condition is on the raw column, so the Parquet scan
             // skips the row groups before the window (a block holds at most
             // MAX_BLOCK_INSNS instructions); without it every window would
@@ -319,7 +315,7 @@ impl Capture {
     /// One lazy scan per Parquet part of a table, in part order (for the
     /// `insn` view: per part of `block_exec`).
     pub fn scan_parts(&self, name: &str) -> Result<Vec<LazyFrame>> {
-        if name == INSN && self.insn_is_view() {
+        if self.is_view(name) {
             return self
                 .scan_parts("block_exec")?
                 .into_iter()
@@ -436,7 +432,7 @@ impl Capture {
     pub fn table_info(&self) -> Result<Vec<TableInfo>> {
         let mut out = Vec::new();
         for name in self.table_names() {
-            let view = name == INSN && self.insn_is_view();
+            let view = self.is_view(&name);
             // The view's files are block_exec's (and code's).
             let source = if view { "block_exec" } else { name.as_str() };
             let parts = self.tables[source].len();
