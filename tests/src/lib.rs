@@ -196,6 +196,16 @@ pub fn table(capture: &Path, name: &str) -> Result<DataFrame> {
     anyhow::Context::with_context(df, || format!("reading table {name}"))
 }
 
+/// The values of `df`'s UInt64 column `name` (a column without nulls).
+pub fn u64s(df: &DataFrame, name: &str) -> Vec<u64> {
+    df.column(name)
+        .unwrap()
+        .u64()
+        .unwrap()
+        .into_no_null_iter()
+        .collect()
+}
+
 /// One row of `mem` or `mmio`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {

@@ -379,13 +379,8 @@ fn accesses_before(f: u64) -> u64 {
 
 /// The access sequence numbers of a capture's `mem` rows, sorted.
 fn mem_seqs(dir: &Path) -> Vec<u64> {
-    let df = table(dir, "mem").unwrap();
-    let mut v: Vec<u64> = df
-        .column("icount")
-        .unwrap()
-        .u64()
-        .unwrap()
-        .into_no_null_iter()
+    let mut v: Vec<u64> = u64s(&table(dir, "mem").unwrap(), "icount")
+        .into_iter()
         .map(seq)
         .collect();
     v.sort_unstable();
@@ -682,13 +677,8 @@ fn collector_killed_then_capture_appended() {
     }
     assert!(stderr.contains(&format!("events lost before we attached: {before}")));
     // The MMIO rows too: each access at most once.
-    let mut mmio: Vec<u64> = table(&d, "mmio")
-        .unwrap()
-        .column("icount")
-        .unwrap()
-        .u64()
-        .unwrap()
-        .into_no_null_iter()
+    let mut mmio: Vec<u64> = u64s(&table(&d, "mmio").unwrap(), "icount")
+        .into_iter()
         .map(seq)
         .collect();
     mmio.sort_unstable();
@@ -741,13 +731,7 @@ fn collector_killed_then_insn_capture_appended() {
     assert_no_panic(&stderr);
 
     let insn = table(&d, "insn").unwrap();
-    let mut icounts: Vec<u64> = insn
-        .column("icount")
-        .unwrap()
-        .u64()
-        .unwrap()
-        .into_no_null_iter()
-        .collect();
+    let mut icounts = u64s(&insn, "icount");
     icounts.sort_unstable();
     let r = runs(&icounts); // fails on an instruction captured twice
     eprintln!("insn runs {r:?}");
@@ -1115,14 +1099,7 @@ fn drop_with_a_tiny_ring_accounts_for_every_access() {
     assert_eq!(j["events_lost"], lost);
     assert_eq!(j["end"], "qemu_exited");
     // The rows kept are real accesses, each once, in order.
-    let icounts: Vec<u64> = table(&dir, "mem")
-        .unwrap()
-        .column("icount")
-        .unwrap()
-        .u64()
-        .unwrap()
-        .into_no_null_iter()
-        .collect();
+    let icounts = u64s(&table(&dir, "mem").unwrap(), "icount");
     assert!(icounts.windows(2).all(|w| w[0] < w[1]));
     let mmio = stat(&dir, "rows.mmio", None);
     assert!(mmio <= N + 7);

@@ -224,21 +224,9 @@ fn run_captures_every_instruction_of_the_m3_firmware() {
         .sort(["icount"], Default::default())
         .unwrap();
     assert_eq!(insn.height(), 99);
-    let icount: Vec<u64> = insn
-        .column("icount")
-        .unwrap()
-        .u64()
-        .unwrap()
-        .into_no_null_iter()
-        .collect();
+    let icount = u64s(&insn, "icount");
     assert_eq!(icount, (0..99).collect::<Vec<u64>>());
-    let pc: Vec<u64> = insn
-        .column("pc")
-        .unwrap()
-        .u64()
-        .unwrap()
-        .into_no_null_iter()
-        .collect();
+    let pc = u64s(&insn, "pc");
     assert_eq!((pc[0], pc[98]), (0x08, 0xf8));
 
     // Each access's (icount, pc) is an executed instruction.
@@ -250,14 +238,6 @@ fn run_captures_every_instruction_of_the_m3_firmware() {
     // row per (block, index), and every executed instruction has the row of
     // the translation it ran from.
     let code = table(&dir, "code").unwrap();
-    let u64s = |df: &polars::prelude::DataFrame, c: &str| -> Vec<u64> {
-        df.column(c)
-            .unwrap()
-            .u64()
-            .unwrap()
-            .into_no_null_iter()
-            .collect()
-    };
     let (code_block, code_pc) = (u64s(&code, "block"), u64s(&code, "pc"));
     let index: Vec<u32> = code
         .column("index")
