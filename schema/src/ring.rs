@@ -85,6 +85,17 @@ pub fn message_len(bytes: &[u8]) -> Result<usize, &'static str> {
     if bytes.len() < 8 {
         return Err("truncated segment table");
     }
+    // One segment (every event record): the table is this one word. The
+    // same checks as below, without the loop.
+    let first = u64::from_le_bytes(bytes[0..8].try_into().unwrap());
+    if first as u32 == 0 {
+        let total = 8 + (first >> 32) * 8;
+        return match total {
+            8 => Err("empty message"),
+            t if t > bytes.len() as u64 => Err("message longer than the bytes published"),
+            t => Ok(t as usize),
+        };
+    }
     let segments = u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as u64 + 1;
     if segments > MAX_SEGMENTS as u64 {
         return Err("too many segments");
