@@ -14,6 +14,7 @@ use polars::prelude::{CompatLevel, DataFrame, PolarsResult, SchemaExt};
 use polars_arrow::array::{Array, DictionaryArray, PrimitiveArray, Utf8ViewArray};
 use polars_arrow::bitmap::Bitmap;
 use polars_arrow::datatypes::{ArrowDataType, ArrowSchema, Field, IntegerType};
+use polars_arrow::types::NativeType;
 
 /// One part's columns, in the table's column order.
 pub struct Columns {
@@ -82,6 +83,39 @@ pub fn dictionary(
     );
     let keys = PrimitiveArray::from_vec(keys).with_validity(valid);
     let values = Utf8ViewArray::from_slice_values(values).boxed();
+    Ok(DictionaryArray::try_new(dtype, keys, values)?.boxed())
+}
+
+/// A column of a few distinct small integers (vCPU numbers, access sizes)
+/// as a dictionary: each row's key is found in a table indexed by its value
+/// (`slot`, below `slots`), not by hashing it. Values are numbered in order
+/// of first appearance.
+pub fn small_integers<T: NativeType>(
+    column: &[T],
+    slots: usize,
+    slot: impl Fn(T) -> usize,
+) -> PolarsResult<Box<dyn Array>> {
+    const NONE: u32 = u32::MAX;
+    let mut key_of = vec![NONE; slots];
+    let mut values = Vec::new();
+    let keys = column
+        .iter()
+        .map(|&v| {
+            let k = &mut key_of[slot(v)];
+            if *k == NONE {
+                *k = values.len() as u32;
+                values.push(v);
+            }
+            *k
+        })
+        .collect();
+    let dtype = ArrowDataType::Dictionary(
+        IntegerType::UInt32,
+        Box::new(ArrowDataType::from(T::PRIMITIVE)),
+        false,
+    );
+    let keys = PrimitiveArray::from_vec(keys);
+    let values = PrimitiveArray::from_vec(values).boxed();
     Ok(DictionaryArray::try_new(dtype, keys, values)?.boxed())
 }
 

@@ -31,6 +31,7 @@ use anyhow::{anyhow, Context, Result};
 use trace_schema::commit::Committed;
 
 use crate::columns::Columns;
+use crate::parquet_file::PartWriter;
 use crate::tables::{Batch, DeviceList, DeviceNames, Table};
 
 /// Batches waiting for the writer thread.
@@ -94,6 +95,7 @@ impl PartSink {
         let thread = std::thread::Builder::new()
             .name("parquet-writer".into())
             .spawn(move || -> Result<()> {
+                let mut parquet = PartWriter::default();
                 loop {
                     let mut part = match consumer.pop() {
                         Ok(part) => part,
@@ -112,7 +114,7 @@ impl PartSink {
                     // thread sees: a writer that just vanished would leave it
                     // waiting forever for room in the queue.
                     let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        write_part(&dir, part, names.as_ref())
+                        write_part(&mut parquet, &dir, part, names.as_ref())
                     }))
                     .unwrap_or_else(|p| {
                         let msg = p
@@ -224,7 +226,12 @@ impl PartSink {
 }
 
 /// Writes one part; returns its size in bytes and its rows.
-fn write_part(dir: &Path, part: Part, names: &dyn DeviceNames) -> Result<(u64, u64)> {
+fn write_part(
+    parquet: &mut PartWriter,
+    dir: &Path,
+    part: Part,
+    names: &dyn DeviceNames,
+) -> Result<(u64, u64)> {
     let table = part.batch.table();
     let tdir = dir.join(table.name());
     std::fs::create_dir_all(&tdir).with_context(|| format!("cannot create {}", tdir.display()))?;
@@ -235,7 +242,7 @@ fn write_part(dir: &Path, part: Part, names: &dyn DeviceNames) -> Result<(u64, u
         .with_context(|| format!("cannot build a {} part", table.name()))?;
     let tmp = tdir.join(format!(".part-{:06}.parquet.tmp", part.number));
     let dest = tdir.join(format!("part-{:06}.parquet", part.number));
-    let written = write_file(&tmp, &dest, &tdir, columns);
+    let written = write_file(parquet, &tmp, &dest, &tdir, columns);
     if written.is_err() {
         // Disk full (or any other failure): do not leave the partial part
         // behind, using the space the final capture.json still needs.
@@ -245,10 +252,17 @@ fn write_part(dir: &Path, part: Part, names: &dyn DeviceNames) -> Result<(u64, u
 }
 
 /// Writes `columns` to `tmp`, syncs it, renames it to `dest`; returns its size.
-fn write_file(tmp: &Path, dest: &Path, tdir: &Path, columns: Columns) -> Result<u64> {
+fn write_file(
+    parquet: &mut PartWriter,
+    tmp: &Path,
+    dest: &Path,
+    tdir: &Path,
+    columns: Columns,
+) -> Result<u64> {
     let file = File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    crate::parquet_file::write_columns(columns, &mut w)
+    parquet
+        .write(columns, &mut w)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     let file = w
         .into_inner()

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use polars::prelude::*;
 use polars_arrow::array::{BooleanArray, PrimitiveArray};
 use polars_arrow::bitmap::Bitmap;
+use trace_schema::layout::MAX_VCPUS;
 use trace_schema::options::EventSet;
 use trace_schema::record::Event;
 
-use crate::columns::{dictionary, u64s, Columns};
+use crate::columns::{dictionary, small_integers, u64s, Columns};
 
 /// The tables of a capture directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -211,13 +212,18 @@ impl MemBatch {
         let value_hi = PrimitiveArray::from_vec(self.value_hi)
             .with_validity(Some(self.size.iter().map(|&s| s > 8).collect()));
         let mut c = Columns::new(n);
-        c.push("vcpu", PrimitiveArray::from_vec(self.vcpu).boxed());
+        // A row's vCPU is the index of the ring it came from, below the
+        // checked geometry's `n_vcpus`.
+        c.push(
+            "vcpu",
+            small_integers(&self.vcpu, MAX_VCPUS as usize, |v| v as usize)?,
+        );
         c.push("icount", u64s(self.icount));
         c.push("pc", u64s(self.pc));
         c.push("type", typ);
         c.push("vaddr", u64s(self.vaddr));
         c.push("paddr", u64s(self.paddr));
-        c.push("size", PrimitiveArray::from_vec(self.size).boxed());
+        c.push("size", small_integers(&self.size, 256, |s| s as usize)?);
         c.push("value", u64s(self.value));
         c.push("value_hi", value_hi.boxed());
         c.push("asid", u64s(self.asid));
@@ -503,7 +509,9 @@ mod tests {
     fn written(batch: Batch, devices: &[String]) -> DataFrame {
         let columns = batch.into_columns(devices, &PluginDeviceNames).unwrap();
         let mut file = Vec::new();
-        crate::parquet_file::write_columns(columns, &mut file).unwrap();
+        crate::parquet_file::PartWriter::default()
+            .write(columns, &mut file)
+            .unwrap();
         ParquetReader::new(std::io::Cursor::new(file))
             .finish()
             .unwrap()
