@@ -17,7 +17,12 @@
 //! - `drain_parquet/mem`: the m3loop firmware's pattern (per 10 instructions
 //!   2 RAM stores, 2 RAM loads, 1 MMIO load): tables mem and mmio;
 //! - `drain_parquet/insn`: blocks of 10 instructions, one `block_exec` row
-//!   each.
+//!   each;
+//! - `drain_parquet/mem (recorded)`: a real guest's records, replayed from
+//!   the file `BENCH_RECORDS` names (written by `null-collector --dump`, see
+//!   benches/README.md); skipped when it is not set. Synthetic records
+//!   compress unlike a real guest's addresses and values: this group is the
+//!   one to judge encodings by.
 //!
 //! Throughput is in rows per second of `mem`, and of the `insn` view
 //! (instructions the `block_exec` rows describe).
@@ -165,6 +170,19 @@ enum Workload {
     Mem { iterations: u64 },
     /// `blocks` executions of one 10-instruction block.
     Insn { blocks: u64 },
+    /// A `null-collector --dump` file's messages, for vCPU 0.
+    Recorded { dump: &'static [u8], records: u64 },
+}
+
+/// The messages of a `null-collector --dump` file: (is an event record, bytes).
+fn dumped(mut dump: &[u8]) -> impl Iterator<Item = (bool, &[u8])> {
+    std::iter::from_fn(move || {
+        let ring = u64::from_le_bytes(dump.get(..8)?.try_into().unwrap());
+        let len = trace_schema::ring::message_len(&dump[8..]).expect("a dumped message");
+        let m = &dump[8..8 + len];
+        dump = &dump[8 + len..];
+        Some((ring == 0, m))
+    })
 }
 
 impl Workload {
@@ -172,6 +190,7 @@ impl Workload {
         match self {
             Workload::Mem { .. } => "events=mem+mmio,overflow=block,wait=on",
             Workload::Insn { .. } => "events=insn,overflow=block,wait=on",
+            Workload::Recorded { .. } => "events=mem+mmio,overflow=block,wait=on",
         }
     }
 
@@ -180,6 +199,7 @@ impl Workload {
         match self {
             Workload::Mem { iterations } => 5 * iterations,
             Workload::Insn { blocks } => 10 * blocks,
+            Workload::Recorded { records, .. } => records,
         }
     }
 
@@ -247,6 +267,19 @@ impl Workload {
                 }
                 icount = 10 * blocks;
             }
+            Workload::Recorded { dump, .. } => {
+                let mut last = 0;
+                for (event, m) in dumped(dump) {
+                    if event {
+                        last = Event::decode(m.try_into().unwrap()).unwrap().icount;
+                        push(&mut events, m);
+                        written += 1;
+                    } else {
+                        push(&mut metas, m);
+                    }
+                }
+                icount = last + 1;
+            }
         }
         let c = &seg.view.vcpu(0).counters;
         c.final_icount.store(icount, Ordering::Relaxed);
@@ -255,19 +288,40 @@ impl Workload {
     }
 }
 
-/// One capture: returns the time `attach` took.
-fn capture_once(w: Workload, out: &PathBuf) -> Duration {
+/// What one capture cost.
+struct Cost {
+    /// Wall time of the `attach` call.
+    wall: Duration,
+    /// CPU time of the collector's threads during it (the process's, less
+    /// the producer thread's).
+    cpu: Duration,
+}
+
+fn cpu_clock(clock: libc::clockid_t) -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(clock, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// One capture of `w`.
+fn capture_once(w: Workload, out: &PathBuf) -> Cost {
     let seg = FakeSegment::create(w.options());
     let _ = std::fs::remove_dir_all(out);
     std::thread::scope(|s| {
-        s.spawn(|| {
+        let producer = s.spawn(|| {
+            let started = cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID);
             // The shim records nothing before a collector attaches.
             while seg.view.header().state.load(Ordering::Acquire) != state::ATTACHED {
                 std::thread::sleep(Duration::from_micros(100));
             }
             w.produce(&seg);
+            cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID) - started
         });
         let started = Instant::now();
+        let cpu_started = cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID);
         let summary = attach(&AttachArgs {
             pid: std::process::id(),
             out: out.clone(),
@@ -279,9 +333,14 @@ fn capture_once(w: Workload, out: &PathBuf) -> Duration {
             show_progress: false,
         })
         .expect("attach");
-        let took = started.elapsed();
+        let wall = started.elapsed();
+        let cpu = cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID) - cpu_started;
         std::hint::black_box(summary);
-        took
+        let producer_cpu = producer.join().unwrap();
+        Cost {
+            wall,
+            cpu: cpu.saturating_sub(producer_cpu),
+        }
     })
 }
 
@@ -293,20 +352,39 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(20));
     g.warm_up_time(Duration::from_secs(1));
-    for w in [
+    let mut workloads = vec![
         Workload::Mem {
             iterations: 1_000_000,
         },
         Workload::Insn { blocks: 500_000 },
-    ] {
+    ];
+    match std::env::var_os("BENCH_RECORDS") {
+        Some(path) => {
+            let dump: &'static [u8] = std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("BENCH_RECORDS={}: {e}", path.to_string_lossy()))
+                .leak();
+            let records = dumped(dump).filter(|(event, _)| *event).count() as u64;
+            workloads.push(Workload::Recorded { dump, records });
+        }
+        None => eprintln!("drain_parquet: BENCH_RECORDS not set: the recorded group is skipped"),
+    }
+    for w in workloads {
         let name = match w {
-            Workload::Mem { .. } => "mem (m3loop pattern, 5M rows)",
-            Workload::Insn { .. } => "insn (10-insn blocks, 5M rows)",
+            Workload::Mem { .. } => "mem (m3loop pattern, 5M rows)".to_string(),
+            Workload::Insn { .. } => "insn (10-insn blocks, 5M rows)".to_string(),
+            Workload::Recorded { records, .. } => format!("mem (recorded, {records} records)"),
         };
         g.throughput(Throughput::Elements(w.rows()));
-        g.bench_function(name, |b| {
-            b.iter_custom(|iters| (0..iters).map(|_| capture_once(w, &out)).sum())
+        g.bench_function(&name, |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| capture_once(w, &out).wall).sum())
         });
+        if let Workload::Recorded { .. } = w {
+            // On a guest that leaves the collector one core, its CPU time
+            // is what bounds the capture.
+            g.bench_function(format!("{name}, collector CPU time"), |b| {
+                b.iter_custom(|iters| (0..iters).map(|_| capture_once(w, &out).cpu).sum())
+            });
+        }
     }
     g.finish();
     let _ = std::fs::remove_dir_all(&out);

@@ -5,7 +5,7 @@
 //! the collector's share.
 //!
 //! ```text
-//! null-collector --shim PATH --events mem+mmio -- qemu-system-... [args]
+//! null-collector --shim PATH --events mem+mmio [--dump FILE --dump-skip N --dump-records M] -- qemu-system-... [args]
 //! ```
 //!
 //! Starts QEMU with `-plugin PATH,events=...,overflow=block,wait=on`, attaches
@@ -13,8 +13,16 @@
 //! state), drains until the shim announces QEMU's exit, and prints
 //! `null-collector: events=N meta=M bytes=B` on stderr. Exits with QEMU's
 //! status.
+//!
+//! `--dump FILE` also writes vCPU 0's event records number N to N+M-1 (and
+//! every meta message of vCPU 0 before the last of them) to FILE, in the
+//! order a collector meets them: each message after an 8-byte word saying
+//! its ring (0: events, 1: meta). The drain benchmark replays such a file
+//! (`BENCH_RECORDS`, see benches/README.md) to measure the collector on a
+//! real guest's records.
 
 use std::ffi::CString;
+use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -31,6 +39,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut shim = None;
     let mut events = "mem+mmio".to_string();
+    let mut dump: Option<Dump> = None;
+    let (mut dump_skip, mut dump_records) = (0u64, 5_000_000u64);
+    let number =
+        |v: Option<&String>| -> u64 { v.and_then(|s| s.parse().ok()).unwrap_or_else(|| usage()) };
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -46,12 +58,37 @@ fn main() {
                     .replace(',', "+");
                 i += 2;
             }
+            "--dump" => {
+                let path = args.get(i + 1).unwrap_or_else(|| usage());
+                let file = std::fs::File::create(path).unwrap_or_else(|e| {
+                    eprintln!("null-collector: cannot create {path}: {e}");
+                    std::process::exit(1)
+                });
+                dump = Some(Dump {
+                    out: std::io::BufWriter::new(file),
+                    seen: 0,
+                    skip: 0,
+                    records: 0,
+                });
+                i += 2;
+            }
+            "--dump-skip" => {
+                dump_skip = number(args.get(i + 1));
+                i += 2;
+            }
+            "--dump-records" => {
+                dump_records = number(args.get(i + 1));
+                i += 2;
+            }
             "--" => {
                 i += 1;
                 break;
             }
             _ => usage(),
         }
+    }
+    if let Some(d) = dump.as_mut() {
+        (d.skip, d.records) = (dump_skip, dump_records);
     }
     let qemu = &args[i..];
     let (Some(shim), Some(binary)) = (shim, qemu.first()) else {
@@ -114,19 +151,21 @@ fn main() {
     let geometry = header.validate(len as u64).unwrap();
     let view = unsafe { SegmentView::new(base, geometry) };
 
+    // Per vCPU its meta ring, then its event ring, as trace-collector
+    // drains them (a device is announced before its first access).
     let mut rings: Vec<Consumer> = Vec::new();
     for v in 0..geometry.n_vcpus {
         let c = view.vcpu(v);
         unsafe {
             rings.push(Consumer::new(
-                &c.event_ring,
-                view.event_data(v),
-                geometry.event_ring_bytes,
-            ));
-            rings.push(Consumer::new(
                 &c.meta_ring,
                 view.meta_data(v),
                 geometry.meta_ring_bytes,
+            ));
+            rings.push(Consumer::new(
+                &c.event_ring,
+                view.event_data(v),
+                geometry.event_ring_bytes,
             ));
         }
     }
@@ -145,12 +184,15 @@ fn main() {
             let got = r
                 .drain(|m| {
                     bytes += m.len() as u64;
+                    if let Some(d) = dump.as_mut().filter(|_| k < 2) {
+                        d.message(k == 1, m);
+                    }
                     // Read one word of each record, as any consumer must.
                     sum = sum.wrapping_add(u64::from_le_bytes(m[16..24].try_into().unwrap()));
                     Ok::<(), ()>(())
                 })
                 .expect("ring") as u64;
-            if k % 2 == 0 {
+            if k % 2 == 1 {
                 events += got;
             } else {
                 metas += got;
@@ -175,6 +217,40 @@ fn main() {
         }
     }
     let status = child.wait().expect("wait");
+    if let Some(mut d) = dump {
+        d.out.flush().expect("write the dump");
+        eprintln!(
+            "null-collector: dumped {} of vCPU 0's event records",
+            d.seen.saturating_sub(d.skip).min(d.records)
+        );
+    }
     eprintln!("null-collector: events={events} meta={metas} bytes={bytes} (checksum {sum:x})");
     std::process::exit(status.code().unwrap_or(1));
+}
+
+/// `--dump`: vCPU 0's messages, as a collector meets them.
+struct Dump {
+    out: std::io::BufWriter<std::fs::File>,
+    /// Event records seen so far.
+    seen: u64,
+    skip: u64,
+    records: u64,
+}
+
+impl Dump {
+    fn message(&mut self, event: bool, m: &[u8]) {
+        let wanted = if event {
+            self.seen += 1;
+            (self.skip..self.skip + self.records).contains(&(self.seen - 1))
+        } else {
+            self.seen < self.skip + self.records
+        };
+        if wanted {
+            let ring: u64 = if event { 0 } else { 1 };
+            self.out
+                .write_all(&ring.to_le_bytes())
+                .and_then(|()| self.out.write_all(m))
+                .expect("write the dump");
+        }
+    }
 }
