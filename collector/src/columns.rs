@@ -86,29 +86,30 @@ pub fn dictionary(
     Ok(DictionaryArray::try_new(dtype, keys, values)?.boxed())
 }
 
-/// A column of a few distinct small integers (vCPU numbers, access sizes)
-/// as a dictionary: each row's key is found in a table indexed by its value
-/// (`slot`, below `slots`), not by hashing it. Values are numbered in order
-/// of first appearance.
-pub fn small_integers<T: NativeType>(
-    column: &[T],
+/// A column of a few distinct small integers (vCPU numbers, access sizes,
+/// instruction counts) as a dictionary: each row's key is found in a table
+/// indexed by its value (below `slots`), not by hashing it. Values are
+/// numbered in order of first appearance. A column with a value at or above
+/// `slots` (only a corrupt ring makes one) is returned as it is, to be
+/// written with polars' default encoding.
+pub fn small_integers<T: NativeType + Into<u64>>(
+    column: Vec<T>,
     slots: usize,
-    slot: impl Fn(T) -> usize,
 ) -> PolarsResult<Box<dyn Array>> {
     const NONE: u32 = u32::MAX;
     let mut key_of = vec![NONE; slots];
     let mut values = Vec::new();
-    let keys = column
-        .iter()
-        .map(|&v| {
-            let k = &mut key_of[slot(v)];
-            if *k == NONE {
-                *k = values.len() as u32;
-                values.push(v);
-            }
-            *k
-        })
-        .collect();
+    let mut keys = Vec::with_capacity(column.len());
+    for &v in &column {
+        let Some(k) = key_of.get_mut(v.into() as usize) else {
+            return Ok(PrimitiveArray::from_vec(column).boxed());
+        };
+        if *k == NONE {
+            *k = values.len() as u32;
+            values.push(v);
+        }
+        keys.push(*k);
+    }
     let dtype = ArrowDataType::Dictionary(
         IntegerType::UInt32,
         Box::new(ArrowDataType::from(T::PRIMITIVE)),
@@ -122,4 +123,25 @@ pub fn small_integers<T: NativeType>(
 /// A u64 column.
 pub fn u64s(values: Vec<u64>) -> Box<dyn Array> {
     PrimitiveArray::from_vec(values).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_integers_become_a_dictionary_unless_one_is_out_of_range() {
+        let column = small_integers(vec![8u8, 4, 8, 16, 4], 256).unwrap();
+        let dict = column
+            .as_any()
+            .downcast_ref::<DictionaryArray<u32>>()
+            .expect("a dictionary");
+        assert_eq!(dict.keys().values().as_slice(), &[0, 1, 0, 2, 1]);
+        let values = dict.values().as_any().downcast_ref::<PrimitiveArray<u8>>();
+        assert_eq!(values.unwrap().values().as_slice(), &[8, 4, 16]);
+
+        let column = small_integers(vec![3u32, 5000, 3], 1024).unwrap();
+        let plain = column.as_any().downcast_ref::<PrimitiveArray<u32>>();
+        assert_eq!(plain.expect("as it is").values().as_slice(), &[3, 5000, 3]);
+    }
 }

@@ -212,18 +212,13 @@ impl MemBatch {
         let value_hi = PrimitiveArray::from_vec(self.value_hi)
             .with_validity(Some(self.size.iter().map(|&s| s > 8).collect()));
         let mut c = Columns::new(n);
-        // A row's vCPU is the index of the ring it came from, below the
-        // checked geometry's `n_vcpus`.
-        c.push(
-            "vcpu",
-            small_integers(&self.vcpu, MAX_VCPUS as usize, |v| v as usize)?,
-        );
+        c.push("vcpu", small_integers(self.vcpu, MAX_VCPUS as usize)?);
         c.push("icount", u64s(self.icount));
         c.push("pc", u64s(self.pc));
         c.push("type", typ);
         c.push("vaddr", u64s(self.vaddr));
         c.push("paddr", u64s(self.paddr));
-        c.push("size", small_integers(&self.size, 256, |s| s as usize)?);
+        c.push("size", small_integers(self.size, 256)?);
         c.push("value", u64s(self.value));
         c.push("value_hi", value_hi.boxed());
         c.push("asid", u64s(self.asid));
@@ -310,17 +305,15 @@ impl BlockExecBatch {
         self.insns.push(insns);
     }
 
-    pub fn into_frame(self) -> PolarsResult<DataFrame> {
-        let n = self.len();
-        DataFrame::new(
-            n,
-            vec![
-                UInt32Chunked::from_vec("vcpu".into(), self.vcpu).into_column(),
-                UInt64Chunked::from_vec("icount".into(), self.icount).into_column(),
-                UInt64Chunked::from_vec("block".into(), self.block).into_column(),
-                UInt32Chunked::from_vec("insns".into(), self.insns).into_column(),
-            ],
-        )
+    /// The `block_exec` table; `vcpu` and `insns` (at most a block's
+    /// length, 512 in QEMU) as dictionaries built from their values.
+    pub fn into_columns(self) -> PolarsResult<Columns> {
+        let mut c = Columns::new(self.len());
+        c.push("vcpu", small_integers(self.vcpu, MAX_VCPUS as usize)?);
+        c.push("icount", u64s(self.icount));
+        c.push("block", u64s(self.block));
+        c.push("insns", small_integers(self.insns, 1024)?);
+        Ok(c)
     }
 }
 
@@ -489,7 +482,7 @@ impl Batch {
         match self {
             Batch::Mem(b) => b.into_columns(false, devices, names),
             Batch::Mmio(b) => b.into_columns(true, devices, names),
-            Batch::BlockExec(b) => Ok(Columns::from_frame(b.into_frame()?)),
+            Batch::BlockExec(b) => b.into_columns(),
             Batch::Code(b) => Ok(Columns::from_frame(b.into_frame()?)),
             Batch::Stats(b) => Ok(Columns::from_frame(b.into_frame()?)),
         }
