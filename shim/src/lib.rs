@@ -9,6 +9,7 @@
 //! Read in order: install → translate (per translated block) → the two hot
 //! callbacks (memory access, block execution) → exit.
 
+mod access_kind;
 mod asid;
 mod segment;
 mod vcpu;
@@ -393,23 +394,15 @@ unsafe extern "C" fn on_memory_access(
         record::NO_DEVICE
     };
     let (value, value_hi) = unsafe { access_value(info) };
-    let mut flags = 0;
-    if unsafe { qemu_plugin_mem_is_store(info) } {
-        flags |= record::FLAG_STORE;
-    }
+    // Safety: a vCPU's memory callbacks run on its thread only.
+    let (mut flags, size) = unsafe { slot.access_kinds.of(info) };
     if is_io {
         flags |= record::FLAG_IO;
-    }
-    if unsafe { qemu_plugin_mem_is_sign_extended(info) } {
-        flags |= record::FLAG_SIGN_EXTENDED;
-    }
-    if unsafe { qemu_plugin_mem_is_big_endian(info) } {
-        flags |= record::FLAG_BIG_ENDIAN;
     }
     let score = shim.score(vcpu);
     let event = Event {
         kind: record::KIND_MEM,
-        size: 1u8 << unsafe { qemu_plugin_mem_size_shift(info) },
+        size,
         flags,
         device,
         vcpu: vcpu as u16,

@@ -7,6 +7,7 @@
 //! meta ring is also written at translation time, which QEMU runs on whichever
 //! thread translates, so it is guarded by a spin lock (never on the hot path).
 
+use crate::access_kind::AccessKinds;
 use std::cell::UnsafeCell;
 use std::ffi::{c_char, CStr};
 use std::sync::atomic::AtomicBool;
@@ -32,10 +33,12 @@ pub struct VcpuSlot {
     meta_lock: AtomicBool,
     meta: UnsafeCell<Producer>,
     devices: UnsafeCell<DeviceCache>,
+    /// The kinds of access this vCPU made (see `access_kind`).
+    pub access_kinds: AccessKinds,
 }
 
-// Safety: see the module comment: `events` and `devices` are only touched by
-// the thread running this vCPU, `meta` only under `meta_lock`.
+// Safety: see the module comment: `events`, `devices` and `access_kinds` are
+// only touched by the thread running this vCPU, `meta` only under `meta_lock`.
 unsafe impl Sync for VcpuSlot {}
 unsafe impl Send for VcpuSlot {}
 
@@ -70,6 +73,7 @@ impl VcpuSlot {
                 attach: 0,
                 names: Vec::with_capacity(MAX_DEVICES),
             }),
+            access_kinds: AccessKinds::new(),
         }
     }
 
