@@ -47,9 +47,12 @@ struct Shim {
     /// When the vCPUs' context register values go stale (`asid::Staleness`
     /// as `ASID_*`): `ASID_NONE` when the core has none.
     asid_staleness: AtomicU8,
-    /// Per-vCPU count of instructions started, incremented inline by QEMU's
-    /// generated code before each instruction: the `icount` of every event.
+    /// Per-vCPU count of instructions started, as of the end of the block
+    /// being run: see `Score` for how it is kept and read.
     icount: qemu_plugin_u64,
+    /// Per-vCPU count of the running block's instructions after the one
+    /// started last (see `Score`).
+    left: qemu_plugin_u64,
     /// Per-vCPU flag, set to 1 inline by QEMU's generated code where the
     /// context register may change (see `on_translate`), and when the vCPU
     /// resumes: the ASID in `asids` may be stale (see `asid_of`).
@@ -147,6 +150,10 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
         asid_stale: qemu_plugin_u64 {
             score,
             offset: std::mem::offset_of!(Score, asid_stale),
+        },
+        left: qemu_plugin_u64 {
+            score,
+            offset: std::mem::offset_of!(Score, left),
         },
         next_block_id: AtomicU64::new(0),
         id,
@@ -266,14 +273,55 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
     } else {
         qemu_plugin_cb_flags::QEMU_PLUGIN_CB_R_REGS
     };
+    // icount (see `Score`), in this order at the block's start: take off
+    // what the block before did not run, [record the block,] add this
+    // block's length; then before each instruction, store how many follow.
+    if events.insn {
+        // `on_block_exec` runs at every block anyway: it takes it off.
+        let block = shim.next_block_id.fetch_add(1, Ordering::Relaxed);
+        let message = unsafe { describe_block(tb, block) };
+        let vcpu = THREAD_VCPU
+            .with(|v| v.get())
+            .min(shim.vcpus.len() as u32 - 1);
+        shim.slot(vcpu)
+            .push_meta(header, shim.options.overflow, &message);
+        unsafe {
+            qemu_plugin_register_vcpu_tb_exec_cb(
+                tb,
+                Some(on_block_exec),
+                qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
+                block as *mut c_void,
+            );
+        }
+    } else {
+        unsafe {
+            qemu_plugin_register_vcpu_tb_exec_cond_cb(
+                tb,
+                Some(on_block_stopped_early),
+                qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
+                qemu_plugin_cond::QEMU_PLUGIN_COND_NE,
+                shim.left,
+                0,
+                std::ptr::null_mut(),
+            );
+        }
+    }
+    unsafe {
+        qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(
+            tb,
+            qemu_plugin_op::QEMU_PLUGIN_INLINE_ADD_U64,
+            shim.icount,
+            n as u64,
+        );
+    }
     for i in 0..n {
         let insn = unsafe { qemu_plugin_tb_get_insn(tb, i) };
         unsafe {
             qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
                 insn,
-                qemu_plugin_op::QEMU_PLUGIN_INLINE_ADD_U64,
-                shim.icount,
-                1,
+                qemu_plugin_op::QEMU_PLUGIN_INLINE_STORE_U64,
+                shim.left,
+                (n - i - 1) as u64,
             );
         }
         if asid == ASID_ON_WRITES && unsafe { writes_context_register(insn) } {
@@ -299,23 +347,6 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
                     pc as *mut c_void,
                 );
             }
-        }
-    }
-    if events.insn {
-        let block = shim.next_block_id.fetch_add(1, Ordering::Relaxed);
-        let message = unsafe { describe_block(tb, block) };
-        let vcpu = THREAD_VCPU
-            .with(|v| v.get())
-            .min(shim.vcpus.len() as u32 - 1);
-        shim.slot(vcpu)
-            .push_meta(header, shim.options.overflow, &message);
-        unsafe {
-            qemu_plugin_register_vcpu_tb_exec_cb(
-                tb,
-                Some(on_block_exec),
-                qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
-                block as *mut c_void,
-            );
         }
     }
 }
@@ -406,8 +437,7 @@ unsafe extern "C" fn on_memory_access(
         flags,
         device,
         vcpu: vcpu as u16,
-        // The inline counter already counts this instruction.
-        icount: unsafe { (*score).icount }.wrapping_sub(1),
+        icount: unsafe { (*score).icount_of_current() },
         pc: udata as u64,
         vaddr,
         paddr,
@@ -451,12 +481,51 @@ impl Shim {
 
 /// A vCPU's scoreboard entry: the counters QEMU's generated code updates
 /// inline.
+///
+/// The instruction count is kept per block, not per instruction: an inline
+/// add of 1 before every instruction makes every instruction wait for the
+/// one before's add to reach memory (about 2 ns each on the benchmark
+/// machine, half again the floor's time). Instead, each block adds its
+/// length to `icount` when it starts, and each of its instructions stores,
+/// before it runs, how many of the block's instructions follow it in `left`
+/// (a store of a constant: nothing waits on it). A block that ran to its
+/// end leaves 0 there; one that stopped early on an exception leaves the
+/// number it did not run, which the next block takes off `icount` before
+/// anything else (`take_off_unrun`). So, as with a count per instruction:
+/// at any point `icount - left` is the number of instructions started, the
+/// one running included, and an instruction that raised an exception counts
+/// as started.
 #[repr(C)]
 struct Score {
-    /// Instructions started (`Shim::icount`).
+    /// Instructions started, counting the running block whole.
     icount: u64,
     /// The ASID read last may be stale (`Shim::asid_stale`).
     asid_stale: u64,
+    /// The running block's instructions after the one started last.
+    left: u64,
+}
+
+impl Score {
+    /// The 0-based index of the running instruction.
+    #[inline(always)]
+    fn icount_of_current(&self) -> u64 {
+        self.icount.wrapping_sub(self.left).wrapping_sub(1)
+    }
+
+    /// At a block's start: the block before stopped early, leaving `left`
+    /// of its instructions unrun: they do not count.
+    #[inline(always)]
+    fn take_off_unrun(&mut self) {
+        self.icount = self.icount.wrapping_sub(self.left);
+        self.left = 0;
+    }
+}
+
+/// A block starts after one that stopped early (`Score`); registered as a
+/// conditional callback (`left != 0`) when no other callback runs at every
+/// block.
+unsafe extern "C" fn on_block_stopped_early(vcpu: c_uint, _udata: *mut c_void) {
+    unsafe { (*shim().score(vcpu)).take_off_unrun() };
 }
 
 /// The accessed value as (low 8 bytes, high 8 bytes), zero-extended.
@@ -481,6 +550,10 @@ unsafe fn access_value(info: qemu_plugin_meminfo_t) -> (u64, u64) {
 /// block's `Meta.block` and the next block's icount.
 unsafe extern "C" fn on_block_exec(vcpu: c_uint, udata: *mut c_void) {
     let shim = shim();
+    // First, whatever the state: the count must stay right while no
+    // collector is attached too.
+    let score = shim.score(vcpu);
+    unsafe { (*score).take_off_unrun() };
     let header = shim.header();
     let slot = shim.slot(vcpu);
     match header.state.load(Ordering::Relaxed) {
@@ -496,8 +569,8 @@ unsafe extern "C" fn on_block_exec(vcpu: c_uint, udata: *mut c_void) {
         kind: record::KIND_BLOCK,
         vcpu: vcpu as u16,
         device: record::NO_DEVICE,
-        // Block callbacks run before the block's first inline increment.
-        icount: unsafe { (*shim.score(vcpu)).icount },
+        // This callback runs before the block adds its length.
+        icount: unsafe { (*score).icount },
         vaddr: udata as u64,
         ..Event::default()
     };
@@ -513,7 +586,11 @@ unsafe extern "C" fn on_block_exec(vcpu: c_uint, udata: *mut c_void) {
 unsafe extern "C" fn on_exit(_id: qemu_plugin_id_t, _udata: *mut c_void) {
     let shim = shim();
     for slot in shim.vcpus.iter() {
-        slot.publish_final(unsafe { qemu_plugin_u64_get(shim.icount, slot.index()) });
+        let started = unsafe {
+            qemu_plugin_u64_get(shim.icount, slot.index())
+                .wrapping_sub(qemu_plugin_u64_get(shim.left, slot.index()))
+        };
+        slot.publish_final(started);
     }
     // Release: the counters and every event published before are visible to a
     // collector that sees `qemu_exited` with Acquire.
