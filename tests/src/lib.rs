@@ -108,7 +108,12 @@ pub fn qemus_with(marker: &str) -> Vec<u32> {
 
 /// QEMU command line for the Cortex-M3 firmware (prints `Hello\n`, exits 0).
 pub fn m3_qemu() -> Vec<String> {
-    let fw = firmware("m3.elf");
+    lm3s6965evb_qemu("m3.elf")
+}
+
+/// QEMU command line for one of the Cortex-M3 firmware images.
+pub fn lm3s6965evb_qemu(firmware_name: &str) -> Vec<String> {
+    let fw = firmware(firmware_name);
     [
         "qemu-system-arm",
         "-M",
