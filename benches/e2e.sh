@@ -8,7 +8,7 @@
 # Options (after the mode):
 #   --runs N                 runs per configuration (default 3; --quick: 1)
 #   --workloads a,b          of boot-smp1, boot-smp2, m3loop (default: all three; --quick: m3loop)
-#   --configs a,b            of none, floor-mem, floor-exec, floor-mem-inline, textlog,
+#   --configs a,b            of none, floor-mem, floor-exec, floor-mem-inline, floor-mem-insn-add, textlog,
 #                            null-mmio, ours-mmio, null-mem, ours-mem, null-insn, ours-insn,
 #                            ours-all (default: all)
 #   --m3loop-iterations N    (default 10000000; --quick: 200000)
@@ -57,14 +57,18 @@ if [ "$quick" -eq 1 ]; then
 fi
 runs="${runs:-3}"
 workloads="${workloads:-boot-smp1,boot-smp2,m3loop}"
-configs="${configs:-none,floor-mem,floor-exec,floor-mem-inline,textlog,null-mmio,ours-mmio,null-mem,ours-mem,null-insn,ours-insn,ours-all}"
+configs="${configs:-none,floor-mem,floor-exec,floor-mem-inline,floor-mem-insn-add,textlog,null-mmio,ours-mmio,null-mem,ours-mem,null-insn,ours-insn,ours-all}"
 iterations="${iterations:-10000000}"
 results="${results:-$ROOT/benches/RESULTS.md}"
 mkdir -p "$WORK"
 
 # Everything in release mode (never a debug build).
-cargo build --release -p trace-shim -p trace-collector -p trace-analyzers -p trace-bench-floor \
-    -p trace-bench-textlog -p trace-benches --bin null-collector
+# The whole workspace, as scripts/test.sh builds it: the same features, so
+# the same artifacts (a build of some packages only would build polars a
+# second time with their features), and every binary current (with `-p ...
+# --bin null-collector`, cargo used to build that binary only and leave a
+# stale trace-collector to be measured).
+cargo build --release --workspace
 T="$CARGO_TARGET_DIR/release"
 for f in trace-collector trace-query libtrace_shim.so libbench_floor.so libbench_textlog.so null-collector; do
     [ -e "$T/$f" ] || { echo "e2e.sh: $T/$f was not built" >&2; exit 1; }

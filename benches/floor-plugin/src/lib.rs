@@ -7,17 +7,20 @@
 //! per-vCPU counter, so what the guest pays is QEMU's own cost of calling a
 //! plugin: any tracer built on these callbacks costs at least this much.
 //!
-//! `inline=on` also adds the per-instruction inline counter the shim uses for
-//! icount (`qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu` on a
-//! scoreboard of one u64 per vCPU, as the shim allocates it), to tell apart
-//! the cost of that counter from the cost of the callbacks; `inline=padded`
-//! the same with 128 bytes per vCPU in the scoreboard, so that the vCPUs'
-//! counters do not share a cache line.
+//! `inline=on` also counts instructions inline as the shim does for icount
+//! (see the shim's `Score`: per block an add of its length, before each
+//! instruction a store of how many of the block's follow it, and a
+//! conditional callback after a block that stopped early), to tell apart
+//! the cost of that counting from the cost of the callbacks. `inline=insn`
+//! counts with an inline add before every instruction instead (what the shim
+//! did before); `inline=padded` the same with 128 bytes per vCPU in the
+//! scoreboard, so that the vCPUs' counters do not share a cache line.
 //!
-//! At exit it prints one line on stderr:
-//! `floor: mode=mem inline=off callbacks=N vcpus=[n0, n1, ...]`.
+//! At exit it prints one line on stderr, `floor: mode=mem inline=off
+//! callbacks=N vcpus=[n0, n1, ...]`, and with a counter a second one,
+//! `floor: icount=N` (instructions started, all vCPUs).
 //!
-//! `-plugin libbench_floor.so[,mode=mem|exec][,inline=on|off|padded]`
+//! `-plugin libbench_floor.so[,mode=mem|exec][,inline=on|off|insn|padded]`
 
 use qemu_plugin_sys::*;
 use std::ffi::{c_char, c_int, c_uint, c_void};
@@ -32,13 +35,35 @@ enum Mode {
     Exec,
 }
 
-/// The inline per-instruction counter: none, as the shim has it (one u64
-/// per vCPU, adjacent in QEMU's scoreboard), or padded to 128 bytes per vCPU.
+/// The inline instruction counter: none; as the shim counts (per block);
+/// an add per instruction in a scoreboard of one u64 per vCPU; or the same
+/// padded to 128 bytes per vCPU.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Inline {
     Off,
-    On,
+    Block,
+    Insn,
     Padded,
+}
+
+impl Inline {
+    fn name(self) -> &'static str {
+        match self {
+            Inline::Off => "off",
+            Inline::Block => "on",
+            Inline::Insn => "insn",
+            Inline::Padded => "padded",
+        }
+    }
+}
+
+/// A vCPU's scoreboard entry for `inline=on`, as the shim's `Score`.
+#[repr(C)]
+struct Score {
+    /// Instructions started, counting the running block whole.
+    icount: u64,
+    /// The running block's instructions after the one started last.
+    left: u64,
 }
 
 /// One vCPU's counter, alone on its cache line (the vCPU threads of MTTCG
@@ -50,8 +75,10 @@ struct Floor {
     mode: Mode,
     inline: Inline,
     counters: Box<[Counter]>,
-    /// The inline per-instruction counter (`inline=on`).
+    /// The inline instruction counter (`Score::icount` for `inline=on`).
     icount: qemu_plugin_u64,
+    /// `Score::left` (`inline=on`).
+    left: qemu_plugin_u64,
 }
 
 static FLOOR: AtomicPtr<Floor> = AtomicPtr::new(std::ptr::null_mut());
@@ -71,11 +98,12 @@ fn parse(args: &[String]) -> Result<(Mode, Inline), String> {
             Some(("mode", "mem")) => mode = Mode::Mem,
             Some(("mode", "exec")) => mode = Mode::Exec,
             Some(("inline", "off")) => inline = Inline::Off,
-            Some(("inline", "on")) => inline = Inline::On,
+            Some(("inline", "on")) => inline = Inline::Block,
+            Some(("inline", "insn")) => inline = Inline::Insn,
             Some(("inline", "padded")) => inline = Inline::Padded,
             _ => {
                 return Err(format!(
-                "unknown or malformed option {a:?} (expected mode=mem|exec, inline=on|off|padded)"
+                "unknown or malformed option {a:?} (expected mode=mem|exec, inline=on|off|insn|padded)"
             ))
             }
         }
@@ -111,25 +139,29 @@ pub unsafe extern "C" fn qemu_plugin_install(
         256
     };
     let counters = (0..n_vcpus).map(|_| Counter(AtomicU64::new(0))).collect();
-    let icount = if inline != Inline::Off {
-        let size = if inline == Inline::Padded {
-            128
-        } else {
-            std::mem::size_of::<u64>()
-        };
-        let score = unsafe { qemu_plugin_scoreboard_new(size) };
-        qemu_plugin_u64 { score, offset: 0 }
+    let size = match inline {
+        Inline::Off => 0,
+        Inline::Block => std::mem::size_of::<Score>(),
+        Inline::Insn => std::mem::size_of::<u64>(),
+        Inline::Padded => 128,
+    };
+    let score = if size > 0 {
+        unsafe { qemu_plugin_scoreboard_new(size) }
     } else {
-        qemu_plugin_u64 {
-            score: std::ptr::null_mut(),
-            offset: 0,
-        }
+        std::ptr::null_mut()
     };
     let built = Box::new(Floor {
         mode,
         inline,
         counters,
-        icount,
+        icount: qemu_plugin_u64 {
+            score,
+            offset: std::mem::offset_of!(Score, icount),
+        },
+        left: qemu_plugin_u64 {
+            score,
+            offset: std::mem::offset_of!(Score, left),
+        },
     });
     FLOOR.store(Box::into_raw(built), Ordering::Release);
     unsafe {
@@ -142,17 +174,42 @@ pub unsafe extern "C" fn qemu_plugin_install(
 unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb) {
     let f = floor();
     let n = unsafe { qemu_plugin_tb_n_insns(tb) };
+    if f.inline == Inline::Block {
+        unsafe {
+            qemu_plugin_register_vcpu_tb_exec_cond_cb(
+                tb,
+                Some(on_block_stopped_early),
+                qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
+                qemu_plugin_cond::QEMU_PLUGIN_COND_NE,
+                f.left,
+                0,
+                std::ptr::null_mut(),
+            );
+            qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(
+                tb,
+                qemu_plugin_op::QEMU_PLUGIN_INLINE_ADD_U64,
+                f.icount,
+                n as u64,
+            );
+        }
+    }
     for i in 0..n {
         let insn = unsafe { qemu_plugin_tb_get_insn(tb, i) };
-        if f.inline != Inline::Off {
-            unsafe {
-                qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
-                    insn,
-                    qemu_plugin_op::QEMU_PLUGIN_INLINE_ADD_U64,
-                    f.icount,
-                    1,
-                );
-            }
+        let (op, entry, imm) = match f.inline {
+            Inline::Off => (None, f.icount, 0),
+            Inline::Block => (
+                Some(qemu_plugin_op::QEMU_PLUGIN_INLINE_STORE_U64),
+                f.left,
+                (n - i - 1) as u64,
+            ),
+            Inline::Insn | Inline::Padded => (
+                Some(qemu_plugin_op::QEMU_PLUGIN_INLINE_ADD_U64),
+                f.icount,
+                1,
+            ),
+        };
+        if let Some(op) = op {
+            unsafe { qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, op, entry, imm) };
         }
         match f.mode {
             Mode::Mem => unsafe {
@@ -198,6 +255,17 @@ unsafe extern "C" fn on_insn_exec(vcpu: c_uint, _udata: *mut c_void) {
     count(vcpu);
 }
 
+/// `inline=on`: the block before stopped early, its unrun instructions do
+/// not count (the shim's `Score::take_off_unrun`).
+unsafe extern "C" fn on_block_stopped_early(vcpu: c_uint, _udata: *mut c_void) {
+    let f = floor();
+    unsafe {
+        let started = qemu_plugin_u64_get(f.icount, vcpu) - qemu_plugin_u64_get(f.left, vcpu);
+        qemu_plugin_u64_set(f.icount, vcpu, started);
+        qemu_plugin_u64_set(f.left, vcpu, 0);
+    }
+}
+
 unsafe extern "C" fn on_exit(_id: qemu_plugin_id_t, _udata: *mut c_void) {
     let f = floor();
     let per_vcpu: Vec<u64> = f
@@ -212,8 +280,15 @@ unsafe extern "C" fn on_exit(_id: qemu_plugin_id_t, _udata: *mut c_void) {
             Mode::Mem => "mem",
             Mode::Exec => "exec",
         },
-        if f.inline != Inline::Off { "on" } else { "off" },
+        f.inline.name(),
     );
+    if f.inline != Inline::Off {
+        let mut started = unsafe { qemu_plugin_u64_sum(f.icount) };
+        if f.inline == Inline::Block {
+            started -= unsafe { qemu_plugin_u64_sum(f.left) };
+        }
+        eprintln!("floor: icount={started}");
+    }
 }
 
 #[cfg(test)]
@@ -229,7 +304,11 @@ mod tests {
         assert_eq!(parse(&args(&[])), Ok((Mode::Mem, Inline::Off)));
         assert_eq!(
             parse(&args(&["mode=exec", "inline=on"])),
-            Ok((Mode::Exec, Inline::On))
+            Ok((Mode::Exec, Inline::Block))
+        );
+        assert_eq!(
+            parse(&args(&["inline=insn"])),
+            Ok((Mode::Mem, Inline::Insn))
         );
         assert_eq!(
             parse(&args(&["inline=padded"])),
