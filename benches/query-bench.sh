@@ -39,7 +39,10 @@ for mod in polars duckdb; do
     fi
 done
 
-cargo build --release -p trace-analyzers --bin trace-query
+# The whole workspace, as scripts/test.sh builds it: with -p alone, cargo
+# unifies polars' features differently and rebuilds polars (about 20 minutes)
+# into a trace-query that is not the one the tests and e2e.sh use.
+cargo build --release --workspace --locked
 TQ="$CARGO_TARGET_DIR/release/trace-query"
 
 if [ -z "$trace" ]; then
