@@ -393,7 +393,8 @@ unsafe fn describe_block(tb: *mut qemu_plugin_tb, block: u64) -> Vec<u8> {
 // ------------------------------------------------------ the hot callbacks
 
 /// Every data access of every instrumented instruction. `udata` is the
-/// instruction's address.
+/// instruction's address. This part only decides whether the access is an
+/// event; `record_access` records it.
 unsafe extern "C" fn on_memory_access(
     vcpu: c_uint,
     info: qemu_plugin_meminfo_t,
@@ -401,18 +402,39 @@ unsafe extern "C" fn on_memory_access(
     udata: *mut c_void,
 ) {
     let shim = shim();
-    let header = shim.header();
-    let slot = shim.slot(vcpu);
-    match header.state.load(Ordering::Relaxed) {
-        state::ATTACHED => {}
-        state::DETACHED => return slot.count_lost(),
+    let attached = match shim.header().state.load(Ordering::Relaxed) {
+        state::ATTACHED => true,
+        state::DETACHED => false,
         _ => return,
-    }
+    };
     let hwaddr = unsafe { qemu_plugin_get_hwaddr(info, vaddr) };
     let is_io = !hwaddr.is_null() && unsafe { qemu_plugin_hwaddr_is_io(hwaddr) };
     if !is_io && !shim.options.events.mem {
-        return; // `events=mmio`: RAM accesses are not wanted
+        return; // `events=mmio`: a RAM access is not an event
     }
+    if !attached {
+        return shim.slot(vcpu).count_lost();
+    }
+    unsafe { record_access(shim, vcpu, info, vaddr, hwaddr, is_io, udata as u64) };
+}
+
+/// Writes the event record of an access into its vCPU's ring. Kept out of
+/// line, so that the accesses `on_memory_access` filters out (with
+/// `events=mmio` every RAM access: 162M on the arm64 boot, for 5k MMIO ones)
+/// run a short function: `null-mmio` on that boot took 7.55 s instead of
+/// 7.94 s (medians of 5 alternating runs).
+#[inline(never)]
+unsafe fn record_access(
+    shim: &Shim,
+    vcpu: c_uint,
+    info: qemu_plugin_meminfo_t,
+    vaddr: u64,
+    hwaddr: *mut qemu_plugin_hwaddr,
+    is_io: bool,
+    pc: u64,
+) {
+    let header = shim.header();
+    let slot = shim.slot(vcpu);
     let paddr = if hwaddr.is_null() {
         vaddr
     } else {
@@ -438,7 +460,7 @@ unsafe extern "C" fn on_memory_access(
         device,
         vcpu: vcpu as u16,
         icount: unsafe { (*score).icount_of_current() },
-        pc: udata as u64,
+        pc,
         vaddr,
         paddr,
         value,

@@ -387,6 +387,27 @@ fn mem_seqs(dir: &Path) -> Vec<u64> {
     v
 }
 
+/// The MMIO access number (0, 1: the SysTick setup stores; 2 + k: iteration
+/// k's SysTick CVR load) of m3loop-0's access at `icount`.
+fn mmio_seq(icount: u64) -> u64 {
+    match icount {
+        3 => 0,
+        5 => 1,
+        i if i >= 17 && (i - 17) % 10 == 0 => 2 + (i - 17) / 10,
+        i => panic!("icount {i}: m3loop makes no MMIO access there"),
+    }
+}
+
+/// The MMIO access numbers of a capture's `mmio` rows, sorted.
+fn mmio_seqs(dir: &Path) -> Vec<u64> {
+    let mut v: Vec<u64> = u64s(&table(dir, "mmio").unwrap(), "icount")
+        .into_iter()
+        .map(mmio_seq)
+        .collect();
+    v.sort_unstable();
+    v
+}
+
 /// Maximal runs of consecutive numbers, as (first, last).
 fn runs(seqs: &[u64]) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
@@ -613,6 +634,47 @@ fn collector_killed_mid_capture() {
     // record as written: from its commit to where the ring was released.
     let died = stat(&d2, "events_lost_collector_died.mem", Some(0));
     assert_eq!(died, a0 - committed, "hole {hole}");
+}
+
+/// With `events=mmio` a RAM access is not an event: while no collector is
+/// attached the shim counts as lost only the MMIO accesses it could not
+/// deliver (it used to count every access). A collector is killed, a second
+/// one attached: the gap between the SysTick reads the second finds in the
+/// ring and its new ones is exactly what its stats count as lost.
+#[test]
+fn mmio_only_capture_counts_only_mmio_accesses_as_lost() {
+    let _one = serial();
+    let m = marker("mmio-lost");
+    let _reaper = Reaper(m.clone());
+    let d1 = capture_dir("faults-mmio-lost-1");
+    let d2 = capture_dir("faults-mmio-lost-2");
+    let mut qemu = start_qemu_recording(&m3loop(0), &m, &d1, "mmio");
+    let rows = PART_ROWS.to_string();
+    let mut c1 = start_attach(qemu.pid(), &d1, &log(&d1), &["--part-rows", &rows]);
+    wait_for_table_parts(&mut c1, &d1, "mmio", 3);
+    c1.signal(Signal::SIGKILL);
+    c1.wait(Duration::from_secs(10));
+    assert_runs_detached(qemu.pid(), c1.pid());
+
+    let mut c2 = start_attach(qemu.pid(), &d2, &log(&d2), &["--part-rows", &rows]);
+    wait_for_table_parts(&mut c2, &d2, "mmio", 3);
+    c2.signal(Signal::SIGINT);
+    let st = c2.wait(Duration::from_secs(10));
+    assert!(st.success(), "{st}: {}", c2.stderr());
+    assert!(qemu.alive());
+    finished_capture(&d2, "interrupted");
+    let before = stat(&d2, "events_lost_before_attach", Some(0));
+    let lost = stat(&d2, "events_lost", Some(0));
+    let seqs = mmio_seqs(&d2);
+    let r = runs(&seqs);
+    assert_eq!(r.len(), 2, "runs of consecutive MMIO accesses: {r:?}");
+    let ((a0, a1), (b0, b1)) = (r[0], r[1]);
+    eprintln!("second capture: {a0}..={a1}, then {b0}..={b1}; lost: {before} + {lost}");
+    assert!(
+        before > 0,
+        "the MMIO accesses made while detached are counted"
+    );
+    assert_eq!(b0 - a1 - 1, before + lost, "the gap is the lost span");
 }
 
 /// The collector is SIGKILLed mid-capture and a new one continues the same
