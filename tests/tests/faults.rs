@@ -251,6 +251,18 @@ fn wait_for_parts(c: &mut Proc, dir: &Path, n: usize) {
     wait_for_table_parts(c, dir, "mem", n)
 }
 
+/// Attaches a collector writing `PART_ROWS`-row parts into `dir`, lets it
+/// write 3 parts of `table`, then SIGKILLs it and reaps it (as a shell
+/// would). Returns it, for its pid.
+fn collector_killed_after_parts(qemu: &Proc, dir: &Path, table: &str) -> Proc {
+    let rows = PART_ROWS.to_string();
+    let mut c = start_attach(qemu.pid(), dir, &log(dir), &["--part-rows", &rows]);
+    wait_for_table_parts(&mut c, dir, table, 3);
+    c.signal(Signal::SIGKILL);
+    c.wait(Duration::from_secs(10));
+    c
+}
+
 fn wait_for_table_parts(c: &mut Proc, dir: &Path, table: &str, n: usize) {
     wait_until(
         Duration::from_secs(60),
@@ -541,11 +553,7 @@ fn collector_killed_mid_capture() {
     let d1 = capture_dir("faults-collector-killed-1");
     let d2 = capture_dir("faults-collector-killed-2");
     let mut qemu = start_qemu(&m3loop(0), &m, &d1);
-    let rows = PART_ROWS.to_string();
-    let mut c1 = start_attach(qemu.pid(), &d1, &log(&d1), &["--part-rows", &rows]);
-    wait_for_parts(&mut c1, &d1, 3);
-    c1.signal(Signal::SIGKILL);
-    c1.wait(Duration::from_secs(10)); // reaped, as a shell would
+    let c1 = collector_killed_after_parts(&qemu, &d1, "mem");
     assert!(qemu.alive(), "QEMU died with the collector");
 
     // The first capture: valid parts, a gap-free prefix, marked incomplete.
@@ -649,13 +657,10 @@ fn mmio_only_capture_counts_only_mmio_accesses_as_lost() {
     let d1 = capture_dir("faults-mmio-lost-1");
     let d2 = capture_dir("faults-mmio-lost-2");
     let mut qemu = start_qemu_recording(&m3loop(0), &m, &d1, "mmio");
-    let rows = PART_ROWS.to_string();
-    let mut c1 = start_attach(qemu.pid(), &d1, &log(&d1), &["--part-rows", &rows]);
-    wait_for_table_parts(&mut c1, &d1, "mmio", 3);
-    c1.signal(Signal::SIGKILL);
-    c1.wait(Duration::from_secs(10));
+    let c1 = collector_killed_after_parts(&qemu, &d1, "mmio");
     assert_runs_detached(qemu.pid(), c1.pid());
 
+    let rows = PART_ROWS.to_string();
     let mut c2 = start_attach(qemu.pid(), &d2, &log(&d2), &["--part-rows", &rows]);
     wait_for_table_parts(&mut c2, &d2, "mmio", 3);
     c2.signal(Signal::SIGINT);
@@ -687,11 +692,7 @@ fn collector_killed_then_capture_appended() {
     let _reaper = Reaper(m.clone());
     let d = capture_dir("faults-collector-killed-append");
     let mut qemu = start_qemu(&m3loop(0), &m, &d);
-    let rows = PART_ROWS.to_string();
-    let mut c1 = start_attach(qemu.pid(), &d, &log(&d), &["--part-rows", &rows]);
-    wait_for_parts(&mut c1, &d, 3);
-    c1.signal(Signal::SIGKILL);
-    c1.wait(Duration::from_secs(10));
+    let c1 = collector_killed_after_parts(&qemu, &d, "mem");
     assert_runs_detached(qemu.pid(), c1.pid());
 
     // Without --append the directory is refused; with it, continued.
@@ -700,6 +701,7 @@ fn collector_killed_then_capture_appended() {
     assert_eq!(refused.code(), Some(1));
     let first_parts = parts(&d, "mem").len();
     let log2 = d.with_extension("append.log");
+    let rows = PART_ROWS.to_string();
     let mut c2 = start_attach(qemu.pid(), &d, &log2, &["--part-rows", &rows, "--append"]);
     wait_for_parts(&mut c2, &d, first_parts + 3);
     c2.signal(Signal::SIGINT);
@@ -776,13 +778,10 @@ fn collector_killed_then_insn_capture_appended() {
     let _reaper = Reaper(m.clone());
     let d = capture_dir("faults-collector-killed-append-insn");
     let mut qemu = start_qemu_recording(&m3loop(0), &m, &d, "insn");
-    let rows = PART_ROWS.to_string();
-    let mut c1 = start_attach(qemu.pid(), &d, &log(&d), &["--part-rows", &rows]);
-    wait_for_table_parts(&mut c1, &d, "block_exec", 3);
-    c1.signal(Signal::SIGKILL);
-    c1.wait(Duration::from_secs(10));
+    collector_killed_after_parts(&qemu, &d, "block_exec");
     let first_parts = parts(&d, "block_exec").len();
     let log2 = d.with_extension("append.log");
+    let rows = PART_ROWS.to_string();
     let mut c2 = start_attach(qemu.pid(), &d, &log2, &["--part-rows", &rows, "--append"]);
     wait_for_table_parts(&mut c2, &d, "block_exec", first_parts + 3);
     c2.signal(Signal::SIGINT);
