@@ -528,17 +528,23 @@ struct Score {
 }
 
 impl Score {
+    /// Instructions started, the running one included.
+    #[inline(always)]
+    fn started(&self) -> u64 {
+        self.icount.wrapping_sub(self.left)
+    }
+
     /// The 0-based index of the running instruction.
     #[inline(always)]
     fn icount_of_current(&self) -> u64 {
-        self.icount.wrapping_sub(self.left).wrapping_sub(1)
+        self.started().wrapping_sub(1)
     }
 
     /// At a block's start: the block before stopped early, leaving `left`
     /// of its instructions unrun: they do not count.
     #[inline(always)]
     fn take_off_unrun(&mut self) {
-        self.icount = self.icount.wrapping_sub(self.left);
+        self.icount = self.started();
         self.left = 0;
     }
 }
@@ -608,11 +614,8 @@ unsafe extern "C" fn on_block_exec(vcpu: c_uint, udata: *mut c_void) {
 unsafe extern "C" fn on_exit(_id: qemu_plugin_id_t, _udata: *mut c_void) {
     let shim = shim();
     for slot in shim.vcpus.iter() {
-        let started = unsafe {
-            qemu_plugin_u64_get(shim.icount, slot.index())
-                .wrapping_sub(qemu_plugin_u64_get(shim.left, slot.index()))
-        };
-        slot.publish_final(started);
+        // The vCPUs have stopped: their scoreboard entries are still.
+        slot.publish_final(unsafe { (*shim.score(slot.index())).started() });
     }
     // Release: the counters and every event published before are visible to a
     // collector that sees `qemu_exited` with Acquire.
