@@ -39,7 +39,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut shim = None;
     let mut events = "mem+mmio".to_string();
-    let mut dump: Option<Dump> = None;
+    let mut dump_path: Option<String> = None;
     let (mut dump_skip, mut dump_records) = (0u64, 5_000_000u64);
     let number =
         |v: Option<&String>| -> u64 { v.and_then(|s| s.parse().ok()).unwrap_or_else(|| usage()) };
@@ -59,17 +59,7 @@ fn main() {
                 i += 2;
             }
             "--dump" => {
-                let path = args.get(i + 1).unwrap_or_else(|| usage());
-                let file = std::fs::File::create(path).unwrap_or_else(|e| {
-                    eprintln!("null-collector: cannot create {path}: {e}");
-                    std::process::exit(1)
-                });
-                dump = Some(Dump {
-                    out: std::io::BufWriter::new(file),
-                    seen: 0,
-                    skip: 0,
-                    records: 0,
-                });
+                dump_path = Some(args.get(i + 1).unwrap_or_else(|| usage()).clone());
                 i += 2;
             }
             "--dump-skip" => {
@@ -87,9 +77,18 @@ fn main() {
             _ => usage(),
         }
     }
-    if let Some(d) = dump.as_mut() {
-        (d.skip, d.records) = (dump_skip, dump_records);
-    }
+    let mut dump = dump_path.map(|path| {
+        let file = std::fs::File::create(&path).unwrap_or_else(|e| {
+            eprintln!("null-collector: cannot create {path}: {e}");
+            std::process::exit(1)
+        });
+        Dump {
+            out: std::io::BufWriter::new(file),
+            seen: 0,
+            skip: dump_skip,
+            records: dump_records,
+        }
+    });
     let qemu = &args[i..];
     let (Some(shim), Some(binary)) = (shim, qemu.first()) else {
         usage()
