@@ -11,6 +11,7 @@
 
 mod access_kind;
 mod asid;
+mod disas;
 mod segment;
 mod vcpu;
 
@@ -20,7 +21,7 @@ use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8};
 use trace_schema::events_capnp::meta;
 use trace_schema::layout::{state, Geometry, Header};
-use trace_schema::options::ShimOptions;
+use trace_schema::options::{Disas, ShimOptions};
 use trace_schema::record::{self, Event, EVENT_RECORD_BYTES};
 use trace_schema::sync::Ordering;
 
@@ -58,6 +59,8 @@ struct Shim {
     /// resumes: the ASID in `asids` may be stale (see `asid_of`).
     asid_stale: qemu_plugin_u64,
     next_block_id: AtomicU64,
+    /// Disassembles the instructions of translated blocks (`events=insn`).
+    disassembler: disas::Disassembler,
     /// Our plugin id, for `qemu_plugin_reset`.
     id: qemu_plugin_id_t,
     /// The attach (`Header::attach_count`) whose collector has been sent the
@@ -137,6 +140,8 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
         .collect();
     // One scoreboard entry per vCPU: a `Score`.
     let score = unsafe { qemu_plugin_scoreboard_new(std::mem::size_of::<Score>()) };
+    let target = unsafe { CStr::from_ptr(info.target_name) }.to_string_lossy();
+    let disassembler = disas::Disassembler::new(&target, options.disas == Disas::Qemu);
     let built = Box::new(Shim {
         options,
         segment,
@@ -156,6 +161,7 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
             offset: std::mem::offset_of!(Score, left),
         },
         next_block_id: AtomicU64::new(0),
+        disassembler,
         id,
         described_for_attach: AtomicU32::new(1),
     });
@@ -368,19 +374,19 @@ unsafe fn describe_block(tb: *mut qemu_plugin_tb, block: u64) -> Vec<u8> {
     b.set_id(block);
     b.set_pc(unsafe { qemu_plugin_tb_vaddr(tb) });
     let mut insns = b.init_insns(n as u32);
+    let mut disassembly = shim().disassembler.block();
     for i in 0..n {
         let insn = unsafe { qemu_plugin_tb_get_insn(tb, i) };
         let mut out = insns.reborrow().get(i as u32);
-        out.set_pc(unsafe { qemu_plugin_insn_vaddr(insn) });
+        let pc = unsafe { qemu_plugin_insn_vaddr(insn) };
+        out.set_pc(pc);
         let mut bytes = [0u8; 64];
         let len =
             unsafe { qemu_plugin_insn_data(insn, bytes.as_mut_ptr() as *mut c_void, bytes.len()) };
-        out.set_bytes(&bytes[..len.min(bytes.len())]);
-        let disas = unsafe { qemu_plugin_insn_disas(insn) };
-        if !disas.is_null() {
-            out.set_disas(unsafe { CStr::from_ptr(disas) }.to_string_lossy().as_ref());
-            // QEMU hands over a g_strdup'ed string; g_free is free.
-            unsafe { libc::free(disas as *mut c_void) };
+        let bytes = &bytes[..len.min(bytes.len())];
+        out.set_bytes(bytes);
+        if let Some(text) = unsafe { disassembly.next(insn, pc, bytes) } {
+            out.set_disas(text.as_str());
         }
         let symbol = unsafe { qemu_plugin_insn_symbol(insn) };
         if !symbol.is_null() {
