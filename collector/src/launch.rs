@@ -31,6 +31,8 @@ pub struct RunArgs {
     pub meta_kib: Option<u64>,
     /// `block` or `drop`.
     pub overflow: String,
+    /// `fast` or `qemu` (the shim's `disas=`).
+    pub disas: String,
     /// The shim; default `libtrace_shim.so` beside this executable.
     pub shim: Option<PathBuf>,
     /// The user's device names (`memory_map::DeviceMap` format).
@@ -57,6 +59,11 @@ pub fn plugin_options(args: &RunArgs) -> Result<Vec<String>> {
         opts.push(format!("meta_kib={k}"));
     }
     opts.push(format!("overflow={}", args.overflow));
+    // Only when asked: the default leaves the options (and so what
+    // `--append` compares) as they were before the option existed.
+    if args.disas != "fast" {
+        opts.push(format!("disas={}", args.disas));
+    }
     opts.push("wait=on".into());
     ShimOptions::parse(&opts).map_err(|e| anyhow!("invalid option: {e}"))?;
     Ok(opts)
@@ -315,6 +322,7 @@ mod tests {
             ring_kib: ring,
             meta_kib: None,
             overflow: overflow.into(),
+            disas: "fast".into(),
             shim: None,
             device_map: None,
             part_rows: 10,

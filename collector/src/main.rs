@@ -86,6 +86,11 @@ enum Cmd {
         /// When a ring is full: block (QEMU waits; lossless) or drop (events are counted as lost).
         #[arg(long, default_value = "block", value_parser = ["block", "drop"])]
         overflow: String,
+        /// Where the code table's disassembly comes from (with insn): fast (the
+        /// shim's capstone handles, checked against QEMU's text per block) or
+        /// qemu (QEMU's call per instruction). Both give QEMU's text.
+        #[arg(long, default_value = "fast", value_parser = ["fast", "qemu"])]
+        disas: String,
         /// The QEMU plugin (default: libtrace_shim.so beside this executable).
         #[arg(long, value_name = "PATH")]
         shim: Option<PathBuf>,
@@ -122,6 +127,7 @@ fn main() -> ExitCode {
             ring_kib,
             meta_kib,
             overflow,
+            disas,
             shim,
             output,
             qemu,
@@ -132,6 +138,7 @@ fn main() -> ExitCode {
             ring_kib,
             meta_kib,
             overflow,
+            disas,
             shim,
             device_map: output.device_map,
             part_rows: output.part_rows as usize,
