@@ -5,10 +5,10 @@
 //! the collector's share.
 //!
 //! ```text
-//! null-collector --shim PATH --events mem+mmio [--dump FILE --dump-skip N --dump-records M] -- qemu-system-... [args]
+//! null-collector --shim PATH --events mem+mmio [--shim-option K=V]... [--dump FILE --dump-skip N --dump-records M] -- qemu-system-... [args]
 //! ```
 //!
-//! Starts QEMU with `-plugin PATH,events=...,overflow=block,wait=on`, attaches
+//! Starts QEMU with `-plugin PATH,events=...,[K=V,...]overflow=block,wait=on`, attaches
 //! to its segment as `trace-collector` does (collector_pid, attach_count,
 //! state), drains until the shim announces QEMU's exit, and prints
 //! `null-collector: events=N meta=M bytes=B` on stderr. Exits with QEMU's
@@ -31,7 +31,9 @@ use trace_schema::ring::Consumer;
 use trace_schema::sync::Ordering;
 
 fn usage() -> ! {
-    eprintln!("usage: null-collector --shim PATH --events EVENTS -- QEMU [ARGS...]");
+    eprintln!(
+        "usage: null-collector --shim PATH --events EVENTS [--shim-option K=V]... -- QEMU [ARGS...]"
+    );
     std::process::exit(2)
 }
 
@@ -39,6 +41,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut shim = None;
     let mut events = "mem+mmio".to_string();
+    let mut shim_options = String::new();
     let mut dump_path: Option<String> = None;
     let (mut dump_skip, mut dump_records) = (0u64, 5_000_000u64);
     let number =
@@ -56,6 +59,11 @@ fn main() {
                     .cloned()
                     .unwrap_or_else(|| usage())
                     .replace(',', "+");
+                i += 2;
+            }
+            "--shim-option" => {
+                shim_options.push_str(args.get(i + 1).unwrap_or_else(|| usage()));
+                shim_options.push(',');
                 i += 2;
             }
             "--dump" => {
@@ -96,7 +104,9 @@ fn main() {
     let mut child = Command::new(binary)
         .args(&qemu[1..])
         .arg("-plugin")
-        .arg(format!("{shim},events={events},overflow=block,wait=on"))
+        .arg(format!(
+            "{shim},events={events},{shim_options}overflow=block,wait=on"
+        ))
         .spawn()
         .unwrap_or_else(|e| {
             eprintln!("null-collector: cannot start {binary}: {e}");
