@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8};
 use trace_schema::events_capnp::meta;
 use trace_schema::layout::{state, Geometry, Header};
 use trace_schema::options::{Disas, ShimOptions};
-use trace_schema::record::{self, Event, EVENT_RECORD_BYTES};
+use trace_schema::record::{self, Event};
 use trace_schema::sync::Ordering;
 
 use asid::{AsidSlot, Staleness};
@@ -473,9 +473,7 @@ unsafe fn record_access(
         value_hi,
         asid: unsafe { shim.asid_of(vcpu, score) },
     };
-    let mut rec = [0u8; EVENT_RECORD_BYTES];
-    event.encode(&mut rec);
-    slot.emit(header, shim.options.overflow, &rec);
+    slot.emit(header, shim.options.overflow, &event);
 }
 
 impl Shim {
@@ -608,9 +606,7 @@ unsafe extern "C" fn on_block_exec(vcpu: c_uint, udata: *mut c_void) {
         vaddr: udata as u64,
         ..Event::default()
     };
-    let mut rec = [0u8; EVENT_RECORD_BYTES];
-    event.encode(&mut rec);
-    slot.emit(header, shim.options.overflow, &rec);
+    slot.emit(header, shim.options.overflow, &event);
 }
 
 // ------------------------------------------------------------------- exit

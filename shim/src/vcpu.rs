@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicBool;
 use trace_schema::events_capnp::meta;
 use trace_schema::layout::{state, Header, SegmentView, VcpuControl};
 use trace_schema::options::Overflow;
-use trace_schema::record::EVENT_RECORD_BYTES;
+use trace_schema::record::{Event, EVENT_RECORD_BYTES};
 use trace_schema::ring::Producer;
 use trace_schema::sync::Ordering;
 
@@ -89,12 +89,15 @@ impl VcpuSlot {
         lost.store(lost.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 
-    /// Publishes one event record. The hot path: one copy and one store when
-    /// the ring has room.
+    /// Publishes one event's record. The hot path: the record is encoded
+    /// straight into the ring, and one store publishes it, when the ring has
+    /// room.
     #[inline(always)]
-    pub fn emit(&self, header: &Header, overflow: Overflow, record: &[u8; EVENT_RECORD_BYTES]) {
+    pub fn emit(&self, header: &Header, overflow: Overflow, event: &Event) {
         let events = unsafe { &mut *self.events.get() };
-        if events.push(record) || self.ring_full(header, overflow, events, record) {
+        if events.push_in_place(|record| event.encode(record))
+            || self.ring_full(header, overflow, events, event)
+        {
             self.written
                 .store(self.written.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         }
@@ -110,13 +113,15 @@ impl VcpuSlot {
         header: &Header,
         overflow: Overflow,
         ring: &mut Producer,
-        record: &[u8],
+        event: &Event,
     ) -> bool {
         if overflow == Overflow::Drop {
             self.count_lost();
             return false;
         }
-        if wait_for_room(header, || ring.push(record)) {
+        let mut record = [0u8; EVENT_RECORD_BYTES];
+        event.encode(&mut record);
+        if wait_for_room(header, || ring.push(&record)) {
             true
         } else {
             self.count_lost();
