@@ -3,8 +3,9 @@
 //!
 //! QEMU opens a new capstone handle at every call (disas/capstone.c), and
 //! capstone 4 fills a table of every instruction of the architecture at a
-//! handle's first decode: about 10 µs a call, 3 s of the 10 s that an
-//! `events=insn` capture of the arm64 boot took. We keep handles open, one
+//! handle's first decode: about 7 µs a call, 2.4 of the 11 CPU-s that the
+//! shim and ring of an `events=insn` capture of the arm64 boot took
+//! (benches/RESULTS.md, 2026-12-02). We keep handles open, one
 //! per mode and translating thread, in the capstone library QEMU itself
 //! loaded, with the options QEMU sets (`CS_OPT_SKIPDATA` on, the text
 //! "mnemonic op_str"): for a given mode, our text is then the same function
@@ -15,7 +16,9 @@
 //! instruction keeps the modes that give the same text. A later instruction
 //! on which the modes kept disagree is asked of QEMU again, which narrows
 //! them. A block never mixes modes (QEMU ends a block where the mode
-//! changes), so every text is the one QEMU would have given. With no mode
+//! changes), so every text is the one QEMU would have given. On that boot
+//! QEMU is asked about once per block (64.5k) instead of once per
+//! instruction (336k). With no mode
 //! left, no capstone in the process, a target other than ARM, or
 //! `disas=qemu`, every instruction is QEMU's call.
 
