@@ -178,9 +178,10 @@ impl Producer {
     }
 
     /// As `push`, for a message of `N` bytes that `write` writes in place in
-    /// the ring. The shim's event records go this way: written straight
-    /// into the ring, not built on the stack and copied (whose wide loads
-    /// of narrower stores just made stall the copy).
+    /// the ring. `write` must write all `N` bytes: it is handed the ring's
+    /// old bytes. The shim's event records go this way, straight into the
+    /// ring: built on the stack and copied, the copy's 16-byte loads of the
+    /// 8-byte stores just made could not be forwarded, and stalled.
     #[inline(always)]
     pub fn push_in_place<const N: usize>(&mut self, write: impl FnOnce(&mut [u8; N])) -> bool {
         let Some(at) = self.reserve(N as u64) else {
