@@ -503,6 +503,18 @@ fn assert_no_panic(stderr: &str) {
     assert!(!stderr.contains("panicked"), "a panic:\n{stderr}");
 }
 
+/// Interrupts the collector `c` (SIGINT) that holds `qemu`'s attach: it
+/// must exit 0 without a panic and leave QEMU running. Returns its stderr.
+fn interrupt_collector_of_running_qemu(c: &mut Proc, qemu: &mut Proc) -> String {
+    c.signal(Signal::SIGINT);
+    let st = c.wait(Duration::from_secs(10));
+    let stderr = c.stderr();
+    assert!(st.success(), "{st}: {stderr}");
+    assert!(qemu.alive());
+    assert_no_panic(&stderr);
+    stderr
+}
+
 /// A tmpfs mounted for one test, unmounted on drop; None (with a note) where
 /// mounting is not permitted.
 struct Mount(PathBuf);
@@ -604,17 +616,12 @@ fn collector_killed_mid_capture() {
     // A second collector gets new events at once.
     let mut c2 = start_attach(qemu.pid(), &d2, &log(&d2), &["--part-rows", "100000"]);
     wait_for_parts(&mut c2, &d2, 4);
-    c2.signal(Signal::SIGINT);
-    let st = c2.wait(Duration::from_secs(10));
-    assert!(st.success(), "{st}: {}", c2.stderr());
-    assert!(qemu.alive());
+    let stderr = interrupt_collector_of_running_qemu(&mut c2, &mut qemu);
     finished_capture(&d2, "interrupted");
     let before = stat(&d2, "events_lost_before_attach", Some(0));
     let lost = stat(&d2, "events_lost", Some(0));
     assert!(before > 0, "the accesses made while detached are counted");
-    assert!(c2
-        .stderr()
-        .contains(&format!("events lost before we attached: {before}")));
+    assert!(stderr.contains(&format!("events lost before we attached: {before}")));
 
     // What it holds: the full ring the first collector left (A), then
     // exactly `before + lost` missing accesses, then the new ones (B).
@@ -663,10 +670,7 @@ fn mmio_only_capture_counts_only_mmio_accesses_as_lost() {
     let rows = PART_ROWS.to_string();
     let mut c2 = start_attach(qemu.pid(), &d2, &log(&d2), &["--part-rows", &rows]);
     wait_for_table_parts(&mut c2, &d2, "mmio", 3);
-    c2.signal(Signal::SIGINT);
-    let st = c2.wait(Duration::from_secs(10));
-    assert!(st.success(), "{st}: {}", c2.stderr());
-    assert!(qemu.alive());
+    interrupt_collector_of_running_qemu(&mut c2, &mut qemu);
     finished_capture(&d2, "interrupted");
     let before = stat(&d2, "events_lost_before_attach", Some(0));
     let lost = stat(&d2, "events_lost", Some(0));
@@ -704,12 +708,7 @@ fn collector_killed_then_capture_appended() {
     let rows = PART_ROWS.to_string();
     let mut c2 = start_attach(qemu.pid(), &d, &log2, &["--part-rows", &rows, "--append"]);
     wait_for_parts(&mut c2, &d, first_parts + 3);
-    c2.signal(Signal::SIGINT);
-    let st = c2.wait(Duration::from_secs(10));
-    let stderr = c2.stderr();
-    assert!(st.success(), "{st}: {stderr}");
-    assert!(qemu.alive());
-    assert_no_panic(&stderr);
+    let stderr = interrupt_collector_of_running_qemu(&mut c2, &mut qemu);
 
     let j = finished_capture(&d, "interrupted");
     assert_eq!(j["collector_pids"].as_array().unwrap().len(), 2, "{j}");
@@ -784,12 +783,7 @@ fn collector_killed_then_insn_capture_appended() {
     let rows = PART_ROWS.to_string();
     let mut c2 = start_attach(qemu.pid(), &d, &log2, &["--part-rows", &rows, "--append"]);
     wait_for_table_parts(&mut c2, &d, "block_exec", first_parts + 3);
-    c2.signal(Signal::SIGINT);
-    let st = c2.wait(Duration::from_secs(10));
-    let stderr = c2.stderr();
-    assert!(st.success(), "{st}: {stderr}");
-    assert!(qemu.alive());
-    assert_no_panic(&stderr);
+    interrupt_collector_of_running_qemu(&mut c2, &mut qemu);
 
     let insn = table(&d, "insn").unwrap();
     let mut icounts = u64s(&insn, "icount");
