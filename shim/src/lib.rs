@@ -58,6 +58,9 @@ struct Shim {
     /// context register may change (see `on_translate`), and when the vCPU
     /// resumes: the ASID in `asids` may be stale (see `asid_of`).
     asid_stale: qemu_plugin_u64,
+    /// Where the scoreboard's entries are, as of the last block translated
+    /// or vCPU initialised: see `Shim::score`.
+    score_base: AtomicPtr<Score>,
     next_block_id: AtomicU64,
     /// Disassembles the instructions of translated blocks (`events=insn`).
     disassembler: disas::Disassembler,
@@ -160,6 +163,8 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
             score,
             offset: std::mem::offset_of!(Score, left),
         },
+        // Set at the first vCPU's init: QEMU finds no entry before.
+        score_base: AtomicPtr::new(std::ptr::null_mut()),
         next_block_id: AtomicU64::new(0),
         disassembler,
         id,
@@ -224,6 +229,8 @@ fn wait_for_collector(header: &Header, segment: &Segment) {
 unsafe extern "C" fn on_vcpu_init(_id: qemu_plugin_id_t, vcpu: c_uint) {
     THREAD_VCPU.with(|v| v.set(vcpu));
     let shim = shim();
+    // QEMU grew the scoreboard for this vCPU, if it had to, just before.
+    shim.find_score_base();
     if let Some(slot) = shim.asids.get(vcpu as usize) {
         let mode = match unsafe { slot.init() } {
             None => ASID_NONE,
@@ -233,7 +240,7 @@ unsafe extern "C" fn on_vcpu_init(_id: qemu_plugin_id_t, vcpu: c_uint) {
         // Relaxed: every vCPU is initialised before any block is translated.
         shim.asid_staleness.fetch_max(mode, Ordering::Relaxed);
         // Nothing read yet.
-        unsafe { (*shim.score(vcpu)).asid_stale = 1 };
+        unsafe { (*shim.score_looked_up(vcpu)).asid_stale = 1 };
     }
 }
 
@@ -242,7 +249,7 @@ unsafe extern "C" fn on_vcpu_init(_id: qemu_plugin_id_t, vcpu: c_uint) {
 unsafe extern "C" fn on_vcpu_resume(_id: qemu_plugin_id_t, vcpu: c_uint) {
     let shim = shim();
     if (vcpu as usize) < shim.asids.len() {
-        unsafe { (*shim.score(vcpu)).asid_stale = 1 };
+        unsafe { (*shim.score_looked_up(vcpu)).asid_stale = 1 };
     }
 }
 
@@ -252,6 +259,7 @@ unsafe extern "C" fn on_vcpu_resume(_id: qemu_plugin_id_t, vcpu: c_uint) {
 /// instruction reports. Not the hot path: allocation and locks are fine here.
 unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb) {
     let shim = shim();
+    shim.find_score_base();
     let header = shim.header();
     let events = shim.options.events;
     let n = unsafe { qemu_plugin_tb_n_insns(tb) };
@@ -495,13 +503,42 @@ impl Shim {
         slot.value()
     }
 
-    /// The vCPU's scoreboard entry. Its address is looked up at every
-    /// callback, never kept: QEMU moves the scoreboard when it grows (a vCPU
-    /// beyond its allocation). Only the vCPU's own thread touches the entry
-    /// (its inline ops and its callbacks), so plain reads and writes do.
+    /// The vCPU's scoreboard entry, for the callbacks of translated blocks.
+    /// Only the vCPU's own thread touches the entry (its inline ops and its
+    /// callbacks), so plain reads and writes do.
+    ///
+    /// QEMU moves the scoreboard when it grows (at the init of a vCPU beyond
+    /// its allocation), so an address is only good until then. But QEMU's
+    /// own inline ops have each block's entry address compiled in, so it
+    /// grows the scoreboard only with every vCPU stopped and then throws
+    /// away every translated block: a block that runs after a move was
+    /// translated after it, and `on_translate` took the new address before
+    /// the block could run. So the address of the last translation is good
+    /// in every callback of a translated block; the callbacks that are not
+    /// (vCPU init and resume, exit) use `score_looked_up`. Entries are
+    /// `size_of::<Score>()` apart, the size the scoreboard was made with.
+    /// Asking QEMU at every callback instead cost 4-8% of the CPU time of an
+    /// insn or a mem capture of the arm64 boot (benches/RESULTS.md,
+    /// 2026-12-02).
+    ///
+    /// Relaxed: every store is of the current address (translation is
+    /// excluded while QEMU moves the scoreboard), and QEMU's publication of
+    /// a translated block orders the store before its callbacks run.
     #[inline(always)]
     fn score(&self, vcpu: c_uint) -> *mut Score {
+        unsafe { self.score_base.load(Ordering::Relaxed).add(vcpu as usize) }
+    }
+
+    /// The vCPU's scoreboard entry, asked of QEMU: for callbacks outside
+    /// translated blocks.
+    fn score_looked_up(&self, vcpu: c_uint) -> *mut Score {
         unsafe { qemu_plugin_scoreboard_find(self.icount.score, vcpu) as *mut Score }
+    }
+
+    /// Takes the scoreboard's address again (see `score`).
+    fn find_score_base(&self) {
+        let base = unsafe { qemu_plugin_scoreboard_find(self.icount.score, 0) as *mut Score };
+        self.score_base.store(base, Ordering::Relaxed);
     }
 }
 
@@ -617,7 +654,7 @@ unsafe extern "C" fn on_exit(_id: qemu_plugin_id_t, _udata: *mut c_void) {
     let shim = shim();
     for slot in shim.vcpus.iter() {
         // The vCPUs have stopped: their scoreboard entries are still.
-        slot.publish_final(unsafe { (*shim.score(slot.index())).started() });
+        slot.publish_final(unsafe { (*shim.score_looked_up(slot.index())).started() });
     }
     // Release: the counters and every event published before are visible to a
     // collector that sees `qemu_exited` with Acquire.
