@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicBool;
 use trace_schema::events_capnp::meta;
 use trace_schema::layout::{state, Header, SegmentView, VcpuControl};
 use trace_schema::options::Overflow;
-use trace_schema::record::{Event, EVENT_RECORD_BYTES};
+use trace_schema::record::Event;
 use trace_schema::ring::Producer;
 use trace_schema::sync::Ordering;
 
@@ -119,9 +119,7 @@ impl VcpuSlot {
             self.count_lost();
             return false;
         }
-        let mut record = [0u8; EVENT_RECORD_BYTES];
-        event.encode(&mut record);
-        if wait_for_room(header, || ring.push(&record)) {
+        if wait_for_room(header, || ring.push_in_place(|record| event.encode(record))) {
             true
         } else {
             self.count_lost();
