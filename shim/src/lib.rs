@@ -58,8 +58,8 @@ struct Shim {
     /// context register may change (see `on_translate`), and when the vCPU
     /// resumes: the ASID in `asids` may be stale (see `asid_of`).
     asid_stale: qemu_plugin_u64,
-    /// Where the scoreboard's entries are, as of the last block translated
-    /// or vCPU initialised: see `Shim::score`.
+    /// Where the scoreboard's entries are, as of the last block translated:
+    /// see `Shim::score`.
     score_base: AtomicPtr<Score>,
     next_block_id: AtomicU64,
     /// Disassembles the instructions of translated blocks (`events=insn`).
@@ -163,7 +163,8 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
             score,
             offset: std::mem::offset_of!(Score, left),
         },
-        // Set at the first vCPU's init: QEMU finds no entry before.
+        // Set at the first translation: QEMU finds no entry before a vCPU's
+        // init, and only translated blocks' callbacks use it.
         score_base: AtomicPtr::new(std::ptr::null_mut()),
         next_block_id: AtomicU64::new(0),
         disassembler,
@@ -229,8 +230,6 @@ fn wait_for_collector(header: &Header, segment: &Segment) {
 unsafe extern "C" fn on_vcpu_init(_id: qemu_plugin_id_t, vcpu: c_uint) {
     THREAD_VCPU.with(|v| v.set(vcpu));
     let shim = shim();
-    // QEMU grew the scoreboard for this vCPU, if it had to, just before.
-    shim.find_score_base();
     if let Some(slot) = shim.asids.get(vcpu as usize) {
         let mode = match unsafe { slot.init() } {
             None => ASID_NONE,
