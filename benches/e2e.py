@@ -145,6 +145,12 @@ CONFIGS = [
            plugin_opts="mode=mem,inline=on"),
     Config("floor-mem-insn-add", "floor", "floor: mem callback + an inline add per insn (the shim's counting before)",
            plugin_opts="mode=mem,inline=insn"),
+    Config("floor-mem-ask-io", "floor", "floor: mem callback asking QEMU is it I/O, which device (what any MMIO capture must ask)",
+           plugin_opts="mode=mem,ask=io"),
+    Config("floor-mem-ask-data", "floor", "floor: mem callback asking also the physical address and value (what any capture of every access must ask)",
+           plugin_opts="mode=mem,ask=data"),
+    Config("floor-block", "floor", "floor: exec callback per block + the shim's inline icount counting (what a per-block insn capture must pay)",
+           plugin_opts="mode=block,inline=on"),
     Config("textlog", "textlog", "text log (execlog lines)"),
     Config("null-mmio", "null", "shim+ring, records discarded: mmio", events="mmio"),
     Config("ours-mmio", "ours", "ours: mmio", events="mmio"),
@@ -234,8 +240,11 @@ def outcome(cfg, wl, run_dir, log_path, m, lib):
     text = Path(log_path).read_text(errors="replace")
     m["ok"] = m["exit"] == 0 and wl.marker in text
     if cfg.kind == "floor":
-        r = re.search(r"floor: mode=\S+ inline=\S+ callbacks=(\d+)", text)
+        r = re.search(r"floor: mode=\S+ inline=\S+(?: ask=\S+)? callbacks=(\d+)", text)
         m["events"] = {"callbacks": int(r.group(1))} if r else {}
+        io = re.search(r"floor: io=(\d+)", text)
+        if r and io:
+            m["events"]["io"] = int(io.group(1))
     elif cfg.kind == "null":
         r = re.search(r"null-collector: events=(\d+) meta=(\d+) bytes=(\d+)", text)
         m["events"] = {"records": int(r.group(1))} if r else {}
@@ -358,7 +367,8 @@ def summarize(runs, cfg_name, wl_name):
 def events_text(cfg, s):
     e = s["events"]
     if cfg.kind == "floor":
-        return f"{fmt_n(e.get('callbacks'))} callbacks"
+        io = f", {fmt_n(e['io'])} of them I/O" if "io" in e else ""
+        return f"{fmt_n(e.get('callbacks'))} callbacks{io}"
     if cfg.kind == "textlog":
         return f"{fmt_n(e.get('lines'))} lines"
     if cfg.kind == "null":
@@ -493,6 +503,19 @@ def targets(S, wl):
     line("MMIO-only capture vs floor (mem callback)", ratio("ours-mmio", "floor-mem"), 1.10, x)
     line("mem+mmio capture (overflow=block) vs floor (mem callback)", ratio("ours-mem", "floor-mem"), 1.5, x)
     line("insn capture vs floor (exec callback per insn)", ratio("ours-insn", "floor-exec"), 1.0, x)
+
+    def bound(what, value):
+        out.append(f"- {what}: " + (x(value) if value is not None else "not measured"))
+
+    bound("bound, what QEMU charges any MMIO capture (floor asking is-I/O and device / floor)",
+          ratio("floor-mem-ask-io", "floor-mem"))
+    bound("MMIO-only capture vs that bound (floor asking is-I/O and device)", ratio("ours-mmio", "floor-mem-ask-io"))
+    bound("bound, what QEMU charges any capture of every access with its value "
+          "(floor asking also the physical address and value / floor)", ratio("floor-mem-ask-data", "floor-mem"))
+    bound("mem+mmio capture vs that bound (floor asking also the physical address and value)",
+          ratio("ours-mem", "floor-mem-ask-data"))
+    bound("per-block floor with the exact icount / exec floor", ratio("floor-block", "floor-exec"))
+    bound("insn capture vs the per-block floor", ratio("ours-insn", "floor-block"))
     rss = [S[c]["rss_max"] for c in ("ours-mmio", "ours-mem", "ours-insn", "ours-all") if S.get(c)]
     line("collector peak RSS, worst configuration", max(rss) / 1024 if rss else None, 256,
          lambda v: f"{v:.0f} MiB")

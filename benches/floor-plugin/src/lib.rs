@@ -3,9 +3,22 @@
 //! `mode=mem` (default) registers a memory callback on every instruction, as
 //! the shim does for `events=mem` and `events=mmio`; `mode=exec` registers an
 //! exec callback on every instruction, the cheapest way a plugin sees every
-//! executed instruction one by one. Either callback's body only increments a
+//! executed instruction one by one; `mode=block` an exec callback on every
+//! translated block, the cheapest way to see every executed block (as the
+//! shim does for `events=insn`). Each callback's body only increments a
 //! per-vCPU counter, so what the guest pays is QEMU's own cost of calling a
 //! plugin: any tracer built on these callbacks costs at least this much.
+//!
+//! `ask=` (with `mode=mem`) makes the memory callback also ask QEMU what a
+//! tracer must know of each access, and nothing more: `ask=io` whether it
+//! hit I/O (`qemu_plugin_get_hwaddr`, `qemu_plugin_hwaddr_is_io`) and, for
+//! an I/O access, the device's name (`qemu_plugin_hwaddr_device_name`):
+//! what any plugin capturing MMIO accesses must ask at every access, since
+//! the API cannot register a callback for I/O accesses only; `ask=data`
+//! also the physical address and the value (`qemu_plugin_hwaddr_phys_addr`,
+//! `qemu_plugin_mem_get_value`): what any capture of every access with its
+//! value must ask. The gap between `ask=none` and these is QEMU's price for
+//! the information, which no plugin can avoid.
 //!
 //! `inline=on` also counts instructions inline as the shim does for icount
 //! (see the shim's `Score`: per block an add of its length, before each
@@ -17,10 +30,12 @@
 //! scoreboard, so that the vCPUs' counters do not share a cache line.
 //!
 //! At exit it prints one line on stderr, `floor: mode=mem inline=off
-//! callbacks=N vcpus=[n0, n1, ...]`, and with a counter a second one,
-//! `floor: icount=N` (instructions started, all vCPUs).
+//! callbacks=N vcpus=[n0, n1, ...]`, with a counter a second one,
+//! `floor: icount=N` (instructions started, all vCPUs), and with `ask=io` or
+//! `ask=data` a third, `floor: io=N` (I/O accesses: the rows of `mmio` a
+//! capture of the same run holds).
 //!
-//! `-plugin libbench_floor.so[,mode=mem|exec][,inline=on|off|insn|padded]`
+//! `-plugin libbench_floor.so[,mode=mem|exec|block][,inline=on|off|insn|padded][,ask=none|io|data]`
 
 use qemu_plugin_sys::*;
 use std::ffi::{c_char, c_int, c_uint, c_void};
@@ -33,6 +48,43 @@ pub static qemu_plugin_version: c_int = QEMU_PLUGIN_VERSION as c_int;
 enum Mode {
     Mem,
     Exec,
+    Block,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Mem => "mem",
+            Mode::Exec => "exec",
+            Mode::Block => "block",
+        }
+    }
+}
+
+/// What the memory callback asks QEMU about each access (see the module
+/// docs).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Ask {
+    Nothing,
+    Io,
+    Data,
+}
+
+impl Ask {
+    fn name(self) -> &'static str {
+        match self {
+            Ask::Nothing => "none",
+            Ask::Io => "io",
+            Ask::Data => "data",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Options {
+    mode: Mode,
+    inline: Inline,
+    ask: Ask,
 }
 
 /// The inline instruction counter: none; as the shim counts (per block);
@@ -66,14 +118,28 @@ struct Score {
     left: u64,
 }
 
-/// One vCPU's counter, alone on its cache line (the vCPU threads of MTTCG
-/// must not share lines).
+/// One vCPU's counters, alone on their cache line (the vCPU threads of
+/// MTTCG must not share lines). Only this vCPU's thread writes them, so a
+/// load and a store do (no read-modify-write).
 #[repr(align(128))]
-struct Counter(AtomicU64);
+struct Counter {
+    callbacks: AtomicU64,
+    /// `ask=io|data`: accesses that hit I/O.
+    io: AtomicU64,
+    /// `ask=data`: the values and physical addresses, folded, so that they
+    /// are read as a tracer reads them.
+    folded: AtomicU64,
+}
+
+impl Counter {
+    #[inline(always)]
+    fn add(c: &AtomicU64, n: u64) {
+        c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+}
 
 struct Floor {
-    mode: Mode,
-    inline: Inline,
+    options: Options,
     counters: Box<[Counter]>,
     /// The inline instruction counter (`Score::icount` for `inline=on`).
     icount: qemu_plugin_u64,
@@ -90,25 +156,38 @@ fn floor() -> &'static Floor {
     unsafe { &*FLOOR.load(Ordering::Relaxed) }
 }
 
-fn parse(args: &[String]) -> Result<(Mode, Inline), String> {
-    let mut mode = Mode::Mem;
-    let mut inline = Inline::Off;
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        mode: Mode::Mem,
+        inline: Inline::Off,
+        ask: Ask::Nothing,
+    };
     for a in args {
         match a.split_once('=') {
-            Some(("mode", "mem")) => mode = Mode::Mem,
-            Some(("mode", "exec")) => mode = Mode::Exec,
-            Some(("inline", "off")) => inline = Inline::Off,
-            Some(("inline", "on")) => inline = Inline::Block,
-            Some(("inline", "insn")) => inline = Inline::Insn,
-            Some(("inline", "padded")) => inline = Inline::Padded,
+            Some(("mode", "mem")) => o.mode = Mode::Mem,
+            Some(("mode", "exec")) => o.mode = Mode::Exec,
+            Some(("mode", "block")) => o.mode = Mode::Block,
+            Some(("inline", "off")) => o.inline = Inline::Off,
+            Some(("inline", "on")) => o.inline = Inline::Block,
+            Some(("inline", "insn")) => o.inline = Inline::Insn,
+            Some(("inline", "padded")) => o.inline = Inline::Padded,
+            Some(("ask", "none")) => o.ask = Ask::Nothing,
+            Some(("ask", "io")) => o.ask = Ask::Io,
+            Some(("ask", "data")) => o.ask = Ask::Data,
             _ => {
                 return Err(format!(
-                "unknown or malformed option {a:?} (expected mode=mem|exec, inline=on|off|insn|padded)"
+                "unknown or malformed option {a:?} (expected mode=mem|exec|block, inline=on|off|insn|padded, ask=none|io|data)"
             ))
             }
         }
     }
-    Ok((mode, inline))
+    if o.ask != Ask::Nothing && o.mode != Mode::Mem {
+        return Err(format!(
+            "ask={} needs mode=mem (only a memory callback has an access to ask about)",
+            o.ask.name()
+        ));
+    }
+    Ok(o)
 }
 
 /// QEMU's entry point for the plugin.
@@ -124,7 +203,7 @@ pub unsafe extern "C" fn qemu_plugin_install(
     argv: *mut *mut c_char,
 ) -> c_int {
     let args = unsafe { trace_schema::options::plugin_args(argc, argv as *const *const c_char) };
-    let (mode, inline) = match parse(&args) {
+    let options = match parse(&args) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("floor plugin: {e}");
@@ -138,8 +217,14 @@ pub unsafe extern "C" fn qemu_plugin_install(
         // User mode: threads come and go; 256 is plenty for a benchmark.
         256
     };
-    let counters = (0..n_vcpus).map(|_| Counter(AtomicU64::new(0))).collect();
-    let size = match inline {
+    let counters = (0..n_vcpus)
+        .map(|_| Counter {
+            callbacks: AtomicU64::new(0),
+            io: AtomicU64::new(0),
+            folded: AtomicU64::new(0),
+        })
+        .collect();
+    let size = match options.inline {
         Inline::Off => 0,
         Inline::Block => std::mem::size_of::<Score>(),
         Inline::Insn => std::mem::size_of::<u64>(),
@@ -151,8 +236,7 @@ pub unsafe extern "C" fn qemu_plugin_install(
         std::ptr::null_mut()
     };
     let built = Box::new(Floor {
-        mode,
-        inline,
+        options,
         counters,
         icount: qemu_plugin_u64 {
             score,
@@ -173,8 +257,9 @@ pub unsafe extern "C" fn qemu_plugin_install(
 
 unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb) {
     let f = floor();
+    let o = f.options;
     let n = unsafe { qemu_plugin_tb_n_insns(tb) };
-    if f.inline == Inline::Block {
+    if o.inline == Inline::Block {
         unsafe {
             qemu_plugin_register_vcpu_tb_exec_cond_cb(
                 tb,
@@ -193,9 +278,24 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
             );
         }
     }
+    if o.mode == Mode::Block {
+        unsafe {
+            qemu_plugin_register_vcpu_tb_exec_cb(
+                tb,
+                Some(on_block_exec),
+                qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
+                std::ptr::null_mut(),
+            );
+        }
+    }
+    let on_memory_access = match o.ask {
+        Ask::Nothing => on_memory_access,
+        Ask::Io => on_memory_access_ask_io,
+        Ask::Data => on_memory_access_ask_data,
+    };
     for i in 0..n {
         let insn = unsafe { qemu_plugin_tb_get_insn(tb, i) };
-        let (op, entry, imm) = match f.inline {
+        let (op, entry, imm) = match o.inline {
             Inline::Off => (None, f.icount, 0),
             Inline::Block => (
                 Some(qemu_plugin_op::QEMU_PLUGIN_INLINE_STORE_U64),
@@ -211,7 +311,7 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
         if let Some(op) = op {
             unsafe { qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, op, entry, imm) };
         }
-        match f.mode {
+        match o.mode {
             Mode::Mem => unsafe {
                 qemu_plugin_register_vcpu_mem_cb(
                     insn,
@@ -229,16 +329,22 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
                     std::ptr::null_mut(),
                 );
             },
+            Mode::Block => {}
         }
     }
 }
 
-/// The whole body of both callbacks. Only this vCPU's thread writes its
-/// counter, so a load and a store do (no read-modify-write).
+/// This vCPU's counters.
+#[inline(always)]
+fn counter(vcpu: c_uint) -> Option<&'static Counter> {
+    floor().counters.get(vcpu as usize)
+}
+
+/// The whole body of the callbacks without `ask`.
 #[inline(always)]
 fn count(vcpu: c_uint) {
-    if let Some(c) = floor().counters.get(vcpu as usize) {
-        c.0.store(c.0.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    if let Some(c) = counter(vcpu) {
+        Counter::add(&c.callbacks, 1);
     }
 }
 
@@ -251,7 +357,56 @@ unsafe extern "C" fn on_memory_access(
     count(vcpu);
 }
 
+/// `ask=io`: is the access I/O, and if so which device (as the shim's
+/// `on_memory_access` asks). Returns the access's hwaddr for `ask=data`.
+#[inline(always)]
+unsafe fn ask_io(c: &Counter, info: qemu_plugin_meminfo_t, vaddr: u64) -> *mut qemu_plugin_hwaddr {
+    Counter::add(&c.callbacks, 1);
+    let hwaddr = unsafe { qemu_plugin_get_hwaddr(info, vaddr) };
+    if !hwaddr.is_null() && unsafe { qemu_plugin_hwaddr_is_io(hwaddr) } {
+        let name = unsafe { qemu_plugin_hwaddr_device_name(hwaddr) };
+        Counter::add(&c.io, 1);
+        Counter::add(&c.folded, name as u64);
+    }
+    hwaddr
+}
+
+unsafe extern "C" fn on_memory_access_ask_io(
+    vcpu: c_uint,
+    info: qemu_plugin_meminfo_t,
+    vaddr: u64,
+    _udata: *mut c_void,
+) {
+    if let Some(c) = counter(vcpu) {
+        unsafe { ask_io(c, info, vaddr) };
+    }
+}
+
+/// `ask=data`: also the physical address and the value.
+unsafe extern "C" fn on_memory_access_ask_data(
+    vcpu: c_uint,
+    info: qemu_plugin_meminfo_t,
+    vaddr: u64,
+    _udata: *mut c_void,
+) {
+    let Some(c) = counter(vcpu) else { return };
+    let hwaddr = unsafe { ask_io(c, info, vaddr) };
+    let paddr = if hwaddr.is_null() {
+        vaddr
+    } else {
+        unsafe { qemu_plugin_hwaddr_phys_addr(hwaddr) }
+    };
+    let v = unsafe { qemu_plugin_mem_get_value(info) };
+    // The low 8 bytes of any value type (the union's first member).
+    let value = unsafe { v.data.u64_ };
+    Counter::add(&c.folded, paddr ^ value);
+}
+
 unsafe extern "C" fn on_insn_exec(vcpu: c_uint, _udata: *mut c_void) {
+    count(vcpu);
+}
+
+unsafe extern "C" fn on_block_exec(vcpu: c_uint, _udata: *mut c_void) {
     count(vcpu);
 }
 
@@ -268,26 +423,33 @@ unsafe extern "C" fn on_block_stopped_early(vcpu: c_uint, _udata: *mut c_void) {
 
 unsafe extern "C" fn on_exit(_id: qemu_plugin_id_t, _udata: *mut c_void) {
     let f = floor();
+    let o = f.options;
     let per_vcpu: Vec<u64> = f
         .counters
         .iter()
-        .map(|c| c.0.load(Ordering::Relaxed))
+        .map(|c| c.callbacks.load(Ordering::Relaxed))
         .collect();
     let total: u64 = per_vcpu.iter().sum();
     eprintln!(
-        "floor: mode={} inline={} callbacks={total} vcpus={per_vcpu:?}",
-        match f.mode {
-            Mode::Mem => "mem",
-            Mode::Exec => "exec",
-        },
-        f.inline.name(),
+        "floor: mode={} inline={} ask={} callbacks={total} vcpus={per_vcpu:?}",
+        o.mode.name(),
+        o.inline.name(),
+        o.ask.name(),
     );
-    if f.inline != Inline::Off {
+    if o.inline != Inline::Off {
         let mut started = unsafe { qemu_plugin_u64_sum(f.icount) };
-        if f.inline == Inline::Block {
+        if o.inline == Inline::Block {
             started -= unsafe { qemu_plugin_u64_sum(f.left) };
         }
         eprintln!("floor: icount={started}");
+    }
+    if o.ask != Ask::Nothing {
+        let io: u64 = f
+            .counters
+            .iter()
+            .map(|c| c.io.load(Ordering::Relaxed))
+            .sum();
+        eprintln!("floor: io={io}");
     }
 }
 
@@ -301,20 +463,30 @@ mod tests {
 
     #[test]
     fn options() {
-        assert_eq!(parse(&args(&[])), Ok((Mode::Mem, Inline::Off)));
+        let o = |mode, inline, ask| Ok(Options { mode, inline, ask });
+        assert_eq!(parse(&args(&[])), o(Mode::Mem, Inline::Off, Ask::Nothing));
         assert_eq!(
             parse(&args(&["mode=exec", "inline=on"])),
-            Ok((Mode::Exec, Inline::Block))
+            o(Mode::Exec, Inline::Block, Ask::Nothing)
         );
         assert_eq!(
             parse(&args(&["inline=insn"])),
-            Ok((Mode::Mem, Inline::Insn))
+            o(Mode::Mem, Inline::Insn, Ask::Nothing)
         );
         assert_eq!(
             parse(&args(&["inline=padded"])),
-            Ok((Mode::Mem, Inline::Padded))
+            o(Mode::Mem, Inline::Padded, Ask::Nothing)
+        );
+        assert_eq!(
+            parse(&args(&["mode=block", "inline=on"])),
+            o(Mode::Block, Inline::Block, Ask::Nothing)
+        );
+        assert_eq!(
+            parse(&args(&["ask=data"])),
+            o(Mode::Mem, Inline::Off, Ask::Data)
         );
         assert!(parse(&args(&["mode=insn"])).is_err());
         assert!(parse(&args(&["inline"])).is_err());
+        assert!(parse(&args(&["mode=exec", "ask=io"])).is_err());
     }
 }
