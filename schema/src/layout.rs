@@ -21,7 +21,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 /// "TRCQEMU" + layout generation, as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TRCQEMU1");
 /// Bumped on any change to this file or to `events.capnp`'s `Event`.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 pub const HEADER_BYTES: usize = 4096;
 pub const RING_CONTROL_BYTES: usize = 256;
@@ -95,8 +95,10 @@ pub struct Header {
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_BYTES);
 
-/// Per-vCPU counters. Written by that vCPU's thread only (so a plain load and
-/// store, no read-modify-write, is enough); read by the collector.
+/// Per-vCPU counters, read by the collector. Written by that vCPU's thread
+/// only (so a plain load and store, no read-modify-write, is enough), except
+/// the two `full_ring_*` counters: a full meta ring is waited for by
+/// whichever thread translates, so they take a `fetch_add`.
 #[repr(C)]
 pub struct VcpuCounters {
     /// Event records published into the event ring.
@@ -108,6 +110,11 @@ pub struct VcpuCounters {
     pub final_icount: AtomicU64,
     /// Meta records the shim could not deliver (meta ring full).
     pub meta_lost: AtomicU64,
+    /// Times a record of this vCPU waited for room in a full ring
+    /// (`overflow=block`), and the nanoseconds all those waits took: how
+    /// long the collector held QEMU back.
+    pub full_ring_waits: AtomicU64,
+    pub full_ring_wait_ns: AtomicU64,
 }
 
 /// The control block at the start of each vCPU's block.

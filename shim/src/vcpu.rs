@@ -119,7 +119,7 @@ impl VcpuSlot {
             self.count_lost();
             return false;
         }
-        if wait_for_room(header, || ring.push_in_place(|record| event.encode(record))) {
+        if self.wait_for_room(header, || ring.push_in_place(|record| event.encode(record))) {
             true
         } else {
             self.count_lost();
@@ -145,7 +145,7 @@ impl VcpuSlot {
             && (ring.push(message)
                 || (overflow == Overflow::Block
                     && header.state.load(Ordering::Acquire) == state::ATTACHED
-                    && wait_for_room(header, || ring.push(message))));
+                    && self.wait_for_room(header, || ring.push(message))));
         if !delivered {
             let lost = &self.control().counters.meta_lost;
             // Under the lock: one writer at a time.
@@ -212,12 +212,25 @@ impl VcpuSlot {
     pub fn index(&self) -> u32 {
         self.index
     }
+
+    /// Retries `push` until it succeeds (returns true) or the collector is
+    /// gone (returns false; the state is then DETACHED and stays so until a
+    /// collector attaches again). The wait is counted in this vCPU's
+    /// `full_ring_waits` and `full_ring_wait_ns`.
+    fn wait_for_room(&self, header: &Header, push: impl FnMut() -> bool) -> bool {
+        let started = std::time::Instant::now();
+        let delivered = retry_until_room(header, push);
+        let waited = started.elapsed().as_nanos() as u64;
+        let c = &self.control().counters;
+        // Relaxed: counters, read by the collector at the end only.
+        c.full_ring_waits.fetch_add(1, Ordering::Relaxed);
+        c.full_ring_wait_ns.fetch_add(waited, Ordering::Relaxed);
+        delivered
+    }
 }
 
-/// Retries `push` until it succeeds (returns true) or the collector is gone
-/// (returns false; the state is then DETACHED and stays so until a collector
-/// attaches again).
-fn wait_for_room(header: &Header, mut push: impl FnMut() -> bool) -> bool {
+/// `VcpuSlot::wait_for_room`'s loop.
+fn retry_until_room(header: &Header, mut push: impl FnMut() -> bool) -> bool {
     let mut tries: u64 = 0;
     loop {
         if push() {

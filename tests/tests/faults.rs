@@ -455,10 +455,10 @@ const COLLECTOR_PID: u64 = 1084;
 const EVENTS_LOST_0: u64 = 4096 + 512 + 8;
 /// The commit record (schema/src/commit.rs): the current slot (1-based), then
 /// per slot the parts written per table, and vCPU 0's per-slot, per-table
-/// record counts (after its four counters). Table 0 is `mem`.
+/// record counts (after its six counters). Table 0 is `mem`.
 const COMMIT_SLOT: u64 = 1104;
 const COMMIT_PARTS: u64 = 1112;
-const COMMITTED_EVENTS_0: u64 = 4096 + 512 + 32;
+const COMMITTED_EVENTS_0: u64 = 4096 + 512 + 48;
 
 /// (parts of `mem` written, vCPU 0's records whose `mem` rows they hold),
 /// from the commit record in QEMU `pid`'s segment.
