@@ -502,6 +502,8 @@ impl Captured {
             events_lost_before_attach: self.report.events_lost_before_attach,
             events_lost_collector_died: self.report.events_lost_collector_died,
             events_already_captured: self.report.events_skipped,
+            full_ring_waits: self.report.full_ring_waits.iter().sum(),
+            full_ring_wait: Duration::from_nanos(self.report.full_ring_wait_ns.iter().sum()),
             bytes_written: self.bytes_written,
             duration: self.duration,
             warnings: self.warnings,
@@ -528,6 +530,10 @@ pub struct Summary {
     pub events_lost_collector_died: Vec<u64>,
     /// Records drained again that the appended capture already held.
     pub events_already_captured: Vec<u64>,
+    /// How often, and how long in all, QEMU waited for room in a full ring
+    /// (`overflow=block`): the time the collector held the guest back.
+    pub full_ring_waits: u64,
+    pub full_ring_wait: Duration,
     pub bytes_written: u64,
     pub duration: Duration,
     pub warnings: Vec<String>,
@@ -577,6 +583,14 @@ impl std::fmt::Display for Summary {
             writeln!(
                 f,
                 "  events already in the capture, not written again: {again}"
+            )?;
+        }
+        if self.full_ring_waits > 0 {
+            writeln!(
+                f,
+                "  QEMU waited {:.2} s for room in a full ring ({} waits, overflow=block)",
+                self.full_ring_wait.as_secs_f64(),
+                self.full_ring_waits
             )?;
         }
         writeln!(

@@ -111,6 +111,9 @@ struct State {
     flush_due: [bool; 5],
 
     events: Vec<u64>,
+    /// Per vCPU: the shim's `full_ring_waits` and `full_ring_wait_ns` when
+    /// this drain began (its stats count the waits since).
+    waits_at_start: Vec<(u64, u64)>,
     metas: u64,
     blocks_unknown: u64,
     devices_unknown: u64,
@@ -172,6 +175,10 @@ pub struct DrainReport {
     /// Per vCPU: records some of whose rows a collector that died never
     /// wrote (the largest count over the tables).
     pub events_lost_collector_died: Vec<u64>,
+    /// Per vCPU: the times QEMU waited for room in a full ring during the
+    /// drain (`overflow=block`), and the nanoseconds those waits took.
+    pub full_ring_waits: Vec<u64>,
+    pub full_ring_wait_ns: Vec<u64>,
     pub devices: Vec<String>,
 }
 
@@ -206,6 +213,7 @@ impl Drainer {
         let part_rows = part_rows.max(1);
         let cap = part_rows.min(INITIAL_ROWS);
         let blocks = resume.known_blocks.into_iter().collect();
+        let waits_at_start = (0..n).map(|v| full_ring_waits(&view, v)).collect();
         Drainer {
             event_rings,
             meta_rings,
@@ -233,6 +241,7 @@ impl Drainer {
                 skipped: vec![0; n as usize],
                 flush_due: [false; 5],
                 events: vec![0; n as usize],
+                waits_at_start,
                 metas: 0,
                 blocks_unknown: 0,
                 devices_unknown: 0,
@@ -374,6 +383,16 @@ impl Drainer {
             report.events_lost_collector_died.push(died_max);
             stats.push("events_already_captured", Some(v), st.skipped[v as usize]);
             stats.push("meta_lost", Some(v), c.meta_lost.load(Ordering::Relaxed));
+            let (waits, wait_ns) = full_ring_waits(&st.view, v);
+            let (waits0, wait_ns0) = st.waits_at_start[v as usize];
+            let (waits, wait_ns) = (
+                waits.saturating_sub(waits0),
+                wait_ns.saturating_sub(wait_ns0),
+            );
+            stats.push("full_ring_waits", Some(v), waits);
+            stats.push("full_ring_wait_ns", Some(v), wait_ns);
+            report.full_ring_waits.push(waits);
+            report.full_ring_wait_ns.push(wait_ns);
             if info.qemu_exited {
                 stats.push(
                     "final_icount",
@@ -713,4 +732,13 @@ impl State {
             .send(batch, &self.devices, covers)
             .map_err(Fail::Other)
     }
+}
+
+/// vCPU `v`'s (`full_ring_waits`, `full_ring_wait_ns`) counters.
+fn full_ring_waits(view: &SegmentView, v: u32) -> (u64, u64) {
+    let c = &view.vcpu(v).counters;
+    (
+        c.full_ring_waits.load(Ordering::Relaxed),
+        c.full_ring_wait_ns.load(Ordering::Relaxed),
+    )
 }

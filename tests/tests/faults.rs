@@ -1120,6 +1120,46 @@ fn sigterm_to_run_stops_qemu_cleanly() {
     signal_run(Signal::SIGTERM);
 }
 
+/// A collector stopped (SIGSTOP) for a second holds an `overflow=block`
+/// QEMU: nothing is lost, and the time QEMU waited for room is in `stats`
+/// and in the summary. The firmware fills the 16 MiB ring within
+/// milliseconds, so QEMU waits for most of that second (the one inequality
+/// here; the stopped collector sets its lower bound).
+#[test]
+fn stopped_collector_holds_qemu_and_the_wait_is_counted() {
+    let _one = serial();
+    let m = marker("stopped");
+    let _reaper = Reaper(m.clone());
+    let dir = capture_dir("faults-stopped");
+    let mut qemu = start_qemu(&m3loop(0), &m, &dir);
+    let rows = PART_ROWS.to_string();
+    let mut c = start_attach(qemu.pid(), &dir, &log(&dir), &["--part-rows", &rows]);
+    wait_for_parts(&mut c, &dir, 2);
+    c.signal(Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(1));
+    c.signal(Signal::SIGCONT);
+    let after = parts(&dir, "mem").len();
+    wait_for_parts(&mut c, &dir, after + 2);
+    let stderr = interrupt_collector_of_running_qemu(&mut c, &mut qemu);
+
+    let rows = check_parts(&dir, "mem", false);
+    assert_eq!(
+        assert_prefix(&dir),
+        rows,
+        "nothing lost while it was stopped"
+    );
+    assert_eq!(stat(&dir, "events_lost", Some(0)), 0);
+    let waits = stat(&dir, "full_ring_waits", Some(0));
+    let waited = Duration::from_nanos(stat(&dir, "full_ring_wait_ns", Some(0)));
+    assert!(waits >= 1);
+    assert!(waited >= Duration::from_millis(500), "waited {waited:?}");
+    let line = format!(
+        "QEMU waited {:.2} s for room in a full ring ({waits} waits, overflow=block)",
+        waited.as_secs_f64()
+    );
+    assert!(stderr.contains(&line), "{line} not in {stderr}");
+}
+
 /// `overflow=drop` with the smallest ring: most events are lost, and every
 /// one is accounted for: rows + events_lost = the 5N + 8 accesses m3loop-N
 /// makes. The summary and trace-query both say so.
@@ -1154,6 +1194,12 @@ fn drop_with_a_tiny_ring_accounts_for_every_access() {
     assert_eq!(stat(&dir, "events_written", Some(0)), rows);
     // N = 200000 is loaded with movw+movt: 10N + 31 instructions (README).
     assert_eq!(stat(&dir, "final_icount", Some(0)), 10 * N + 31);
+    assert_eq!(
+        stat(&dir, "full_ring_waits", Some(0)),
+        0,
+        "drop never waits"
+    );
+    assert!(!stderr.contains("QEMU waited"), "{stderr}");
     let j = capture_json(&dir);
     assert_eq!(j["events_lost"], lost);
     assert_eq!(j["end"], "qemu_exited");
