@@ -236,6 +236,16 @@ def instructions(lib, cap):
     return int(lines[1]) if r.returncode == 0 and len(lines) == 2 and lines[1].isdigit() else None
 
 
+def full_ring_wait(lib, cap):
+    """Seconds QEMU's vCPUs waited for room in a full ring (the capture's
+    `full_ring_wait_ns` stats), read after the timed run."""
+    r = subprocess.run([str(lib / "trace-query"), "--trace", str(cap), "--format", "csv",
+                        "select sum(value) as n from stats where name = 'full_ring_wait_ns'"],
+                       capture_output=True, text=True)
+    lines = r.stdout.split()
+    return int(lines[1]) / 1e9 if r.returncode == 0 and len(lines) == 2 and lines[1].isdigit() else None
+
+
 def outcome(cfg, wl, run_dir, log_path, m, lib):
     text = Path(log_path).read_text(errors="replace")
     m["ok"] = m["exit"] == 0 and wl.marker in text
@@ -269,6 +279,7 @@ def outcome(cfg, wl, run_dir, log_path, m, lib):
             # Shown as instructions (the `insn` view's rows), as text logs count them.
             m["events"]["insn"] = instructions(lib, cap)
         m["events_lost"] = j.get("events_lost")
+        m["full_ring_wait_s"] = full_ring_wait(lib, cap)
         m["end"] = j.get("end")
         m["complete"] = j.get("complete")
         m["ok"] = m["ok"] and j.get("complete") is True and j.get("end") == "qemu_exited"
@@ -360,6 +371,7 @@ def summarize(runs, cfg_name, wl_name):
         "events": ok[-1].get("events", {}),
         "bytes": ok[-1].get("bytes", {}),
         "lost": ok[-1].get("events_lost"),
+        "full_ring_wait": med([r.get("full_ring_wait_s") for r in ok]),
     }
     return s
 
@@ -374,7 +386,9 @@ def events_text(cfg, s):
     if cfg.kind == "null":
         return f"{fmt_n(e.get('records'))} records"
     if cfg.kind == "ours":
-        return ", ".join(f"{t} {fmt_n(n)}" for t, n in e.items() if t != "code")
+        rows = ", ".join(f"{t} {fmt_n(n)}" for t, n in e.items() if t != "code")
+        wait = s.get("full_ring_wait")
+        return rows + (f"; QEMU waited {wait:.2f} s on a full ring" if wait is not None else "")
     return ""
 
 
