@@ -20,7 +20,9 @@
 //!   each;
 //! - `drain_parquet/mem (recorded)`: a real guest's records, replayed from
 //!   the file `BENCH_RECORDS` names (written by `null-collector --dump`, see
-//!   benches/README.md); skipped when it is not set. Synthetic records
+//!   benches/README.md; `BENCH_RECORDS_EVENTS` names the events it was
+//!   recorded with, `mem+mmio` unless set); skipped when it is not set.
+//!   Synthetic records
 //!   compress unlike a real guest's addresses and values: this group is the
 //!   one to judge encodings by.
 //!
@@ -170,8 +172,13 @@ enum Workload {
     Mem { iterations: u64 },
     /// `blocks` executions of one 10-instruction block.
     Insn { blocks: u64 },
-    /// A `null-collector --dump` file's messages, for vCPU 0.
-    Recorded { dump: &'static [u8], records: u64 },
+    /// A `null-collector --dump` file's messages, for vCPU 0, captured with
+    /// `events` (the shim's option string).
+    Recorded {
+        dump: &'static [u8],
+        records: u64,
+        options: &'static str,
+    },
 }
 
 /// The messages of a `null-collector --dump` file: (is an event record, bytes).
@@ -190,7 +197,7 @@ impl Workload {
         match self {
             Workload::Mem { .. } => "events=mem+mmio,overflow=block,wait=on",
             Workload::Insn { .. } => "events=insn,overflow=block,wait=on",
-            Workload::Recorded { .. } => "events=mem+mmio,overflow=block,wait=on",
+            Workload::Recorded { options, .. } => options,
         }
     }
 
@@ -364,7 +371,14 @@ fn bench(c: &mut Criterion) {
                 .unwrap_or_else(|e| panic!("BENCH_RECORDS={}: {e}", path.to_string_lossy()))
                 .leak();
             let records = dumped(dump).filter(|(event, _)| *event).count() as u64;
-            workloads.push(Workload::Recorded { dump, records });
+            // The events the dump was made with (its records' kinds).
+            let events = std::env::var("BENCH_RECORDS_EVENTS").unwrap_or("mem+mmio".into());
+            let options = format!("events={events},overflow=block,wait=on").leak();
+            workloads.push(Workload::Recorded {
+                dump,
+                records,
+                options,
+            });
         }
         None => eprintln!("drain_parquet: BENCH_RECORDS not set: the recorded group is skipped"),
     }
@@ -372,7 +386,13 @@ fn bench(c: &mut Criterion) {
         let name = match w {
             Workload::Mem { .. } => "mem (m3loop pattern, 5M rows)".to_string(),
             Workload::Insn { .. } => "insn (10-insn blocks, 5M rows)".to_string(),
-            Workload::Recorded { records, .. } => format!("mem (recorded, {records} records)"),
+            Workload::Recorded {
+                records, options, ..
+            } => match options.split(',').next() {
+                Some("events=mem+mmio") => format!("mem (recorded, {records} records)"),
+                Some(events) => format!("{events} (recorded, {records} records)"),
+                None => unreachable!("options start with events="),
+            },
         };
         g.throughput(Throughput::Elements(w.rows()));
         g.bench_function(&name, |b| {
