@@ -566,9 +566,11 @@ impl State {
         }
         // Between two records: a part never holds only some of a record's
         // rows of its table.
-        for t in [Table::Mem, Table::Mmio, Table::BlockExec] {
-            if std::mem::take(&mut self.flush_due[t.index()]) {
-                self.flush(t)?;
+        if self.flush_due != [false; 5] {
+            for t in [Table::Mem, Table::Mmio, Table::BlockExec] {
+                if std::mem::take(&mut self.flush_due[t.index()]) {
+                    self.flush(t)?;
+                }
             }
         }
         Ok(())
@@ -639,6 +641,7 @@ impl State {
     /// Writes the `block_exec` row of block event `p` on vCPU `v`, whose
     /// vCPU had executed `end` instructions when its next block started (or
     /// when QEMU exited); `None`: the whole block ran.
+    #[inline]
     fn block_ran(
         &mut self,
         v: usize,
@@ -649,17 +652,10 @@ impl State {
         if p.index < self.skip_below[v][Table::BlockExec.index()] {
             return Ok(()); // its row is in the capture already
         }
-        let mut known = self.blocks.get(p.id);
-        if known.is_none() && !self.missing_blocks.contains(&p.id) {
-            // Its Meta may sit in another vCPU's meta ring (translated there).
-            self.drain_all_metas(metas)?;
-            known = self.blocks.get(p.id);
-            if known.is_none() {
-                // A Meta is published before the block's first event: after
-                // this pass it can never arrive. Do not look again.
-                self.missing_blocks.insert(p.id);
-            }
-        }
+        let known = match self.blocks.get(p.id) {
+            Some(len) => Some(len),
+            None => self.look_for_block(p.id, metas)?,
+        };
         let len = match known {
             Some(len) => len as u64,
             None => {
@@ -682,6 +678,25 @@ impl State {
         }
         self.flush_due[Table::BlockExec.index()] |= self.block_exec.len() >= self.part_rows;
         Ok(())
+    }
+
+    /// The length of block `id`, not described in the meta records drained
+    /// so far (rare: kept out of `block_ran`'s line).
+    #[cold]
+    #[inline(never)]
+    fn look_for_block(&mut self, id: u64, metas: &mut [Consumer]) -> Result<Option<u32>, Fail> {
+        if self.missing_blocks.contains(&id) {
+            return Ok(None);
+        }
+        // Its Meta may sit in another vCPU's meta ring (translated there).
+        self.drain_all_metas(metas)?;
+        let known = self.blocks.get(id);
+        if known.is_none() {
+            // A Meta is published before the block's first event: after
+            // this pass it can never arrive. Do not look again.
+            self.missing_blocks.insert(id);
+        }
+        Ok(known)
     }
 
     fn batch_len(&self, t: Table) -> usize {
