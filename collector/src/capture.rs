@@ -308,6 +308,7 @@ pub fn capture(
                     drainer.events_drained(),
                     p.bytes_written.load(StdOrdering::Relaxed),
                     lost_now(seg),
+                    drainer.full_ring_wait(),
                 );
             }
             if drained == 0 {

@@ -298,6 +298,17 @@ impl Drainer {
         self.st.events.iter().sum()
     }
 
+    /// How long QEMU's vCPUs have waited on a full ring since the drain
+    /// began (`overflow=block`), all vCPUs together.
+    pub fn full_ring_wait(&self) -> std::time::Duration {
+        let ns = (0..self.st.view.geometry.n_vcpus)
+            .map(|v| full_ring_waits(&self.st.view, v).1)
+            .zip(&self.st.waits_at_start)
+            .map(|(now, (_, at_start))| now.saturating_sub(*at_start))
+            .sum();
+        std::time::Duration::from_nanos(ns)
+    }
+
     /// The devices seen so far, if they changed since the last call.
     pub fn take_new_devices(&mut self) -> Option<DeviceList> {
         std::mem::take(&mut self.st.devices_changed).then(|| self.st.devices.clone())
