@@ -302,9 +302,7 @@ impl Drainer {
     /// began (`overflow=block`), all vCPUs together.
     pub fn full_ring_wait(&self) -> std::time::Duration {
         let ns = (0..self.st.view.geometry.n_vcpus)
-            .map(|v| full_ring_waits(&self.st.view, v).1)
-            .zip(&self.st.waits_at_start)
-            .map(|(now, (_, at_start))| now.saturating_sub(*at_start))
+            .map(|v| self.st.full_ring_waits_since_start(v).1)
             .sum();
         std::time::Duration::from_nanos(ns)
     }
@@ -394,12 +392,7 @@ impl Drainer {
             report.events_lost_collector_died.push(died_max);
             stats.push("events_already_captured", Some(v), st.skipped[v as usize]);
             stats.push("meta_lost", Some(v), c.meta_lost.load(Ordering::Relaxed));
-            let (waits, wait_ns) = full_ring_waits(&st.view, v);
-            let (waits0, wait_ns0) = st.waits_at_start[v as usize];
-            let (waits, wait_ns) = (
-                waits.saturating_sub(waits0),
-                wait_ns.saturating_sub(wait_ns0),
-            );
+            let (waits, wait_ns) = st.full_ring_waits_since_start(v);
             stats.push("full_ring_waits", Some(v), waits);
             stats.push("full_ring_wait_ns", Some(v), wait_ns);
             report.full_ring_waits.push(waits);
@@ -708,6 +701,14 @@ impl State {
             self.missing_blocks.insert(id);
         }
         Ok(known)
+    }
+
+    /// vCPU `v`'s (`full_ring_waits`, `full_ring_wait_ns`) since this drain
+    /// began.
+    fn full_ring_waits_since_start(&self, v: u32) -> (u64, u64) {
+        let (waits, ns) = full_ring_waits(&self.view, v);
+        let (waits0, ns0) = self.waits_at_start[v as usize];
+        (waits.saturating_sub(waits0), ns.saturating_sub(ns0))
     }
 
     fn batch_len(&self, t: Table) -> usize {

@@ -222,7 +222,8 @@ impl VcpuSlot {
         let delivered = retry_until_room(header, push);
         let waited = started.elapsed().as_nanos() as u64;
         let c = &self.control().counters;
-        // Relaxed: counters, read by the collector at the end only.
+        // Relaxed: plain counters; the collector reads them (for its progress
+        // line and its stats) without relying on any other memory.
         c.full_ring_waits.fetch_add(1, Ordering::Relaxed);
         c.full_ring_wait_ns.fetch_add(waited, Ordering::Relaxed);
         delivered
