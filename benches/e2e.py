@@ -226,24 +226,25 @@ def dir_bytes(d):
     return sum(f.stat().st_size for f in Path(d).glob("*.parquet")) if Path(d).is_dir() else 0
 
 
-def instructions(lib, cap):
-    """Rows of the capture's `insn` view: the instructions its `block_exec`
-    rows say ran (read after the timed run)."""
-    r = subprocess.run([str(lib / "trace-query"), "--trace", str(cap), "--format", "csv",
-                        "select sum(insns) as n from block_exec"],
+def query_number(lib, cap, sql):
+    """The one integer `sql` returns over capture `cap` (trace-query), or None."""
+    r = subprocess.run([str(lib / "trace-query"), "--trace", str(cap), "--format", "csv", sql],
                        capture_output=True, text=True)
     lines = r.stdout.split()
     return int(lines[1]) if r.returncode == 0 and len(lines) == 2 and lines[1].isdigit() else None
 
 
+def instructions(lib, cap):
+    """Rows of the capture's `insn` view: the instructions its `block_exec`
+    rows say ran (read after the timed run)."""
+    return query_number(lib, cap, "select sum(insns) as n from block_exec")
+
+
 def full_ring_wait(lib, cap):
     """Seconds QEMU's vCPUs waited for room in a full ring (the capture's
     `full_ring_wait_ns` stats), read after the timed run."""
-    r = subprocess.run([str(lib / "trace-query"), "--trace", str(cap), "--format", "csv",
-                        "select sum(value) as n from stats where name = 'full_ring_wait_ns'"],
-                       capture_output=True, text=True)
-    lines = r.stdout.split()
-    return int(lines[1]) / 1e9 if r.returncode == 0 and len(lines) == 2 and lines[1].isdigit() else None
+    ns = query_number(lib, cap, "select sum(value) as n from stats where name = 'full_ring_wait_ns'")
+    return ns / 1e9 if ns is not None else None
 
 
 def outcome(cfg, wl, run_dir, log_path, m, lib):
