@@ -282,7 +282,7 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
         unsafe {
             qemu_plugin_register_vcpu_tb_exec_cb(
                 tb,
-                Some(on_block_exec),
+                Some(on_exec),
                 qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
                 std::ptr::null_mut(),
             );
@@ -324,7 +324,7 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
             Mode::Exec => unsafe {
                 qemu_plugin_register_vcpu_insn_exec_cb(
                     insn,
-                    Some(on_insn_exec),
+                    Some(on_exec),
                     qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
                     std::ptr::null_mut(),
                 );
@@ -402,11 +402,9 @@ unsafe extern "C" fn on_memory_access_ask_data(
     Counter::add(&c.folded, paddr ^ value);
 }
 
-unsafe extern "C" fn on_insn_exec(vcpu: c_uint, _udata: *mut c_void) {
-    count(vcpu);
-}
-
-unsafe extern "C" fn on_block_exec(vcpu: c_uint, _udata: *mut c_void) {
+/// The exec callback of `mode=exec` (per instruction) and `mode=block`
+/// (per block).
+unsafe extern "C" fn on_exec(vcpu: c_uint, _udata: *mut c_void) {
     count(vcpu);
 }
 
