@@ -35,11 +35,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use trace_collector::{attach, AttachArgs};
+use trace_schema::chunk::{self, ChunkBuffer, MemAccess, FLAG_IO, FLAG_STORE, NO_DEVICE};
 use trace_schema::events_capnp::meta;
 use trace_schema::layout::{self, state, Geometry, Header, SegmentView};
-use trace_schema::record::{
-    Event, EVENT_RECORD_BYTES, FLAG_IO, FLAG_STORE, KIND_BLOCK, KIND_MEM, NO_DEVICE,
-};
 use trace_schema::ring::Producer;
 use trace_schema::sync::Ordering;
 
@@ -134,10 +132,15 @@ fn push(p: &mut Producer, msg: &[u8]) {
     }
 }
 
-fn encode(e: Event) -> [u8; EVENT_RECORD_BYTES] {
-    let mut rec = [0u8; EVENT_RECORD_BYTES];
-    e.encode(&mut rec);
-    rec
+/// Publishes `c` as the shim does (its events numbered from `*published`),
+/// and empties it.
+fn publish(p: &mut Producer, c: &mut ChunkBuffer, published: &mut u64) {
+    if !c.is_empty() {
+        let events = c.events();
+        push(p, c.seal(0, *published));
+        *published += events;
+        c.clear();
+    }
 }
 
 fn device_meta(id: u16, name: &str) -> Vec<u8> {
@@ -148,7 +151,7 @@ fn device_meta(id: u16, name: &str) -> Vec<u8> {
     capnp::serialize::write_message_to_words(&msg)
 }
 
-/// One translated block of `n` Thumb instructions at `pc`.
+/// One translated block of `n` Thumb instructions at `pc` (`id` must say `n`).
 fn block_meta(id: u64, pc: u64, n: u32) -> Vec<u8> {
     let mut msg = capnp::message::Builder::new_default();
     let mut b = msg.init_root::<meta::Builder>().init_block();
@@ -173,7 +176,7 @@ enum Workload {
     /// `blocks` executions of one 10-instruction block.
     Insn { blocks: u64 },
     /// A `null-collector --dump` file's messages, for vCPU 0, captured with
-    /// `events` (the shim's option string).
+    /// `events` (the shim's option string); `records` events.
     Recorded {
         dump: &'static [u8],
         records: u64,
@@ -210,7 +213,8 @@ impl Workload {
         }
     }
 
-    /// Plays the shim: every event, then the final counters and `qemu_exited`.
+    /// Plays the shim: every event, gathered in chunks as the shim does,
+    /// then the final counters and `qemu_exited`.
     fn produce(self, seg: &FakeSegment) {
         let (mut events, mut metas) = seg.producers();
         let mut written = 0u64;
@@ -218,74 +222,96 @@ impl Workload {
         match self {
             Workload::Mem { iterations } => {
                 push(&mut metas, &device_meta(0, "anon0x5581c0de"));
-                let ram = |icount, pc, addr, store, value| Event {
-                    kind: KIND_MEM,
-                    size: 4,
-                    flags: if store { FLAG_STORE } else { 0 },
-                    device: NO_DEVICE,
-                    vcpu: 0,
-                    icount,
+                let mut c = ChunkBuffer::accesses();
+                let ram = |pc, addr, store, value| MemAccess {
                     pc,
                     vaddr: addr,
                     paddr: addr,
                     value,
-                    value_hi: 0,
-                    asid: 0,
+                    icount_delta: 0,
+                    size: 4,
+                    flags: if store { FLAG_STORE } else { 0 },
+                    device: NO_DEVICE,
                 };
                 let mut s = 0u64;
                 for k in 0..iterations {
                     let base = 11 + 10 * k;
                     let n = iterations - k;
                     let cvr = 0xff_ffff - (k * 10) % 0x100_0000;
-                    let recs = [
-                        encode(ram(base, 0x2a, 0x2000_0000, true, n)),
-                        encode(ram(base + 1, 0x2c, 0x2000_0004, true, s)),
-                        encode(ram(base + 2, 0x2e, 0x2000_0000, false, n)),
-                        encode(ram(base + 4, 0x32, 0x2000_0004, false, s)),
-                        encode(Event {
-                            flags: FLAG_IO,
-                            device: 0,
-                            ..ram(base + 6, 0x36, 0xe000_e018, false, cvr)
-                        }),
+                    let accesses = [
+                        (base, ram(0x2a, 0x2000_0000, true, n)),
+                        (base + 1, ram(0x2c, 0x2000_0004, true, s)),
+                        (base + 2, ram(0x2e, 0x2000_0000, false, n)),
+                        (base + 4, ram(0x32, 0x2000_0004, false, s)),
+                        (
+                            base + 6,
+                            MemAccess {
+                                flags: FLAG_IO,
+                                device: 0,
+                                ..ram(0x36, 0xe000_e018, false, cvr)
+                            },
+                        ),
                     ];
-                    for r in &recs {
-                        push(&mut events, r);
+                    for (icount, mut a) in accesses {
+                        if c.room() == 0 {
+                            publish(&mut events, &mut c, &mut written);
+                        }
+                        if c.is_empty() {
+                            c.start(icount, 0);
+                        }
+                        a.icount_delta = (icount - c.icount()) as u32;
+                        c.push_access(&a, true);
                     }
-                    written += 5;
                     s = ((s + n) ^ s).wrapping_add(cvr) & 0xffff_ffff;
                 }
+                publish(&mut events, &mut c, &mut written);
                 icount = 11 + 10 * iterations;
             }
             Workload::Insn { blocks } => {
-                push(&mut metas, &block_meta(0, 0x2a, 10));
+                let id = chunk::block_id(0, 10);
+                push(&mut metas, &block_meta(id, 0x2a, 10));
+                let mut c = ChunkBuffer::blocks();
                 for b in 0..blocks {
-                    push(
-                        &mut events,
-                        &encode(Event {
-                            kind: KIND_BLOCK,
-                            size: 10,
-                            device: NO_DEVICE,
-                            icount: 10 * b,
-                            vaddr: 0,
-                            ..Default::default()
-                        }),
-                    );
-                    written += 1;
+                    if c.room() == 0 {
+                        publish(&mut events, &mut c, &mut written);
+                    }
+                    if c.is_empty() {
+                        c.start(10 * b, 0);
+                    }
+                    c.push_block(id);
                 }
+                publish(&mut events, &mut c, &mut written);
                 icount = 10 * blocks;
             }
             Workload::Recorded { dump, .. } => {
+                // The dump starts in the middle of the guest's stream: its
+                // chunks are numbered again from 0, as the collector counts.
                 let mut last = 0;
                 for (event, m) in dumped(dump) {
                     if event {
-                        last = Event::decode(m.try_into().unwrap()).unwrap().icount;
-                        push(&mut events, m);
-                        written += 1;
+                        let mut m = m.to_vec();
+                        m[16..24].copy_from_slice(&written.to_le_bytes());
+                        let c = chunk::parse(&m).expect("a dumped chunk");
+                        let base = c.header().icount;
+                        // Where the chunk's last event leaves the count.
+                        (last, written) = match c {
+                            chunk::Chunk::Accesses(..) => (
+                                c.accesses()
+                                    .last()
+                                    .map_or(base, |a| base + a.icount_delta as u64 + 1),
+                                written + c.accesses().filter(|a| !a.is_high_half()).count() as u64,
+                            ),
+                            chunk::Chunk::Blocks(..) => (
+                                base + c.blocks().map(chunk::block_insns).sum::<u64>(),
+                                written + c.blocks().count() as u64,
+                            ),
+                        };
+                        push(&mut events, &m);
                     } else {
                         push(&mut metas, m);
                     }
                 }
-                icount = last + 1;
+                icount = last;
             }
         }
         let c = &seg.view.vcpu(0).counters;
@@ -337,6 +363,7 @@ fn capture_once(w: Workload, out: &PathBuf) -> Cost {
             qmp: None,
             device_map: None,
             part_rows: trace_collector::DEFAULT_PART_ROWS,
+            threads: None,
             show_progress: false,
         })
         .expect("attach");
@@ -370,7 +397,15 @@ fn bench(c: &mut Criterion) {
             let dump: &'static [u8] = std::fs::read(&path)
                 .unwrap_or_else(|e| panic!("BENCH_RECORDS={}: {e}", path.to_string_lossy()))
                 .leak();
-            let records = dumped(dump).filter(|(event, _)| *event).count() as u64;
+            let records = dumped(dump)
+                .filter(|(event, _)| *event)
+                .map(|(_, m)| match chunk::parse(m).expect("a dumped chunk") {
+                    c @ chunk::Chunk::Accesses(..) => {
+                        c.accesses().filter(|a| !a.is_high_half()).count() as u64
+                    }
+                    c @ chunk::Chunk::Blocks(..) => c.blocks().count() as u64,
+                })
+                .sum();
             // The events the dump was made with (its records' kinds).
             let events = std::env::var("BENCH_RECORDS_EVENTS").unwrap_or("mem+mmio".into());
             let options = format!("events={events},overflow=block,wait=on").leak();

@@ -39,9 +39,8 @@ pub struct AppendPlan {
     pub lost_accounted: Vec<u64>,
     /// Uncommitted parts removed.
     pub removed: Vec<PathBuf>,
-    /// The blocks the kept `code` parts describe: (block id, instruction
-    /// count).
-    pub blocks: Vec<(u64, u32)>,
+    /// The blocks the kept `code` parts describe.
+    pub blocks: Vec<u64>,
 }
 
 /// Reads `dir`'s capture.json, or `None` when it holds no capture.
@@ -169,16 +168,15 @@ fn remove_temporaries(tdir: &Path) -> Result<()> {
 
 /// Adds the blocks a `code` part describes (its rows are in block, index
 /// order per block).
-fn add_blocks(path: &Path, blocks: &mut Vec<(u64, u32)>) -> Result<()> {
+fn add_blocks(path: &Path, blocks: &mut Vec<u64>) -> Result<()> {
     let file = std::fs::File::open(path)?;
     let df = ParquetReader::new(file)
         .finish()
         .with_context(|| format!("--append: cannot read {}", path.display()))?;
     let ids = df.column("block")?.u64()?.clone();
     for id in ids.iter().flatten() {
-        match blocks.last_mut() {
-            Some((last, n)) if *last == id => *n += 1,
-            _ => blocks.push((id, 1)),
+        if blocks.last() != Some(&id) {
+            blocks.push(id);
         }
     }
     Ok(())
@@ -236,9 +234,11 @@ mod tests {
     fn part(dir: &Path, table: &str, n: u32, rows: u64) {
         let tdir = dir.join(table);
         std::fs::create_dir_all(&tdir).unwrap();
-        let df = polars::df!("icount" => (0..rows).collect::<Vec<u64>>()).unwrap();
+        let mut df = polars::df!("icount" => (0..rows).collect::<Vec<u64>>()).unwrap();
         let f = std::fs::File::create(tdir.join(format!("part-{n:06}.parquet"))).unwrap();
-        crate::parquet_file::write(&df, f).unwrap();
+        polars::prelude::ParquetWriter::new(f)
+            .finish(&mut df)
+            .unwrap();
     }
 
     fn stats_part(dir: &Path, n: u32, lost: u64, before: u64) {
@@ -248,9 +248,15 @@ mod tests {
         b.push("events_lost", Some(1), lost);
         b.push("events_lost_before_attach", Some(1), before);
         b.push("events", Some(1), 1000);
-        let df = b.into_frame().unwrap();
         let f = std::fs::File::create(tdir.join(format!("part-{n:06}.parquet"))).unwrap();
-        crate::parquet_file::write(&df, f).unwrap();
+        crate::tables::Batch::Stats(b)
+            .write(
+                &[],
+                &crate::tables::PluginDeviceNames,
+                &mut crate::parquet_part::Compressors::default(),
+                f,
+            )
+            .unwrap();
     }
 
     fn prepare_with(dir: &Path, prev: CaptureJson, c: &Committed) -> Result<AppendPlan> {

@@ -11,6 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use trace_schema::commit;
 use trace_schema::options::{EventSet, ShimOptions};
+use trace_schema::ring::Consumer;
 use trace_schema::sync::Ordering;
 
 use crate::append::{self, AppendPlan};
@@ -23,6 +24,10 @@ use crate::tables::{DeviceNames, Table};
 
 /// How often we check that QEMU is still alive.
 const ALIVE_CHECK: Duration = Duration::from_millis(100);
+/// How long a detach waits for the vCPUs to publish the events they have
+/// gathered in their open chunks (a vCPU halted since before we asked
+/// answers only when it wakes; it has nothing gathered).
+const FLUSH_WAIT: Duration = Duration::from_millis(200);
 /// `run`: how long QEMU gets to exit after we forwarded a SIGTERM.
 pub const RUN_STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -30,6 +35,8 @@ pub const RUN_STOP_GRACE: Duration = Duration::from_secs(10);
 pub struct CaptureSetup {
     pub out: PathBuf,
     pub part_rows: usize,
+    /// Parquet encoder threads (`None`: `crate::default_threads`).
+    pub threads: Option<usize>,
     pub names: Arc<dyn DeviceNames>,
     pub show_progress: bool,
     /// `--append`: the capture.json of the capture in `out` to continue
@@ -199,6 +206,9 @@ pub fn capture(
             setup.out.clone(),
             setup.names.clone(),
             plan.first_part,
+            setup
+                .threads
+                .unwrap_or_else(|| crate::default_threads(n_vcpus)),
             start,
             on_part,
             on_commit,
@@ -263,12 +273,18 @@ pub fn capture(
                 stop = true;
             }
             if stop {
-                // Detach first, then drain: what the shim published before it
-                // saw DETACHED is in the rings; after, it counts losses, which
-                // are not the capture's.
+                // Detach first, then drain: what the shim gathered before it
+                // saw DETACHED it publishes into the rings (asked by the
+                // flush, or at its next event); after, it counts losses,
+                // which are not the capture's.
                 lost_at_stop = Some(lost_counters(seg));
+                let epoch = seg.request_flush();
                 seg.detach();
-                std::thread::sleep(Duration::from_millis(2));
+                let asked = Instant::now();
+                while !seg.flushed(epoch) && asked.elapsed() < FLUSH_WAIT {
+                    drainer.drain_once()?;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 for _ in 0..1000 {
                     if drainer.drain_once()? == 0 {
                         break;
@@ -292,6 +308,9 @@ pub fn capture(
             if now.duration_since(last_tick) >= TICK {
                 last_tick = now;
                 seg.heartbeat();
+                // What the vCPUs gathered since the last tick reaches us at
+                // least this often, however slowly their chunks fill.
+                seg.request_flush();
                 if seg.ensure_attached()? {
                     warnings.push("the shim had marked us detached; attached again".into());
                 }
@@ -444,12 +463,23 @@ fn resume_point(
     // Records between what was committed and where the rings were released
     // were drained by a collector that died: they are lost.
     let committed = commit::read(view);
-    let first_index: Vec<u64> = (0..n_vcpus)
+    let first_index = (0..n_vcpus)
         .map(|v| {
-            let tail = view.vcpu(v).event_ring.tail.load(Ordering::Acquire);
-            commit::event_index(tail, view.geometry.event_ring_bytes)
+            // Safety: the view's mapping outlives this consumer, and we
+            // hold the attach: no other consumer reads the ring.
+            let mut ring = unsafe {
+                Consumer::new(
+                    &view.vcpu(v).event_ring,
+                    view.event_data(v),
+                    view.geometry.event_ring_bytes,
+                )
+            };
+            // A ring that is corrupt at its released position fails the
+            // drain's first pass, which reports it (in capture.json too):
+            // until then, count on from what the last consumer left.
+            commit::index_at_tail(&mut ring).unwrap_or(ring.weight())
         })
-        .collect();
+        .collect::<Vec<u64>>();
     let lost_collector_died = first_index
         .iter()
         .zip(&committed.events)

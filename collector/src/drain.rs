@@ -1,21 +1,26 @@
-//! From the rings to the table batches: decoding event records and meta
+//! From the rings to the table batches: reading event chunks and meta
 //! messages, resolving device ids, and turning block events into
 //! `block_exec` rows (block, first icount, instructions that ran).
 //!
-//! Block events: one says "block B started at icount i". How many of B's
-//! instructions ran is only known from the vCPU's next block event (icount
-//! j): `min(len(B), j - i)` (a block can stop early on an exception). So the
-//! last block event of each vCPU stays pending until the next one arrives, or
-//! until the end of the capture, where the count is `final_icount - i` if
-//! QEMU exited (the shim published `final_icount`) and the whole block
-//! otherwise.
+//! Block events: a chunk of blocks says "these blocks ran, the first from
+//! icount i"; each but the last ran whole (the shim starts a new chunk after
+//! a block that stopped early), so each block's icount follows from the
+//! lengths before it, which every block id carries. How many of a chunk's
+//! last block's instructions ran is only known from the vCPU's next block
+//! (icount j): `min(len(B), j - i)` (a block can stop early on an
+//! exception). So the last block of each vCPU stays pending until the next
+//! one arrives, or until the end of the capture, where the count is
+//! `final_icount - i` if QEMU exited (the shim published `final_icount`) and
+//! the whole block otherwise.
 //!
-//! What a part completes (see `trace_schema::commit`): a full batch is cut
-//! between two records, never inside one, and handed over with, per vCPU, the
-//! index of the first record whose rows of that table are not all in it (or
-//! in earlier parts): the pending block's (its `block_exec` row is not
-//! written yet) or the next one. In an appended capture, a record's rows of a table
-//! are not written again when the capture already holds them (`skip_below`).
+//! Events are numbered per vCPU (`trace_schema::commit`): a chunk says how
+//! many came before it, which must be how many we counted. What a part
+//! completes: a full batch is handed over between two chunks, and with it,
+//! per vCPU, the index of the first event whose rows of that table are not
+//! all in it (or in earlier parts): the pending block's (its `block_exec`
+//! row is not written yet) or the next one. In an appended capture, an
+//! event's rows of a table are not written again when the capture already
+//! holds them (`skip_below`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,22 +28,18 @@ use std::sync::Arc;
 use anyhow::{anyhow, Result};
 use capnp::message::ReaderOptions;
 use polars::prelude::{PlHashMap, PlHashSet};
+use trace_schema::chunk::{self, Chunk};
 use trace_schema::events_capnp::meta;
 use trace_schema::layout::SegmentView;
 use trace_schema::options::EventSet;
-use trace_schema::record::{self, Event, EVENT_RECORD_BYTES, KIND_BLOCK, KIND_MEM};
 use trace_schema::ring::{Consumer, DrainError};
 use trace_schema::sync::Ordering;
 
-use crate::block_lengths::BlockLengths;
+use crate::described_blocks::DescribedBlocks;
 use crate::parquet_sink::{PartSink, SinkProgress};
 use crate::tables::{
     Batch, BlockExecBatch, CodeBatch, DeviceList, MemBatch, StatsBatch, Table, NO_DEVICE,
 };
-
-/// Most instructions a translated block can have (QEMU's TCG_MAX_INSNS):
-/// the bound for a block of unknown length.
-const MAX_BLOCK_INSNS: u64 = 512;
 
 /// Rows a fresh batch has room for before it grows.
 const INITIAL_ROWS: usize = 4096;
@@ -66,8 +67,7 @@ impl Fail {
 struct Pending {
     icount: u64,
     id: u64,
-    size: u8,
-    /// The record's index in its vCPU's event ring (`commit::event_index`).
+    /// The event's index in its vCPU's event stream (`trace_schema::commit`).
     index: u64,
 }
 
@@ -92,8 +92,8 @@ struct State {
     device_index: HashMap<String, u32>,
     /// Per vCPU: `Meta.device.id` → index in `devices`.
     vcpu_devices: Vec<PlHashMap<u16, u32>>,
-    /// Block id → instruction count.
-    blocks: BlockLengths,
+    /// The blocks whose `code` rows we have.
+    blocks: DescribedBlocks,
     /// Blocks whose Meta did not arrive (lost, or announced to an earlier
     /// collector).
     missing_blocks: PlHashSet<u64>,
@@ -137,9 +137,8 @@ pub struct Resume {
     /// table (0: none).
     pub skip_below: Vec<[u64; 5]>,
     /// Blocks described to an earlier collector whose `code` rows the
-    /// capture holds: (id, instruction count). Their `code` rows are not
-    /// written again.
-    pub known_blocks: Vec<(u64, u32)>,
+    /// capture holds: their `code` rows are not written again.
+    pub known_blocks: Vec<u64>,
 }
 
 /// Per-vCPU counters the drain cannot read from the segment by itself.
@@ -198,11 +197,14 @@ impl Drainer {
             // Safety: the view's mapping outlives the drainer (the capture owns
             // both), and we are the only consumer: we hold the attach.
             unsafe {
-                event_rings.push(Consumer::new(
+                let mut events = Consumer::new(
                     &c.event_ring,
                     view.event_data(v),
                     view.geometry.event_ring_bytes,
-                ));
+                );
+                // The events before our first: counted on from there.
+                events.set_weight(resume.first_index[v as usize]);
+                event_rings.push(events);
                 meta_rings.push(Consumer::new(
                     &c.meta_ring,
                     view.meta_data(v),
@@ -279,7 +281,7 @@ impl Drainer {
         let base = st.view.event_data(v as u32) as usize;
         let r = event_rings[v].drain(|bytes| {
             let offset = bytes.as_ptr() as usize - base;
-            st.on_event(v, bytes, meta_rings).map_err(|f| match f {
+            st.on_chunk(v, bytes, meta_rings).map_err(|f| match f {
                 Fail::Corrupt(why) => {
                     anyhow!("corrupt event ring of vCPU {v}: record at ring offset {offset}: {why}")
                 }
@@ -435,7 +437,7 @@ impl State {
         let base = self.view.meta_data(v as u32) as usize;
         let r = rings[v].drain(|bytes| {
             let offset = bytes.as_ptr() as usize - base;
-            self.on_meta(v, bytes).map_err(|f| match f {
+            self.on_meta(v, bytes).map(|()| 1).map_err(|f| match f {
                 Fail::Corrupt(why) => {
                     anyhow!("corrupt meta ring of vCPU {v}: record at ring offset {offset}: {why}")
                 }
@@ -493,6 +495,13 @@ impl State {
                     return Ok(()); // announced again (a new attach): known already
                 }
                 let insns = b.get_insns().map_err(bad)?;
+                if insns.len() as u64 != chunk::block_insns(id) {
+                    return Err(Fail::Corrupt(format!(
+                        "block {id:#x} has {} instructions, its id says {}",
+                        insns.len(),
+                        chunk::block_insns(id)
+                    )));
+                }
                 for (i, insn) in insns.iter().enumerate() {
                     let pc = insn.get_pc();
                     if self.insn_on {
@@ -512,63 +521,33 @@ impl State {
                         }
                     }
                 }
-                self.blocks.insert(id, insns.len());
+                self.blocks.insert(id);
             }
         }
         Ok(())
     }
 
+    /// Handles one chunk of vCPU `v`'s event ring; returns how many events
+    /// it holds (its weight in the ring: `trace_schema::commit`).
     #[inline]
-    fn on_event(&mut self, v: usize, bytes: &[u8], metas: &mut [Consumer]) -> Result<(), Fail> {
-        let rec: &[u8; EVENT_RECORD_BYTES] = bytes.try_into().map_err(|_| {
-            Fail::Corrupt(format!(
-                "a {}-byte message, not an {EVENT_RECORD_BYTES}-byte Event",
-                bytes.len()
-            ))
-        })?;
-        let e = Event::decode(rec).ok_or_else(|| Fail::Corrupt("not an Event record".into()))?;
-        if e.vcpu as usize != v {
-            return Err(Fail::Corrupt(format!("the record says vCPU {}", e.vcpu)));
+    fn on_chunk(&mut self, v: usize, bytes: &[u8], metas: &mut [Consumer]) -> Result<u64, Fail> {
+        let c = chunk::parse(bytes).map_err(|why| Fail::Corrupt(why.to_string()))?;
+        let h = *c.header();
+        if h.vcpu as usize != v {
+            return Err(Fail::Corrupt(format!("the chunk says vCPU {}", h.vcpu)));
         }
-        let index = self.next_index[v];
-        self.next_index[v] += 1;
-        let skip = self.skip_below[v];
-        let held = |t: Table| index < skip[t.index()];
-        match e.kind {
-            KIND_MEM if (!self.mem_on || held(Table::Mem)) && held(Table::Mmio) => {
-                self.skipped[v] += 1;
-                return Ok(());
-            }
-            KIND_MEM => {
-                self.events[v] += 1;
-                self.on_mem(v, index, &e, metas)?;
-            }
-            KIND_BLOCK if !self.insn_on => {
-                self.events[v] += 1;
-                self.events_unexpected += 1;
-                return Ok(());
-            }
-            KIND_BLOCK => {
-                // A block held already still becomes the pending one: the
-                // next block's row needs its icount.
-                if held(Table::BlockExec) {
-                    self.skipped[v] += 1;
-                } else {
-                    self.events[v] += 1;
-                }
-                let next = Pending {
-                    icount: e.icount,
-                    id: e.vaddr,
-                    size: e.size,
-                    index,
-                };
-                if let Some(prev) = self.pending[v].replace(next) {
-                    self.block_ran(v, prev, Some(e.icount), metas)?;
-                }
-            }
-            k => return Err(Fail::Corrupt(format!("unknown event kind {k}"))),
+        if h.first_index != self.next_index[v] {
+            return Err(Fail::Corrupt(format!(
+                "the chunk follows {} events, not the {} drained before it",
+                h.first_index, self.next_index[v]
+            )));
         }
-        // Between two records: a part never holds only some of a record's
+        let first = self.next_index[v];
+        match c {
+            Chunk::Accesses(..) => self.on_accesses(v, &c, metas)?,
+            Chunk::Blocks(..) => self.on_blocks(v, &c, metas)?,
+        }
+        // Between two chunks: a part never holds only some of an event's
         // rows of its table.
         if self.flush_due != [false; 5] {
             for t in [Table::Mem, Table::Mmio, Table::BlockExec] {
@@ -576,6 +555,100 @@ impl State {
                     self.flush(t)?;
                 }
             }
+        }
+        Ok(self.next_index[v] - first)
+    }
+
+    /// The accesses of chunk `c` of vCPU `v`.
+    fn on_accesses(&mut self, v: usize, c: &Chunk, metas: &mut [Consumer]) -> Result<(), Fail> {
+        let h = *c.header();
+        let skip = self.skip_below[v];
+        let (mem_from, mmio_from) = (skip[Table::Mem.index()], skip[Table::Mmio.index()]);
+        let mut accesses = c.accesses().peekable();
+        while let Some(a) = accesses.next() {
+            if a.is_high_half() {
+                return Err(Fail::Corrupt(
+                    "the high half of a 16-byte access follows no low half".into(),
+                ));
+            }
+            let high = match accesses.peek() {
+                Some(next) if next.is_high_half() => {
+                    let next = accesses.next().unwrap();
+                    if a.size != 16 {
+                        return Err(Fail::Corrupt(format!(
+                            "a high half follows a {}-byte access",
+                            a.size
+                        )));
+                    }
+                    next.value
+                }
+                _ if a.size > 8 => {
+                    return Err(Fail::Corrupt(format!(
+                        "a {}-byte access without its high half",
+                        a.size
+                    )))
+                }
+                _ => 0,
+            };
+            let index = self.next_index[v];
+            self.next_index[v] += 1;
+            let (held_mem, held_mmio) = (index < mem_from, index < mmio_from);
+            if (!self.mem_on || held_mem) && held_mmio {
+                self.skipped[v] += 1;
+                continue;
+            }
+            self.events[v] += 1;
+            let io = a.is_io();
+            if !(self.mem_on || (io && self.mmio_on)) {
+                // A RAM access in a capture of MMIO only.
+                self.events_unexpected += 1;
+                continue;
+            }
+            let device = if io {
+                self.device(v, a.device, metas)?
+            } else {
+                NO_DEVICE
+            };
+            let icount = h.icount.wrapping_add(a.icount_delta as u64);
+            if self.mem_on && !held_mem {
+                self.mem.push(v as u32, icount, h.asid, &a, high, device);
+            }
+            if io && self.mmio_on && !held_mmio {
+                self.mmio.push(v as u32, icount, h.asid, &a, high, device);
+            }
+        }
+        self.flush_due[Table::Mem.index()] |= self.mem.len() >= self.part_rows;
+        self.flush_due[Table::Mmio.index()] |= self.mmio.len() >= self.part_rows;
+        Ok(())
+    }
+
+    /// The blocks of chunk `c` of vCPU `v`: each becomes the pending block,
+    /// whose predecessor's row is then written.
+    fn on_blocks(&mut self, v: usize, c: &Chunk, metas: &mut [Consumer]) -> Result<(), Fail> {
+        if !self.insn_on {
+            let n = c.blocks().count() as u64;
+            self.next_index[v] += n;
+            self.events[v] += n;
+            self.events_unexpected += n;
+            return Ok(());
+        }
+        let held_below = self.skip_below[v][Table::BlockExec.index()];
+        let mut icount = c.header().icount;
+        for id in c.blocks() {
+            let index = self.next_index[v];
+            self.next_index[v] += 1;
+            // A block held already still becomes the pending one: the next
+            // block's row needs its icount.
+            if index < held_below {
+                self.skipped[v] += 1;
+            } else {
+                self.events[v] += 1;
+            }
+            let next = Pending { icount, id, index };
+            if let Some(prev) = self.pending[v].replace(next) {
+                self.block_ran(v, prev, Some(icount), metas)?;
+            }
+            icount = icount.wrapping_add(chunk::block_insns(id));
         }
         Ok(())
     }
@@ -592,39 +665,9 @@ impl State {
             .collect()
     }
 
-    #[inline]
-    fn on_mem(
-        &mut self,
-        v: usize,
-        index: u64,
-        e: &Event,
-        metas: &mut [Consumer],
-    ) -> Result<(), Fail> {
-        let io = e.is_io();
-        if !(self.mem_on || (io && self.mmio_on)) {
-            self.events_unexpected += 1;
-            return Ok(());
-        }
-        let device = if io {
-            self.device(v, e.device, metas)?
-        } else {
-            NO_DEVICE
-        };
-        let skip = self.skip_below[v];
-        if self.mem_on && index >= skip[Table::Mem.index()] {
-            self.mem.push(v as u32, e, device);
-            self.flush_due[Table::Mem.index()] |= self.mem.len() >= self.part_rows;
-        }
-        if io && self.mmio_on && index >= skip[Table::Mmio.index()] {
-            self.mmio.push(v as u32, e, device);
-            self.flush_due[Table::Mmio.index()] |= self.mmio.len() >= self.part_rows;
-        }
-        Ok(())
-    }
-
     /// The capture-wide index of vCPU `v`'s device `id`.
     fn device(&mut self, v: usize, id: u16, metas: &mut [Consumer]) -> Result<u32, Fail> {
-        if id == record::NO_DEVICE {
+        if id == chunk::NO_DEVICE {
             self.devices_unknown += 1;
             return Ok(NO_DEVICE);
         }
@@ -656,26 +699,13 @@ impl State {
         if p.index < self.skip_below[v][Table::BlockExec.index()] {
             return Ok(()); // its row is in the capture already
         }
-        let known = match self.blocks.get(p.id) {
-            Some(len) => Some(len),
-            None => self.look_for_block(p.id, metas)?,
-        };
-        let len = match known {
-            Some(len) => len as u64,
-            None => {
-                self.blocks_unknown += 1;
-                match p.size {
-                    0 => MAX_BLOCK_INSNS,
-                    size => size as u64,
-                }
-            }
-        };
-        let n = match (end, known) {
-            (Some(end), _) => len.min(end.saturating_sub(p.icount)),
-            (None, Some(_)) => len,
-            // Neither the block's length nor where it ended: no row is sure.
-            (None, None) if p.size == 0 => 0,
-            (None, None) => len,
+        if !self.blocks.contains(p.id) && !self.look_for_block(p.id, metas)? {
+            self.blocks_unknown += 1;
+        }
+        let len = chunk::block_insns(p.id);
+        let n = match end {
+            Some(end) => len.min(end.saturating_sub(p.icount)),
+            None => len,
         };
         if n > 0 {
             self.block_exec.push(v as u32, p.icount, p.id, n as u32);
@@ -684,18 +714,18 @@ impl State {
         Ok(())
     }
 
-    /// The length of block `id`, not described in the meta records drained
-    /// so far (rare: kept out of `block_ran`'s line).
+    /// Whether block `id`, not described in the meta records drained so
+    /// far, is described now (rare: kept out of `block_ran`'s line).
     #[cold]
     #[inline(never)]
-    fn look_for_block(&mut self, id: u64, metas: &mut [Consumer]) -> Result<Option<u32>, Fail> {
+    fn look_for_block(&mut self, id: u64, metas: &mut [Consumer]) -> Result<bool, Fail> {
         if self.missing_blocks.contains(&id) {
-            return Ok(None);
+            return Ok(false);
         }
         // Its Meta may sit in another vCPU's meta ring (translated there).
         self.drain_all_metas(metas)?;
-        let known = self.blocks.get(id);
-        if known.is_none() {
+        let known = self.blocks.contains(id);
+        if !known {
             // A Meta is published before the block's first event: after
             // this pass it can never arrive. Do not look again.
             self.missing_blocks.insert(id);

@@ -38,6 +38,8 @@ pub struct RunArgs {
     /// The user's device names (`memory_map::DeviceMap` format).
     pub device_map: Option<PathBuf>,
     pub part_rows: usize,
+    /// Parquet encoder threads (`None`: `default_threads`).
+    pub threads: Option<usize>,
     pub show_progress: bool,
     /// The QEMU command line, binary first.
     pub qemu: Vec<String>,
@@ -250,6 +252,7 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
         let setup = CaptureSetup {
             out: args.out.clone(),
             part_rows: args.part_rows,
+            threads: args.threads,
             names: std::sync::Arc::new(crate::memory_map::MapDeviceNames::new(
                 args.out.join("mtree.txt"),
                 Some(mtree.clone()),
@@ -326,6 +329,7 @@ mod tests {
             shim: None,
             device_map: None,
             part_rows: 10,
+            threads: None,
             show_progress: false,
             qemu: vec!["qemu-system-arm".into()],
         }

@@ -15,22 +15,24 @@
 //! and the user's `--device-map`.
 //!
 //! Modules, one idea each: `segment` (open, check, map, attach), `drain`
-//! (rings to batches, block events, what each part completes), `block_lengths`
-//! (instructions per block id), `tables` (batches and
-//! their columns), `columns` (a part's Arrow arrays), `parquet_sink` (writer thread, atomic parts),
-//! `parquet_file` (one part, its encodings), `output` (capture directory,
+//! (rings to batches, block events, what each part completes), `described_blocks`
+//! (the blocks whose `code` rows we have), `tables` (batches and
+//! their columns), `parquet_part` (a part built column by column),
+//! `encodings` (the Parquet value encodings), `parquet_sink` (writer thread,
+//! atomic parts), `parquet_file` (a part's footer), `output` (capture directory,
 //! capture.json), `append` (`--append`), `capture` (the drain loop),
 //! `launch` (`run`), `qmp` (`info mtree -f`), `progress`, `signals`.
 
 mod append;
-mod block_lengths;
 mod capture;
-mod columns;
+mod described_blocks;
 mod drain;
+mod encodings;
 mod launch;
 pub mod memory_map;
 mod output;
 mod parquet_file;
+mod parquet_part;
 mod parquet_sink;
 mod progress;
 mod qmp;
@@ -85,6 +87,21 @@ pub const EXEC_WAIT: Duration = Duration::from_millis(500);
 /// 551 MiB with 1 Mi rows, for a 4% longer capture).
 pub const DEFAULT_PART_ROWS: usize = 1 << 18;
 
+/// Most Parquet encoder threads by default: each holds up to two parts'
+/// batches (~40 MiB for `mem` at the default part size), and the collector
+/// keeps under 256 MiB.
+pub const MAX_DEFAULT_THREADS: usize = 4;
+
+/// Parquet encoder threads when not told: the cores left once QEMU's
+/// `n_vcpus` vCPU threads and the drain thread have one each, at least 1 and
+/// at most `MAX_DEFAULT_THREADS`.
+pub fn default_threads(n_vcpus: u32) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores
+        .saturating_sub(n_vcpus as usize + 1)
+        .clamp(1, MAX_DEFAULT_THREADS)
+}
+
 /// Arguments of `trace-collector attach`.
 #[derive(Debug, Clone)]
 pub struct AttachArgs {
@@ -99,6 +116,8 @@ pub struct AttachArgs {
     /// The user's device names (`memory_map::DeviceMap` format).
     pub device_map: Option<PathBuf>,
     pub part_rows: usize,
+    /// Parquet encoder threads (`None`: `default_threads`).
+    pub threads: Option<usize>,
     pub show_progress: bool,
 }
 
@@ -141,6 +160,7 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
     let setup = capture::CaptureSetup {
         out: args.out.clone(),
         part_rows: args.part_rows,
+        threads: args.threads,
         names: Arc::new(memory_map::MapDeviceNames::new(
             args.out.join("mtree.txt"),
             fetch.clone(),

@@ -44,6 +44,11 @@ struct Output {
     /// Rows per Parquet part file.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_PART_ROWS as u64, value_parser = clap::value_parser!(u64).range(1..))]
     part_rows: u64,
+    /// Threads encoding Parquet parts (default: the cores left once QEMU's
+    /// vCPUs and the drain have theirs, at least 1, at most 4; each costs
+    /// up to two parts' batches of memory, ~40 MiB for `mem`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    threads: Option<u64>,
     /// No progress line (it is shown only when stderr is a terminal anyway).
     #[arg(long)]
     quiet: bool,
@@ -120,6 +125,7 @@ fn main() -> ExitCode {
             qmp,
             device_map: output.device_map,
             part_rows: output.part_rows as usize,
+            threads: output.threads.map(|t| t as usize),
             show_progress: !output.quiet,
         }),
         Cmd::Run {
@@ -142,6 +148,7 @@ fn main() -> ExitCode {
             shim,
             device_map: output.device_map,
             part_rows: output.part_rows as usize,
+            threads: output.threads.map(|t| t as usize),
             show_progress: !output.quiet,
             qemu,
         }),

@@ -409,6 +409,30 @@ impl Segment {
             .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire);
     }
 
+    /// Asks every vCPU to publish the events it has gathered in its open
+    /// chunks (`Header::flush_epoch`); returns the epoch to wait for with
+    /// `flushed`.
+    pub fn request_flush(&self) -> u32 {
+        // Release: nothing of ours needs ordering before it; the shim reads it
+        // Relaxed and answers through `flushed_epoch` (Release).
+        self.header()
+            .flush_epoch
+            .fetch_add(1, Ordering::Release)
+            .wrapping_add(1)
+    }
+
+    /// Whether every vCPU has published what it gathered up to `epoch`.
+    /// (A vCPU halted since before the request answers when it wakes; a
+    /// halted vCPU has published everything when it went idle.)
+    pub fn flushed(&self, epoch: u32) -> bool {
+        let view = self.view();
+        (0..view.geometry.n_vcpus).all(|v| {
+            // Acquire: pairs with the shim's Release store after publishing.
+            let done = view.vcpu(v).flushed_epoch.load(Ordering::Acquire);
+            epoch.wrapping_sub(done) as i32 <= 0
+        })
+    }
+
     /// Shows the shim (and any curious reader) that we are alive.
     pub fn heartbeat(&self) {
         let mut ts = libc::timespec {

@@ -1,19 +1,20 @@
 //! The capture's tables: their column batches (plain vectors filled by the
-//! drain, one push per column per row, nothing allocated per row) and the
-//! conversion of a full batch into a polars `DataFrame` with the columns of
-//! docs/capture-format.md. The conversion runs on the writer thread.
+//! drain, one push per column per row, nothing allocated per row) and how a
+//! full batch becomes a Parquet part with the columns of
+//! docs/capture-format.md, each column encoded for what it holds
+//! (`parquet_part`). The encoding runs on a writer thread.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use polars::prelude::*;
-use polars_arrow::array::{BooleanArray, PrimitiveArray};
-use polars_arrow::bitmap::Bitmap;
+use anyhow::Result;
+use polars::prelude::PlHashMap;
+use polars_arrow::datatypes::ArrowDataType;
+use trace_schema::chunk::MemAccess;
 use trace_schema::layout::MAX_VCPUS;
 use trace_schema::options::EventSet;
-use trace_schema::record::Event;
 
-use crate::columns::{dictionary, small_integers, u64s, Columns};
+use crate::parquet_part::{Compressors, PartBuilder, U64Layout, LEVEL, VALUE_LEVEL};
 
 /// The tables of a capture directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -136,19 +137,29 @@ impl MemBatch {
         }
     }
 
+    /// Adds the row of access `a`, made by `vcpu` at `icount` in `asid`;
+    /// `high` is the upper half of a 16-byte access's value.
     #[inline]
-    pub fn push(&mut self, vcpu: u32, e: &Event, device: u32) {
+    pub fn push(
+        &mut self,
+        vcpu: u32,
+        icount: u64,
+        asid: u64,
+        a: &MemAccess,
+        high: u64,
+        device: u32,
+    ) {
         self.vcpu.push(vcpu);
-        self.icount.push(e.icount);
-        self.pc.push(e.pc);
-        self.store.push(e.is_store());
-        self.vaddr.push(e.vaddr);
-        self.paddr.push(e.paddr);
-        self.size.push(e.size);
-        self.value.push(e.value);
-        self.value_hi.push(e.value_hi);
-        self.asid.push(e.asid);
-        self.io.push(e.is_io());
+        self.icount.push(icount);
+        self.pc.push(a.pc);
+        self.store.push(a.is_store());
+        self.vaddr.push(a.vaddr);
+        self.paddr.push(a.paddr);
+        self.size.push(a.size);
+        self.value.push(a.value);
+        self.value_hi.push(high);
+        self.asid.push(asid);
+        self.io.push(a.is_io());
         self.device.push(device);
     }
 
@@ -156,40 +167,25 @@ impl MemBatch {
         self.vcpu.len()
     }
 
-    /// The `mem` table (`mmio == false`) or the `mmio` table. Its String
-    /// columns are dictionaries built from the batch's codes (see
-    /// `columns`): `type` from the store flag, `plugin_device` from the
-    /// device index, `device` and `region` resolved once per distinct
+    /// Adds the columns of the `mem` table (`mmio == false`) or the `mmio`
+    /// table to `part`. Its String columns are written as dictionaries of
+    /// the batch's codes: `type` from the store flag, `plugin_device` from
+    /// the device index, `device` and `region` resolved once per distinct
     /// (device, address) rather than per row.
-    pub fn into_columns(
+    pub fn write_columns(
         self,
         mmio: bool,
         devices: &[String],
         names: &dyn DeviceNames,
-    ) -> PolarsResult<Columns> {
+        part: &mut PartBuilder,
+    ) -> Result<()> {
         let n = self.len();
-        let typ = dictionary(
-            self.store.iter().map(|&s| s as u32).collect(),
-            None,
-            &["R", "W"],
-        )?;
         let named = |d: u32| (d as usize) < devices.len();
-        let has_device: Bitmap = self.device.iter().map(|&d| named(d)).collect();
-        let plugin_device = mmio
-            .then(|| {
-                let keys = self
-                    .device
-                    .iter()
-                    .map(|&d| if named(d) { d } else { 0 })
-                    .collect();
-                let values: Vec<&str> = devices.iter().map(String::as_str).collect();
-                dictionary(keys, Some(has_device.clone()), &values)
-            })
-            .transpose()?;
+        let has_device: Vec<bool> = self.device.iter().map(|&d| named(d)).collect();
 
         let mut device_names = Interner::default();
         let mut region_names = Interner::default();
-        let mut resolved: PlHashMap<(u32, u64), (u32, Option<u32>)> = PlHashMap::new();
+        let mut resolved: PlHashMap<(u32, u64), (u32, Option<u32>)> = PlHashMap::default();
         let mut device_keys = Vec::with_capacity(n);
         let mut region_keys = Vec::with_capacity(if mmio { n } else { 0 });
         let mut has_region = Vec::with_capacity(if mmio { n } else { 0 });
@@ -209,40 +205,48 @@ impl MemBatch {
             }
         }
 
-        let value_hi = PrimitiveArray::from_vec(self.value_hi)
-            .with_validity(Some(self.size.iter().map(|&s| s > 8).collect()));
-        let mut c = Columns::new(n);
-        c.push("vcpu", small_integers(self.vcpu, MAX_VCPUS as usize)?);
-        c.push("icount", u64s(self.icount));
-        c.push("pc", u64s(self.pc));
-        c.push("type", typ);
-        c.push("vaddr", u64s(self.vaddr));
-        c.push("paddr", u64s(self.paddr));
-        c.push("size", small_integers(self.size, 256)?);
-        c.push("value", u64s(self.value));
-        c.push("value_hi", value_hi.boxed());
-        c.push("asid", u64s(self.asid));
+        let store_keys: Vec<u32> = self.store.iter().map(|&s| s as u32).collect();
+        let wide: Vec<bool> = self.size.iter().map(|&s| s > 8).collect();
+        part.small_integers(
+            "vcpu",
+            &self.vcpu,
+            MAX_VCPUS as usize,
+            ArrowDataType::UInt32,
+        )?;
+        part.u64s("icount", &self.icount, U64Layout::Delta, LEVEL)?;
+        part.u64s("pc", &self.pc, U64Layout::ByteStreamSplit, LEVEL)?;
+        part.strings("type", &store_keys, None, &["R", "W"])?;
+        part.u64s("vaddr", &self.vaddr, U64Layout::ByteStreamSplit, LEVEL)?;
+        part.u64s("paddr", &self.paddr, U64Layout::ByteStreamSplit, LEVEL)?;
+        part.small_integers("size", &self.size, 256, ArrowDataType::UInt8)?;
+        part.u64s("value", &self.value, U64Layout::Plain, VALUE_LEVEL)?;
+        part.nullable_u64s("value_hi", &self.value_hi, &wide, VALUE_LEVEL)?;
+        part.u64s("asid", &self.asid, U64Layout::Delta, LEVEL)?;
         if !mmio {
-            c.push("io", BooleanArray::from_slice(&self.io).boxed());
+            part.bools("io", &self.io)?;
         }
-        c.push(
+        part.strings(
             "device",
-            dictionary(device_keys, Some(has_device), &device_names.values())?,
-        );
+            &device_keys,
+            Some(&has_device),
+            &device_names.values(),
+        )?;
         if mmio {
-            c.push(
+            part.strings(
                 "region",
-                dictionary(
-                    region_keys,
-                    Some(has_region.into_iter().collect()),
-                    &region_names.values(),
-                )?,
-            );
+                &region_keys,
+                Some(&has_region),
+                &region_names.values(),
+            )?;
+            let keys: Vec<u32> = self
+                .device
+                .iter()
+                .map(|&d| if named(d) { d } else { 0 })
+                .collect();
+            let values: Vec<&str> = devices.iter().map(String::as_str).collect();
+            part.strings("plugin_device", &keys, Some(&has_device), &values)?;
         }
-        if let Some(p) = plugin_device {
-            c.push("plugin_device", p);
-        }
-        Ok(c)
+        Ok(())
     }
 }
 
@@ -305,15 +309,20 @@ impl BlockExecBatch {
         self.insns.push(insns);
     }
 
-    /// The `block_exec` table; `vcpu` and `insns` (at most a block's
-    /// length, 512 in QEMU) as dictionaries built from their values.
-    pub fn into_columns(self) -> PolarsResult<Columns> {
-        let mut c = Columns::new(self.len());
-        c.push("vcpu", small_integers(self.vcpu, MAX_VCPUS as usize)?);
-        c.push("icount", u64s(self.icount));
-        c.push("block", u64s(self.block));
-        c.push("insns", small_integers(self.insns, 1024)?);
-        Ok(c)
+    /// Adds the `block_exec` table's columns to `part`; `vcpu` and `insns`
+    /// (at most a block's length, 512 in QEMU) as dictionaries built from
+    /// their values.
+    pub fn write_columns(self, part: &mut PartBuilder) -> Result<()> {
+        part.small_integers(
+            "vcpu",
+            &self.vcpu,
+            MAX_VCPUS as usize,
+            ArrowDataType::UInt32,
+        )?;
+        part.u64s("icount", &self.icount, U64Layout::Delta, LEVEL)?;
+        part.u64s("block", &self.block, U64Layout::ByteStreamSplit, LEVEL)?;
+        part.small_integers("insns", &self.insns, 1024, ArrowDataType::UInt32)?;
+        Ok(())
     }
 }
 
@@ -363,32 +372,42 @@ impl CodeBatch {
         self.symbol_end.push(self.text.len());
     }
 
-    pub fn into_frame(self) -> PolarsResult<DataFrame> {
-        let n = self.len();
-        let mut bytes = BinaryChunkedBuilder::new("bytes".into(), n);
-        let mut disas = StringChunkedBuilder::new("disas".into(), n);
-        let mut symbol = StringChunkedBuilder::new("symbol".into(), n);
-        let (mut b0, mut t0) = (0, 0);
-        for i in 0..n {
-            bytes.append_value(&self.bytes[b0..self.bytes_end[i]]);
-            b0 = self.bytes_end[i];
-            disas.append_value(&self.text[t0..self.disas_end[i]]);
-            symbol.append_value(&self.text[self.disas_end[i]..self.symbol_end[i]]);
-            t0 = self.symbol_end[i];
-        }
-        DataFrame::new(
-            n,
-            vec![
-                UInt64Chunked::from_vec("block".into(), self.block).into_column(),
-                UInt32Chunked::from_vec("index".into(), self.index).into_column(),
-                UInt64Chunked::from_vec("pc".into(), self.pc).into_column(),
-                UInt8Chunked::from_vec("size".into(), self.size).into_column(),
-                bytes.finish().into_column(),
-                UInt32Chunked::from_vec("opcode".into(), self.opcode).into_column(),
-                disas.finish().into_column(),
-                symbol.finish().into_column(),
-            ],
-        )
+    /// Adds the `code` table's columns to `part`.
+    pub fn write_columns(self, part: &mut PartBuilder) -> Result<()> {
+        let ranges = |ends: &[usize], starts: &[usize]| -> Vec<(usize, usize)> {
+            starts.iter().copied().zip(ends.iter().copied()).collect()
+        };
+        let bytes_starts: Vec<usize> = std::iter::once(0)
+            .chain(self.bytes_end.iter().copied())
+            .collect();
+        let disas_starts: Vec<usize> = std::iter::once(0)
+            .chain(self.symbol_end.iter().copied())
+            .collect();
+        let bytes = ranges(&self.bytes_end, &bytes_starts);
+        let disas = ranges(&self.disas_end, &disas_starts);
+        let symbol = ranges(&self.symbol_end, &self.disas_end);
+        let text = self.text.as_bytes();
+        part.u64s("block", &self.block, U64Layout::ByteStreamSplit, LEVEL)?;
+        part.small_integers("index", &self.index, 1024, ArrowDataType::UInt32)?;
+        part.u64s("pc", &self.pc, U64Layout::ByteStreamSplit, LEVEL)?;
+        part.small_integers("size", &self.size, 256, ArrowDataType::UInt8)?;
+        part.byte_arrays(
+            "bytes",
+            bytes.iter().map(|&(a, b)| &self.bytes[a..b]),
+            ArrowDataType::BinaryView,
+        )?;
+        part.u32s("opcode", &self.opcode)?;
+        part.byte_arrays(
+            "disas",
+            disas.iter().map(|&(a, b)| &text[a..b]),
+            ArrowDataType::Utf8View,
+        )?;
+        part.byte_arrays(
+            "symbol",
+            symbol.iter().map(|&(a, b)| &text[a..b]),
+            ArrowDataType::Utf8View,
+        )?;
+        Ok(())
     }
 }
 
@@ -411,21 +430,16 @@ impl StatsBatch {
         self.name.len()
     }
 
-    pub fn into_frame(self) -> PolarsResult<DataFrame> {
-        let n = self.len();
-        DataFrame::new(
-            n,
-            vec![
-                StringChunked::from_iter_values(
-                    "name".into(),
-                    self.name.iter().map(String::as_str),
-                )
-                .into_column(),
-                UInt32Chunked::from_iter_options("vcpu".into(), self.vcpu.into_iter())
-                    .into_column(),
-                UInt64Chunked::from_vec("value".into(), self.value).into_column(),
-            ],
-        )
+    /// Adds the `stats` table's columns to `part`.
+    pub fn write_columns(self, part: &mut PartBuilder) -> Result<()> {
+        part.byte_arrays(
+            "name",
+            self.name.iter().map(String::as_bytes),
+            ArrowDataType::Utf8View,
+        )?;
+        part.nullable_u32s("vcpu", &self.vcpu)?;
+        part.u64s("value", &self.value, U64Layout::Delta, LEVEL)?;
+        Ok(())
     }
 }
 
@@ -471,21 +485,25 @@ impl Batch {
         }
     }
 
-    /// Builds the table's columns for the Parquet writer. `devices` is the
-    /// capture's device list (plugin names) as it was when the batch was
-    /// handed over.
-    pub fn into_columns(
+    /// Writes the batch to `w` as one Parquet part; returns its size in
+    /// bytes. `devices` is the capture's device list (plugin names) as it
+    /// was when the batch was handed over.
+    pub fn write<W: std::io::Write>(
         self,
         devices: &[String],
         names: &dyn DeviceNames,
-    ) -> PolarsResult<Columns> {
+        compressors: &mut Compressors,
+        w: W,
+    ) -> Result<u64> {
+        let mut part = PartBuilder::new(self.len(), compressors);
         match self {
-            Batch::Mem(b) => b.into_columns(false, devices, names),
-            Batch::Mmio(b) => b.into_columns(true, devices, names),
-            Batch::BlockExec(b) => b.into_columns(),
-            Batch::Code(b) => Ok(Columns::from_frame(b.into_frame()?)),
-            Batch::Stats(b) => Ok(Columns::from_frame(b.into_frame()?)),
+            Batch::Mem(b) => b.write_columns(false, devices, names, &mut part)?,
+            Batch::Mmio(b) => b.write_columns(true, devices, names, &mut part)?,
+            Batch::BlockExec(b) => b.write_columns(&mut part)?,
+            Batch::Code(b) => b.write_columns(&mut part)?,
+            Batch::Stats(b) => b.write_columns(&mut part)?,
         }
+        part.write(w)
     }
 }
 
@@ -496,14 +514,19 @@ pub type DeviceList = Arc<Vec<String>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use polars::prelude::*;
 
     /// `batch` written as a Parquet part and read back with polars, as
     /// readers see it.
     fn written(batch: Batch, devices: &[String]) -> DataFrame {
-        let columns = batch.into_columns(devices, &PluginDeviceNames).unwrap();
         let mut file = Vec::new();
-        crate::parquet_file::PartWriter::default()
-            .write(columns, &mut file)
+        batch
+            .write(
+                devices,
+                &PluginDeviceNames,
+                &mut Compressors::default(),
+                &mut file,
+            )
             .unwrap();
         ParquetReader::new(std::io::Cursor::new(file))
             .finish()
@@ -524,21 +547,17 @@ mod tests {
     fn mmio_strings_read_back() {
         let devices = vec!["uart".to_string(), "anon0x1".to_string()];
         let mut b = MemBatch::with_capacity(4);
-        let access = |store, paddr| Event {
-            kind: trace_schema::record::KIND_MEM,
+        use trace_schema::chunk::{FLAG_IO, FLAG_STORE};
+        let access = |store, paddr| MemAccess {
             size: 4,
-            flags: if store {
-                trace_schema::record::FLAG_STORE | trace_schema::record::FLAG_IO
-            } else {
-                trace_schema::record::FLAG_IO
-            },
+            flags: if store { FLAG_STORE | FLAG_IO } else { FLAG_IO },
             paddr,
-            ..Event::default()
+            ..MemAccess::default()
         };
-        b.push(0, &access(true, 0x10), 0);
-        b.push(0, &access(false, 0x20), 1);
-        b.push(0, &access(false, 0x30), NO_DEVICE);
-        b.push(0, &access(true, 0x10), 0);
+        b.push(0, 0, 0, &access(true, 0x10), 0, 0);
+        b.push(0, 0, 0, &access(false, 0x20), 0, 1);
+        b.push(0, 0, 0, &access(false, 0x30), 0, NO_DEVICE);
+        b.push(0, 0, 0, &access(true, 0x10), 0, 0);
         let df = written(Batch::Mmio(b), &devices);
         let strs = |c: &str| -> Vec<Option<String>> {
             df.column(c)
@@ -634,7 +653,7 @@ mod tests {
             "bl foo",
             "main",
         );
-        let df = b.into_frame().unwrap();
+        let df = written(Batch::Code(b), &[]);
         let opcode: Vec<u32> = df
             .column("opcode")
             .unwrap()

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use polars::prelude::*;
+use trace_schema::chunk::block_id;
 use trace_schema::layout::{state, Geometry};
 use trace_schema::sync::Ordering;
 
@@ -19,6 +20,7 @@ fn setup(out: &Path, part_rows: usize) -> CaptureSetup {
     CaptureSetup {
         out: out.to_path_buf(),
         part_rows,
+        threads: None,
         names: Arc::new(PluginDeviceNames),
         show_progress: false,
         append: None,
@@ -146,19 +148,19 @@ fn mem_and_mmio_capture_is_exact() {
         std::thread::scope(|s| {
             for v in 0..2u16 {
                 s.spawn(move || {
-                    let (mut ev, mut meta) = shim.producers(v as u32);
-                    push(
-                        &mut meta,
-                        &device_meta(0, if v == 0 { "uart" } else { "timer" }),
-                    );
-                    push(&mut meta, &device_meta(1, "shared"));
-                    for i in 0..N {
-                        let e = match i % 10 {
-                            3 => mmio(v, i, 0x100 + i, 0x4000_0000 + i, true, 0, i * 7),
-                            7 => mmio(v, i, 0x100 + i, 0x5000_0000, false, 1, i),
-                            _ => mem(v, i, 0x100 + i, 0x2000_0000 + 4 * i, i % 2 == 0, 4, i),
-                        };
-                        push_event(&mut ev, e);
+                    let mut vcpu = shim.vcpu(v as u32);
+                    vcpu.meta(&device_meta(0, if v == 0 { "uart" } else { "timer" }));
+                    vcpu.meta(&device_meta(1, "shared"));
+                    let all: Vec<Access> = (0..N)
+                        .map(|i| match i % 10 {
+                            3 => mmio(i, 0x100 + i, 0x4000_0000 + i, true, 0, i * 7),
+                            7 => mmio(i, 0x100 + i, 0x5000_0000, false, 1, i),
+                            _ => mem(i, 0x100 + i, 0x2000_0000 + 4 * i, i % 2 == 0, 4, i),
+                        })
+                        .collect();
+                    // Chunks of 7 accesses, as a shim would gather them.
+                    for c in all.chunks(7) {
+                        vcpu.accesses(0, c);
                     }
                 });
             }
@@ -169,6 +171,7 @@ fn mem_and_mmio_capture_is_exact() {
 
     let mem = read_table(&out, "mem");
     assert_eq!(mem.height() as u64, 2 * N);
+    // Parts end between chunks, at the first after 1000 rows.
     assert_eq!(part_count(&out, "mem"), 6);
     for v in 0..2u32 {
         let mine = mem
@@ -239,15 +242,17 @@ fn mem_and_mmio_capture_is_exact() {
 }
 
 /// Block events become one block_exec row each, with the number of its
-/// instructions that ran: an early exit cuts a block short, a block
-/// translated on another vCPU is found, the last block ends at final_icount,
-/// and code has one row per translated insn.
+/// instructions that ran: the blocks of a chunk follow each other, the next
+/// chunk's icount cuts the last block short after an early exit, a block
+/// translated on another vCPU is found, one never described still gets its
+/// row, the last block ends at final_icount, and code has one row per
+/// translated insn.
 #[test]
 fn one_block_exec_row_per_block_event() {
     let shim = FakeShim::new(
         Geometry {
             n_vcpus: 2,
-            event_ring_bytes: 4096,
+            event_ring_bytes: 8192,
             meta_ring_bytes: 8192,
         },
         "events=insn",
@@ -261,18 +266,16 @@ fn one_block_exec_row_per_block_event() {
     ];
     let b: &[(u64, &[u8], &str, &str)] =
         &[(0x200, &[4, 0], "nop", "f"), (0x202, &[5, 0], "bx lr", "")];
+    let (ida, idb, unknown) = (block_id(10, 3), block_id(11, 2), block_id(99, 2));
     let captured = run_capture(&shim, &out, 4, |shim| {
-        let (mut ev0, mut meta0) = shim.producers(0);
-        let (mut ev1, mut meta1) = shim.producers(1);
-        push(&mut meta0, &block_meta(10, 0x100, a));
-        // Block 11 is translated on vCPU 1 and executed on both.
-        push(&mut meta1, &block_meta(11, 0x200, b));
-        push_event(&mut ev0, block(0, 0, 0x100, 10, 3)); // all 3 run
-        push_event(&mut ev0, block(0, 3, 0x200, 11, 2)); // exception after 1
-        push_event(&mut ev0, block(0, 4, 0x100, 10, 3)); // 2 of 3 until exit
-        push_event(&mut ev1, block(1, 0, 0x200, 11, 2)); // last block, all run
-        push_event(&mut ev1, block(1, 2, 0x300, 99, 2)); // unknown block
-        push_event(&mut ev1, block(1, 4, 0x200, 11, 2)); // final_icount 10: all
+        let mut v0 = shim.vcpu(0);
+        let mut v1 = shim.vcpu(1);
+        v0.meta(&block_meta(ida, 0x100, a));
+        // Block B is translated on vCPU 1 and executed on both.
+        v1.meta(&block_meta(idb, 0x200, b));
+        v0.blocks(0, &[ida, idb]); // A: all 3 run; B: exception after 1
+        v0.blocks(4, &[ida]); // so a new chunk: 2 of 3 until exit
+        v1.blocks(0, &[idb, unknown, idb]); // final_icount 10: all
         shim.finish(&[6, 10]);
     });
     assert_eq!(captured.ending, Ending::QemuExited);
@@ -281,14 +284,15 @@ fn one_block_exec_row_per_block_event() {
         rows,
         vec![
             // (vcpu, icount, block, instructions that ran)
-            (0, 0, 10, 3),
-            (0, 3, 11, 1),
-            (0, 4, 10, 2),
-            (1, 0, 11, 2),
-            (1, 2, 99, 2),
-            (1, 4, 11, 2),
+            (0, 0, ida, 3),
+            (0, 3, idb, 1),
+            (0, 4, ida, 2),
+            (1, 0, idb, 2),
+            (1, 2, unknown, 2),
+            (1, 4, idb, 2),
         ]
     );
+    // Parts end between chunks, at the first after 4 rows.
     assert_eq!(part_count(&out, "block_exec"), 2, "6 rows in parts of 4");
 
     let code = read_table(&out, "code");
@@ -301,35 +305,35 @@ fn one_block_exec_row_per_block_event() {
 
     assert_eq!(stat(&out, "blocks_unknown", None), Some(1));
     assert_eq!(stat(&out, "rows.block_exec", None), Some(6));
+    assert_eq!(stat(&out, "events", Some(1)), Some(3));
     assert!(!out.join("mem").exists() && !out.join("mmio").exists());
 }
 
 /// Blocks whose description never arrived (announced to an earlier
-/// collector) and whose events carry no length: the icount of the next block
-/// tells how many instructions ran; without it nothing is written.
+/// collector): their ids say their lengths, so their rows are exact, and
+/// each is counted as unknown; events lost between two chunks leave a gap.
 #[test]
-fn unknown_blocks_without_length() {
+fn undescribed_blocks_get_exact_rows() {
     let shim = FakeShim::small(2, "events=insn");
     let dir = TempDir::new("unknown");
     let out = dir.0.join("cap");
+    let (x, y, z) = (block_id(7, 3), block_id(8, 512), block_id(9, 2));
     run_capture(&shim, &out, 100, |shim| {
-        let (mut ev, _) = shim.producers(0);
-        push_event(&mut ev, block(0, 100, 0, 7, 0));
-        push_event(&mut ev, block(0, 103, 0, 8, 0));
-        push_event(&mut ev, block(0, 2000, 0, 7, 0)); // events lost between: at most 512
-        push_event(&mut ev, block(0, 3000, 0, 9, 0)); // ends at final_icount 3001
-        let (mut ev, _) = shim.producers(1);
-        push_event(&mut ev, block(1, 0, 0, 9, 0)); // ends at final_icount 2
+        let mut v0 = shim.vcpu(0);
+        v0.blocks(100, &[x, y]);
+        v0.blocks(2000, &[x]); // events lost between
+        v0.blocks(3000, &[z]); // ends at final_icount 3001
+        shim.vcpu(1).blocks(0, &[z]); // ends at final_icount 2
         shim.finish(&[3001, 2]);
     });
     assert_eq!(
         block_exec_rows(&out),
         vec![
-            (0, 100, 7, 3),
-            (0, 103, 8, 512),
-            (0, 2000, 7, 512),
-            (0, 3000, 9, 1),
-            (1, 0, 9, 2),
+            (0, 100, x, 3),
+            (0, 103, y, 512),
+            (0, 2000, x, 3),
+            (0, 3000, z, 1),
+            (1, 0, z, 2),
         ]
     );
     assert!(!out.join("code").join("part-000001.parquet").exists());
@@ -337,29 +341,9 @@ fn unknown_blocks_without_length() {
     assert_eq!(stat(&out, "blocks_unknown", None), Some(5));
 }
 
-/// The last block of unknown length when QEMU did not report its exit: no row.
-#[test]
-fn unknown_last_block_without_exit_has_no_rows() {
-    let shim = FakeShim::small(1, "events=insn");
-    let dir = TempDir::new("unknown-last");
-    let out = dir.0.join("cap");
-    let seg = shim.open().unwrap();
-    let signals = AtomicU32::new(0);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            wait_attached(&shim);
-            let (mut ev, _) = shim.producers(0);
-            push_event(&mut ev, block(0, 0, 0, 7, 0));
-            push_event(&mut ev, block(0, 5, 0, 8, 0));
-            std::thread::sleep(Duration::from_millis(50));
-            signals.store(1, std::sync::atomic::Ordering::Relaxed);
-        });
-        capture(&seg, &setup(&out, 100), Owner::Attach, &signals).unwrap()
-    });
-    assert_eq!(block_exec_rows(&out), vec![(0, 0, 7, 5)]);
-}
-
 /// A vCPU's last block when QEMU did not report its exit: the whole block.
+/// The 16-byte access arrives with its high half. Losses before the attach
+/// and after the detach are not the capture's.
 #[test]
 fn last_block_without_exit_is_whole_and_interrupt_detaches() {
     let shim = FakeShim::small(1, "events=insn+mem");
@@ -367,20 +351,20 @@ fn last_block_without_exit_is_whole_and_interrupt_detaches() {
     let out = dir.0.join("cap");
     let seg = shim.open().unwrap();
     let signals = AtomicU32::new(0);
+    let (b1, b2) = (block_id(1, 2), block_id(2, 5));
     let captured = std::thread::scope(|s| {
         s.spawn(|| {
             wait_attached(&shim);
-            let (mut ev, mut meta) = shim.producers(0);
-            push(
-                &mut meta,
-                &block_meta(
-                    1,
-                    0x10,
-                    &[(0x10, &[0; 4], "a", ""), (0x14, &[0; 4], "b", "")],
-                ),
-            );
-            push_event(&mut ev, block(0, 0, 0x10, 1, 2));
-            push_event(&mut ev, mem(0, 1, 0x14, 0x2000, false, 16, 5));
+            let mut v = shim.vcpu(0);
+            v.meta(&block_meta(
+                b1,
+                0x10,
+                &[(0x10, &[0; 4], "a", ""), (0x14, &[0; 4], "b", "")],
+            ));
+            v.blocks(0, &[b1, b2]);
+            let mut wide = mem(1, 0x14, 0x2000, false, 16, 5);
+            wide.high = Some(0x99);
+            v.access(wide);
             // After the collector's snapshot of the counter.
             std::thread::sleep(Duration::from_millis(20));
             shim.view
@@ -411,18 +395,17 @@ fn last_block_without_exit_is_whole_and_interrupt_detaches() {
     assert_eq!(captured.ending, Ending::Interrupted);
     assert_eq!(shim.header().state.load(Ordering::Relaxed), state::DETACHED);
     assert_eq!(shim.header().collector_pid.load(Ordering::Relaxed), 0);
-    assert_eq!(block_exec_rows(&out), vec![(0, 0, 1, 2)]);
+    assert_eq!(block_exec_rows(&out), vec![(0, 0, b1, 2), (0, 2, b2, 5)]);
     let mem = read_table(&out, "mem");
-    assert_eq!(
-        opt_u64s(&mem, "value_hi"),
-        vec![Some(0)],
-        "16-byte access: value_hi present"
-    );
+    assert_eq!(opt_u64s(&mem, "value_hi"), vec![Some(0x99)]);
+    assert_eq!(u64s(&mem, "value"), vec![5]);
     assert_eq!(
         read_table(&out, "mmio").height(),
         0,
         "an empty part gives the schema"
     );
+    assert_eq!(stat(&out, "events", Some(0)), Some(3));
+    assert_eq!(stat(&out, "blocks_unknown", None), Some(1));
     assert_eq!(stat(&out, "events_lost", Some(0)), Some(4));
     assert_eq!(stat(&out, "events_lost_before_attach", Some(0)), Some(3));
     assert_eq!(
@@ -449,8 +432,7 @@ fn qemu_that_dies_ends_the_capture() {
     let captured = std::thread::scope(|s| {
         s.spawn(|| {
             wait_attached(&shim);
-            let (mut ev, _) = shim.producers(0);
-            push_event(&mut ev, mem(0, 0, 0x10, 0x2000, true, 4, 1));
+            shim.vcpu(0).access(mem(0, 0x10, 0x2000, true, 4, 1));
             child.kill().unwrap();
             child.wait().unwrap();
         });
@@ -464,8 +446,9 @@ fn qemu_that_dies_ends_the_capture() {
     );
 }
 
-/// A record that is not an Event: an error naming the vCPU and the offset,
-/// and the capture keeps what came before, marked as failed.
+/// A message that is not a chunk, or a chunk that does not follow the one
+/// before: an error naming the vCPU and the offset, and the capture keeps
+/// what came before, marked as failed.
 #[test]
 fn corrupt_ring_is_an_error() {
     let shim = FakeShim::small(2, "events=mem");
@@ -476,23 +459,57 @@ fn corrupt_ring_is_an_error() {
     let err = std::thread::scope(|s| {
         s.spawn(|| {
             wait_attached(&shim);
-            let (mut ev, _) = shim.producers(1);
-            push_event(&mut ev, mem(1, 0, 0x10, 0x2000, true, 4, 1));
-            // A well-framed 80-byte message whose root pointer is wrong.
-            let mut rec = [0u8; 80];
-            mem(1, 1, 0, 0, false, 4, 0).encode(&mut rec);
-            rec[8] = 0xff;
-            push(&mut ev, &rec);
+            let mut v = shim.vcpu(1);
+            v.access(mem(0, 0x10, 0x2000, true, 4, 1));
+            // A well-framed chunk whose root pointer is wrong.
+            let mut c = trace_schema::chunk::ChunkBuffer::accesses();
+            c.start(1, 0);
+            c.push_access(&mem(1, 0, 0, false, 4, 0).record, true);
+            let mut bad = c.seal(1, 1).to_vec();
+            bad[8] = 0xff;
+            v.raw(&bad);
         });
         capture(&seg, &setup(&out, 100), Owner::Attach, &signals)
             .err()
             .unwrap()
     });
     let msg = format!("{err:#}");
-    assert!(msg.contains("vCPU 1") && msg.contains("offset 80"), "{msg}");
+    assert!(
+        msg.contains("vCPU 1") && msg.contains("offset 112") && msg.contains("not a Chunk"),
+        "{msg}"
+    );
     let j = capture_json(&out);
     assert_eq!(j["end"], "error");
     assert_eq!(j["complete"], false);
+    assert_eq!(read_table(&out, "mem").height(), 1);
+}
+
+/// A chunk whose first index is not the count of the events before it (a
+/// lost or replayed chunk): an error, not rows out of order.
+#[test]
+fn a_chunk_out_of_sequence_is_an_error() {
+    let shim = FakeShim::small(1, "events=mem");
+    let dir = TempDir::new("sequence");
+    let out = dir.0.join("cap");
+    let seg = shim.open().unwrap();
+    let signals = AtomicU32::new(0);
+    let err = std::thread::scope(|s| {
+        s.spawn(|| {
+            wait_attached(&shim);
+            let mut v = shim.vcpu(0);
+            v.access(mem(0, 0x10, 0x2000, true, 4, 1));
+            v.published += 5;
+            v.access(mem(1, 0x10, 0x2000, true, 4, 1));
+        });
+        capture(&seg, &setup(&out, 100), Owner::Attach, &signals)
+            .err()
+            .unwrap()
+    });
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("vCPU 0") && msg.contains("follows 6 events, not the 1 drained"),
+        "{msg}"
+    );
     assert_eq!(read_table(&out, "mem").height(), 1);
 }
 
@@ -552,22 +569,20 @@ fn throughput() {
             for v in 0..2u16 {
                 let insns = &insns;
                 s.spawn(move || {
-                    let (mut ev, mut meta) = shim.producers(v as u32);
-                    push(&mut meta, &block_meta(v as u64, 0x1000, insns));
-                    for i in 0..N {
-                        if i % 4 == 0 {
-                            push_event(&mut ev, block(v, 2 * i, 0x1000, v as u64, 8));
-                        } else {
-                            push_event(
-                                &mut ev,
-                                mem(v, 2 * i, 0x1000, 0x2000_0000 + 4 * i, i % 2 == 0, 4, i),
-                            );
-                        }
+                    let mut vcpu = shim.vcpu(v as u32);
+                    let id = block_id(v as u64, 8);
+                    vcpu.meta(&block_meta(id, 0x1000, insns));
+                    for i in (0..N).step_by(100) {
+                        vcpu.blocks(8 * i, &[id; 25]);
+                        let accesses: Vec<Access> = (i..i + 75)
+                            .map(|k| mem(8 * i + k, 0x1000, 0x2000_0000 + 4 * k, k % 2 == 0, 4, k))
+                            .collect();
+                        vcpu.accesses(0, &accesses);
                     }
                 });
             }
         });
-        shim.finish(&[2 * N, 2 * N]);
+        shim.finish(&[8 * N, 8 * N]);
     });
     let secs = started.elapsed().as_secs_f64();
     let rows: u64 = captured.report.rows.iter().map(|r| r.1).sum();

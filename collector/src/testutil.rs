@@ -1,6 +1,6 @@
 //! A fake shim for the unit tests: creates a segment in POSIX shared memory
-//! exactly as the real shim lays it out, and writes records into its rings
-//! with the schema's `ring::Producer`.
+//! exactly as the real shim lays it out, and publishes chunks of records
+//! into its rings with the schema's `ChunkBuffer` and `ring::Producer`.
 
 use std::ffi::c_void;
 use std::num::NonZeroUsize;
@@ -13,11 +13,9 @@ use nix::fcntl::OFlag;
 use nix::sys::mman::{mmap, munmap, shm_open, shm_unlink, MapFlags, ProtFlags};
 use nix::sys::stat::Mode;
 use nix::unistd::ftruncate;
+use trace_schema::chunk::{ChunkBuffer, MemAccess, FLAG_IO, FLAG_STORE, NO_DEVICE};
 use trace_schema::events_capnp::meta;
 use trace_schema::layout::{Geometry, Header, SegmentView};
-use trace_schema::record::{
-    Event, EVENT_RECORD_BYTES, FLAG_IO, FLAG_STORE, KIND_BLOCK, KIND_MEM, NO_DEVICE,
-};
 use trace_schema::ring::Producer;
 use trace_schema::sync::Ordering;
 
@@ -36,13 +34,13 @@ unsafe impl Send for FakeShim {}
 unsafe impl Sync for FakeShim {}
 
 impl FakeShim {
-    /// A segment of `n_vcpus` with 4 KiB rings (the smallest).
+    /// A segment of `n_vcpus` with the smallest rings.
     pub fn small(n_vcpus: u32, options: &str) -> FakeShim {
         FakeShim::new(
             Geometry {
                 n_vcpus,
-                event_ring_bytes: 4096,
-                meta_ring_bytes: 4096,
+                event_ring_bytes: trace_schema::layout::MIN_RING_BYTES,
+                meta_ring_bytes: trace_schema::layout::MIN_RING_BYTES,
             },
             options,
         )
@@ -109,15 +107,17 @@ impl FakeShim {
         Segment::open_named(&self.name, std::process::id(), wait)
     }
 
-    /// The producers of vCPU `v`: (events, meta).
-    pub fn producers(&self, v: u32) -> (Producer, Producer) {
+    /// vCPU `v`'s side of the shim (one at a time per vCPU).
+    pub fn vcpu(&self, v: u32) -> FakeVcpu {
         let g = self.view.geometry;
         let c = self.view.vcpu(v);
         unsafe {
-            (
-                Producer::new(&c.event_ring, self.view.event_data(v), g.event_ring_bytes),
-                Producer::new(&c.meta_ring, self.view.meta_data(v), g.meta_ring_bytes),
-            )
+            FakeVcpu {
+                index: v as u16,
+                events: Producer::new(&c.event_ring, self.view.event_data(v), g.event_ring_bytes),
+                meta: Producer::new(&c.meta_ring, self.view.meta_data(v), g.meta_ring_bytes),
+                published: 0,
+            }
         }
     }
 
@@ -147,64 +147,103 @@ pub fn push(p: &mut Producer, msg: &[u8]) {
     }
 }
 
-pub fn push_event(p: &mut Producer, e: Event) {
-    let mut rec = [0u8; EVENT_RECORD_BYTES];
-    e.encode(&mut rec);
-    push(p, &rec);
+/// One vCPU of the fake shim: publishes chunks as the shim does, numbering
+/// their events.
+pub struct FakeVcpu {
+    pub index: u16,
+    pub events: Producer,
+    pub meta: Producer,
+    /// Events published so far.
+    pub published: u64,
 }
 
-pub fn mem(
-    vcpu: u16,
-    icount: u64,
-    pc: u64,
-    vaddr: u64,
-    store: bool,
-    size: u8,
-    value: u64,
-) -> Event {
-    Event {
-        kind: KIND_MEM,
-        size,
-        flags: if store { FLAG_STORE } else { 0 },
-        device: NO_DEVICE,
-        vcpu,
+impl FakeVcpu {
+    pub fn meta(&mut self, msg: &[u8]) {
+        push(&mut self.meta, msg);
+    }
+
+    /// Publishes `c` and empties it.
+    fn publish(&mut self, c: &mut ChunkBuffer) {
+        let events = c.events();
+        push(&mut self.events, c.seal(self.index, self.published));
+        self.published += events;
+        c.clear();
+    }
+
+    /// One chunk of `accesses`, in address space `asid`, counted from the
+    /// first one's icount.
+    pub fn accesses(&mut self, asid: u64, accesses: &[Access]) {
+        let mut c = ChunkBuffer::accesses();
+        c.start(accesses.first().map_or(0, |a| a.icount), asid);
+        for a in accesses {
+            let mut record = a.record;
+            record.icount_delta = (a.icount - c.icount()) as u32;
+            c.push_access(&record, true);
+            if let Some(value) = a.high {
+                let half = MemAccess {
+                    value,
+                    flags: record.flags | trace_schema::chunk::FLAG_HIGH_HALF,
+                    ..record
+                };
+                c.push_access(&half, false);
+            }
+        }
+        self.publish(&mut c);
+    }
+
+    /// A chunk of one access (address space 0).
+    pub fn access(&mut self, a: Access) {
+        self.accesses(0, &[a]);
+    }
+
+    /// One chunk of blocks `ids`, the first starting at `icount`, each
+    /// after the whole of the one before.
+    pub fn blocks(&mut self, icount: u64, ids: &[u64]) {
+        let mut c = ChunkBuffer::blocks();
+        c.start(icount, 0);
+        for &id in ids {
+            c.push_block(id);
+        }
+        self.publish(&mut c);
+    }
+
+    /// Any bytes, as a message of the event ring.
+    pub fn raw(&mut self, msg: &[u8]) {
+        push(&mut self.events, msg);
+    }
+}
+
+/// An access as the shim sees it: its record, its icount, the high half of
+/// a 16-byte access's value.
+#[derive(Clone, Copy)]
+pub struct Access {
+    pub icount: u64,
+    pub record: MemAccess,
+    pub high: Option<u64>,
+}
+
+pub fn mem(icount: u64, pc: u64, vaddr: u64, store: bool, size: u8, value: u64) -> Access {
+    Access {
         icount,
-        pc,
-        vaddr,
-        paddr: vaddr,
-        value,
-        value_hi: 0,
-        asid: 0,
+        record: MemAccess {
+            pc,
+            vaddr,
+            paddr: vaddr,
+            value,
+            icount_delta: 0,
+            size,
+            flags: if store { FLAG_STORE } else { 0 },
+            device: NO_DEVICE,
+        },
+        high: (size > 8).then_some(0),
     }
 }
 
-pub fn mmio(
-    vcpu: u16,
-    icount: u64,
-    pc: u64,
-    paddr: u64,
-    store: bool,
-    device: u16,
-    value: u64,
-) -> Event {
-    Event {
-        flags: FLAG_IO | if store { FLAG_STORE } else { 0 },
-        device,
-        ..mem(vcpu, icount, pc, paddr, store, 4, value)
-    }
-}
-
-pub fn block(vcpu: u16, icount: u64, pc: u64, id: u64, len: u8) -> Event {
-    Event {
-        kind: KIND_BLOCK,
-        size: len,
-        device: NO_DEVICE,
-        vcpu,
-        icount,
-        pc,
-        vaddr: id,
-        ..Default::default()
-    }
+pub fn mmio(icount: u64, pc: u64, paddr: u64, store: bool, device: u16, value: u64) -> Access {
+    let mut a = mem(icount, pc, paddr, store, 4, value);
+    a.record.flags |= FLAG_IO;
+    a.record.device = device;
+    a
 }
 
 pub fn device_meta(id: u16, name: &str) -> Vec<u8> {

@@ -7,13 +7,14 @@
 //! wrote but had not yet released will be drained again. To account for both
 //! exactly, each time a part of output stream (table) `t` is renamed into
 //! place the collector publishes here how many parts of `t` are written, and,
-//! per vCPU, how many of that vCPU's event records (counted from its ring's
-//! first, see [`event_index`]) have all their `t` rows in those parts.
+//! per vCPU, how many of that vCPU's events (counted from its ring's first:
+//! a chunk says how many came before it, see [`index_at_tail`]) have all
+//! their `t` rows in those parts.
 //!
-//! The next collector reads that at attach. Records below a vCPU's count for
+//! The next collector reads that at attach. Events below a vCPU's count for
 //! `t` have their `t` rows in the previous capture's committed parts (not
 //! written again when it continues the same capture directory, whose later
-//! parts it removes); records between the count and the ring's released
+//! parts it removes); events between the count and the ring's released
 //! position were drained by a collector that died: their `t` rows are lost,
 //! and counted as such.
 //!
@@ -22,18 +23,35 @@
 //! a single store of `Header::commit_slot` then makes it the current one.
 //! Only the collector that holds the attach writes.
 
+use crate::chunk;
 use crate::layout::{SegmentView, COMMIT_SLOTS, COMMIT_STREAMS};
-use crate::record::EVENT_RECORD_BYTES;
+use crate::ring::Consumer;
 use crate::sync::Ordering;
 
-/// The number of event records before ring position `position`, in an event
-/// ring of `ring_bytes` (a power of two) that holds only
-/// `EVENT_RECORD_BYTES`-byte records: the producer fills each lap of the ring
-/// with as many records as fit, then wraps, so positions and record counts
-/// correspond one to one.
-pub fn event_index(position: u64, ring_bytes: u64) -> u64 {
-    let per_lap = ring_bytes / EVENT_RECORD_BYTES as u64;
-    (position / ring_bytes) * per_lap + (position % ring_bytes) / EVENT_RECORD_BYTES as u64
+/// The streams (the collector's tables) the commit record counts, in the
+/// order of its slots. Part of the segment's layout: a change bumps
+/// `layout::LAYOUT_VERSION`.
+pub const STREAMS: [&str; 5] = ["mem", "mmio", "block_exec", "code", "stats"];
+
+/// The index of the first event at the event ring `consumer`'s position
+/// (the released one, where a new collector starts), which it then counts
+/// on from: the first index of the chunk published there, or, with none
+/// published, the count the last consumer left with its position
+/// (`RingControl::tail_weight`; a consumer killed between storing that and
+/// its position leaves a chunk published at the position, so the count is
+/// only used when it is right).
+pub fn index_at_tail(consumer: &mut Consumer) -> Result<u64, String> {
+    let index = match consumer.peek().map_err(|e| e.to_string())? {
+        Some(msg) => {
+            chunk::parse(msg)
+                .map_err(|why| format!("corrupt record at the ring's released position: {why}"))?
+                .header()
+                .first_index
+        }
+        None => consumer.weight(),
+    };
+    consumer.set_weight(index);
+    Ok(index)
 }
 
 /// A published commit.
@@ -43,8 +61,8 @@ pub struct Committed {
     pub collector_pid: u32,
     /// Per stream: how many parts (numbered from 0) are written.
     pub parts: [u64; COMMIT_STREAMS],
-    /// Per vCPU, per stream: event records whose rows of that stream are all
-    /// in those parts.
+    /// Per vCPU, per stream: events whose rows of that stream are all in
+    /// those parts.
     pub events: Vec<[u64; COMMIT_STREAMS]>,
 }
 
@@ -123,19 +141,33 @@ mod tests {
         }
     }
 
-    /// Positions after n records, through many wraps, give back n.
+    /// The index at the released position: from the chunk there, else
+    /// from the count the last consumer left, through many wraps.
     #[test]
-    fn event_index_counts_records_through_wraps() {
-        let ring_bytes = 4096;
+    fn index_at_tail_counts_events_through_wraps() {
+        let ring_bytes = 8 * chunk::CHUNK_BYTES as u64;
         let mut ring = HeapRing::new(ring_bytes);
         let (mut p, mut c) = ring.split();
-        let mut record = vec![0u8; EVENT_RECORD_BYTES];
-        // A one-segment Cap'n Proto message of 9 words: 80 bytes.
-        record[4..8].copy_from_slice(&9u32.to_le_bytes());
-        for n in 1..=1000u64 {
-            assert!(p.push(&record));
-            assert_eq!(event_index(p.position(), ring_bytes), n, "after {n}");
-            c.drain(|_| Ok::<(), ()>(())).unwrap();
+        let mut chunk = chunk::ChunkBuffer::blocks();
+        let mut published = 0u64;
+        for n in 1..=300u64 {
+            chunk.start(0, 0);
+            for _ in 0..n {
+                chunk.push_block(chunk::block_id(1, 1));
+            }
+            assert!(p.push(chunk.seal(0, published)));
+            chunk.clear();
+            // A new consumer sees the chunk: its first index.
+            assert_eq!(index_at_tail(&mut c).unwrap(), published);
+            published += n;
+            c.drain(|m| Ok::<u64, ()>(chunk::parse(m).unwrap().blocks().count() as u64))
+                .unwrap();
+            // Nothing published: the count the drain left.
+            assert_eq!(index_at_tail(&mut c).unwrap(), published);
         }
+        assert!(p.push(&[0, 0, 0, 0, 1, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9]));
+        assert!(index_at_tail(&mut c)
+            .unwrap_err()
+            .contains("corrupt record"));
     }
 }

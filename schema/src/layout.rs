@@ -14,14 +14,15 @@
 //! written once before `magic` is stored (with Release), so a reader that has
 //! seen the magic (with Acquire) sees a complete header.
 
-use crate::record::EVENT_RECORD_BYTES;
+use crate::chunk::CHUNK_BYTES;
 use crate::ring::RingControl;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// "TRCQEMU" + layout generation, as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TRCQEMU1");
-/// Bumped on any change to this file or to `events.capnp`'s `Event`.
-pub const LAYOUT_VERSION: u32 = 3;
+/// Bumped on any change to this file, to `chunk.rs`'s offsets or to
+/// `events.capnp`'s `Chunk`.
+pub const LAYOUT_VERSION: u32 = 4;
 
 pub const HEADER_BYTES: usize = 4096;
 pub const RING_CONTROL_BYTES: usize = 256;
@@ -30,11 +31,13 @@ pub const VCPU_CONTROL_BYTES: usize = 4096;
 pub const OPTIONS_BYTES: usize = 1024;
 /// Slots of the double-buffered commit record (see `commit`).
 pub const COMMIT_SLOTS: usize = 2;
-/// Output streams (the collector's tables) the commit record counts per.
-pub const COMMIT_STREAMS: usize = 5;
+/// Output streams (the collector's tables) the commit record counts per:
+/// `commit::STREAMS`.
+pub const COMMIT_STREAMS: usize = crate::commit::STREAMS.len();
 
 pub const MAX_VCPUS: u32 = 4096;
-pub const MIN_RING_BYTES: u64 = 4096;
+/// A ring holds at least two chunks (a message is at most half a ring).
+pub const MIN_RING_BYTES: u64 = 2 * CHUNK_BYTES as u64;
 pub const MAX_RING_BYTES: u64 = 1 << 30;
 
 /// The name of QEMU process `pid`'s segment, for `shm_open`
@@ -60,7 +63,8 @@ pub struct Header {
     pub magic: AtomicU64,
     pub layout_version: u32,
     pub header_bytes: u32,
-    pub event_record_bytes: u32,
+    /// `chunk::CHUNK_BYTES`: the largest message of an event ring.
+    pub chunk_bytes: u32,
     pub n_vcpus: u32,
     pub event_ring_bytes: u64,
     pub meta_ring_bytes: u64,
@@ -91,6 +95,11 @@ pub struct Header {
     _reserved: u32,
     pub commit_parts: [[AtomicU64; COMMIT_STREAMS]; COMMIT_SLOTS],
     pub commit_collector_pid: [AtomicU32; COMMIT_SLOTS],
+    /// Bumped by the attached collector when it wants every vCPU's open
+    /// chunks published (it is about to stop, or a ring has been quiet): a
+    /// vCPU that sees a new value at its next event, or goes idle, publishes
+    /// what it has gathered (`chunk`).
+    pub flush_epoch: AtomicU32,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_BYTES);
@@ -101,7 +110,7 @@ const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_BYTES);
 /// whichever thread translates, so they take a `fetch_add`.
 #[repr(C)]
 pub struct VcpuCounters {
-    /// Event records published into the event ring.
+    /// Events published into the event ring, published when QEMU exits.
     pub events_written: AtomicU64,
     /// Events the shim could not deliver: ring full in `overflow=drop`, or no
     /// live collector after one had attached.
@@ -125,6 +134,9 @@ pub struct VcpuControl {
     pub counters: VcpuCounters,
     /// Written by the attached collector only (see `commit`).
     pub committed_events: [[AtomicU64; COMMIT_STREAMS]; COMMIT_SLOTS],
+    /// Written by the shim: the `Header::flush_epoch` up to which this
+    /// vCPU has published every event it gathered.
+    pub flushed_epoch: AtomicU32,
 }
 
 const _: () = assert!(std::mem::size_of::<VcpuControl>() <= VCPU_CONTROL_BYTES);
@@ -234,7 +246,7 @@ impl Header {
     pub fn initialise(&mut self, geometry: Geometry, qemu_pid: u32, options: &str) {
         self.layout_version = LAYOUT_VERSION;
         self.header_bytes = HEADER_BYTES as u32;
-        self.event_record_bytes = EVENT_RECORD_BYTES as u32;
+        self.chunk_bytes = CHUNK_BYTES as u32;
         self.n_vcpus = geometry.n_vcpus;
         self.event_ring_bytes = geometry.event_ring_bytes;
         self.meta_ring_bytes = geometry.meta_ring_bytes;
@@ -266,11 +278,8 @@ impl Header {
         if self.header_bytes as usize != HEADER_BYTES {
             return Err(LayoutError::Field("header_bytes", self.header_bytes as u64));
         }
-        if self.event_record_bytes as usize != EVENT_RECORD_BYTES {
-            return Err(LayoutError::Field(
-                "event_record_bytes",
-                self.event_record_bytes as u64,
-            ));
+        if self.chunk_bytes as usize != CHUNK_BYTES {
+            return Err(LayoutError::Field("chunk_bytes", self.chunk_bytes as u64));
         }
         if self.options_len as usize > OPTIONS_BYTES {
             return Err(LayoutError::Field("options_len", self.options_len as u64));
@@ -401,7 +410,7 @@ mod tests {
         let cases: Vec<(fn(&mut Header), &str)> = vec![
             (|h| h.magic.store(0x1234, Ordering::Relaxed), "magic"),
             (|h| h.layout_version = 99, "version"),
-            (|h| h.event_record_bytes = 8, "event_record_bytes"),
+            (|h| h.chunk_bytes = 8, "chunk_bytes"),
             (|h| h.n_vcpus = 0, "n_vcpus"),
             (|h| h.n_vcpus = u32::MAX, "n_vcpus"),
             (|h| h.event_ring_bytes = 5000, "event_ring_bytes"),

@@ -30,8 +30,8 @@ pub const WRAP_MARKER: u64 = u64::MAX;
 pub const MAX_SEGMENTS: u32 = 64;
 
 /// How many consumed bytes `Consumer::drain` may hold before it releases them
-/// (819 event records): often enough that a waiting producer and a consumer's
-/// successor lose little, rarely enough that the store costs nothing.
+/// (16 full chunks): often enough that a waiting producer and a consumer's
+/// successor lose little, rarely enough that the stores cost nothing.
 pub const RELEASE_EVERY: u64 = 64 * 1024;
 
 /// The shared part of a ring. `head` and `tail` live on separate 128-byte
@@ -44,7 +44,12 @@ pub struct RingControl {
     _pad_head: [u8; 120],
     /// Written by the consumer only: bytes consumed so far.
     pub tail: AtomicU64,
-    _pad_tail: [u8; 120],
+    /// Written by the consumer only, before each store of `tail`: the sum
+    /// of the weights of the messages before `tail` (what a message weighs
+    /// is the consumer's business: the collector counts events), so that a
+    /// later consumer can go on counting from there.
+    pub tail_weight: AtomicU64,
+    _pad_tail: [u8; 112],
 }
 
 #[cfg(not(loom))]
@@ -251,6 +256,8 @@ pub struct Consumer {
     capacity: u64,
     /// Our own copy of the shared `tail`: only we write it.
     tail: u64,
+    /// The weight of the messages before `tail` (`RingControl::tail_weight`).
+    weight: u64,
 }
 
 unsafe impl Send for Consumer {}
@@ -262,13 +269,70 @@ impl Consumer {
     /// may exist for this ring.
     pub unsafe fn new(control: *const RingControl, data: *const u8, capacity: u64) -> Consumer {
         // Relaxed: only consumers write `tail`, and there is one at a time.
-        let tail = unsafe { &*control }.tail.load(Ordering::Relaxed);
+        let c = unsafe { &*control };
         Consumer {
             control,
             data,
             capacity,
-            tail,
+            tail: c.tail.load(Ordering::Relaxed),
+            weight: c.tail_weight.load(Ordering::Relaxed),
         }
+    }
+
+    /// Sets the weight of the messages before our position, when the one
+    /// `RingControl::tail_weight` says is not to be trusted (a consumer
+    /// killed between storing it and `tail`: then a message is published at
+    /// `tail`, which says it).
+    pub fn set_weight(&mut self, weight: u64) {
+        self.weight = weight;
+    }
+
+    /// The weight of the messages consumed so far.
+    pub fn weight(&self) -> u64 {
+        self.weight
+    }
+
+    /// The message at our position, if one is published (after a wrap
+    /// marker, the one at the start of the buffer), without consuming it.
+    /// The bytes are in shared memory, unchecked beyond their length.
+    #[cfg(not(loom))]
+    pub fn peek(&self) -> Result<Option<&[u8]>, RingError> {
+        let control = unsafe { &*self.control };
+        // Acquire: as in `drain`.
+        let head = control.head.load(Ordering::Acquire);
+        if head < self.tail || head - self.tail > self.capacity {
+            return Err(RingError::BadPositions {
+                head,
+                tail: self.tail,
+                capacity: self.capacity,
+            });
+        }
+        let mut tail = self.tail;
+        let mut scratch = [0u8; 8];
+        while tail < head {
+            let offset = tail & (self.capacity - 1);
+            let contiguous = (self.capacity - offset).min(head - tail);
+            let bad = |reason| RingError::BadMessage { offset, reason };
+            if contiguous < 8 {
+                return Err(bad("published space shorter than a word"));
+            }
+            unsafe { read_words(self.data, offset, &mut scratch) };
+            if u64::from_le_bytes(scratch) == WRAP_MARKER {
+                if offset == 0 {
+                    return Err(bad("wrap marker at the start of the buffer"));
+                }
+                tail += self.capacity - offset;
+                continue;
+            }
+            // Safety: [offset, offset + contiguous) is published and inside
+            // the buffer; the producer does not write it before we release it.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(self.data.add(offset as usize), contiguous as usize)
+            };
+            let len = message_len(bytes).map_err(bad)?;
+            return Ok(Some(&bytes[..len]));
+        }
+        Ok(None)
     }
 
     /// Bytes consumed so far.
@@ -284,7 +348,8 @@ impl Consumer {
 
     /// Hands every message published so far to `each`, in order, releasing
     /// their space to the producer as it goes: every `RELEASE_EVERY` bytes and
-    /// at the end. Returns the number of messages.
+    /// at the end. `each` returns the message's weight, added up in
+    /// `tail_weight`. Returns the number of messages.
     ///
     /// Releasing as we go, not once per call, frees space for a producer that
     /// waits on a full ring sooner, and bounds what a consumer that dies
@@ -296,7 +361,7 @@ impl Consumer {
     /// released, so the caller can report exactly where the ring went bad.
     pub fn drain<E>(
         &mut self,
-        mut each: impl FnMut(&[u8]) -> Result<(), E>,
+        mut each: impl FnMut(&[u8]) -> Result<u64, E>,
     ) -> Result<usize, DrainError<E>> {
         let control = unsafe { &*self.control };
         // Acquire: the bytes the producer published must be visible before we
@@ -311,6 +376,7 @@ impl Consumer {
         }
         let mut count = 0;
         let mut tail = self.tail;
+        let mut weight = self.weight;
         let mut scratch = [0u8; 8];
         while tail < head {
             let offset = tail & (self.capacity - 1);
@@ -329,20 +395,27 @@ impl Consumer {
             }
             let bytes = unsafe { slice_at(self.data, offset, contiguous) };
             let len = message_len(&bytes).map_err(bad)?;
-            each(&bytes[..len]).map_err(DrainError::Consumer)?;
+            weight += each(&bytes[..len]).map_err(DrainError::Consumer)?;
             tail += len as u64;
             count += 1;
             if tail - self.tail >= RELEASE_EVERY {
-                self.tail = tail;
-                // Release: as below.
-                control.tail.store(tail, Ordering::Release);
+                self.release(tail, weight);
             }
         }
+        self.release(tail, weight);
+        Ok(count)
+    }
+
+    fn release(&mut self, tail: u64, weight: u64) {
+        let control = unsafe { &*self.control };
         self.tail = tail;
+        self.weight = weight;
+        // Relaxed: only a later consumer reads it, after it took the attach
+        // over from us (which orders everything we did before it).
+        control.tail_weight.store(weight, Ordering::Relaxed);
         // Release: our reads of the drained bytes must be complete before the
         // producer may overwrite them (pairs with its Acquire load of `tail`).
         control.tail.store(tail, Ordering::Release);
-        Ok(count)
     }
 }
 
@@ -421,7 +494,8 @@ impl HeapRing {
             head: AtomicU64::new(0),
             _pad_head: [0; 120],
             tail: AtomicU64::new(0),
-            _pad_tail: [0; 120],
+            tail_weight: AtomicU64::new(0),
+            _pad_tail: [0; 112],
         });
         #[cfg(not(loom))]
         let data = vec![0u64; capacity as usize / 8];
@@ -466,7 +540,7 @@ mod tests {
         let mut tags = Vec::new();
         c.drain(|m| {
             tags.push(u64::from_le_bytes(m[8..16].try_into().unwrap()));
-            Ok::<(), ()>(())
+            Ok::<u64, ()>(1)
         })
         .unwrap();
         tags
@@ -511,7 +585,7 @@ mod tests {
         c.drain(|_| {
             seen += 1;
             released_during.push(unsafe { &*control }.tail.load(Ordering::Relaxed));
-            Ok::<(), ()>(())
+            Ok::<u64, ()>(1)
         })
         .unwrap();
         assert_eq!(seen, pushed);
@@ -595,12 +669,34 @@ mod tests {
         });
     }
 
+    /// The weights `each` returns add up in `tail_weight`, and a new
+    /// consumer goes on from there; `peek` shows the next message, past a
+    /// wrap marker, without consuming it.
+    #[test]
+    fn weights_add_up_and_peek_does_not_consume() {
+        let mut ring = HeapRing::new(64);
+        let (mut p, mut c) = ring.split();
+        assert_eq!(c.peek().unwrap(), None);
+        assert!(p.push(&message(2, 1)));
+        assert!(p.push(&message(2, 2)));
+        assert_eq!(c.drain(|m| Ok::<u64, ()>(m[8] as u64 * 10)).unwrap(), 2);
+        assert_eq!(c.weight(), 30);
+        assert_eq!(ring.control.tail_weight.load(Ordering::Relaxed), 30);
+        // 48 bytes used: the next 24-byte message wraps to offset 0.
+        assert!(p.push(&message(2, 3)));
+        assert_eq!(c.peek().unwrap(), Some(&message(2, 3)[..]));
+        assert_eq!(c.peek().unwrap(), Some(&message(2, 3)[..]));
+        let again = unsafe { Consumer::new(&*ring.control, ring.data.as_ptr() as *const u8, 64) };
+        assert_eq!(again.weight(), 30);
+        assert_eq!(again.peek().unwrap(), Some(&message(2, 3)[..]));
+    }
+
     #[test]
     fn corrupt_positions_are_an_error_not_a_read() {
         let mut ring = HeapRing::new(64);
         let (_p, mut c) = ring.split();
         ring.control.head.store(1 << 40, Ordering::Relaxed);
-        let err = c.drain(|_| Ok::<(), ()>(())).unwrap_err();
+        let err = c.drain(|_| Ok::<u64, ()>(1)).unwrap_err();
         assert!(matches!(
             err,
             DrainError::Ring(RingError::BadPositions { .. })
@@ -614,7 +710,7 @@ mod tests {
         let mut m = message(1, 7);
         m[4] = 200; // claims 200 words
         assert!(p.push(&m));
-        let err = c.drain(|_| Ok::<(), ()>(())).unwrap_err();
+        let err = c.drain(|_| Ok::<u64, ()>(1)).unwrap_err();
         assert!(matches!(
             err,
             DrainError::Ring(RingError::BadMessage { .. })
@@ -663,7 +759,7 @@ mod loom_tests {
                     let tag = u64::from_le_bytes(m[8..16].try_into().unwrap());
                     assert_eq!(tag, expected);
                     expected += 1;
-                    Ok::<(), ()>(())
+                    Ok::<u64, ()>(1)
                 })
                 .unwrap();
                 loom::thread::yield_now();

@@ -10,7 +10,7 @@
 
 use qemu_plugin_sys::*;
 use std::cell::UnsafeCell;
-use trace_schema::record::{FLAG_BIG_ENDIAN, FLAG_SIGN_EXTENDED, FLAG_STORE};
+use trace_schema::chunk::{FLAG_BIG_ENDIAN, FLAG_SIGN_EXTENDED, FLAG_STORE};
 
 /// Entries of the table (a power of two).
 const ENTRIES: usize = 64;
@@ -32,7 +32,7 @@ impl AccessKinds {
     }
 
     /// `(flags, size in bytes)` of the access `info` describes: the
-    /// `Event.flags` bits for store, sign extension and byte order.
+    /// `MemAccess.flags` bits for store, sign extension and byte order.
     ///
     /// # Safety
     /// Only from the callbacks of this table's vCPU (see the type's docs).

@@ -1,7 +1,8 @@
 //! trace shim: a QEMU TCG plugin that writes every traced event, as a
-//! fixed-size Cap'n Proto record, into the shared-memory ring of the vCPU that
-//! made it. The collector (`trace-collector`) drains the rings in another
-//! process; nothing here formats, allocates, locks or makes a syscall per event.
+//! fixed-size Cap'n Proto record gathered in chunks, into the shared-memory
+//! ring of the vCPU that made it. The collector (`trace-collector`) drains
+//! the rings in another process; nothing here formats, allocates, locks or
+//! makes a syscall per event.
 //!
 //! Loaded as `qemu-system-ARCH ... -plugin libtrace_shim.so,events=mem+mmio,wait=on`.
 //! Options: see `trace_schema::options`.
@@ -19,10 +20,10 @@ use qemu_plugin_sys::*;
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8};
+use trace_schema::chunk::{self, MemAccess};
 use trace_schema::events_capnp::meta;
 use trace_schema::layout::{state, Geometry, Header};
 use trace_schema::options::{Disas, ShimOptions};
-use trace_schema::record::{self, Event};
 use trace_schema::sync::Ordering;
 
 use asid::{AsidSlot, Staleness};
@@ -189,6 +190,7 @@ unsafe fn register_callbacks(id: qemu_plugin_id_t) {
     unsafe {
         qemu_plugin_register_vcpu_tb_trans_cb(id, Some(on_translate));
         qemu_plugin_register_vcpu_resume_cb(id, Some(on_vcpu_resume));
+        qemu_plugin_register_vcpu_idle_cb(id, Some(on_vcpu_idle));
         qemu_plugin_register_atexit_cb(id, Some(on_exit), std::ptr::null_mut());
     }
 }
@@ -252,6 +254,15 @@ unsafe extern "C" fn on_vcpu_resume(_id: qemu_plugin_id_t, vcpu: c_uint) {
     }
 }
 
+/// The vCPU goes idle (a halted guest CPU): publish what it gathered, so
+/// the collector has it while the vCPU makes no events.
+unsafe extern "C" fn on_vcpu_idle(_id: qemu_plugin_id_t, vcpu: c_uint) {
+    let shim = shim();
+    if let Some(slot) = shim.vcpus.get(vcpu as usize) {
+        slot.flush(shim.header(), shim.options.overflow);
+    }
+}
+
 // -------------------------------------------------------------- translate
 
 /// Called once per translated block, before it first runs: decide what each
@@ -291,7 +302,8 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
     // block's length; then before each instruction, store how many follow.
     if events.insn {
         // `on_block_exec` runs at every block anyway: it takes it off.
-        let block = shim.next_block_id.fetch_add(1, Ordering::Relaxed);
+        let sequence = shim.next_block_id.fetch_add(1, Ordering::Relaxed);
+        let block = chunk::block_id(sequence, (n as u64).clamp(1, chunk::MAX_BLOCK_INSNS));
         let message = unsafe { describe_block(tb, block) };
         let vcpu = THREAD_VCPU
             .with(|v| v.get())
@@ -415,27 +427,41 @@ unsafe extern "C" fn on_memory_access(
     udata: *mut c_void,
 ) {
     let shim = shim();
-    let attached = match shim.header().state.load(Ordering::Relaxed) {
+    let header = shim.header();
+    let attached = match header.state.load(Ordering::Relaxed) {
         state::ATTACHED => true,
         state::DETACHED => false,
         _ => return,
     };
+    let slot = shim.slot(vcpu);
+    if slot.flush_asked(header) {
+        slot.flush(header, shim.options.overflow);
+    }
     let hwaddr = unsafe { qemu_plugin_get_hwaddr(info, vaddr) };
     let is_io = !hwaddr.is_null() && unsafe { qemu_plugin_hwaddr_is_io(hwaddr) };
     if !is_io && !shim.options.events.mem {
         return; // `events=mmio`: a RAM access is not an event
     }
     if !attached {
-        return shim.slot(vcpu).count_lost();
+        return detached(shim, slot);
     }
     unsafe { record_access(shim, vcpu, info, vaddr, hwaddr, is_io, udata as u64) };
 }
 
-/// Writes the event record of an access into its vCPU's ring. Kept out of
-/// line, so that the accesses `on_memory_access` filters out (with
-/// `events=mmio` every RAM access: 162M on the arm64 boot, for 5k MMIO ones)
-/// run a short function: `null-mmio` on that boot took 7.55 s instead of
-/// 7.94 s (medians of 5 alternating runs).
+/// An event while no collector is attached: it is lost; what was gathered
+/// while one was is published first (for the next collector).
+#[cold]
+#[inline(never)]
+fn detached(shim: &Shim, slot: &VcpuSlot) {
+    slot.flush(shim.header(), shim.options.overflow);
+    slot.count_lost(1);
+}
+
+/// Records an access in its vCPU's open chunk. Kept out of line, so that
+/// the accesses `on_memory_access` filters out (with `events=mmio` every RAM
+/// access: 162M on the arm64 boot, for 5k MMIO ones) run a short function:
+/// `null-mmio` on that boot took 7.55 s instead of 7.94 s (medians of 5
+/// alternating runs, 2026-12-01).
 #[inline(never)]
 unsafe fn record_access(
     shim: &Shim,
@@ -457,30 +483,33 @@ unsafe fn record_access(
         let name = unsafe { qemu_plugin_hwaddr_device_name(hwaddr) };
         slot.device_id(header, shim.options.overflow, name)
     } else {
-        record::NO_DEVICE
+        chunk::NO_DEVICE
     };
-    let (value, value_hi) = unsafe { access_value(info) };
+    let (value, high) = unsafe { access_value(info) };
     // Safety: a vCPU's memory callbacks run on its thread only.
     let (mut flags, size) = unsafe { slot.access_kinds.of(info) };
     if is_io {
-        flags |= record::FLAG_IO;
+        flags |= chunk::FLAG_IO;
     }
     let score = shim.score(vcpu);
-    let event = Event {
-        kind: record::KIND_MEM,
-        size,
-        flags,
-        device,
-        vcpu: vcpu as u16,
-        icount: unsafe { (*score).icount_of_current() },
+    let mut access = MemAccess {
         pc,
         vaddr,
         paddr,
         value,
-        value_hi,
-        asid: unsafe { shim.asid_of(vcpu, score) },
+        icount_delta: 0,
+        size,
+        flags,
+        device,
     };
-    slot.emit(header, shim.options.overflow, &event);
+    slot.record_access(
+        header,
+        shim.options.overflow,
+        unsafe { (*score).icount_of_current() },
+        unsafe { shim.asid_of(vcpu, score) },
+        &mut access,
+        high,
+    );
 }
 
 impl Shim {
@@ -596,18 +625,19 @@ unsafe extern "C" fn on_block_stopped_early(vcpu: c_uint, _udata: *mut c_void) {
     unsafe { (*shim().score(vcpu)).take_off_unrun() };
 }
 
-/// The accessed value as (low 8 bytes, high 8 bytes), zero-extended.
+/// The accessed value as (low 8 bytes, zero-extended; high 8 bytes of a
+/// 16-byte access).
 #[inline(always)]
-unsafe fn access_value(info: qemu_plugin_meminfo_t) -> (u64, u64) {
+unsafe fn access_value(info: qemu_plugin_meminfo_t) -> (u64, Option<u64>) {
     let v = unsafe { qemu_plugin_mem_get_value(info) };
     unsafe {
         match v.type_ {
-            qemu_plugin_mem_value_type::QEMU_PLUGIN_MEM_VALUE_U8 => (v.data.u8_ as u64, 0),
-            qemu_plugin_mem_value_type::QEMU_PLUGIN_MEM_VALUE_U16 => (v.data.u16_ as u64, 0),
-            qemu_plugin_mem_value_type::QEMU_PLUGIN_MEM_VALUE_U32 => (v.data.u32_ as u64, 0),
-            qemu_plugin_mem_value_type::QEMU_PLUGIN_MEM_VALUE_U64 => (v.data.u64_, 0),
+            qemu_plugin_mem_value_type::QEMU_PLUGIN_MEM_VALUE_U8 => (v.data.u8_ as u64, None),
+            qemu_plugin_mem_value_type::QEMU_PLUGIN_MEM_VALUE_U16 => (v.data.u16_ as u64, None),
+            qemu_plugin_mem_value_type::QEMU_PLUGIN_MEM_VALUE_U32 => (v.data.u32_ as u64, None),
+            qemu_plugin_mem_value_type::QEMU_PLUGIN_MEM_VALUE_U64 => (v.data.u64_, None),
             qemu_plugin_mem_value_type::QEMU_PLUGIN_MEM_VALUE_U128 => {
-                (v.data.u128_.low, v.data.u128_.high)
+                (v.data.u128_.low, Some(v.data.u128_.high))
             }
         }
     }
@@ -621,28 +651,30 @@ unsafe extern "C" fn on_block_exec(vcpu: c_uint, udata: *mut c_void) {
     // First, whatever the state: the count must stay right while no
     // collector is attached too.
     let score = shim.score(vcpu);
+    let stopped_early = unsafe { (*score).left } != 0;
     unsafe { (*score).take_off_unrun() };
     let header = shim.header();
     let slot = shim.slot(vcpu);
     match header.state.load(Ordering::Relaxed) {
         state::ATTACHED => {}
-        state::DETACHED => return slot.count_lost(),
+        state::DETACHED => return detached(shim, slot),
         _ => return,
+    }
+    if slot.flush_asked(header) {
+        slot.flush(header, shim.options.overflow);
     }
     let attach = header.attach_count.load(Ordering::Relaxed);
     if attach != shim.described_for_attach.load(Ordering::Relaxed) {
         describe_blocks_again(shim, attach);
     }
-    let event = Event {
-        kind: record::KIND_BLOCK,
-        vcpu: vcpu as u16,
-        device: record::NO_DEVICE,
+    slot.record_block(
+        header,
+        shim.options.overflow,
         // This callback runs before the block adds its length.
-        icount: unsafe { (*score).icount },
-        vaddr: udata as u64,
-        ..Event::default()
-    };
-    slot.emit(header, shim.options.overflow, &event);
+        unsafe { (*score).icount },
+        udata as u64,
+        stopped_early,
+    );
 }
 
 // ------------------------------------------------------------------- exit
@@ -652,8 +684,10 @@ unsafe extern "C" fn on_block_exec(vcpu: c_uint, udata: *mut c_void) {
 unsafe extern "C" fn on_exit(_id: qemu_plugin_id_t, _udata: *mut c_void) {
     let shim = shim();
     for slot in shim.vcpus.iter() {
-        // The vCPUs have stopped: their scoreboard entries are still.
-        slot.publish_final(unsafe { (*shim.score_looked_up(slot.index())).started() });
+        // The vCPUs have stopped: their chunks and scoreboard entries are still.
+        slot.publish_final(shim.header(), shim.options.overflow, unsafe {
+            (*shim.score_looked_up(slot.index())).started()
+        });
     }
     // Release: the counters and every event published before are visible to a
     // collector that sees `qemu_exited` with Acquire.

@@ -1,20 +1,28 @@
-//! One vCPU's side of the segment: its event ring producer (hot path), its
-//! meta ring producer, and its device-name cache.
+//! One vCPU's side of the segment: its event ring producer and the chunks
+//! it gathers events in (hot path), its meta ring producer, and its
+//! device-name cache.
 //!
 //! Callbacks for a vCPU run on that vCPU's thread (one thread per vCPU under
-//! MTTCG; one thread for all under round-robin TCG), so the event producer is
-//! never used by two threads at once: that is what makes the ring SPSC. The
-//! meta ring is also written at translation time, which QEMU runs on whichever
-//! thread translates, so it is guarded by a spin lock (never on the hot path).
+//! MTTCG; one thread for all under round-robin TCG), so the event producer and
+//! the chunks are never used by two threads at once: that is what makes the
+//! ring SPSC. The meta ring is also written at translation time, which QEMU
+//! runs on whichever thread translates, so it is guarded by a spin lock
+//! (never on the hot path).
+//!
+//! Events are gathered in two chunks per vCPU, one of memory accesses and
+//! one of executed blocks (`trace_schema::chunk`), each published whole into
+//! the event ring when it is full, when the collector asks
+//! (`Header::flush_epoch`), when the vCPU goes idle, when the collector
+//! detaches, and when QEMU exits.
 
 use crate::access_kind::AccessKinds;
 use std::cell::UnsafeCell;
 use std::ffi::{c_char, CStr};
 use std::sync::atomic::AtomicBool;
+use trace_schema::chunk::{ChunkBuffer, MemAccess, FLAG_HIGH_HALF};
 use trace_schema::events_capnp::meta;
 use trace_schema::layout::{state, Header, SegmentView, VcpuControl};
 use trace_schema::options::Overflow;
-use trace_schema::record::Event;
 use trace_schema::ring::Producer;
 use trace_schema::sync::Ordering;
 
@@ -26,10 +34,16 @@ pub struct VcpuSlot {
     index: u32,
     control: *const VcpuControl,
     events: UnsafeCell<Producer>,
-    /// Events published into the event ring since QEMU started. Written by
-    /// this vCPU's thread only (load + store, no read-modify-write); atomic
-    /// because the exiting thread reads it.
-    written: std::sync::atomic::AtomicU64,
+    /// The open chunks (see the module docs).
+    accesses: UnsafeCell<Box<ChunkBuffer>>,
+    blocks: UnsafeCell<Box<ChunkBuffer>>,
+    /// `Header::flush_epoch` as of this vCPU's last flush.
+    flushed_epoch: UnsafeCell<u32>,
+    /// Events published into the event ring since QEMU started: the next
+    /// chunk's `firstIndex`. Written by this vCPU's thread only (load +
+    /// store, no read-modify-write); atomic because the exiting thread
+    /// reads it.
+    published: std::sync::atomic::AtomicU64,
     meta_lock: AtomicBool,
     meta: UnsafeCell<Producer>,
     devices: UnsafeCell<DeviceCache>,
@@ -37,8 +51,10 @@ pub struct VcpuSlot {
     pub access_kinds: AccessKinds,
 }
 
-// Safety: see the module comment: `events`, `devices` and `access_kinds` are
-// only touched by the thread running this vCPU, `meta` only under `meta_lock`.
+// Safety: see the module comment: `events`, the chunks, `flushed_epoch`,
+// `devices` and `access_kinds` are only touched by the thread running this
+// vCPU (or by QEMU's exiting thread once every vCPU has stopped), `meta`
+// only under `meta_lock`.
 unsafe impl Sync for VcpuSlot {}
 unsafe impl Send for VcpuSlot {}
 
@@ -66,7 +82,10 @@ impl VcpuSlot {
             index,
             control,
             events: UnsafeCell::new(events),
-            written: std::sync::atomic::AtomicU64::new(0),
+            accesses: UnsafeCell::new(ChunkBuffer::accesses()),
+            blocks: UnsafeCell::new(ChunkBuffer::blocks()),
+            flushed_epoch: UnsafeCell::new(0),
+            published: std::sync::atomic::AtomicU64::new(0),
             meta_lock: AtomicBool::new(false),
             meta: UnsafeCell::new(meta),
             devices: UnsafeCell::new(DeviceCache {
@@ -81,50 +100,137 @@ impl VcpuSlot {
         unsafe { &*self.control }
     }
 
-    /// Counts one event this vCPU could not deliver. Only this vCPU's thread
-    /// writes the counter, so load + store is enough (no read-modify-write).
+    /// Counts `n` events this vCPU could not deliver. Only this vCPU's
+    /// thread writes the counter, so load + store is enough (no
+    /// read-modify-write).
     #[cold]
-    pub fn count_lost(&self) {
+    pub fn count_lost(&self, n: u64) {
         let lost = &self.control().counters.events_lost;
-        lost.store(lost.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        lost.store(lost.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
 
-    /// Publishes one event's record. The hot path: the record is encoded
-    /// straight into the ring, and one store publishes it, when the ring has
-    /// room.
+    /// Whether the collector asked for the open chunks since we last
+    /// published them (`Header::flush_epoch`): one load of a line the
+    /// collector rarely writes.
     #[inline(always)]
-    pub fn emit(&self, header: &Header, overflow: Overflow, event: &Event) {
-        let events = unsafe { &mut *self.events.get() };
-        if events.push_in_place(|record| event.encode(record))
-            || self.ring_full(header, overflow, events, event)
-        {
-            self.written
-                .store(self.written.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        }
+    pub fn flush_asked(&self, header: &Header) -> bool {
+        header.flush_epoch.load(Ordering::Relaxed) != unsafe { *self.flushed_epoch.get() }
     }
 
-    /// The ring is full. `overflow=drop`: count the event lost. `overflow=block`:
-    /// wait for the collector to make room, unless it is gone. Returns whether
-    /// the record was delivered.
-    #[cold]
-    #[inline(never)]
-    fn ring_full(
+    /// Records one memory access made at `icount` in address space `asid`;
+    /// `high` is the upper half of a 16-byte access's value. The hot path:
+    /// a few stores into the open chunk.
+    #[inline(always)]
+    pub fn record_access(
         &self,
         header: &Header,
         overflow: Overflow,
-        ring: &mut Producer,
-        event: &Event,
-    ) -> bool {
-        if overflow == Overflow::Drop {
-            self.count_lost();
-            return false;
-        }
-        if self.wait_for_room(header, || ring.push_in_place(|record| event.encode(record))) {
-            true
+        icount: u64,
+        asid: u64,
+        access: &mut MemAccess,
+        high: Option<u64>,
+    ) {
+        let chunk = unsafe { &mut **self.accesses.get() };
+        let records = 1 + high.is_some() as usize;
+        let delta = icount.wrapping_sub(chunk.icount());
+        if chunk.is_empty()
+            || chunk.room() < records
+            || delta > u32::MAX as u64
+            || asid != chunk.asid()
+        {
+            self.restart_accesses(header, overflow, icount, asid);
+            access.icount_delta = 0;
         } else {
-            self.count_lost();
-            false
+            access.icount_delta = delta as u32;
         }
+        let chunk = unsafe { &mut **self.accesses.get() };
+        chunk.push_access(access, true);
+        if let Some(value) = high {
+            let half = MemAccess {
+                value,
+                flags: access.flags | FLAG_HIGH_HALF,
+                ..*access
+            };
+            chunk.push_access(&half, false);
+        }
+    }
+
+    /// The open chunk of accesses cannot take the next one: publish it and
+    /// start another at `icount`, in `asid`.
+    #[cold]
+    #[inline(never)]
+    fn restart_accesses(&self, header: &Header, overflow: Overflow, icount: u64, asid: u64) {
+        let chunk = unsafe { &mut **self.accesses.get() };
+        self.publish(header, overflow, chunk);
+        chunk.start(icount, asid);
+    }
+
+    /// Records one executed block `id` starting at `icount`; `stopped_early`:
+    /// the block before stopped early, so this one's icount does not follow
+    /// from the chunk's (a new chunk says it).
+    #[inline(always)]
+    pub fn record_block(
+        &self,
+        header: &Header,
+        overflow: Overflow,
+        icount: u64,
+        id: u64,
+        stopped_early: bool,
+    ) {
+        let chunk = unsafe { &mut **self.blocks.get() };
+        if chunk.is_empty() || chunk.room() == 0 || stopped_early {
+            self.restart_blocks(header, overflow, icount);
+        }
+        let chunk = unsafe { &mut **self.blocks.get() };
+        chunk.push_block(id);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn restart_blocks(&self, header: &Header, overflow: Overflow, icount: u64) {
+        let chunk = unsafe { &mut **self.blocks.get() };
+        self.publish(header, overflow, chunk);
+        chunk.start(icount, 0);
+    }
+
+    /// Publishes both open chunks (the collector asked, the vCPU goes idle,
+    /// the collector detached, QEMU exits) and notes the epoch asked for.
+    #[cold]
+    pub fn flush(&self, header: &Header, overflow: Overflow) {
+        // Read first: what we publish below was gathered before it.
+        let epoch = header.flush_epoch.load(Ordering::Relaxed);
+        unsafe {
+            self.publish(header, overflow, &mut **self.accesses.get());
+            self.publish(header, overflow, &mut **self.blocks.get());
+            *self.flushed_epoch.get() = epoch;
+        }
+        // Release: a collector that reads the epoch with Acquire sees the
+        // chunks published (their ring positions) before it.
+        self.control().flushed_epoch.store(epoch, Ordering::Release);
+    }
+
+    /// Publishes `chunk` (if it holds anything) into the event ring and
+    /// empties it. A full ring: `overflow=drop` counts its events lost;
+    /// `overflow=block` waits for the collector to make room, unless it is
+    /// gone (then they are lost too).
+    fn publish(&self, header: &Header, overflow: Overflow, chunk: &mut ChunkBuffer) {
+        if chunk.is_empty() {
+            return;
+        }
+        let events = chunk.events();
+        let first = self.published.load(Ordering::Relaxed);
+        let message = chunk.seal(self.index as u16, first);
+        let ring = unsafe { &mut *self.events.get() };
+        let delivered = ring.push(message)
+            || (overflow == Overflow::Block
+                && header.state.load(Ordering::Acquire) == state::ATTACHED
+                && self.wait_for_room(header, || ring.push(message)));
+        if delivered {
+            self.published.store(first + events, Ordering::Relaxed);
+        } else {
+            self.count_lost(events);
+        }
+        chunk.clear();
     }
 
     /// Publishes a `Meta` message (translation time, or a device's first
@@ -180,7 +286,7 @@ impl VcpuSlot {
         name: *const c_char,
     ) -> u16 {
         if cache.names.len() >= MAX_DEVICES {
-            return trace_schema::record::NO_DEVICE;
+            return trace_schema::chunk::NO_DEVICE;
         }
         let id = cache.names.len() as u16;
         cache.names.push(name);
@@ -201,12 +307,14 @@ impl VcpuSlot {
         id
     }
 
-    /// Publishes this vCPU's final counters (QEMU is exiting).
-    pub fn publish_final(&self, icount: u64) {
+    /// Publishes this vCPU's open chunks and final counters (QEMU is
+    /// exiting; every vCPU has stopped).
+    pub fn publish_final(&self, header: &Header, overflow: Overflow, icount: u64) {
+        self.flush(header, overflow);
         let c = &self.control().counters;
         c.final_icount.store(icount, Ordering::Relaxed);
         c.events_written
-            .store(self.written.load(Ordering::Relaxed), Ordering::Relaxed);
+            .store(self.published.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     pub fn index(&self) -> u32 {

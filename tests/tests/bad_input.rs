@@ -314,9 +314,9 @@ fn attach_to_a_process_without_the_shim() {
 }
 
 // Writing segments by hand. The offsets are those of schema/src/layout.rs's
-// #[repr(C)] Header, VcpuControl and RingControl (layout version 3).
+// #[repr(C)] Header, VcpuControl and RingControl (layout version 4).
 const MAGIC: &[u8; 8] = b"TRCQEMU1";
-const RING: u64 = 4096;
+const RING: u64 = 8192;
 /// Header + one vCPU block (control + event ring + meta ring).
 const SEGMENT_BYTES: u64 = 4096 + 4096 + 2 * RING;
 const EVENT_HEAD: usize = 4096;
@@ -328,13 +328,13 @@ fn put(b: &mut [u8], at: usize, v: u64, len: usize) {
     b[at..at + len].copy_from_slice(&v.to_le_bytes()[..len]);
 }
 
-/// A segment a 1-vCPU shim with 4 KiB rings would have made for `pid`.
+/// A segment a 1-vCPU shim with 8 KiB rings would have made for `pid`.
 fn valid_segment(pid: u32) -> Vec<u8> {
     let mut b = vec![0u8; SEGMENT_BYTES as usize];
     b[0..8].copy_from_slice(MAGIC);
-    put(&mut b, 8, 3, 4); // layout_version
+    put(&mut b, 8, 4, 4); // layout_version
     put(&mut b, 12, 4096, 4); // header_bytes
-    put(&mut b, 16, 80, 4); // event_record_bytes
+    put(&mut b, 16, 4096, 4); // chunk_bytes
     put(&mut b, 20, 1, 4); // n_vcpus
     put(&mut b, 24, RING, 8); // event_ring_bytes
     put(&mut b, 32, RING, 8); // meta_ring_bytes
@@ -421,7 +421,7 @@ fn bad_segments_are_refused() {
         (
             "version",
             Box::new(|b| put(b, 8, 7, 4)),
-            "segment layout version 7, this collector reads version 3".into(),
+            "segment layout version 7, this collector reads version 4".into(),
         ),
         (
             "header size",
@@ -429,9 +429,9 @@ fn bad_segments_are_refused() {
             "header_bytes = 100 is out of range".into(),
         ),
         (
-            "record size",
+            "chunk size",
             Box::new(|b| put(b, 16, 64, 4)),
-            "event_record_bytes = 64 is out of range".into(),
+            "chunk_bytes = 64 is out of range".into(),
         ),
         (
             "no vCPU",
@@ -461,7 +461,7 @@ fn bad_segments_are_refused() {
         (
             "file shorter than the header says",
             Box::new(|b| b.truncate(12288)),
-            "header says 16384 bytes, its geometry 16384, the file has 12288".into(),
+            "header says 24576 bytes, its geometry 24576, the file has 12288".into(),
         ),
         (
             "header claims a huge segment",
@@ -473,7 +473,7 @@ fn bad_segments_are_refused() {
                 put(b, 32, 1 << 30, 8);
                 put(b, 40, 4096 + (4096 + (2 << 30)) * 4096, 8);
             }),
-            "the file has 16384".into(),
+            "the file has 24576".into(),
         ),
     ];
     let name = format!("/dev/shm/trace-collector.{pid}");
@@ -536,17 +536,17 @@ fn hostile_rings_are_errors() {
         (
             Box::new(|b| {
                 put(b, EVENT_HEAD, 80, 8);
-                put(b, EVENT_DATA, 9 << 32, 8); // 80 bytes, not an Event
+                put(b, EVENT_DATA, 9 << 32, 8); // 80 bytes, not a Chunk
                 put(b, EVENT_DATA + 8, 0xdead_beef, 8);
             }),
-            "corrupt event ring of vCPU 0: record at ring offset 0: not an Event record",
+            "corrupt event ring of vCPU 0: record at ring offset 0: not a Chunk",
         ),
         (
             Box::new(|b| {
                 put(b, EVENT_HEAD, 16, 8);
                 put(b, EVENT_DATA, 1 << 32, 8); // a 16-byte message
             }),
-            "a 16-byte message, not an 80-byte Event",
+            "corrupt event ring of vCPU 0: record at ring offset 0: shorter than a chunk's header",
         ),
         (
             Box::new(|b| {

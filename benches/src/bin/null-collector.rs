@@ -1,6 +1,6 @@
 //! A yardstick for the end-to-end benchmark: the real shim and its rings with
 //! a collector that drains every ring and throws the records away (no
-//! decoding, no tables, no Parquet). The time QEMU takes under it is what the
+//! tables, no Parquet; it only counts each chunk's events). The time QEMU takes under it is what the
 //! shim and the ring cost on their own; the gap to `trace-collector run` is
 //! the collector's share.
 //!
@@ -14,10 +14,11 @@
 //! `null-collector: events=N meta=M bytes=B` on stderr. Exits with QEMU's
 //! status.
 //!
-//! `--dump FILE` also writes vCPU 0's event records number N to N+M-1 (and
-//! every meta message of vCPU 0 before the last of them) to FILE, in the
-//! order a collector meets them: each message after an 8-byte word saying
-//! its ring (0: events, 1: meta). The drain benchmark replays such a file
+//! `--dump FILE` also writes vCPU 0's event chunks from the one holding its
+//! event number N to the one holding event N+M-1 (and every meta message of
+//! vCPU 0 before the last of them) to FILE, in the order a collector meets
+//! them: each message after an 8-byte word saying its ring (0: events, 1:
+//! meta). The drain benchmark replays such a file
 //! (`BENCH_RECORDS`, see benches/README.md) to measure the collector on a
 //! real guest's records.
 
@@ -26,6 +27,7 @@ use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use trace_schema::chunk::{self, Chunk};
 use trace_schema::layout::{self, state, Header, SegmentView, HEADER_BYTES};
 use trace_schema::ring::Consumer;
 use trace_schema::sync::Ordering;
@@ -95,6 +97,7 @@ fn main() {
             seen: 0,
             skip: dump_skip,
             records: dump_records,
+            dumped: 0,
         }
     });
     let qemu = &args[i..];
@@ -193,19 +196,17 @@ fn main() {
             let got = r
                 .drain(|m| {
                     bytes += m.len() as u64;
-                    if let Some(d) = dump.as_mut().filter(|_| k < 2) {
-                        d.message(k == 1, m);
-                    }
-                    // Read one word of each record, as any consumer must.
+                    // Read one word of each message, as any consumer must.
                     sum = sum.wrapping_add(u64::from_le_bytes(m[16..24].try_into().unwrap()));
-                    Ok::<(), ()>(())
+                    let weight = if k % 2 == 1 { chunk_events(m) } else { 0 };
+                    if let Some(d) = dump.as_mut().filter(|_| k < 2) {
+                        d.message(weight, k == 1, m);
+                    }
+                    events += weight;
+                    metas += (k % 2 == 0) as u64;
+                    Ok::<u64, ()>(weight)
                 })
                 .expect("ring") as u64;
-            if k % 2 == 1 {
-                events += got;
-            } else {
-                metas += got;
-            }
             n += got;
         }
         n
@@ -228,32 +229,44 @@ fn main() {
     let status = child.wait().expect("wait");
     if let Some(mut d) = dump {
         d.out.flush().expect("write the dump");
-        eprintln!(
-            "null-collector: dumped {} of vCPU 0's event records",
-            d.seen.saturating_sub(d.skip).min(d.records)
-        );
+        eprintln!("null-collector: dumped {} of vCPU 0's events", d.dumped);
     }
     eprintln!("null-collector: events={events} meta={metas} bytes={bytes} (checksum {sum:x})");
     std::process::exit(status.code().unwrap_or(1));
 }
 
+/// The events of event chunk `m` (a 16-byte access's two records are one).
+fn chunk_events(m: &[u8]) -> u64 {
+    match chunk::parse(m).expect("an event chunk") {
+        c @ Chunk::Accesses(..) => c.accesses().filter(|a| !a.is_high_half()).count() as u64,
+        c @ Chunk::Blocks(..) => c.blocks().count() as u64,
+    }
+}
+
 /// `--dump`: vCPU 0's messages, as a collector meets them.
 struct Dump {
     out: std::io::BufWriter<std::fs::File>,
-    /// Event records seen so far.
+    /// Events seen so far.
     seen: u64,
+    /// Events in the chunks dumped.
+    dumped: u64,
     skip: u64,
     records: u64,
 }
 
 impl Dump {
-    fn message(&mut self, event: bool, m: &[u8]) {
+    /// Message `m` of `events` events (an event chunk), or a meta message.
+    fn message(&mut self, events: u64, event: bool, m: &[u8]) {
         let wanted = if event {
-            self.seen += 1;
-            (self.skip..self.skip + self.records).contains(&(self.seen - 1))
+            let first = self.seen;
+            self.seen += events;
+            first < self.skip + self.records && self.seen > self.skip
         } else {
             self.seen < self.skip + self.records
         };
+        if wanted && event {
+            self.dumped += events;
+        }
         if wanted {
             let ring: u64 = if event { 0 } else { 1 };
             self.out

@@ -1,0 +1,413 @@
+//! The Parquet value encodings the collector writes, straight from a batch's
+//! column vectors into a page's bytes: no Arrow array, no iterator adaptor,
+//! nothing allocated per value.
+//!
+//! Written by hand because they are the collector's hot loop: polars-parquet
+//! encodes from Arrow arrays (a copy of every column first) and through
+//! generic iterators, which was most of the writer's time
+//! (benches/RESULTS.md, "The writer"). Each function appends to `out`; the
+//! layouts are those of the Parquet format specification (Encodings.md), and
+//! the tests decode what they write with polars-parquet's decoders, or read a
+//! whole file back with polars.
+
+/// Appends `v` as an unsigned LEB128 varint.
+#[inline]
+pub fn uleb128(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Appends `v` zigzag-encoded as a LEB128 varint.
+#[inline]
+pub fn zigzag_uleb128(out: &mut Vec<u8>, v: i64) {
+    uleb128(out, ((v << 1) ^ (v >> 63)) as u64);
+}
+
+/// Bits needed for `v` (0 for 0).
+#[inline]
+pub fn bit_width(v: u64) -> u32 {
+    64 - v.leading_zeros()
+}
+
+/// Appends 8 values of `width` bits each (0..=64), packed least significant
+/// bit first: exactly `width` bytes. Bits of a value above `width` must be 0.
+#[inline]
+fn pack8(values: &[u64; 8], width: u32, out: &mut Vec<u8>) {
+    if width == 0 {
+        return;
+    }
+    let start = out.len();
+    out.resize(start + width as usize, 0);
+    let dst = &mut out[start..];
+    if width <= 8 {
+        // 8 values of at most 8 bits: one word.
+        let mut acc = 0u64;
+        for (k, &v) in values.iter().enumerate() {
+            acc |= v << (k as u32 * width);
+        }
+        dst.copy_from_slice(&acc.to_le_bytes()[..width as usize]);
+        return;
+    }
+    let mut acc: u128 = 0;
+    let mut bits = 0u32;
+    let mut at = 0;
+    for &v in values {
+        acc |= (v as u128) << bits;
+        bits += width;
+        if bits >= 64 {
+            dst[at..at + 8].copy_from_slice(&(acc as u64).to_le_bytes());
+            at += 8;
+            acc >>= 64;
+            bits -= 64;
+        }
+    }
+    // 8 × width bits is a whole number of bytes: what is left is too.
+    let rest = (bits / 8) as usize;
+    dst[at..at + rest].copy_from_slice(&(acc as u64).to_le_bytes()[..rest]);
+}
+
+/// Appends `values` bit-packed with `width` bits each, in groups of 8 (the
+/// last group padded with zeros).
+fn bit_pack(values: &[u32], width: u32, out: &mut Vec<u8>) {
+    for group in values.chunks(8) {
+        let mut g = [0u64; 8];
+        for (d, &v) in g.iter_mut().zip(group) {
+            *d = v as u64;
+        }
+        pack8(&g, width, out);
+    }
+}
+
+/// Most 8-value groups in one bit-packed run: its header then fits one byte
+/// (the format allows more, but some readers expect no more).
+const MAX_GROUPS_PER_RUN: usize = 63;
+
+/// Appends `values` (each below `1 << width`, `width` ≤ 32) in the
+/// RLE/bit-packed hybrid encoding, without a length prefix: runs of 8 or
+/// more equal values as RLE runs, the rest bit-packed.
+pub fn rle_hybrid(values: &[u32], width: u32, out: &mut Vec<u8>) {
+    let n = values.len();
+    let mut literals_from = 0;
+    let mut i = 0;
+    while i < n {
+        let v = values[i];
+        let mut j = i + 1;
+        while j < n && values[j] == v {
+            j += 1;
+        }
+        // A bit-packed run holds whole groups of 8: the literals before an
+        // RLE run take the first values of the run up to a group boundary.
+        let pad = (8 - (i - literals_from) % 8) % 8;
+        if j - i >= pad + 8 {
+            let run_from = i + pad;
+            bit_packed_runs(&values[literals_from..run_from], width, out);
+            rle_run(v, (j - run_from) as u64, width, out);
+            literals_from = j;
+        }
+        i = j;
+    }
+    bit_packed_runs(&values[literals_from..], width, out);
+}
+
+fn bit_packed_runs(values: &[u32], width: u32, out: &mut Vec<u8>) {
+    for run in values.chunks(8 * MAX_GROUPS_PER_RUN) {
+        let groups = run.len().div_ceil(8);
+        uleb128(out, (groups as u64) << 1 | 1);
+        bit_pack(run, width, out);
+    }
+}
+
+fn rle_run(value: u32, count: u64, width: u32, out: &mut Vec<u8>) {
+    uleb128(out, count << 1);
+    out.extend_from_slice(&value.to_le_bytes()[..width.div_ceil(8) as usize]);
+}
+
+/// Appends definition levels (1 where `valid`, else 0) as a data page V1
+/// stores them: a 4-byte length, then the RLE/bit-packed hybrid with 1 bit
+/// per level.
+pub fn definition_levels(valid: impl Iterator<Item = bool>, out: &mut Vec<u8>) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let levels: Vec<u32> = valid.map(u32::from).collect();
+    rle_hybrid(&levels, 1, out);
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Definition levels of a column without nulls: one RLE run of 1s.
+pub fn all_valid_levels(n: usize, out: &mut Vec<u8>) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    if n > 0 {
+        rle_run(1, n as u64, 1, out);
+    }
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// DELTA_BINARY_PACKED's block and miniblock sizes.
+const DELTA_BLOCK: usize = 128;
+const DELTA_MINIBLOCKS: usize = 4;
+const DELTA_MINIBLOCK: usize = DELTA_BLOCK / DELTA_MINIBLOCKS;
+
+/// Appends `values` in DELTA_BINARY_PACKED, as 64-bit integers (the
+/// differences wrap, so u64 values read back exactly as the same bits).
+pub fn delta_binary_packed(values: &[u64], out: &mut Vec<u8>) -> MinMax {
+    let mut range = values.first().map_or(NO_VALUES, |&v| (v, v));
+    uleb128(out, DELTA_BLOCK as u64);
+    uleb128(out, DELTA_MINIBLOCKS as u64);
+    uleb128(out, values.len() as u64);
+    zigzag_uleb128(out, values.first().copied().unwrap_or(0) as i64);
+    let mut deltas = [0i64; DELTA_BLOCK];
+    let mut rest = values;
+    while rest.len() > 1 {
+        let block = (rest.len() - 1).min(DELTA_BLOCK);
+        let mut min = i64::MAX;
+        for k in 0..block {
+            range = widen(range, rest[k + 1]);
+            let d = rest[k + 1].wrapping_sub(rest[k]) as i64;
+            deltas[k] = d;
+            min = min.min(d);
+        }
+        zigzag_uleb128(out, min);
+        // Each miniblock's width, then the miniblocks that hold values
+        // (a last, partial one padded with zeros).
+        let used = block.div_ceil(DELTA_MINIBLOCK);
+        let mut widths = [0u8; DELTA_MINIBLOCKS];
+        for (m, w) in widths.iter_mut().enumerate().take(used) {
+            let mini = &deltas[m * DELTA_MINIBLOCK..block.min((m + 1) * DELTA_MINIBLOCK)];
+            let max = mini
+                .iter()
+                .map(|&d| d.wrapping_sub(min) as u64)
+                .fold(0, u64::max);
+            *w = bit_width(max) as u8;
+        }
+        out.extend_from_slice(&widths);
+        for (m, &w) in widths.iter().enumerate().take(used) {
+            for g in 0..DELTA_MINIBLOCK / 8 {
+                let mut group = [0u64; 8];
+                for (k, slot) in group.iter_mut().enumerate() {
+                    let at = m * DELTA_MINIBLOCK + g * 8 + k;
+                    if at < block {
+                        *slot = deltas[at].wrapping_sub(min) as u64;
+                    }
+                }
+                pack8(&group, w as u32, out);
+            }
+        }
+        rest = &rest[block..];
+    }
+    range
+}
+
+/// Unsigned min and max of the values seen, `(u64::MAX, 0)` for none: the
+/// encoders below return them, computed while the values are in registers
+/// (a second pass over a part's column would read it from memory again).
+pub type MinMax = (u64, u64);
+
+pub const NO_VALUES: MinMax = (u64::MAX, 0);
+
+#[inline(always)]
+fn widen((lo, hi): MinMax, v: u64) -> MinMax {
+    (lo.min(v), hi.max(v))
+}
+
+/// Appends `values` as BYTE_STREAM_SPLIT: byte 0 of every value, then byte
+/// 1, ... Eight values at a time, as an 8×8 byte matrix transposed in
+/// registers (three rounds of block swaps), so that both the reads and the 8
+/// streams of writes go in order.
+pub fn byte_stream_split(values: &[u64], out: &mut Vec<u8>) -> MinMax {
+    let n = values.len();
+    let base = out.len();
+    out.resize(base + n * 8, 0);
+    let out = &mut out[base..];
+    let mut range = NO_VALUES;
+    let mut groups = values.chunks_exact(8);
+    for (g, group) in groups.by_ref().enumerate() {
+        let mut x: [u64; 8] = group.try_into().unwrap();
+        for &v in &x {
+            range = widen(range, v);
+        }
+        // Row r is value 8g + r, byte c of a row its column c; each round
+        // swaps the off-diagonal blocks of the blocks of the round before
+        // (4×4, then 2×2, then 1×1 bytes), which transposes the matrix.
+        #[inline(always)]
+        fn swap(x: &mut [u64; 8], r: usize, half: usize, shift: u32, low: u64) {
+            let (a, b) = (x[r], x[r + half]);
+            x[r] = (a & low) | ((b & low) << shift);
+            x[r + half] = ((a >> shift) & low) | (b & !low);
+        }
+        const L4: u64 = 0x0000_0000_ffff_ffff;
+        const L2: u64 = 0x0000_ffff_0000_ffff;
+        const L1: u64 = 0x00ff_00ff_00ff_00ff;
+        for r in 0..4 {
+            swap(&mut x, r, 4, 32, L4);
+        }
+        for r in [0, 1, 4, 5] {
+            swap(&mut x, r, 2, 16, L2);
+        }
+        for r in [0, 2, 4, 6] {
+            swap(&mut x, r, 1, 8, L1);
+        }
+        for (c, word) in x.iter().enumerate() {
+            let at = c * n + 8 * g;
+            out[at..at + 8].copy_from_slice(&word.to_le_bytes());
+        }
+    }
+    let whole = n - groups.remainder().len();
+    for (i, &v) in groups.remainder().iter().enumerate() {
+        range = widen(range, v);
+        for (c, b) in v.to_le_bytes().into_iter().enumerate() {
+            out[c * n + whole + i] = b;
+        }
+    }
+    range
+}
+
+/// Appends `values` PLAIN: 8 little-endian bytes each.
+pub fn plain_u64(values: impl Iterator<Item = u64>, out: &mut Vec<u8>) -> MinMax {
+    let mut range = NO_VALUES;
+    for v in values {
+        range = widen(range, v);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    range
+}
+
+/// Appends `values` PLAIN, as `plain_u64` does, from a slice: one copy.
+pub fn plain_u64_slice(values: &[u64], out: &mut Vec<u8>) -> MinMax {
+    let base = out.len();
+    out.resize(base + values.len() * 8, 0);
+    let mut range = NO_VALUES;
+    for (dst, &v) in out[base..].chunks_exact_mut(8).zip(values) {
+        range = widen(range, v);
+        dst.copy_from_slice(&v.to_le_bytes());
+    }
+    range
+}
+
+/// Appends booleans PLAIN: one bit each, least significant first.
+pub fn plain_bools(values: &[bool], out: &mut Vec<u8>) {
+    for group in values.chunks(8) {
+        let mut byte = 0u8;
+        for (k, &b) in group.iter().enumerate() {
+            byte |= (b as u8) << k;
+        }
+        out.push(byte);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polars_parquet::parquet::encoding::hybrid_rle::HybridRleDecoder;
+
+    fn decode_hybrid(bytes: &[u8], width: u32, n: usize) -> Vec<u32> {
+        HybridRleDecoder::new(bytes, width, n).collect().unwrap()
+    }
+
+    #[test]
+    fn rle_hybrid_round_trips_runs_literals_and_their_mix() {
+        let cases: Vec<(Vec<u32>, u32)> = vec![
+            (vec![], 1),
+            (vec![1; 1000], 1),
+            ((0..1000).map(|i| i % 2).collect(), 1),
+            ((0..1000).map(|i| (i * 7 % 5) as u32).collect(), 3),
+            // A run that starts off a group boundary, a run too short to
+            // pay, long literal stretches (more than one bit-packed run).
+            (
+                [vec![3; 3], vec![5; 20], vec![1, 2, 1, 2], vec![7; 9]]
+                    .concat()
+                    .into_iter()
+                    .chain((0..3000).map(|i| i % 8))
+                    .collect(),
+                3,
+            ),
+            ((0..77).map(|i| i * 1000).collect(), 17),
+            (vec![u32::MAX; 20], 32),
+        ];
+        for (values, width) in cases {
+            let mut out = Vec::new();
+            rle_hybrid(&values, width, &mut out);
+            assert_eq!(
+                decode_hybrid(&out, width, values.len()),
+                values,
+                "width {width}"
+            );
+        }
+    }
+
+    #[test]
+    fn definition_levels_carry_their_length() {
+        let valid: Vec<bool> = (0..100).map(|i| i % 3 != 0).collect();
+        let mut out = vec![9];
+        definition_levels(valid.iter().copied(), &mut out);
+        let len = u32::from_le_bytes(out[1..5].try_into().unwrap()) as usize;
+        assert_eq!(out.len(), 5 + len);
+        let levels = decode_hybrid(&out[5..], 1, 100);
+        assert_eq!(levels, valid.iter().map(|&v| v as u32).collect::<Vec<_>>());
+        let mut all = Vec::new();
+        all_valid_levels(1000, &mut all);
+        assert_eq!(decode_hybrid(&all[4..], 1, 1000), vec![1; 1000]);
+    }
+
+    #[test]
+    fn pack8_packs_every_width() {
+        for width in 0..=64u32 {
+            let mask = if width == 64 {
+                u64::MAX
+            } else {
+                (1u64 << width) - 1
+            };
+            let values: [u64; 8] = std::array::from_fn(|k| {
+                (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(k as u64 + 1)) & mask
+            });
+            let mut out = Vec::new();
+            pack8(&values, width, &mut out);
+            assert_eq!(out.len(), width as usize);
+            // Read the bits back one by one.
+            for (k, &v) in values.iter().enumerate() {
+                let mut got = 0u64;
+                for b in 0..width {
+                    let bit = k as u32 * width + b;
+                    got |= ((out[(bit / 8) as usize] >> (bit % 8)) as u64 & 1) << b;
+                }
+                assert_eq!(got, v, "width {width} value {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn byte_stream_split_transposes() {
+        for n in [0usize, 1, 7, 8, 9, 64, 1003] {
+            let values: Vec<u64> = (0..n as u64)
+                .map(|i| i.wrapping_mul(0x0102_0304_0506_0708) ^ (i << 56))
+                .collect();
+            let mut naive = vec![0u8; n * 8];
+            for (i, v) in values.iter().enumerate() {
+                for (c, b) in v.to_le_bytes().into_iter().enumerate() {
+                    naive[c * n + i] = b;
+                }
+            }
+            let mut split = vec![9];
+            let range = byte_stream_split(&values, &mut split);
+            assert_eq!(split[0], 9);
+            assert_eq!(&split[1..], &naive[..], "{n} values");
+            let expected = values.iter().fold(NO_VALUES, |r, &v| widen(r, v));
+            assert_eq!(range, expected);
+        }
+    }
+
+    #[test]
+    fn plain_bools_pack_least_significant_first() {
+        let mut out = Vec::new();
+        plain_bools(
+            &[true, false, false, true, true, false, false, false, true],
+            &mut out,
+        );
+        assert_eq!(out, vec![0b0001_1001, 0b1]);
+    }
+}
