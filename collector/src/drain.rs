@@ -762,8 +762,10 @@ impl State {
             self.flush(Table::Code)?;
         }
         // A table that filled a batch is likely to fill the next: reserve it whole.
+        // A part ends after the chunk that filled it: room for one more
+        // chunk's rows, so the vectors never grow (a copy of every column).
         let cap = if self.batch_len(t) >= self.part_rows {
-            self.part_rows
+            self.part_rows + chunk::MAX_BLOCKS.max(chunk::MAX_ACCESSES)
         } else {
             0
         };
