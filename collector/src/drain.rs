@@ -38,7 +38,7 @@ use trace_schema::sync::Ordering;
 use crate::described_blocks::DescribedBlocks;
 use crate::parquet_sink::{PartSink, SinkProgress};
 use crate::tables::{
-    Batch, BlockExecBatch, CodeBatch, DeviceList, MemBatch, StatsBatch, Table, NO_DEVICE,
+    AccessBatch, Batch, BlockExecBatch, CodeBatch, DeviceList, StatsBatch, Table, NO_DEVICE,
 };
 
 /// Rows a fresh batch has room for before it grows.
@@ -81,8 +81,8 @@ struct State {
     part_rows: usize,
     sink: PartSink,
 
-    mem: MemBatch,
-    mmio: MemBatch,
+    mem: AccessBatch,
+    mmio: AccessBatch,
     block_exec: BlockExecBatch,
     code: CodeBatch,
     rows_sent: [u64; 5],
@@ -226,8 +226,8 @@ impl Drainer {
                 insn_on: events.insn,
                 part_rows,
                 sink,
-                mem: MemBatch::with_capacity(if events.mem { cap } else { 0 }),
-                mmio: MemBatch::with_capacity(if events.mem || events.mmio { cap } else { 0 }),
+                mem: AccessBatch::with_capacity(if events.mem { cap } else { 0 }),
+                mmio: AccessBatch::with_capacity(if events.mem || events.mmio { cap } else { 0 }),
                 block_exec: BlockExecBatch::with_capacity(if events.insn { cap } else { 0 }),
                 code: CodeBatch::default(),
                 rows_sent: [0; 5],
@@ -564,6 +564,12 @@ impl State {
         let h = *c.header();
         let skip = self.skip_below[v];
         let (mem_from, mmio_from) = (skip[Table::Mem.index()], skip[Table::Mmio.index()]);
+        if self.mem_on {
+            self.mem.start_run(v as u32, h.asid);
+        }
+        if self.mmio_on {
+            self.mmio.start_run(v as u32, h.asid);
+        }
         let mut accesses = c.accesses().peekable();
         while let Some(a) = accesses.next() {
             if a.is_high_half() {
@@ -611,10 +617,10 @@ impl State {
             };
             let icount = h.icount.wrapping_add(a.icount_delta as u64);
             if self.mem_on && !held_mem {
-                self.mem.push(v as u32, icount, h.asid, &a, high, device);
+                self.mem.push(icount, &a, high, device);
             }
             if io && self.mmio_on && !held_mmio {
-                self.mmio.push(v as u32, icount, h.asid, &a, high, device);
+                self.mmio.push(icount, &a, high, device);
             }
         }
         self.flush_due[Table::Mem.index()] |= self.mem.len() >= self.part_rows;
@@ -772,11 +778,11 @@ impl State {
         let batch = match t {
             Table::Mem => Batch::Mem(std::mem::replace(
                 &mut self.mem,
-                MemBatch::with_capacity(cap),
+                AccessBatch::with_capacity(cap),
             )),
             Table::Mmio => Batch::Mmio(std::mem::replace(
                 &mut self.mmio,
-                MemBatch::with_capacity(cap),
+                AccessBatch::with_capacity(cap),
             )),
             Table::BlockExec => Batch::BlockExec(std::mem::replace(
                 &mut self.block_exec,

@@ -121,6 +121,9 @@ fn bit_packed_runs(values: &[u32], width: u32, out: &mut Vec<u8>) {
 }
 
 fn rle_run(value: u32, count: u64, width: u32, out: &mut Vec<u8>) {
+    if count == 0 {
+        return;
+    }
     uleb128(out, count << 1);
     out.extend_from_slice(&value.to_le_bytes()[..width.div_ceil(8) as usize]);
 }
@@ -146,6 +149,62 @@ pub fn all_valid_levels(n: usize, out: &mut Vec<u8>) {
     }
     let len = (out.len() - at - 4) as u32;
     out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Appends `runs` of equal values (value, count; each value below
+/// `1 << width`) as RLE runs of the RLE/bit-packed hybrid, without a length
+/// prefix: for columns whose rows come in runs (a chunk's vCPU, its address
+/// space), written in one step per run rather than per row.
+pub fn rle_runs(runs: impl Iterator<Item = (u32, u64)>, width: u32, out: &mut Vec<u8>) {
+    for (value, count) in runs {
+        rle_run(value, count, width, out);
+    }
+}
+
+/// Appends the definition levels of `n` rows of which only those in
+/// `present` (ascending) hold a value, as a data page V1 stores them (a
+/// 4-byte length, then the hybrid encoding, 1 bit per level), as RLE runs
+/// of 0s and 1s: one step per run, not per row (the rows present are few,
+/// as in `value_hi`, or all of them, as in `mmio.device`).
+pub fn sparse_levels(n: usize, present: impl Iterator<Item = u32>, out: &mut Vec<u8>) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    // The run of rows present being gathered: [from, to).
+    let (mut from, mut to) = (0usize, 0usize);
+    for row in present {
+        let row = row as usize;
+        if row != to {
+            rle_run(1, (to - from) as u64, 1, out);
+            rle_run(0, (row - to) as u64, 1, out);
+            from = row;
+        }
+        to = row + 1;
+    }
+    rle_run(1, (to - from) as u64, 1, out);
+    rle_run(0, (n - to) as u64, 1, out);
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Appends `n` one-bit values (`bit(i)` the i-th) bit-packed in the
+/// RLE/bit-packed hybrid, without a length prefix: for two-valued columns
+/// with no runs to speak of (loads and stores), 8 rows a byte.
+pub fn bit_packed_bits(n: usize, bit: impl Fn(usize) -> bool, out: &mut Vec<u8>) {
+    let mut row = 0;
+    while row < n {
+        let groups = (n - row).div_ceil(8).min(MAX_GROUPS_PER_RUN);
+        uleb128(out, (groups as u64) << 1 | 1);
+        for _ in 0..groups {
+            let mut byte = 0u8;
+            for k in 0..8 {
+                if row + k < n && bit(row + k) {
+                    byte |= 1 << k;
+                }
+            }
+            out.push(byte);
+            row += 8;
+        }
+    }
 }
 
 /// DELTA_BINARY_PACKED's block and miniblock sizes.
@@ -302,17 +361,6 @@ pub fn plain_u64_slice(values: &[u64], out: &mut Vec<u8>) -> MinMax {
     range
 }
 
-/// Appends booleans PLAIN: one bit each, least significant first.
-pub fn plain_bools(values: &[bool], out: &mut Vec<u8>) {
-    for group in values.chunks(8) {
-        let mut byte = 0u8;
-        for (k, &b) in group.iter().enumerate() {
-            byte |= (b as u8) << k;
-        }
-        out.push(byte);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,6 +398,47 @@ mod tests {
                 values,
                 "width {width}"
             );
+        }
+    }
+
+    #[test]
+    fn sparse_levels_mark_exactly_the_rows_present() {
+        let cases: Vec<(usize, Vec<u32>)> = vec![
+            (0, vec![]),
+            (1000, vec![]),
+            (1000, (0..1000).collect()),
+            (1000, vec![0, 999]),
+            (5000, vec![3, 4, 100, 101, 102, 2000, 4999]),
+            (300, (0..300).step_by(2).collect()),
+            (300, (0..300).filter(|i| i % 70 < 3).collect()),
+        ];
+        for (n, present) in cases {
+            let mut out = Vec::new();
+            sparse_levels(n, present.iter().copied(), &mut out);
+            let len = u32::from_le_bytes(out[..4].try_into().unwrap()) as usize;
+            assert_eq!(out.len(), 4 + len);
+            let mut expected = vec![0u32; n];
+            for &r in &present {
+                expected[r as usize] = 1;
+            }
+            assert_eq!(
+                decode_hybrid(&out[4..], 1, n),
+                expected,
+                "{n} rows, {present:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rle_runs_and_packed_bits_decode() {
+        let mut out = Vec::new();
+        rle_runs([(3, 5), (0, 0), (1, 2), (3, 1)].into_iter(), 2, &mut out);
+        assert_eq!(decode_hybrid(&out, 2, 8), vec![3, 3, 3, 3, 3, 1, 1, 3]);
+        for n in [0, 1, 8, 9, 1000, 8 * 63 + 1] {
+            let mut out = Vec::new();
+            bit_packed_bits(n, |i| i % 3 == 1, &mut out);
+            let expected: Vec<u32> = (0..n).map(|i| (i % 3 == 1) as u32).collect();
+            assert_eq!(decode_hybrid(&out, 1, n), expected, "{n}");
         }
     }
 
@@ -412,15 +501,5 @@ mod tests {
             let expected = values.iter().fold(NO_VALUES, |r, &v| widen(r, v));
             assert_eq!(range, expected);
         }
-    }
-
-    #[test]
-    fn plain_bools_pack_least_significant_first() {
-        let mut out = Vec::new();
-        plain_bools(
-            &[true, false, false, true, true, false, false, false, true],
-            &mut out,
-        );
-        assert_eq!(out, vec![0b0001_1001, 0b1]);
     }
 }

@@ -17,12 +17,13 @@
 //! Modules, one idea each: `segment` (open, check, map, attach), `drain`
 //! (rings to batches, block events, what each part completes), `described_blocks`
 //! (the blocks whose `code` rows we have), `tables` (batches and
-//! their columns), `parquet_part` (a part built column by column),
+//! their columns), `access_batch` (the rows of `mem` and `mmio`), `parquet_part` (a part built column by column),
 //! `encodings` (the Parquet value encodings), `parquet_sink` (writer thread,
 //! atomic parts), `parquet_file` (a part's footer), `output` (capture directory,
 //! capture.json), `append` (`--append`), `capture` (the drain loop),
 //! `launch` (`run`), `qmp` (`info mtree -f`), `progress`, `signals`.
 
+mod access_batch;
 mod append;
 mod capture;
 mod described_blocks;

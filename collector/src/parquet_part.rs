@@ -162,33 +162,6 @@ impl<'a> PartBuilder<'a> {
         Ok(())
     }
 
-    /// A u64 column PLAIN, null where `valid` is false.
-    pub fn nullable_u64s(
-        &mut self,
-        name: &str,
-        values: &[u64],
-        valid: &[bool],
-        level: i32,
-    ) -> Result<()> {
-        debug_assert_eq!(values.len(), self.rows, "column {name}");
-        self.field(name, ArrowDataType::UInt64);
-        let mut page = std::mem::take(&mut self.scratch);
-        page.clear();
-        encodings::definition_levels(valid.iter().copied(), &mut page);
-        let present = values
-            .iter()
-            .zip(valid)
-            .filter(|(_, &ok)| ok)
-            .map(|(&v, _)| v);
-        let range = encodings::plain_u64(present, &mut page);
-        self.scratch = page;
-        let nulls = valid.iter().filter(|&&ok| !ok).count() as i64;
-        let stats = u64_statistics(range, nulls);
-        let page = self.data_page(level, FormatEncoding::PLAIN, stats)?;
-        self.columns.push(vec![page]);
-        Ok(())
-    }
-
     /// A column of a few distinct small integers (`slots` bounds them), as a
     /// dictionary of the values met and each row's key into it, found in a
     /// table indexed by the value: no hashing per row. `dtype` is the
@@ -228,7 +201,7 @@ impl<'a> PartBuilder<'a> {
             max_value: max.map(|&m| (m as u32).to_le_bytes().to_vec()),
             ..empty_statistics()
         };
-        self.dictionary_column(&plain, dict.len(), &keys, None, stats)
+        self.dictionary_column(&plain, dict.len(), &keys, stats)
     }
 
     /// `small_integers`' way out: the values as 4-byte PLAIN integers.
@@ -259,56 +232,13 @@ impl<'a> PartBuilder<'a> {
         Ok(())
     }
 
-    /// A String column given as a dictionary: row `i` is `dict[keys[i]]`,
-    /// or null where `valid` (if given) is false (a null row's key is not
-    /// read). Keys must be below `dict.len()`.
-    pub fn strings(
-        &mut self,
-        name: &str,
-        keys: &[u32],
-        valid: Option<&[bool]>,
-        dict: &[&str],
-    ) -> Result<()> {
-        debug_assert_eq!(keys.len(), self.rows, "column {name}");
-        self.field(name, ArrowDataType::Utf8View);
-        // Statistics over the values the rows use.
-        let mut used = vec![false; dict.len()];
-        let mut nulls = 0i64;
-        match valid {
-            Some(valid) => {
-                for (&k, &ok) in keys.iter().zip(valid) {
-                    if ok {
-                        used[k as usize] = true;
-                    } else {
-                        nulls += 1;
-                    }
-                }
-            }
-            None => keys.iter().for_each(|&k| used[k as usize] = true),
-        }
-        let present = || dict.iter().zip(&used).filter(|(_, &u)| u).map(|(s, _)| *s);
-        let stats = ParquetStatistics {
-            null_count: Some(nulls),
-            min_value: present().min().map(|s| s.as_bytes().to_vec()),
-            max_value: present().max().map(|s| s.as_bytes().to_vec()),
-            ..empty_statistics()
-        };
-        let mut plain = Vec::new();
-        for s in dict {
-            plain.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            plain.extend_from_slice(s.as_bytes());
-        }
-        self.dictionary_column(&plain, dict.len(), keys, valid, stats)
-    }
-
     /// A dictionary page of `entries` PLAIN values, then a data page of the
-    /// rows' keys into it (RLE_DICTIONARY), the null rows' keys left out.
+    /// rows' keys into it (RLE_DICTIONARY).
     fn dictionary_column(
         &mut self,
         plain: &[u8],
         entries: usize,
         keys: &[u32],
-        valid: Option<&[bool]>,
         statistics: ParquetStatistics,
     ) -> Result<()> {
         let dict = EncodedPage::Dict {
@@ -319,24 +249,9 @@ impl<'a> PartBuilder<'a> {
         let mut page = std::mem::take(&mut self.scratch);
         page.clear();
         let width = encodings::bit_width(entries.saturating_sub(1) as u64);
-        match valid {
-            Some(valid) => {
-                encodings::definition_levels(valid.iter().copied(), &mut page);
-                let present: Vec<u32> = keys
-                    .iter()
-                    .zip(valid)
-                    .filter(|(_, &ok)| ok)
-                    .map(|(&k, _)| k)
-                    .collect();
-                page.push(width as u8);
-                encodings::rle_hybrid(&present, width, &mut page);
-            }
-            None => {
-                encodings::all_valid_levels(keys.len(), &mut page);
-                page.push(width as u8);
-                encodings::rle_hybrid(keys, width, &mut page);
-            }
-        }
+        encodings::all_valid_levels(keys.len(), &mut page);
+        page.push(width as u8);
+        encodings::rle_hybrid(keys, width, &mut page);
         self.scratch = page;
         let data = self.data_page(LEVEL, FormatEncoding::RLE_DICTIONARY, statistics)?;
         self.columns.push(vec![dict, data]);
@@ -400,24 +315,195 @@ impl<'a> PartBuilder<'a> {
         Ok(())
     }
 
-    /// A Boolean column without nulls.
-    pub fn bools(&mut self, name: &str, values: &[bool]) -> Result<()> {
-        debug_assert_eq!(values.len(), self.rows, "column {name}");
-        self.field(name, ArrowDataType::Boolean);
-        let mut page = std::mem::take(&mut self.scratch);
-        page.clear();
-        encodings::all_valid_levels(values.len(), &mut page);
-        encodings::plain_bools(values, &mut page);
-        self.scratch = page;
-        let any = |b: bool| values.contains(&b);
+    /// A column whose rows come in `runs` of one value (value, rows), of
+    /// type `dtype` (UInt32 or UInt64): a dictionary of the values and one
+    /// RLE run of keys per run, no step per row.
+    pub fn runs(&mut self, name: &str, runs: &[(u64, u64)], dtype: ArrowDataType) -> Result<()> {
+        debug_assert_eq!(
+            runs.iter().map(|r| r.1).sum::<u64>(),
+            self.rows as u64,
+            "column {name}"
+        );
+        let wide = dtype == ArrowDataType::UInt64;
+        self.field(name, dtype);
+        let mut dict: Vec<u64> = Vec::new();
+        let mut keys = Vec::with_capacity(runs.len());
+        for &(value, rows) in runs {
+            // Few distinct values (vCPUs, address spaces): a linear search.
+            let key = match dict.iter().position(|&d| d == value) {
+                Some(k) => k,
+                None => {
+                    dict.push(value);
+                    dict.len() - 1
+                }
+            };
+            keys.push((key as u32, rows));
+        }
+        let mut plain = Vec::with_capacity(dict.len() * 8);
+        for &v in &dict {
+            if wide {
+                plain.extend_from_slice(&v.to_le_bytes());
+            } else {
+                plain.extend_from_slice(&(v as u32).to_le_bytes());
+            }
+        }
+        let bytes = |v: u64| {
+            if wide {
+                v.to_le_bytes().to_vec()
+            } else {
+                (v as u32).to_le_bytes().to_vec()
+            }
+        };
         let stats = ParquetStatistics {
             null_count: Some(0),
-            min_value: (!values.is_empty()).then(|| vec![!any(false) as u8]),
-            max_value: (!values.is_empty()).then(|| vec![any(true) as u8]),
+            min_value: dict.iter().min().map(|&m| bytes(m)),
+            max_value: dict.iter().max().map(|&m| bytes(m)),
+            ..empty_statistics()
+        };
+        let entries = dict.len();
+        let dict = EncodedPage::Dict {
+            compressed: self.compressors.compress(LEVEL, &plain)?,
+            uncompressed: plain.len(),
+            values: entries,
+        };
+        let mut page = std::mem::take(&mut self.scratch);
+        page.clear();
+        encodings::all_valid_levels(self.rows, &mut page);
+        let width = encodings::bit_width(entries.saturating_sub(1) as u64);
+        page.push(width as u8);
+        encodings::rle_runs(keys.into_iter(), width, &mut page);
+        self.scratch = page;
+        let data = self.data_page(LEVEL, FormatEncoding::RLE_DICTIONARY, stats)?;
+        self.columns.push(vec![dict, data]);
+        Ok(())
+    }
+
+    /// A String column of two values: row `i` is `values[bit(i) as usize]`,
+    /// bit-packed (for loads and stores, which come in no runs).
+    pub fn two_strings(
+        &mut self,
+        name: &str,
+        bit: impl Fn(usize) -> bool,
+        values: [&str; 2],
+    ) -> Result<()> {
+        self.field(name, ArrowDataType::Utf8View);
+        let mut used = [false; 2];
+        let n = self.rows;
+        if n > 0 {
+            used[0] = (0..n).any(|i| !bit(i));
+            used[1] = (0..n).any(&bit);
+        }
+        let present = || values.iter().zip(used).filter(|(_, u)| *u).map(|(s, _)| *s);
+        let stats = ParquetStatistics {
+            null_count: Some(0),
+            min_value: present().min().map(|s| s.as_bytes().to_vec()),
+            max_value: present().max().map(|s| s.as_bytes().to_vec()),
+            ..empty_statistics()
+        };
+        let mut plain = Vec::new();
+        for s in values {
+            plain.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            plain.extend_from_slice(s.as_bytes());
+        }
+        let dict = EncodedPage::Dict {
+            compressed: self.compressors.compress(LEVEL, &plain)?,
+            uncompressed: plain.len(),
+            values: 2,
+        };
+        let mut page = std::mem::take(&mut self.scratch);
+        page.clear();
+        encodings::all_valid_levels(n, &mut page);
+        page.push(1);
+        encodings::bit_packed_bits(n, bit, &mut page);
+        self.scratch = page;
+        let data = self.data_page(LEVEL, FormatEncoding::RLE_DICTIONARY, stats)?;
+        self.columns.push(vec![dict, data]);
+        Ok(())
+    }
+
+    /// A Boolean column without nulls: row `i` is `bit(i)`.
+    pub fn bits(&mut self, name: &str, bit: impl Fn(usize) -> bool) -> Result<()> {
+        self.field(name, ArrowDataType::Boolean);
+        let n = self.rows;
+        let mut page = std::mem::take(&mut self.scratch);
+        page.clear();
+        encodings::all_valid_levels(n, &mut page);
+        let start = page.len();
+        page.resize(start + n.div_ceil(8), 0);
+        let (mut any_false, mut any_true) = (false, false);
+        for i in 0..n {
+            let b = bit(i);
+            any_true |= b;
+            any_false |= !b;
+            page[start + i / 8] |= (b as u8) << (i % 8);
+        }
+        self.scratch = page;
+        let stats = ParquetStatistics {
+            null_count: Some(0),
+            min_value: (n > 0).then(|| vec![!any_false as u8]),
+            max_value: (n > 0).then(|| vec![any_true as u8]),
             ..empty_statistics()
         };
         let page = self.data_page(LEVEL, FormatEncoding::PLAIN, stats)?;
         self.columns.push(vec![page]);
+        Ok(())
+    }
+
+    /// A u64 column PLAIN whose only rows with a value are `present`
+    /// (row, value; rows ascending), null elsewhere.
+    pub fn sparse_u64s(&mut self, name: &str, present: &[(u32, u64)], level: i32) -> Result<()> {
+        self.field(name, ArrowDataType::UInt64);
+        let mut page = std::mem::take(&mut self.scratch);
+        page.clear();
+        encodings::sparse_levels(self.rows, present.iter().map(|p| p.0), &mut page);
+        let range = encodings::plain_u64(present.iter().map(|p| p.1), &mut page);
+        self.scratch = page;
+        let stats = u64_statistics(range, (self.rows - present.len()) as i64);
+        let page = self.data_page(level, FormatEncoding::PLAIN, stats)?;
+        self.columns.push(vec![page]);
+        Ok(())
+    }
+
+    /// A String column given as a dictionary whose only rows with a value
+    /// are `present` (row, key into `dict`; rows ascending), null elsewhere.
+    pub fn sparse_strings(
+        &mut self,
+        name: &str,
+        present: &[(u32, u32)],
+        dict: &[&str],
+    ) -> Result<()> {
+        self.field(name, ArrowDataType::Utf8View);
+        let mut used = vec![false; dict.len()];
+        for &(_, k) in present {
+            used[k as usize] = true;
+        }
+        let values = || dict.iter().zip(&used).filter(|(_, &u)| u).map(|(s, _)| *s);
+        let stats = ParquetStatistics {
+            null_count: Some((self.rows - present.len()) as i64),
+            min_value: values().min().map(|s| s.as_bytes().to_vec()),
+            max_value: values().max().map(|s| s.as_bytes().to_vec()),
+            ..empty_statistics()
+        };
+        let mut plain = Vec::new();
+        for s in dict {
+            plain.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            plain.extend_from_slice(s.as_bytes());
+        }
+        let dict_page = EncodedPage::Dict {
+            compressed: self.compressors.compress(LEVEL, &plain)?,
+            uncompressed: plain.len(),
+            values: dict.len(),
+        };
+        let mut page = std::mem::take(&mut self.scratch);
+        page.clear();
+        encodings::sparse_levels(self.rows, present.iter().map(|p| p.0), &mut page);
+        let width = encodings::bit_width(dict.len().saturating_sub(1) as u64);
+        page.push(width as u8);
+        let keys: Vec<u32> = present.iter().map(|p| p.1).collect();
+        encodings::rle_hybrid(&keys, width, &mut page);
+        self.scratch = page;
+        let data = self.data_page(LEVEL, FormatEncoding::RLE_DICTIONARY, stats)?;
+        self.columns.push(vec![dict_page, data]);
         Ok(())
     }
 
@@ -579,11 +665,18 @@ mod tests {
             .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
             .collect();
         let value: Vec<u64> = (0..n as u64).map(|i| i << 40).collect();
-        let valid: Vec<bool> = (0..n).map(|i| i % 11 != 0).collect();
+        let wide: Vec<(u32, u64)> = (0..n as u32)
+            .filter(|i| i % 11 == 3)
+            .map(|i| (i, i as u64 * 5))
+            .collect();
         let sizes: Vec<u8> = (0..n).map(|i| [1, 2, 4, 8, 16][i % 5]).collect();
         let vcpus: Vec<u32> = (0..n).map(|i| (i / 1000 % 3) as u32).collect();
-        let keys: Vec<u32> = (0..n).map(|i| (i % 3 == 0) as u32).collect();
-        let io: Vec<bool> = (0..n).map(|i| i % 5 == 0).collect();
+        let runs: Vec<(u64, u64)> = vec![(7, 1), (u64::MAX, 150_000), (7, n as u64 - 150_001)];
+        let stores: Vec<bool> = (0..n).map(|i| i % 3 == 0).collect();
+        let devices: Vec<(u32, u32)> = (0..n as u32)
+            .filter(|i| i % 5 == 0)
+            .map(|i| (i, i % 2))
+            .collect();
         let mut compressors = Compressors::default();
         let mut part = PartBuilder::new(n, &mut compressors);
         part.u64s("icount", &icount, U64Layout::Delta, LEVEL)
@@ -592,31 +685,44 @@ mod tests {
             .unwrap();
         part.u64s("value", &value, U64Layout::Plain, VALUE_LEVEL)
             .unwrap();
-        part.nullable_u64s("value_hi", &value, &valid, VALUE_LEVEL)
-            .unwrap();
+        part.sparse_u64s("value_hi", &wide, VALUE_LEVEL).unwrap();
         part.small_integers("size", &sizes, 256, ArrowDataType::UInt8)
             .unwrap();
         part.small_integers("vcpu", &vcpus, 2, ArrowDataType::UInt32)
             .unwrap();
-        part.strings("type", &keys, None, &["R", "W"]).unwrap();
-        part.strings("device", &keys, Some(&valid), &["uart", "systick"])
+        part.runs("asid", &runs, ArrowDataType::UInt64).unwrap();
+        part.two_strings("type", |i| stores[i], ["R", "W"]).unwrap();
+        part.sparse_strings("device", &devices, &["uart", "systick"])
             .unwrap();
-        part.bools("io", &io).unwrap();
+        part.bits("io", |i| i % 5 == 0).unwrap();
         let mut file = Vec::new();
         let size = part.write(&mut file).unwrap();
         assert_eq!(size, file.len() as u64);
         let back = read(file);
+        let mut value_hi = vec![None; n];
+        for &(r, v) in &wide {
+            value_hi[r as usize] = Some(v);
+        }
+        let mut device = vec![None; n];
+        for &(r, k) in &devices {
+            device[r as usize] = Some(["uart", "systick"][k as usize]);
+        }
+        let asid: Vec<u64> = runs
+            .iter()
+            .flat_map(|&(v, rows)| std::iter::repeat_n(v, rows as usize))
+            .collect();
         let expected = df!(
             "icount" => &icount,
             "vaddr" => &vaddr,
             "value" => &value,
-            "value_hi" => value.iter().zip(&valid).map(|(&v, &ok)| ok.then_some(v)).collect::<Vec<_>>(),
+            "value_hi" => value_hi,
             "size" => &sizes,
             // vcpu 2 is out of the table's range: written PLAIN.
             "vcpu" => &vcpus,
-            "type" => keys.iter().map(|&k| ["R", "W"][k as usize]).collect::<Vec<_>>(),
-            "device" => keys.iter().zip(&valid).map(|(&k, &ok)| ok.then(|| ["uart", "systick"][k as usize])).collect::<Vec<_>>(),
-            "io" => &io,
+            "asid" => asid,
+            "type" => stores.iter().map(|&w| if w { "W" } else { "R" }).collect::<Vec<_>>(),
+            "device" => device,
+            "io" => (0..n).map(|i| i % 5 == 0).collect::<Vec<_>>(),
         )
         .unwrap();
         assert_eq!(back.schema(), expected.schema());
@@ -651,7 +757,7 @@ mod tests {
         part.u64s("icount", &[], U64Layout::Delta, LEVEL).unwrap();
         part.small_integers::<u32>("vcpu", &[], 4096, ArrowDataType::UInt32)
             .unwrap();
-        part.strings("type", &[], None, &["R", "W"]).unwrap();
+        part.two_strings("type", |_| false, ["R", "W"]).unwrap();
         let mut file = Vec::new();
         part.write(&mut file).unwrap();
         let back = read(file);

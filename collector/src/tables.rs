@@ -8,13 +8,12 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use anyhow::Result;
-use polars::prelude::PlHashMap;
 use polars_arrow::datatypes::ArrowDataType;
-use trace_schema::chunk::MemAccess;
 use trace_schema::layout::MAX_VCPUS;
 use trace_schema::options::EventSet;
 
-use crate::parquet_part::{Compressors, PartBuilder, U64Layout, LEVEL, VALUE_LEVEL};
+pub use crate::access_batch::{AccessBatch, NO_DEVICE};
+use crate::parquet_part::{Compressors, PartBuilder, U64Layout, LEVEL};
 
 /// The tables of a capture directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -95,181 +94,6 @@ impl DeviceNames for PluginDeviceNames {
         plugin_name: &'a str,
     ) -> (Cow<'a, str>, Option<Cow<'a, str>>) {
         (Cow::Borrowed(plugin_name), None)
-    }
-}
-
-/// `MemBatch::device` of an access that hit no known device.
-pub const NO_DEVICE: u32 = u32::MAX;
-
-/// Rows of `mem` or `mmio`.
-#[derive(Default, Debug)]
-pub struct MemBatch {
-    pub vcpu: Vec<u32>,
-    pub icount: Vec<u64>,
-    pub pc: Vec<u64>,
-    pub store: Vec<bool>,
-    pub vaddr: Vec<u64>,
-    pub paddr: Vec<u64>,
-    pub size: Vec<u8>,
-    pub value: Vec<u64>,
-    pub value_hi: Vec<u64>,
-    pub asid: Vec<u64>,
-    pub io: Vec<bool>,
-    /// Index into the capture's device list (`NO_DEVICE` for none).
-    pub device: Vec<u32>,
-}
-
-impl MemBatch {
-    pub fn with_capacity(n: usize) -> MemBatch {
-        MemBatch {
-            vcpu: Vec::with_capacity(n),
-            icount: Vec::with_capacity(n),
-            pc: Vec::with_capacity(n),
-            store: Vec::with_capacity(n),
-            vaddr: Vec::with_capacity(n),
-            paddr: Vec::with_capacity(n),
-            size: Vec::with_capacity(n),
-            value: Vec::with_capacity(n),
-            value_hi: Vec::with_capacity(n),
-            asid: Vec::with_capacity(n),
-            io: Vec::with_capacity(n),
-            device: Vec::with_capacity(n),
-        }
-    }
-
-    /// Adds the row of access `a`, made by `vcpu` at `icount` in `asid`;
-    /// `high` is the upper half of a 16-byte access's value.
-    #[inline]
-    pub fn push(
-        &mut self,
-        vcpu: u32,
-        icount: u64,
-        asid: u64,
-        a: &MemAccess,
-        high: u64,
-        device: u32,
-    ) {
-        self.vcpu.push(vcpu);
-        self.icount.push(icount);
-        self.pc.push(a.pc);
-        self.store.push(a.is_store());
-        self.vaddr.push(a.vaddr);
-        self.paddr.push(a.paddr);
-        self.size.push(a.size);
-        self.value.push(a.value);
-        self.value_hi.push(high);
-        self.asid.push(asid);
-        self.io.push(a.is_io());
-        self.device.push(device);
-    }
-
-    pub fn len(&self) -> usize {
-        self.vcpu.len()
-    }
-
-    /// Adds the columns of the `mem` table (`mmio == false`) or the `mmio`
-    /// table to `part`. Its String columns are written as dictionaries of
-    /// the batch's codes: `type` from the store flag, `plugin_device` from
-    /// the device index, `device` and `region` resolved once per distinct
-    /// (device, address) rather than per row.
-    pub fn write_columns(
-        self,
-        mmio: bool,
-        devices: &[String],
-        names: &dyn DeviceNames,
-        part: &mut PartBuilder,
-    ) -> Result<()> {
-        let n = self.len();
-        let named = |d: u32| (d as usize) < devices.len();
-        let has_device: Vec<bool> = self.device.iter().map(|&d| named(d)).collect();
-
-        let mut device_names = Interner::default();
-        let mut region_names = Interner::default();
-        let mut resolved: PlHashMap<(u32, u64), (u32, Option<u32>)> = PlHashMap::default();
-        let mut device_keys = Vec::with_capacity(n);
-        let mut region_keys = Vec::with_capacity(if mmio { n } else { 0 });
-        let mut has_region = Vec::with_capacity(if mmio { n } else { 0 });
-        for (&d, &paddr) in self.device.iter().zip(&self.paddr) {
-            let (dev, reg) = if named(d) {
-                *resolved.entry((d, paddr)).or_insert_with(|| {
-                    let (dev, reg) = names.resolve(paddr, &devices[d as usize]);
-                    (device_names.key(&dev), reg.map(|r| region_names.key(&r)))
-                })
-            } else {
-                (0, None)
-            };
-            device_keys.push(dev);
-            if mmio {
-                region_keys.push(reg.unwrap_or(0));
-                has_region.push(reg.is_some());
-            }
-        }
-
-        let store_keys: Vec<u32> = self.store.iter().map(|&s| s as u32).collect();
-        let wide: Vec<bool> = self.size.iter().map(|&s| s > 8).collect();
-        part.small_integers(
-            "vcpu",
-            &self.vcpu,
-            MAX_VCPUS as usize,
-            ArrowDataType::UInt32,
-        )?;
-        part.u64s("icount", &self.icount, U64Layout::Delta, LEVEL)?;
-        part.u64s("pc", &self.pc, U64Layout::ByteStreamSplit, LEVEL)?;
-        part.strings("type", &store_keys, None, &["R", "W"])?;
-        part.u64s("vaddr", &self.vaddr, U64Layout::ByteStreamSplit, LEVEL)?;
-        part.u64s("paddr", &self.paddr, U64Layout::ByteStreamSplit, LEVEL)?;
-        part.small_integers("size", &self.size, 256, ArrowDataType::UInt8)?;
-        part.u64s("value", &self.value, U64Layout::Plain, VALUE_LEVEL)?;
-        part.nullable_u64s("value_hi", &self.value_hi, &wide, VALUE_LEVEL)?;
-        part.u64s("asid", &self.asid, U64Layout::Delta, LEVEL)?;
-        if !mmio {
-            part.bools("io", &self.io)?;
-        }
-        part.strings(
-            "device",
-            &device_keys,
-            Some(&has_device),
-            &device_names.values(),
-        )?;
-        if mmio {
-            part.strings(
-                "region",
-                &region_keys,
-                Some(&has_region),
-                &region_names.values(),
-            )?;
-            let keys: Vec<u32> = self
-                .device
-                .iter()
-                .map(|&d| if named(d) { d } else { 0 })
-                .collect();
-            let values: Vec<&str> = devices.iter().map(String::as_str).collect();
-            part.strings("plugin_device", &keys, Some(&has_device), &values)?;
-        }
-        Ok(())
-    }
-}
-
-/// Distinct strings, numbered in order of first appearance.
-#[derive(Default)]
-struct Interner {
-    keys: PlHashMap<String, u32>,
-    values: Vec<String>,
-}
-
-impl Interner {
-    fn key(&mut self, s: &str) -> u32 {
-        if let Some(&k) = self.keys.get(s) {
-            return k;
-        }
-        let k = self.values.len() as u32;
-        self.values.push(s.to_owned());
-        self.keys.insert(s.to_owned(), k);
-        k
-    }
-
-    fn values(&self) -> Vec<&str> {
-        self.values.iter().map(String::as_str).collect()
     }
 }
 
@@ -446,8 +270,8 @@ impl StatsBatch {
 /// One table's batch.
 #[derive(Debug)]
 pub enum Batch {
-    Mem(MemBatch),
-    Mmio(MemBatch),
+    Mem(AccessBatch),
+    Mmio(AccessBatch),
     BlockExec(BlockExecBatch),
     Code(CodeBatch),
     Stats(StatsBatch),
@@ -458,8 +282,8 @@ impl Batch {
     #[cfg(test)]
     pub fn new(table: Table, n: usize) -> Batch {
         match table {
-            Table::Mem => Batch::Mem(MemBatch::with_capacity(n)),
-            Table::Mmio => Batch::Mmio(MemBatch::with_capacity(n)),
+            Table::Mem => Batch::Mem(AccessBatch::with_capacity(n)),
+            Table::Mmio => Batch::Mmio(AccessBatch::with_capacity(n)),
             Table::BlockExec => Batch::BlockExec(BlockExecBatch::with_capacity(n)),
             Table::Code => Batch::Code(CodeBatch::default()),
             Table::Stats => Batch::Stats(StatsBatch::default()),
@@ -546,18 +370,19 @@ mod tests {
     #[test]
     fn mmio_strings_read_back() {
         let devices = vec!["uart".to_string(), "anon0x1".to_string()];
-        let mut b = MemBatch::with_capacity(4);
-        use trace_schema::chunk::{FLAG_IO, FLAG_STORE};
+        let mut b = AccessBatch::with_capacity(4);
+        use trace_schema::chunk::{MemAccess, FLAG_IO, FLAG_STORE};
         let access = |store, paddr| MemAccess {
             size: 4,
             flags: if store { FLAG_STORE | FLAG_IO } else { FLAG_IO },
             paddr,
             ..MemAccess::default()
         };
-        b.push(0, 0, 0, &access(true, 0x10), 0, 0);
-        b.push(0, 0, 0, &access(false, 0x20), 0, 1);
-        b.push(0, 0, 0, &access(false, 0x30), 0, NO_DEVICE);
-        b.push(0, 0, 0, &access(true, 0x10), 0, 0);
+        b.start_run(0, 0);
+        b.push(0, &access(true, 0x10), 0, 0);
+        b.push(0, &access(false, 0x20), 0, 1);
+        b.push(0, &access(false, 0x30), 0, NO_DEVICE);
+        b.push(0, &access(true, 0x10), 0, 0);
         let df = written(Batch::Mmio(b), &devices);
         let strs = |c: &str| -> Vec<Option<String>> {
             df.column(c)
