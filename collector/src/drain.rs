@@ -570,6 +570,29 @@ impl State {
         if self.mmio_on {
             self.mmio.start_run(v as u32, h.asid);
         }
+        let first = self.next_index[v];
+        if self.mem_on && first >= mem_from && first >= mmio_from {
+            // The common case: every access is a row of `mem`, and the I/O
+            // ones of `mmio` too.
+            let before = self.mem.devices.len();
+            let n = self
+                .mem
+                .push_chunk(h.icount, c.records())
+                .map_err(|why| Fail::Corrupt(why.into()))?;
+            self.next_index[v] += n;
+            self.events[v] += n;
+            for i in before..self.mem.devices.len() {
+                let (row, id) = self.mem.devices[i];
+                let device = self.device(v, id as u16, metas)?;
+                self.mem.devices[i].1 = device;
+                if self.mmio_on {
+                    self.mmio.push_row_of(&self.mem, row as usize, device);
+                }
+            }
+            self.flush_due[Table::Mem.index()] |= self.mem.len() >= self.part_rows;
+            self.flush_due[Table::Mmio.index()] |= self.mmio.len() >= self.part_rows;
+            return Ok(());
+        }
         let mut accesses = c.accesses().peekable();
         while let Some(a) = accesses.next() {
             if a.is_high_half() {

@@ -291,6 +291,13 @@ impl<'a> Chunk<'a> {
         }
     }
 
+    /// The records, in place in the message.
+    pub fn records(&self) -> &'a [u8] {
+        match self {
+            Chunk::Accesses(_, r) | Chunk::Blocks(_, r) => r,
+        }
+    }
+
     /// The accesses of an `Accesses` chunk, decoded.
     pub fn accesses(&self) -> impl Iterator<Item = MemAccess> + 'a {
         let records: &'a [u8] = match self {
