@@ -663,22 +663,43 @@ impl State {
         }
         let held_below = self.skip_below[v][Table::BlockExec.index()];
         let mut icount = c.header().icount;
-        for id in c.blocks() {
-            let index = self.next_index[v];
-            self.next_index[v] += 1;
-            // A block held already still becomes the pending one: the next
-            // block's row needs its icount.
-            if index < held_below {
-                self.skipped[v] += 1;
-            } else {
-                self.events[v] += 1;
-            }
-            let next = Pending { icount, id, index };
-            if let Some(prev) = self.pending[v].replace(next) {
-                self.block_ran(v, prev, Some(icount), metas)?;
-            }
-            icount = icount.wrapping_add(chunk::block_insns(id));
+        let ids = c.records();
+        let n = ids.len() / 8;
+        let id_at = |k: usize| u64::from_le_bytes(ids[8 * k..8 * k + 8].try_into().unwrap());
+        // The block before this chunk ended where this chunk starts.
+        if let (Some(prev), true) = (self.pending[v].take(), n > 0) {
+            self.block_ran(v, prev, Some(icount), metas)?;
         }
+        let first = self.next_index[v];
+        self.next_index[v] += n as u64;
+        // Blocks held already count as skipped, the others as events.
+        let held = (held_below.saturating_sub(first) as usize).min(n) as u64;
+        self.skipped[v] += held;
+        self.events[v] += n as u64 - held;
+        // Every block of a chunk but the last ran whole (the shim starts a
+        // new chunk after a block that stopped early): its row is known now.
+        for k in 0..n.saturating_sub(1) {
+            let id = id_at(k);
+            let len = chunk::block_insns(id);
+            if first + (k as u64) >= held_below {
+                if !self.blocks.contains(id) && !self.look_for_block(id, metas)? {
+                    self.blocks_unknown += 1;
+                }
+                self.block_exec.push(v as u32, icount, id, len as u32);
+            }
+            icount = icount.wrapping_add(len);
+        }
+        // The last waits for the next block (or the end) to say how much of
+        // it ran. A block held already still becomes the pending one: the
+        // next block's row needs its icount.
+        if n > 0 {
+            self.pending[v] = Some(Pending {
+                icount,
+                id: id_at(n - 1),
+                index: first + n as u64 - 1,
+            });
+        }
+        self.flush_due[Table::BlockExec.index()] |= self.block_exec.len() >= self.part_rows;
         Ok(())
     }
 

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use polars_arrow::datatypes::ArrowDataType;
-use trace_schema::layout::MAX_VCPUS;
 use trace_schema::options::EventSet;
 
 pub use crate::access_batch::{AccessBatch, NO_DEVICE};
@@ -103,7 +102,8 @@ impl DeviceNames for PluginDeviceNames {
 /// rows to encode while capturing, for the same information.
 #[derive(Default, Debug)]
 pub struct BlockExecBatch {
-    pub vcpu: Vec<u32>,
+    /// Rows from `.0` up to the next run's were executed by vCPU `.1`.
+    pub runs: Vec<(u32, u32)>,
     /// The icount of the block's first instruction.
     pub icount: Vec<u64>,
     pub block: Vec<u64>,
@@ -115,7 +115,7 @@ pub struct BlockExecBatch {
 impl BlockExecBatch {
     pub fn with_capacity(n: usize) -> BlockExecBatch {
         BlockExecBatch {
-            vcpu: Vec::with_capacity(n),
+            runs: Vec::new(),
             icount: Vec::with_capacity(n),
             block: Vec::with_capacity(n),
             insns: Vec::with_capacity(n),
@@ -123,26 +123,35 @@ impl BlockExecBatch {
     }
 
     pub fn len(&self) -> usize {
-        self.vcpu.len()
+        self.icount.len()
     }
 
+    #[inline]
     pub fn push(&mut self, vcpu: u32, icount: u64, block: u64, insns: u32) {
-        self.vcpu.push(vcpu);
+        let row = self.len() as u32;
+        if self.runs.last().is_none_or(|r| r.1 != vcpu) {
+            self.runs.push((row, vcpu));
+        }
         self.icount.push(icount);
         self.block.push(block);
         self.insns.push(insns);
     }
 
-    /// Adds the `block_exec` table's columns to `part`; `vcpu` and `insns`
-    /// (at most a block's length, 512 in QEMU) as dictionaries built from
-    /// their values.
+    /// Adds the `block_exec` table's columns to `part`: `vcpu` one run per
+    /// run of rows, `insns` (at most a block's length, 512 in QEMU) as a
+    /// dictionary built from its values.
     pub fn write_columns(self, part: &mut PartBuilder) -> Result<()> {
-        part.small_integers(
-            "vcpu",
-            &self.vcpu,
-            MAX_VCPUS as usize,
-            ArrowDataType::UInt32,
-        )?;
+        let n = self.len() as u64;
+        let runs: Vec<(u64, u64)> = self
+            .runs
+            .iter()
+            .enumerate()
+            .map(|(i, &(from, vcpu))| {
+                let to = self.runs.get(i + 1).map_or(n, |next| next.0 as u64);
+                (vcpu as u64, to - from as u64)
+            })
+            .collect();
+        part.runs("vcpu", &runs, ArrowDataType::UInt32)?;
         part.u64s("icount", &self.icount, U64Layout::Delta, LEVEL)?;
         part.u64s("block", &self.block, U64Layout::ByteStreamSplit, LEVEL)?;
         part.small_integers("insns", &self.insns, 1024, ArrowDataType::UInt32)?;
