@@ -515,22 +515,33 @@ def targets(S, wl):
         out.append(f"- {what}: {fmt(value)} (target {'≤' if lower_is_better else '≥'} {fmt(goal)}): {how}")
 
     x = lambda v: f"{v:.2f}×"
-    line("MMIO-only capture vs floor (mem callback)", ratio("ours-mmio", "floor-mem"), 1.10, x)
-    line("mem+mmio capture (overflow=block) vs floor (mem callback)", ratio("ours-mem", "floor-mem"), 1.5, x)
-    line("insn capture vs floor (exec callback per insn)", ratio("ours-insn", "floor-exec"), 1.0, x)
+    # The targets of issue 16, each against what QEMU's plugin API charges
+    # for the same information (the floors), in the same run.
+    bare_metal = wl.name == "m3loop"
+    line("mem+mmio capture (overflow=block) vs the floor asking the physical address and value",
+         ratio("ours-mem", "floor-mem-ask-data"), 1.15 if bare_metal else 1.25, x)
+    line("insn capture vs the exec-callback floor", ratio("ours-insn", "floor-exec"), 1.0, x)
+    line("insn capture vs the per-block floor", ratio("ours-insn", "floor-block"), 1.10, x)
+    if bare_metal:
+        # No MMU: a RAM access is told by its address, nothing need be asked.
+        line("MMIO-only capture vs the empty memory-callback floor", ratio("ours-mmio", "floor-mem"), 1.10, x)
+    else:
+        line("MMIO-only capture vs the floor asking is-I/O", ratio("ours-mmio", "floor-mem-ask-io"), 1.10, x)
+    w = {c: S[c]["wall"] for c in ("floor-mem-ask-data", "floor-block", "none") if S.get(c)}
+    both = w["floor-mem-ask-data"] + w["floor-block"] - w["none"] if len(w) == 3 else None
+    line("mem+mmio+insn capture vs (floor asking data + per-block floor - no plugin)",
+         S["ours-all"]["wall"] / both if both and S.get("ours-all") else None, 1.25, x)
 
     def bound(what, value):
         out.append(f"- {what}: " + (x(value) if value is not None else "not measured"))
 
     bound("bound, what QEMU charges any MMIO capture (floor asking is-I/O and device / floor)",
           ratio("floor-mem-ask-io", "floor-mem"))
-    bound("MMIO-only capture vs that bound (floor asking is-I/O and device)", ratio("ours-mmio", "floor-mem-ask-io"))
     bound("bound, what QEMU charges any capture of every access with its value "
           "(floor asking also the physical address and value / floor)", ratio("floor-mem-ask-data", "floor-mem"))
-    bound("mem+mmio capture vs that bound (floor asking also the physical address and value)",
-          ratio("ours-mem", "floor-mem-ask-data"))
+    bound("the shim alone, records discarded, mem+mmio / floor asking data", ratio("null-mem", "floor-mem-ask-data"))
+    bound("the shim alone, records discarded, insn / exec floor", ratio("null-insn", "floor-exec"))
     bound("per-block floor with the exact icount / exec floor", ratio("floor-block", "floor-exec"))
-    bound("insn capture vs the per-block floor", ratio("ours-insn", "floor-block"))
     rss = [S[c]["rss_max"] for c in ("ours-mmio", "ours-mem", "ours-insn", "ours-all") if S.get(c)]
     line("collector peak RSS, worst configuration", max(rss) / 1024 if rss else None, 256,
          lambda v: f"{v:.0f} MiB")

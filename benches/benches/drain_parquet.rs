@@ -27,7 +27,9 @@
 //!   one to judge encodings by.
 //!
 //! Throughput is in rows per second of `mem`, and of the `insn` view
-//! (instructions the `block_exec` rows describe).
+//! (instructions the `block_exec` rows describe); for the recorded group,
+//! rows of `mem` or `block_exec`. The recorded group is also timed with 1
+//! and 2 encoder threads (`--threads`), and by the collector's CPU time.
 
 use std::ffi::CString;
 use std::path::PathBuf;
@@ -340,7 +342,7 @@ fn cpu_clock(clock: libc::clockid_t) -> Duration {
 }
 
 /// One capture of `w`.
-fn capture_once(w: Workload, out: &PathBuf) -> Cost {
+fn capture_once(w: Workload, out: &PathBuf, threads: Option<usize>) -> Cost {
     let seg = FakeSegment::create(w.options());
     let _ = std::fs::remove_dir_all(out);
     std::thread::scope(|s| {
@@ -363,7 +365,7 @@ fn capture_once(w: Workload, out: &PathBuf) -> Cost {
             qmp: None,
             device_map: None,
             part_rows: trace_collector::DEFAULT_PART_ROWS,
-            threads: None,
+            threads,
             show_progress: false,
         })
         .expect("attach");
@@ -431,14 +433,24 @@ fn bench(c: &mut Criterion) {
         };
         g.throughput(Throughput::Elements(w.rows()));
         g.bench_function(&name, |b| {
-            b.iter_custom(|iters| (0..iters).map(|_| capture_once(w, &out).wall).sum())
+            b.iter_custom(|iters| (0..iters).map(|_| capture_once(w, &out, None).wall).sum())
         });
         if let Workload::Recorded { .. } = w {
             // On a guest that leaves the collector one core, its CPU time
             // is what bounds the capture.
             g.bench_function(format!("{name}, collector CPU time"), |b| {
-                b.iter_custom(|iters| (0..iters).map(|_| capture_once(w, &out).cpu).sum())
+                b.iter_custom(|iters| (0..iters).map(|_| capture_once(w, &out, None).cpu).sum())
             });
+            // How the wall time scales with the encoder threads (`--threads`).
+            for threads in [1, 2] {
+                g.bench_function(format!("{name}, {threads} encoder threads"), |b| {
+                    b.iter_custom(|iters| {
+                        (0..iters)
+                            .map(|_| capture_once(w, &out, Some(threads)).wall)
+                            .sum()
+                    })
+                });
+            }
         }
     }
     g.finish();

@@ -374,6 +374,16 @@ mod tests {
             .collect()
     }
 
+    /// The commit record in the segment counts per table, in the order of
+    /// the schema's stream list: `Table::index` must follow it.
+    #[test]
+    fn tables_are_the_commit_record_s_streams() {
+        for t in Table::ALL {
+            assert_eq!(trace_schema::commit::STREAMS[t.index()], t.name());
+        }
+        assert_eq!(Table::ALL.len(), trace_schema::commit::STREAMS.len());
+    }
+
     /// The String columns built as dictionaries from codes read back as the
     /// strings they stand for, nulls included.
     #[test]
