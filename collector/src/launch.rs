@@ -238,11 +238,14 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
     };
     let result = (|| {
         output::clear(&args.out)?;
+        let view = *seg.view();
         let mtree = MtreeFetch::start(
             qmp.clone(),
             args.out.join("mtree.txt"),
             Duration::from_secs(10),
             start_paused,
+            // Before the guest runs (it is resumed after this).
+            move |map| crate::memory_map::publish_memory_ranges(&view, map),
             move |why| {
                 // Never leave a paused QEMU behind: stop it, the capture then ends.
                 eprintln!("trace-collector: error: could not resume QEMU: {why}; stopping it");

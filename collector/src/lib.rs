@@ -150,11 +150,13 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
         output::clear(&args.out)?;
     }
     let fetch = args.qmp.clone().map(|sock| {
+        let view = *seg.view();
         qmp::MtreeFetch::start(
             sock,
             args.out.join("mtree.txt"),
             Duration::from_secs(2),
             false,
+            move |map| memory_map::publish_memory_ranges(&view, map),
             |_| {},
         )
     });

@@ -18,6 +18,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use trace_schema::layout::{SegmentView, MAX_MEMORY_RANGES};
+
 use crate::qmp::MtreeFetch;
 use crate::tables::DeviceNames;
 
@@ -101,6 +103,31 @@ impl MemoryMap {
 
     pub fn regions(&self) -> &[Region] {
         &self.regions
+    }
+
+    /// The RAM and ROM regions, `(first, last address, RAM?)`, the largest
+    /// `MAX_MEMORY_RANGES` (most boards have a few), by address.
+    pub fn memory_ranges(&self) -> Vec<(u64, u64, bool)> {
+        let mut ranges: Vec<(u64, u64, bool)> = self
+            .regions
+            .iter()
+            .filter(|r| r.kind == "ram" || r.kind == "rom")
+            .map(|r| (r.start, r.end, r.kind == "ram"))
+            .collect();
+        ranges.sort_by_key(|&(first, last, _)| std::cmp::Reverse(last - first));
+        ranges.truncate(MAX_MEMORY_RANGES);
+        ranges.sort_by_key(|r| r.0);
+        ranges
+    }
+}
+
+/// Publishes the RAM and ROM regions of `map` (the text of `info mtree -f`)
+/// in the segment, for the shim of a core without an MMU
+/// (`Header::publish_memory_ranges`). A map that does not parse publishes
+/// nothing: the shim then asks QEMU about every access, as before.
+pub fn publish_memory_ranges(view: &SegmentView, map: &str) {
+    if let Ok(map) = MemoryMap::parse(map) {
+        view.header().publish_memory_ranges(&map.memory_ranges());
     }
 }
 
@@ -316,6 +343,18 @@ FlatView #2
         assert_eq!(m.region(0xe000e00f).unwrap().name, "nvic_sysregs");
         assert_eq!(m.region(0x20000000).unwrap().kind, "ram");
         assert_eq!(m.region(0x30000000), None);
+        assert_eq!(
+            m.memory_ranges(),
+            m.regions()
+                .iter()
+                .filter(|r| r.kind == "ram" || r.kind == "rom")
+                .map(|r| (r.start, r.end, r.kind == "ram"))
+                .collect::<Vec<_>>(),
+            "the RAM and ROM regions, by address"
+        );
+        assert!(m
+            .memory_ranges()
+            .contains(&(0x2000_0000, 0x2000_ffff, true)));
     }
 
     #[test]

@@ -106,16 +106,18 @@ pub struct MtreeFetch {
 }
 
 impl MtreeFetch {
-    /// Starts fetching from `socket` into `dest`. With `resume`, QEMU was
-    /// started paused (`-S`) so that the map can be read before the guest
-    /// runs: the fetch then sends `cont`, whether or not the map could be read.
-    /// If QEMU cannot be resumed, `on_stuck` is called so that it does not
-    /// stay paused forever.
+    /// Starts fetching from `socket` into `dest`, handing the map to
+    /// `on_map` as soon as it is read. With `resume`, QEMU was started paused
+    /// (`-S`) so that the map can be read before the guest runs: the fetch
+    /// then sends `cont` (after `on_map`), whether or not the map could be
+    /// read. If QEMU cannot be resumed, `on_stuck` is called so that it does
+    /// not stay paused forever.
     pub fn start(
         socket: PathBuf,
         dest: PathBuf,
         connect_for: Duration,
         resume: bool,
+        on_map: impl FnOnce(&str) + Send + 'static,
         on_stuck: impl FnOnce(&str) + Send + 'static,
     ) -> Arc<MtreeFetch> {
         let fetch = Arc::new(MtreeFetch {
@@ -125,9 +127,10 @@ impl MtreeFetch {
         std::thread::spawn(move || {
             let result = (|| -> Result<()> {
                 let mut qmp = Qmp::connect(&socket, connect_for)?;
-                let map = qmp
-                    .human("info mtree -f")
-                    .and_then(|text| crate::output::write_atomic(&dest, text.as_bytes()));
+                let map = qmp.human("info mtree -f").and_then(|text| {
+                    on_map(&text);
+                    crate::output::write_atomic(&dest, text.as_bytes())
+                });
                 if resume {
                     qmp.execute(serde_json::json!({"execute": "cont"}))
                         .context("cannot resume QEMU (QMP cont)")?;
@@ -201,13 +204,21 @@ mod tests {
                 .unwrap();
         });
         let dest = dir.0.join("mtree.txt");
-        let f = MtreeFetch::start(sock, dest.clone(), Duration::from_secs(1), false, |_| {});
+        let (got, seen) = std::sync::mpsc::channel();
+        let on_map = move |text: &str| got.send(text.to_string()).unwrap();
+        let f = MtreeFetch::start(
+            sock,
+            dest.clone(),
+            Duration::from_secs(1),
+            false,
+            on_map,
+            |_| {},
+        );
         assert_eq!(f.wait(Duration::from_secs(10)), None);
         server.join().unwrap();
-        assert_eq!(
-            std::fs::read_to_string(dest).unwrap(),
-            "FlatView #0\n  0000000000000000-000000000003ffff (prio 0, rom): armv7m.flash\n"
-        );
+        let map = "FlatView #0\n  0000000000000000-000000000003ffff (prio 0, rom): armv7m.flash\n";
+        assert_eq!(std::fs::read_to_string(dest).unwrap(), map);
+        assert_eq!(seen.recv().unwrap(), map, "the map is handed on");
     }
 
     #[test]
@@ -218,6 +229,7 @@ mod tests {
             dir.0.join("mtree.txt"),
             Duration::from_millis(50),
             false,
+            |_| panic!("no map to hand on"),
             |_| {},
         );
         let w = f.wait(Duration::from_secs(5)).unwrap();

@@ -36,6 +36,8 @@ pub const COMMIT_SLOTS: usize = 2;
 pub const COMMIT_STREAMS: usize = crate::commit::STREAMS.len();
 
 pub const MAX_VCPUS: u32 = 4096;
+/// Most memory ranges `Header::publish_memory_ranges` keeps.
+pub const MAX_MEMORY_RANGES: usize = 16;
 /// A ring holds at least two chunks (a message is at most half a ring).
 pub const MIN_RING_BYTES: u64 = 2 * CHUNK_BYTES as u64;
 pub const MAX_RING_BYTES: u64 = 1 << 30;
@@ -100,6 +102,14 @@ pub struct Header {
     /// vCPU that sees a new value at its next event, or goes idle, publishes
     /// what it has gathered (`chunk`).
     pub flush_epoch: AtomicU32,
+    /// Written by the collector once it has read QEMU's memory map (see
+    /// `publish_memory_ranges`): how many of `memory_ranges` hold, 0 before.
+    pub memory_ranges_len: AtomicU32,
+    /// Bit `i`: range `i` is RAM (loads and stores), else ROM (loads only).
+    pub memory_ranges_ram: AtomicU32,
+    /// (first, last) address of each RAM or ROM region of the CPU's flat
+    /// memory map.
+    pub memory_ranges: [[AtomicU64; 2]; MAX_MEMORY_RANGES],
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_BYTES);
@@ -301,6 +311,41 @@ impl Header {
         Ok(g)
     }
 
+    /// Publishes the RAM and ROM regions of QEMU's memory map, `(first,
+    /// last address, RAM?)` (the first `MAX_MEMORY_RANGES`), for the shim:
+    /// on a core without an MMU (a virtual address is the physical one) and
+    /// with a memory map fixed at machine creation, an access inside one of
+    /// them needs no question to QEMU (`Header::is_memory`). Once only, by
+    /// the collector that read the map.
+    pub fn publish_memory_ranges(&self, ranges: &[(u64, u64, bool)]) {
+        let n = ranges.len().min(MAX_MEMORY_RANGES);
+        let mut ram = 0u32;
+        for (i, &(first, last, is_ram)) in ranges[..n].iter().enumerate() {
+            self.memory_ranges[i][0].store(first, Ordering::Relaxed);
+            self.memory_ranges[i][1].store(last, Ordering::Relaxed);
+            ram |= (is_ram as u32) << i;
+        }
+        self.memory_ranges_ram.store(ram, Ordering::Relaxed);
+        // Release: a shim that reads the count with Acquire sees the ranges.
+        self.memory_ranges_len.store(n as u32, Ordering::Release);
+    }
+
+    /// Whether an access of up to 16 bytes at `addr` (`store` or load) lies
+    /// wholly inside a published RAM region, or a ROM region for a load.
+    /// False while none is published.
+    #[inline(always)]
+    pub fn is_memory(&self, addr: u64, store: bool) -> bool {
+        // Acquire: pairs with `publish_memory_ranges`' Release.
+        let n = (self.memory_ranges_len.load(Ordering::Acquire) as usize).min(MAX_MEMORY_RANGES);
+        let ram = self.memory_ranges_ram.load(Ordering::Relaxed);
+        self.memory_ranges[..n].iter().enumerate().any(|(i, r)| {
+            let (first, last) = (r[0].load(Ordering::Relaxed), r[1].load(Ordering::Relaxed));
+            addr >= first
+                && addr.checked_add(15).is_some_and(|end| end <= last)
+                && (!store || ram >> i & 1 != 0)
+        })
+    }
+
     /// The shim's options string.
     pub fn options(&self) -> String {
         let n = (self.options_len as usize).min(OPTIONS_BYTES);
@@ -401,6 +446,25 @@ mod tests {
             g.meta_data_offset(0) + g.meta_ring_bytes
         );
         assert_eq!(g.meta_data_offset(1) + g.meta_ring_bytes, end);
+    }
+
+    #[test]
+    fn memory_ranges_answer_only_what_they_cover() {
+        let g = geometry();
+        let mut mem = segment(g);
+        let h = header(&mut mem);
+        assert!(!h.is_memory(0x2000_0000, false), "nothing published yet");
+        h.publish_memory_ranges(&[(0, 0x3_ffff, false), (0x2000_0000, 0x2000_ffff, true)]);
+        assert!(
+            h.is_memory(0x100, false) && !h.is_memory(0x100, true),
+            "ROM: loads only"
+        );
+        assert!(h.is_memory(0x2000_0000, true) && h.is_memory(0x2000_fff0, true));
+        assert!(
+            !h.is_memory(0x2000_fff1, false),
+            "an access that may cross the end"
+        );
+        assert!(!h.is_memory(0x4000_c000, false) && !h.is_memory(u64::MAX - 3, false));
     }
 
     #[test]

@@ -67,6 +67,10 @@ struct Shim {
     disassembler: disas::Disassembler,
     /// Our plugin id, for `qemu_plugin_reset`.
     id: qemu_plugin_id_t,
+    /// An Arm target (`qemu-system-arm`): with no MMU context register
+    /// (Cortex-M and -R), its cores have no MMU and its boards map their
+    /// memory once, at creation (see `fixed_map`).
+    arm: bool,
     /// The attach (`Header::attach_count`) whose collector has been sent the
     /// description of every block it can see executed. Block descriptions
     /// are sent once, at translation; the first collector also gets those of
@@ -171,6 +175,7 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
         disassembler,
         id,
         described_for_attach: AtomicU32::new(1),
+        arm: target == "arm",
     });
     SHIM.store(Box::into_raw(built), Ordering::Release);
 
@@ -282,6 +287,11 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
     } else {
         ASID_NONE
     };
+    let memory_callback = if shim.fixed_map() {
+        on_memory_access_fixed_map
+    } else {
+        on_memory_access
+    };
     if asid == ASID_EVERY_BLOCK {
         unsafe {
             qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(
@@ -366,7 +376,7 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
             unsafe {
                 qemu_plugin_register_vcpu_mem_cb(
                     insn,
-                    Some(on_memory_access),
+                    Some(memory_callback),
                     memory_flags,
                     qemu_plugin_mem_rw::QEMU_PLUGIN_MEM_RW,
                     pc as *mut c_void,
@@ -448,6 +458,58 @@ unsafe extern "C" fn on_memory_access(
     unsafe { record_access(shim, vcpu, info, vaddr, hwaddr, is_io, udata as u64) };
 }
 
+impl Shim {
+    /// The cores have no MMU (a virtual address is the physical one) and
+    /// the board's memory map is the one it was created with: Cortex-M and
+    /// -R (`arm` without an MMU context register). Known once every vCPU is
+    /// initialised, before any block is translated.
+    fn fixed_map(&self) -> bool {
+        self.arm && self.asid_staleness.load(Ordering::Relaxed) == ASID_NONE
+    }
+}
+
+/// `on_memory_access` for cores with a fixed memory map (`Shim::fixed_map`):
+/// an access inside a RAM or ROM region of the map the collector published
+/// (`Header::is_memory`) is one without asking QEMU anything (with
+/// `events=mmio`, it is then no event at all), and an I/O access is named
+/// once per address (`VcpuSlot::device_at`).
+unsafe extern "C" fn on_memory_access_fixed_map(
+    vcpu: c_uint,
+    info: qemu_plugin_meminfo_t,
+    vaddr: u64,
+    udata: *mut c_void,
+) {
+    let shim = shim();
+    let header = shim.header();
+    let attached = match header.state.load(Ordering::Relaxed) {
+        state::ATTACHED => true,
+        state::DETACHED => false,
+        _ => return,
+    };
+    let slot = shim.slot(vcpu);
+    if slot.flush_asked(header) {
+        slot.flush(header, shim.options.overflow);
+    }
+    // Safety: a vCPU's memory callbacks run on its thread only.
+    let (flags, _) = unsafe { slot.access_kinds.of(info) };
+    let (hwaddr, is_io) = if header.is_memory(vaddr, flags & chunk::FLAG_STORE != 0) {
+        (std::ptr::null_mut(), false)
+    } else {
+        let hwaddr = unsafe { qemu_plugin_get_hwaddr(info, vaddr) };
+        (
+            hwaddr,
+            !hwaddr.is_null() && unsafe { qemu_plugin_hwaddr_is_io(hwaddr) },
+        )
+    };
+    if !is_io && !shim.options.events.mem {
+        return; // `events=mmio`: a RAM access is not an event
+    }
+    if !attached {
+        return detached(shim, slot);
+    }
+    unsafe { record_access(shim, vcpu, info, vaddr, hwaddr, is_io, udata as u64) };
+}
+
 /// An event while no collector is attached: it is lost; what was gathered
 /// while one was is published first (for the next collector).
 #[cold]
@@ -479,7 +541,11 @@ unsafe fn record_access(
     } else {
         unsafe { qemu_plugin_hwaddr_phys_addr(hwaddr) }
     };
-    let device = if is_io {
+    let device = if is_io && shim.fixed_map() {
+        slot.device_at(header, shim.options.overflow, paddr, || unsafe {
+            qemu_plugin_hwaddr_device_name(hwaddr)
+        })
+    } else if is_io {
         let name = unsafe { qemu_plugin_hwaddr_device_name(hwaddr) };
         slot.device_id(header, shim.options.overflow, name)
     } else {

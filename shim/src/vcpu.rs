@@ -63,7 +63,17 @@ struct DeviceCache {
     /// earlier `Meta.device` messages, so ids are handed out again.
     attach: u32,
     names: Vec<*const c_char>,
+    /// With a fixed memory map: (address, device id) of I/O accesses met,
+    /// by address (direct-mapped), so that QEMU names each address once:
+    /// for an unnamed region it formats and interns a new string at every
+    /// call (about 290 ns, most of an MMIO capture's time on Cortex-M).
+    at: [(u64, u16); ADDRESSES],
 }
+
+/// Entries of `DeviceCache::at` (a power of two).
+const ADDRESSES: usize = 64;
+/// `DeviceCache::at`'s empty entry (no access is at the last address).
+const NO_ADDRESS: (u64, u16) = (u64::MAX, 0);
 
 impl VcpuSlot {
     pub fn new(view: &SegmentView, index: u32) -> VcpuSlot {
@@ -91,6 +101,7 @@ impl VcpuSlot {
             devices: UnsafeCell::new(DeviceCache {
                 attach: 0,
                 names: Vec::with_capacity(MAX_DEVICES),
+                at: [NO_ADDRESS; ADDRESSES],
             }),
             access_kinds: AccessKinds::new(),
         }
@@ -273,8 +284,35 @@ impl VcpuSlot {
         } else {
             cache.attach = attach;
             cache.names.clear();
+            cache.at = [NO_ADDRESS; ADDRESSES];
         }
         self.new_device(header, overflow, cache, name)
+    }
+
+    /// The id of the device at physical address `paddr`, on a core whose
+    /// memory map is fixed (the same device at an address for good): QEMU's
+    /// `name()` is asked only the first time an address is met under this
+    /// attach.
+    #[inline]
+    pub fn device_at(
+        &self,
+        header: &Header,
+        overflow: Overflow,
+        paddr: u64,
+        name: impl FnOnce() -> *const c_char,
+    ) -> u16 {
+        let at = (paddr >> 2) as usize % ADDRESSES;
+        {
+            let cache = unsafe { &*self.devices.get() };
+            let attach = header.attach_count.load(Ordering::Relaxed);
+            if cache.attach == attach && cache.at[at].0 == paddr {
+                return cache.at[at].1;
+            }
+        }
+        let id = self.device_id(header, overflow, name());
+        let cache = unsafe { &mut *self.devices.get() };
+        cache.at[at] = (paddr, id);
+        id
     }
 
     #[cold]
