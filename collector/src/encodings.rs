@@ -186,6 +186,22 @@ pub fn sparse_levels(n: usize, present: impl Iterator<Item = u32>, out: &mut Vec
     out[at..at + 4].copy_from_slice(&len.to_le_bytes());
 }
 
+/// Appends `values` less `base` (each difference below `1 << width`),
+/// bit-packed in the RLE/bit-packed hybrid, without a length prefix and
+/// without looking for runs.
+pub fn bit_packed_u32s(values: &[u32], base: u32, width: u32, out: &mut Vec<u8>) {
+    for run in values.chunks(8 * MAX_GROUPS_PER_RUN) {
+        uleb128(out, (run.len().div_ceil(8) as u64) << 1 | 1);
+        for group in run.chunks(8) {
+            let mut g = [0u64; 8];
+            for (d, &v) in g.iter_mut().zip(group) {
+                *d = (v - base) as u64;
+            }
+            pack8(&g, width, out);
+        }
+    }
+}
+
 /// Appends `n` one-bit values (`bit(i)` the i-th) bit-packed in the
 /// RLE/bit-packed hybrid, without a length prefix: for two-valued columns
 /// with no runs to speak of (loads and stores), 8 rows a byte.
@@ -426,6 +442,17 @@ mod tests {
                 expected,
                 "{n} rows, {present:?}"
             );
+        }
+    }
+
+    #[test]
+    fn packed_u32s_decode() {
+        for n in [0usize, 1, 7, 8, 9, 8 * 63, 8 * 63 + 5, 3000] {
+            let values: Vec<u32> = (0..n as u32).map(|i| 3 + (i * 7) % 29).collect();
+            let mut out = Vec::new();
+            bit_packed_u32s(&values, 3, 5, &mut out);
+            let expected: Vec<u32> = values.iter().map(|v| v - 3).collect();
+            assert_eq!(decode_hybrid(&out, 5, n), expected, "{n}");
         }
     }
 

@@ -138,8 +138,8 @@ impl BlockExecBatch {
     }
 
     /// Adds the `block_exec` table's columns to `part`: `vcpu` one run per
-    /// run of rows, `insns` (at most a block's length, 512 in QEMU) as a
-    /// dictionary built from its values.
+    /// run of rows, `insns` (at most a block's length, 512 in QEMU) as keys
+    /// into the dictionary of its range of values.
     pub fn write_columns(self, part: &mut PartBuilder) -> Result<()> {
         let n = self.len() as u64;
         let runs: Vec<(u64, u64)> = self
@@ -154,7 +154,7 @@ impl BlockExecBatch {
         part.runs("vcpu", &runs, ArrowDataType::UInt32)?;
         part.u64s("icount", &self.icount, U64Layout::Delta, LEVEL)?;
         part.u64s("block", &self.block, U64Layout::ByteStreamSplit, LEVEL)?;
-        part.small_integers("insns", &self.insns, 1024, ArrowDataType::UInt32)?;
+        part.narrow_u32s("insns", &self.insns)?;
         Ok(())
     }
 }
