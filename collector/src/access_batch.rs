@@ -9,8 +9,6 @@
 //! core, so fewer bytes per row is less time on both sides; and the columns
 //! made of runs are encoded one step per run.
 
-use std::borrow::Cow;
-
 use anyhow::Result;
 use polars::prelude::PlHashMap;
 use polars_arrow::datatypes::ArrowDataType;
@@ -95,8 +93,9 @@ impl AccessBatch {
         self.paddr.push(a.paddr);
         self.value.push(a.value);
         let io = a.is_io();
-        self.kind
-            .push(a.is_store() as u8 * KIND_STORE | io as u8 * KIND_IO | a.size << KIND_SIZE_SHIFT);
+        self.kind.push(
+            (a.is_store() as u8 * KIND_STORE) | (io as u8 * KIND_IO) | a.size << KIND_SIZE_SHIFT,
+        );
         if a.size > 8 {
             self.wide.push((row, high));
         }
@@ -149,8 +148,8 @@ impl AccessBatch {
             if flags & FLAG_IO != 0 {
                 self.devices.push((row as u32, (last >> 48) as u32));
             }
-            let kind = (flags & FLAG_STORE != 0) as u8 * KIND_STORE
-                | (flags & FLAG_IO != 0) as u8 * KIND_IO
+            let kind = ((flags & FLAG_STORE != 0) as u8 * KIND_STORE)
+                | ((flags & FLAG_IO != 0) as u8 * KIND_IO)
                 | size << KIND_SIZE_SHIFT;
             // Safety: `row` is below `first + n`, for which each vector
             // reserved room above; `set_len` below covers exactly the rows
@@ -286,8 +285,8 @@ struct Interner {
 }
 
 impl Interner {
-    fn key(&mut self, s: &Cow<str>) -> u32 {
-        if let Some(&k) = self.keys.get(s.as_ref()) {
+    fn key(&mut self, s: &str) -> u32 {
+        if let Some(&k) = self.keys.get(s) {
             return k;
         }
         let k = self.values.len() as u32;

@@ -366,8 +366,8 @@ FlatView #2
         assert_eq!(
             r.resolve(0xe000e018, "anon0x1234"),
             Resolved {
-                device: "systick".into(),
-                region: Some("v7m_systick".into())
+                device: "systick",
+                region: Some("v7m_systick")
             }
         );
         assert_eq!(
@@ -378,7 +378,7 @@ FlatView #2
         assert_eq!(
             r.resolve(0xf0000000, "anon0x99"),
             Resolved {
-                device: "anon0x99".into(),
+                device: "anon0x99",
                 region: None
             }
         );
@@ -387,10 +387,7 @@ FlatView #2
             DeviceMap::parse("# uarts\n0x4000c000-0x4000cfff uart0\nv7m_systick tick\n").unwrap();
         let r = DeviceResolver { user, ..r };
         assert_eq!(r.resolve(0x4000c000, "pl011").device, "uart0");
-        assert_eq!(
-            r.resolve(0x4000c000, "pl011").region.as_deref(),
-            Some("pl011")
-        );
+        assert_eq!(r.resolve(0x4000c000, "pl011").region, Some("pl011"));
         assert_eq!(r.resolve(0xe000e010, "anon").device, "tick");
     }
 

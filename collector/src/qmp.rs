@@ -99,10 +99,14 @@ fn reply(reader: &mut impl BufRead) -> Result<Value> {
     }
 }
 
+/// How a fetch ended (`None` while it runs), and the condition its waiters
+/// wait on.
+type Outcome = Arc<(Mutex<Option<Result<(), String>>>, Condvar)>;
+
 /// A background fetch of `info mtree -f` into a file. Shared: the capture
 /// waits for it before naming devices, `run` waits for it at the end.
 pub struct MtreeFetch {
-    outcome: Arc<(Mutex<Option<Result<(), String>>>, Condvar)>,
+    outcome: Outcome,
 }
 
 impl MtreeFetch {

@@ -325,7 +325,7 @@ impl<'a> Chunk<'a> {
 /// `ring::message_len` delimits it), or says why it is not one: every word
 /// the offsets above rely on is checked, never trusted.
 pub fn parse(msg: &[u8]) -> Result<Chunk<'_>, &'static str> {
-    if msg.len() % 8 != 0 || msg.len() < HEADER_WORDS * 8 {
+    if !msg.len().is_multiple_of(8) || msg.len() < HEADER_WORDS * 8 {
         return Err("shorter than a chunk's header");
     }
     if msg.len() > CHUNK_BYTES {

@@ -471,7 +471,8 @@ mod tests {
     fn hostile_headers_are_refused() {
         let g = geometry();
         let len = g.segment_bytes().unwrap();
-        let cases: Vec<(fn(&mut Header), &str)> = vec![
+        type Case = (fn(&mut Header), &'static str);
+        let cases: Vec<Case> = vec![
             (|h| h.magic.store(0x1234, Ordering::Relaxed), "magic"),
             (|h| h.layout_version = 99, "version"),
             (|h| h.chunk_bytes = 8, "chunk_bytes"),

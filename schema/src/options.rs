@@ -209,7 +209,7 @@ fn ring_kib(key: &str, value: &str) -> Result<u64, OptionError> {
     let kib: u64 = value
         .parse()
         .map_err(|_| OptionError::new(key, value, "expected a whole number of KiB"))?;
-    let bytes = kib.checked_mul(1024).unwrap_or(u64::MAX);
+    let bytes = kib.saturating_mul(1024);
     if !bytes.is_power_of_two() || !(MIN_RING_BYTES..=MAX_RING_BYTES).contains(&bytes) {
         return Err(OptionError::new(
             key,

@@ -212,7 +212,7 @@ impl Producer {
     /// enough space.
     #[inline(always)]
     fn reserve(&mut self, len: u64) -> Option<u64> {
-        debug_assert!(len % 8 == 0 && len <= self.capacity / 2);
+        debug_assert!(len.is_multiple_of(8) && len <= self.capacity / 2);
         let offset = self.head & (self.capacity - 1);
         let until_end = self.capacity - offset;
         // A message that does not fit before the end costs the padding too.

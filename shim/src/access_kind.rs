@@ -39,7 +39,7 @@ impl AccessKinds {
     #[inline(always)]
     pub unsafe fn of(&self, info: qemu_plugin_meminfo_t) -> (u8, u8) {
         let entries = unsafe { &mut *self.entries.get() };
-        let at = ((info as u32).wrapping_mul(0x9e37_79b1) >> 26) as usize % ENTRIES;
+        let at = (info.wrapping_mul(0x9e37_79b1) >> 26) as usize % ENTRIES;
         let entry = entries[at];
         if entry >> 32 == info as u64 && entry & VALID != 0 {
             return (entry as u8, (entry >> 8) as u8);

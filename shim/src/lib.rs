@@ -113,6 +113,11 @@ thread_local! {
 
 // ---------------------------------------------------------------- install
 
+/// QEMU's entry point into the plugin.
+///
+/// # Safety
+/// QEMU's contract: `info` points to a valid `qemu_info_t`, and `argv` to
+/// `argc` NUL-terminated strings, for the duration of the call.
 #[no_mangle]
 pub unsafe extern "C" fn qemu_plugin_install(
     id: qemu_plugin_id_t,

@@ -211,8 +211,8 @@ impl VcpuSlot {
         // Read first: what we publish below was gathered before it.
         let epoch = header.flush_epoch.load(Ordering::Relaxed);
         unsafe {
-            self.publish(header, overflow, &mut **self.accesses.get());
-            self.publish(header, overflow, &mut **self.blocks.get());
+            self.publish(header, overflow, &mut *self.accesses.get());
+            self.publish(header, overflow, &mut *self.blocks.get());
             *self.flushed_epoch.get() = epoch;
         }
         // Release: a collector that reads the epoch with Acquire sees the
@@ -393,7 +393,7 @@ fn retry_until_room(header: &Header, mut push: impl FnMut() -> bool) -> bool {
         }
         // About every 50 ms: is the collector still there? (A syscall, but we
         // are waiting anyway.)
-        if tries % 1024 == 0 && !collector_alive(header) {
+        if tries.is_multiple_of(1024) && !collector_alive(header) {
             let _ = header.state.compare_exchange(
                 state::ATTACHED,
                 state::DETACHED,
