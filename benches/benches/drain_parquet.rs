@@ -37,9 +37,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use trace_collector::{attach, AttachArgs};
+use trace_schema::attach::State;
 use trace_schema::chunk::{self, ChunkBuffer, MemAccess, FLAG_IO, FLAG_STORE, NO_DEVICE};
 use trace_schema::events_capnp::meta;
-use trace_schema::layout::{self, state, Geometry, Header, SegmentView};
+use trace_schema::layout::{self, Geometry, Header, SegmentView};
 use trace_schema::ring::Producer;
 use trace_schema::sync::Ordering;
 
@@ -349,7 +350,7 @@ fn capture_once(w: Workload, out: &PathBuf, threads: Option<usize>) -> Cost {
         let producer = s.spawn(|| {
             let started = cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID);
             // The shim records nothing before a collector attaches.
-            while seg.view.header().state.load(Ordering::Acquire) != state::ATTACHED {
+            while State::of(seg.view.header()) != Ok(State::Attached) {
                 std::thread::sleep(Duration::from_micros(100));
             }
             w.produce(&seg);

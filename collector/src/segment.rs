@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::mman::{mmap, munmap, shm_open, shm_unlink, MapFlags, ProtFlags};
-use nix::sys::signal::kill;
 use nix::sys::stat::{fstat, Mode};
-use nix::unistd::{geteuid, Pid};
-use trace_schema::layout::{self, state, Header, LayoutError, SegmentView, HEADER_BYTES};
+use nix::unistd::geteuid;
+use trace_schema::attach::{self, AttachError, Attached};
+use trace_schema::layout::{self, Header, LayoutError, SegmentView, HEADER_BYTES};
 use trace_schema::sync::Ordering;
 
 /// How long to wait for a segment that exists but whose header is not
@@ -61,26 +61,8 @@ pub enum SegmentError {
     BadState { pid: u32, state: u32 },
 }
 
-/// Whether process `pid` still runs. A zombie (exited, not yet reaped by its
-/// parent, e.g. our own `run` child) counts as gone.
-pub fn process_alive(pid: u32) -> bool {
-    if pid == 0 || pid > i32::MAX as u32 {
-        return false;
-    }
-    match kill(Pid::from_raw(pid as i32), None) {
-        Err(Errno::ESRCH) => false,
-        // EPERM: it exists but is not ours; it is alive.
-        _ => !matches!(proc_state(pid), Some('Z') | Some('X')),
-    }
-}
-
-/// The state letter in /proc/<pid>/stat (None when unreadable).
-fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) S ...": comm may contain anything, so look after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.trim_start().chars().next()
-}
+/// Whether process `pid` still runs (a zombie counts as gone).
+pub use trace_schema::attach::process_alive;
 
 /// (st_dev, st_ino): which file a name refers to.
 #[allow(clippy::unnecessary_cast)] // the types differ between libcs
@@ -91,16 +73,6 @@ fn file_id(st: &nix::sys::stat::FileStat) -> (u64, u64) {
 /// Our pid as the header stores it.
 fn own_pid() -> u32 {
     std::process::id()
-}
-
-/// What `attach` found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Attached {
-    /// The state before we attached (`WAITING`, `DETACHED` or `ATTACHED` for a
-    /// take-over from a dead collector).
-    pub previous_state: u32,
-    /// The dead collector we took over from, if any.
-    pub took_over_from: Option<u32>,
 }
 
 /// A validated segment, mapped read-write. Unmapped on drop; never unlinked
@@ -290,123 +262,52 @@ impl Segment {
         self.header().qemu_exited.load(Ordering::Acquire) == 1
     }
 
-    /// Makes us the segment's collector: the shim starts recording.
-    ///
-    /// `collector_pid` is claimed first with a compare-and-swap (so two
-    /// collectors cannot both win), then `attach_count` is bumped (the shim
-    /// re-announces its devices to each new attach, so it must see the new
-    /// count no later than the new state), then `state` goes to `ATTACHED`.
-    /// A live collector that holds the segment is refused; a dead one is taken
-    /// over.
+    /// Makes us the segment's collector: the shim starts recording
+    /// (`trace_schema::attach`). A live collector that holds the segment is
+    /// refused (one between its two steps of attaching or detaching is
+    /// given a second); a dead one is taken over.
     pub fn attach(&self) -> Result<Attached, SegmentError> {
-        let h = self.header();
-        let me = own_pid();
-        let deadline = Instant::now() + Duration::from_secs(1);
-        loop {
-            let holder = h.collector_pid.load(Ordering::Acquire);
-            let st = h.state.load(Ordering::Acquire);
-            if st > state::DETACHED {
-                return Err(SegmentError::BadState {
-                    pid: self.pid,
-                    state: st,
-                });
-            }
-            if holder != 0 && holder != me && process_alive(holder) {
-                // A live collector is attached, or is between its two steps of
-                // attaching or detaching: give the latter a moment.
-                if st == state::ATTACHED || Instant::now() > deadline {
-                    return Err(SegmentError::AlreadyAttached {
-                        pid: self.pid,
-                        collector: holder,
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-            if h.collector_pid
-                .compare_exchange(holder, me, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-            {
-                continue;
-            }
-            h.attach_count.fetch_add(1, Ordering::AcqRel);
-            let previous_state = st;
-            self.ensure_attached()?;
-            let took_over_from =
-                (st == state::ATTACHED && holder != 0 && holder != me).then_some(holder);
-            self.heartbeat();
-            return Ok(Attached {
-                previous_state,
-                took_over_from,
-            });
+        let attached = attach::attach(self.header(), own_pid(), process_alive, 100, || {
+            std::thread::sleep(Duration::from_millis(10))
+        })
+        .map_err(|e| self.attach_error(e))?;
+        self.heartbeat();
+        Ok(attached)
+    }
+
+    fn attach_error(&self, e: AttachError) -> SegmentError {
+        match e {
+            AttachError::Held(collector) => SegmentError::AlreadyAttached {
+                pid: self.pid,
+                collector,
+            },
+            AttachError::BadState(state) => SegmentError::BadState {
+                pid: self.pid,
+                state,
+            },
         }
     }
 
     /// Fails if a live collector other than us is attached (`attach` would
     /// refuse): lets a caller check before it does anything irreversible.
     pub fn check_not_attached(&self) -> Result<(), SegmentError> {
-        let h = self.header();
-        let holder = h.collector_pid.load(Ordering::Acquire);
-        if h.state.load(Ordering::Acquire) == state::ATTACHED
-            && holder != 0
-            && holder != own_pid()
-            && process_alive(holder)
-        {
-            return Err(SegmentError::AlreadyAttached {
-                pid: self.pid,
-                collector: holder,
-            });
+        match attach::held_by_other(self.header(), own_pid(), process_alive) {
+            Some(collector) => Err(self.attach_error(AttachError::Held(collector))),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    /// Sets `state` to `ATTACHED` if it is not (we hold `collector_pid`).
+    /// Sets `state` to attached if it is not (we hold `collector_pid`).
     /// Returns whether it had to change it: a shim that decided we were gone.
     pub fn ensure_attached(&self) -> Result<bool, SegmentError> {
-        let h = self.header();
-        let mut changed = false;
-        loop {
-            let st = h.state.load(Ordering::Acquire);
-            match st {
-                state::ATTACHED => return Ok(changed),
-                state::WAITING | state::DETACHED => {
-                    changed = true;
-                    // AcqRel: our collector_pid and attach_count stores must be
-                    // visible to a shim that sees ATTACHED.
-                    if h.state
-                        .compare_exchange(st, state::ATTACHED, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                    {
-                        return Ok(changed);
-                    }
-                }
-                other => {
-                    return Err(SegmentError::BadState {
-                        pid: self.pid,
-                        state: other,
-                    })
-                }
-            }
-        }
+        attach::ensure_attached(self.header())
+            .map_err(|st| self.attach_error(AttachError::BadState(st)))
     }
 
     /// Stops the capture: the shim counts events as lost from now on, and a
     /// spinning `overflow=block` producer gives up instead of waiting for us.
     pub fn detach(&self) {
-        let h = self.header();
-        let me = own_pid();
-        if h.collector_pid.load(Ordering::Acquire) != me {
-            return; // not ours (any more)
-        }
-        let _ = h.state.compare_exchange(
-            state::ATTACHED,
-            state::DETACHED,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-        let _ = h
-            .collector_pid
-            .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire);
+        attach::detach(self.header(), own_pid());
     }
 
     /// Asks every vCPU to publish the events it has gathered in its open
@@ -476,6 +377,7 @@ impl Drop for Segment {
 mod tests {
     use super::*;
     use crate::testutil::FakeShim;
+    use trace_schema::attach::State;
     use trace_schema::layout::Geometry;
 
     fn geometry() -> Geometry {
@@ -496,18 +398,18 @@ mod tests {
         assert_eq!(
             a,
             Attached {
-                previous_state: state::WAITING,
+                previous: State::Waiting,
                 took_over_from: None
             }
         );
-        assert_eq!(shim.header().state.load(Ordering::Relaxed), state::ATTACHED);
+        assert_eq!(State::of(shim.header()), Ok(State::Attached));
         assert_eq!(
             shim.header().collector_pid.load(Ordering::Relaxed),
             std::process::id()
         );
         assert_eq!(shim.header().attach_count.load(Ordering::Relaxed), 1);
         seg.detach();
-        assert_eq!(shim.header().state.load(Ordering::Relaxed), state::DETACHED);
+        assert_eq!(State::of(shim.header()), Ok(State::Detached));
         assert_eq!(shim.header().collector_pid.load(Ordering::Relaxed), 0);
         // Attach again after a detach.
         seg.attach().unwrap();
@@ -521,7 +423,7 @@ mod tests {
         // pid 1 is alive and is not us.
         shim.header()
             .state
-            .store(state::ATTACHED, Ordering::Relaxed);
+            .store(State::Attached as u32, Ordering::Relaxed);
         shim.header().collector_pid.store(1, Ordering::Relaxed);
         assert!(seg.check_not_attached().is_err());
         match seg.attach() {

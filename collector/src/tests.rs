@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use polars::prelude::*;
+use trace_schema::attach::State;
 use trace_schema::chunk::block_id;
-use trace_schema::layout::{state, Geometry};
+use trace_schema::layout::Geometry;
 use trace_schema::sync::Ordering;
 
 use crate::capture::{capture, CaptureSetup, Captured, Ending, Owner};
@@ -114,7 +115,7 @@ fn capture_json(dir: &Path) -> serde_json::Value {
 }
 
 fn wait_attached(shim: &FakeShim) {
-    while shim.header().state.load(Ordering::Acquire) != state::ATTACHED {
+    while State::of(shim.header()) != Ok(State::Attached) {
         std::thread::sleep(Duration::from_micros(100));
     }
 }
@@ -375,7 +376,7 @@ fn last_block_without_exit_is_whole_and_interrupt_detaches() {
             std::thread::sleep(Duration::from_millis(50));
             signals.store(1, std::sync::atomic::Ordering::Relaxed);
             // Losses after the detach are not the capture's.
-            while shim.header().state.load(Ordering::Acquire) != state::DETACHED {
+            while State::of(shim.header()) != Ok(State::Detached) {
                 std::thread::sleep(Duration::from_micros(100));
             }
             shim.view
@@ -393,7 +394,7 @@ fn last_block_without_exit_is_whole_and_interrupt_detaches() {
         capture(&seg, &setup(&out, 100), Owner::Attach, &signals).unwrap()
     });
     assert_eq!(captured.ending, Ending::Interrupted);
-    assert_eq!(shim.header().state.load(Ordering::Relaxed), state::DETACHED);
+    assert_eq!(State::of(shim.header()), Ok(State::Detached));
     assert_eq!(shim.header().collector_pid.load(Ordering::Relaxed), 0);
     assert_eq!(block_exec_rows(&out), vec![(0, 0, b1, 2), (0, 2, b2, 5)]);
     let mem = read_table(&out, "mem");

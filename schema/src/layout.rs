@@ -48,17 +48,6 @@ pub fn segment_name(pid: u32) -> String {
     format!("/trace-collector.{pid}")
 }
 
-/// Capture states, in `Header::state`.
-pub mod state {
-    /// No collector has attached yet: the shim records nothing.
-    pub const WAITING: u32 = 0;
-    /// A collector is attached and draining: the shim records.
-    pub const ATTACHED: u32 = 1;
-    /// The collector that was attached is gone: the shim counts events as lost
-    /// until a new collector attaches.
-    pub const DETACHED: u32 = 2;
-}
-
 #[repr(C)]
 pub struct Header {
     /// `MAGIC`, stored last at creation (Release).
@@ -76,7 +65,7 @@ pub struct Header {
     /// The shim's option string as QEMU passed it, comma-joined, UTF-8.
     pub options: [u8; OPTIONS_BYTES],
 
-    /// One of `state::*`.
+    /// An `attach::State`: see `attach` for who writes it.
     pub state: AtomicU32,
     /// Pid of the attached collector (0 when none). The shim checks it is alive
     /// when a ring stays full.

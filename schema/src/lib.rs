@@ -1,6 +1,7 @@
 //! The contract between the two sides of the shared memory: the QEMU shim
 //! (producer) and the collector (consumer).
 //!
+//! - [`attach`]: the attach handshake between the shim and its collectors.
 //! - [`chunk`]: the event ring's messages, chunks of fixed-size Cap'n Proto
 //!   records, and their offsets.
 //! - [`layout`]: the segment's header, per-vCPU blocks and their validation.
@@ -9,6 +10,7 @@
 //! - [`options`]: the shim's `-plugin ...,opt=val` options.
 //! - [`events_capnp`]: code generated from `events.capnp`.
 
+pub mod attach;
 pub mod chunk;
 pub mod commit;
 pub mod layout;

@@ -20,9 +20,10 @@ use qemu_plugin_sys::*;
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8};
+use trace_schema::attach::{self, State};
 use trace_schema::chunk::{self, MemAccess};
 use trace_schema::events_capnp::meta;
-use trace_schema::layout::{state, Geometry, Header};
+use trace_schema::layout::{Geometry, Header};
 use trace_schema::options::{Disas, ShimOptions};
 use trace_schema::sync::Ordering;
 
@@ -234,7 +235,7 @@ unsafe extern "C" fn on_reset(id: qemu_plugin_id_t) {
 /// in a vCPU callback instead would keep QEMU from ever shutting down).
 fn wait_for_collector(header: &Header, segment: &Segment) {
     let _cleanup = segment.unlink_on_fatal_signals();
-    while header.state.load(Ordering::Acquire) == state::WAITING {
+    while State::of(header) == Ok(State::Waiting) {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
@@ -443,10 +444,8 @@ unsafe extern "C" fn on_memory_access(
 ) {
     let shim = shim();
     let header = shim.header();
-    let attached = match header.state.load(Ordering::Relaxed) {
-        state::ATTACHED => true,
-        state::DETACHED => false,
-        _ => return,
+    let Some(attached) = attach::recording(header) else {
+        return;
     };
     let slot = shim.slot(vcpu);
     if slot.flush_asked(header) {
@@ -486,10 +485,8 @@ unsafe extern "C" fn on_memory_access_fixed_map(
 ) {
     let shim = shim();
     let header = shim.header();
-    let attached = match header.state.load(Ordering::Relaxed) {
-        state::ATTACHED => true,
-        state::DETACHED => false,
-        _ => return,
+    let Some(attached) = attach::recording(header) else {
+        return;
     };
     let slot = shim.slot(vcpu);
     if slot.flush_asked(header) {
@@ -725,10 +722,10 @@ unsafe extern "C" fn on_block_exec(vcpu: c_uint, udata: *mut c_void) {
     unsafe { (*score).take_off_unrun() };
     let header = shim.header();
     let slot = shim.slot(vcpu);
-    match header.state.load(Ordering::Relaxed) {
-        state::ATTACHED => {}
-        state::DETACHED => return detached(shim, slot),
-        _ => return,
+    match attach::recording(header) {
+        Some(true) => {}
+        Some(false) => return detached(shim, slot),
+        None => return,
     }
     if slot.flush_asked(header) {
         slot.flush(header, shim.options.overflow);

@@ -19,9 +19,10 @@ use crate::access_kind::AccessKinds;
 use std::cell::UnsafeCell;
 use std::ffi::{c_char, CStr};
 use std::sync::atomic::AtomicBool;
+use trace_schema::attach::{self, State};
 use trace_schema::chunk::{ChunkBuffer, MemAccess, FLAG_HIGH_HALF};
 use trace_schema::events_capnp::meta;
-use trace_schema::layout::{state, Header, SegmentView, VcpuControl};
+use trace_schema::layout::{Header, SegmentView, VcpuControl};
 use trace_schema::options::Overflow;
 use trace_schema::ring::Producer;
 use trace_schema::sync::Ordering;
@@ -234,7 +235,7 @@ impl VcpuSlot {
         let ring = unsafe { &mut *self.events.get() };
         let delivered = ring.push(message)
             || (overflow == Overflow::Block
-                && header.state.load(Ordering::Acquire) == state::ATTACHED
+                && State::of(header) == Ok(State::Attached)
                 && self.wait_for_room(header, || ring.push(message)));
         if delivered {
             self.published.store(first + events, Ordering::Relaxed);
@@ -261,7 +262,7 @@ impl VcpuSlot {
         let delivered = fits
             && (ring.push(message)
                 || (overflow == Overflow::Block
-                    && header.state.load(Ordering::Acquire) == state::ATTACHED
+                    && State::of(header) == Ok(State::Attached)
                     && self.wait_for_room(header, || ring.push(message))));
         if !delivered {
             let lost = &self.control().counters.meta_lost;
@@ -383,7 +384,7 @@ fn retry_until_room(header: &Header, mut push: impl FnMut() -> bool) -> bool {
         if push() {
             return true;
         }
-        if header.state.load(Ordering::Acquire) != state::ATTACHED {
+        if State::of(header) != Ok(State::Attached) {
             return false;
         }
         tries += 1;
@@ -393,38 +394,10 @@ fn retry_until_room(header: &Header, mut push: impl FnMut() -> bool) -> bool {
         }
         // About every 50 ms: is the collector still there? (A syscall, but we
         // are waiting anyway.)
-        if tries.is_multiple_of(1024) && !collector_alive(header) {
-            let _ = header.state.compare_exchange(
-                state::ATTACHED,
-                state::DETACHED,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
+        if tries.is_multiple_of(1024) && !attach::collector_alive(header) {
+            attach::give_up_on_dead_collector(header);
             return false;
         }
         std::thread::sleep(std::time::Duration::from_micros(50));
-    }
-}
-
-fn collector_alive(header: &Header) -> bool {
-    let pid = header.collector_pid.load(Ordering::Acquire);
-    if pid == 0 {
-        return false;
-    }
-    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    if r != 0 {
-        return std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
-    }
-    // kill() succeeds on a zombie: a collector that was killed but not yet
-    // reaped by its parent is gone all the same (slow path: we are waiting).
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // "pid (comm) S ...": the state follows the last ')'.
-        Ok(stat) => !matches!(
-            stat.rsplit(')')
-                .next()
-                .and_then(|rest| rest.trim_start().chars().next()),
-            Some('Z' | 'X')
-        ),
-        Err(_) => false,
     }
 }

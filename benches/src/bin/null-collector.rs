@@ -9,8 +9,7 @@
 //! ```
 //!
 //! Starts QEMU with `-plugin PATH,events=...,[K=V,...]overflow=block,wait=on`, attaches
-//! to its segment as `trace-collector` does (collector_pid, attach_count,
-//! state), drains until the shim announces QEMU's exit, and prints
+//! to its segment as `trace-collector` does (`trace_schema::attach`), drains until the shim announces QEMU's exit, and prints
 //! `null-collector: events=N meta=M bytes=B` on stderr. Exits with QEMU's
 //! status.
 //!
@@ -27,8 +26,9 @@ use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use trace_schema::attach;
 use trace_schema::chunk::{self, Chunk};
-use trace_schema::layout::{self, state, Header, SegmentView, HEADER_BYTES};
+use trace_schema::layout::{self, Header, SegmentView, HEADER_BYTES};
 use trace_schema::ring::Consumer;
 use trace_schema::sync::Ordering;
 
@@ -182,12 +182,9 @@ fn main() {
         }
     }
 
-    // Attach as trace-collector does: claim, bump attach_count, then ATTACHED.
-    header
-        .collector_pid
-        .store(std::process::id(), Ordering::Release);
-    header.attach_count.fetch_add(1, Ordering::AcqRel);
-    header.state.store(state::ATTACHED, Ordering::Release);
+    // Attach as trace-collector does (trace_schema::attach).
+    attach::attach(header, std::process::id(), attach::process_alive, 0, || {})
+        .expect("attach to the shim's segment");
 
     let (mut events, mut metas, mut bytes, mut sum) = (0u64, 0u64, 0u64, 0u64);
     let mut drain_all = |rings: &mut [Consumer]| -> u64 {

@@ -1,0 +1,321 @@
+//! Who drains a segment: the attach handshake between the shim and its
+//! collectors, both sides. (Like `commit`, this is a protocol over the
+//! header's atomics; every ordering carries its reason.)
+//!
+//! `Header::state` says whether the shim records (`Attached`), has not met
+//! a collector yet (`Waiting`: it records nothing), or lost the one it had
+//! (`Detached`: it counts its events as lost). `Header::collector_pid` says
+//! which collector holds the segment. A collector attaches in three steps:
+//! it claims `collector_pid` with a compare-and-swap (so two collectors
+//! cannot both win), bumps `attach_count` (the shim re-announces its
+//! devices and blocks to each new attach, so it must see the new count no
+//! later than the new state), then sets `state` to `Attached`. It detaches
+//! in two: `state` to `Detached`, then `collector_pid` to 0.
+//!
+//! Either side may find the other gone. A collector attaching over a holder
+//! that died takes the segment over; a shim waiting for room in a full ring
+//! checks that its collector is alive ([`collector_alive`]) and, if not,
+//! detaches it itself ([`give_up_on_dead_collector`]); a live collector that
+//! finds itself detached attaches again ([`ensure_attached`]).
+
+use crate::layout::Header;
+use crate::sync::Ordering;
+
+/// The values of `Header::state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum State {
+    /// No collector has attached yet: the shim records nothing.
+    Waiting = 0,
+    /// A collector is attached and draining: the shim records.
+    Attached = 1,
+    /// The collector that was attached is gone: the shim counts events as
+    /// lost until a collector attaches again.
+    Detached = 2,
+}
+
+impl State {
+    /// The state `Header::state` holds, or the value itself when it is none
+    /// (a corrupt or foreign segment).
+    pub fn of(header: &Header) -> Result<State, u32> {
+        // Acquire: pairs with the Release part of the stores below, after
+        // which what the storing side wrote first is visible.
+        State::from_u32(header.state.load(Ordering::Acquire))
+    }
+
+    fn from_u32(v: u32) -> Result<State, u32> {
+        match v {
+            0 => Ok(State::Waiting),
+            1 => Ok(State::Attached),
+            2 => Ok(State::Detached),
+            other => Err(other),
+        }
+    }
+}
+
+// ------------------------------------------------------------- the shim
+
+/// The shim's question at every event: `Some(true)` record it, `Some(false)`
+/// count it lost (a collector was attached and is gone), `None` ignore it
+/// (none has attached yet).
+#[inline(always)]
+pub fn recording(header: &Header) -> Option<bool> {
+    // Relaxed: the hot path; what a new collector set up before attaching
+    // (`attach_count`) the shim reads with its own orderings.
+    match header.state.load(Ordering::Relaxed) {
+        1 => Some(true),
+        2 => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether the attached collector (`Header::collector_pid`) is alive. For
+/// the shim's slow path only (a syscall and a read of /proc).
+pub fn collector_alive(header: &Header) -> bool {
+    // Acquire: pairs with the collector's claim (AcqRel).
+    process_alive(header.collector_pid.load(Ordering::Acquire))
+}
+
+/// The shim found its collector dead: it detaches it, so that it stops
+/// waiting for it and counts its events lost until a collector attaches.
+pub fn give_up_on_dead_collector(header: &Header) {
+    // AcqRel: as the collector's own detach; a failure means a collector
+    // attached or detached meanwhile, which stands.
+    let _ = header.state.compare_exchange(
+        State::Attached as u32,
+        State::Detached as u32,
+        Ordering::AcqRel,
+        Ordering::Relaxed,
+    );
+}
+
+// ------------------------------------------------------- the collector
+
+/// Why a collector could not attach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachError {
+    /// A live collector (this pid) holds the segment.
+    Held(u32),
+    /// `Header::state` holds no state (a corrupt or foreign segment).
+    BadState(u32),
+}
+
+/// What `attach` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attached {
+    /// The state before ours.
+    pub previous: State,
+    /// The collector that held the segment and had died, if one did.
+    pub took_over_from: Option<u32>,
+}
+
+/// Makes collector `me` the segment's: the shim starts recording. A live
+/// holder (`alive`) is refused; one that is between its two steps of
+/// attaching or detaching is given up to `patience` tries of `wait`; a dead
+/// one is taken over.
+pub fn attach(
+    header: &Header,
+    me: u32,
+    alive: impl Fn(u32) -> bool,
+    mut patience: u32,
+    mut wait: impl FnMut(),
+) -> Result<Attached, AttachError> {
+    loop {
+        // Acquire (both): a holder's claim and state are seen whole.
+        let holder = header.collector_pid.load(Ordering::Acquire);
+        let previous = State::of(header).map_err(AttachError::BadState)?;
+        if holder != 0 && holder != me && alive(holder) {
+            if previous == State::Attached || patience == 0 {
+                return Err(AttachError::Held(holder));
+            }
+            patience -= 1;
+            wait();
+            continue;
+        }
+        // AcqRel: our claim must be visible before the attach_count and
+        // state stores below; we must see the holder's last stores.
+        if header
+            .collector_pid
+            .compare_exchange(holder, me, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            continue;
+        }
+        // AcqRel: ordered after the claim, before the state.
+        header.attach_count.fetch_add(1, Ordering::AcqRel);
+        ensure_attached(header).map_err(AttachError::BadState)?;
+        let took_over_from =
+            (previous == State::Attached && holder != 0 && holder != me).then_some(holder);
+        return Ok(Attached {
+            previous,
+            took_over_from,
+        });
+    }
+}
+
+/// Sets `state` to `Attached` if it is not (the caller holds
+/// `collector_pid`). Returns whether it had to change it (a shim that
+/// decided the collector was gone), or the value that is no state.
+pub fn ensure_attached(header: &Header) -> Result<bool, u32> {
+    let mut changed = false;
+    loop {
+        match State::of(header)? {
+            State::Attached => return Ok(changed),
+            st => {
+                changed = true;
+                // AcqRel: our collector_pid and attach_count stores must be
+                // visible to a shim that sees Attached.
+                if header
+                    .state
+                    .compare_exchange(
+                        st as u32,
+                        State::Attached as u32,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_ok()
+                {
+                    return Ok(changed);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a live collector other than `me` holds the segment (`attach`
+/// would refuse it): for a caller to check before it does anything
+/// irreversible.
+pub fn held_by_other(header: &Header, me: u32, alive: impl Fn(u32) -> bool) -> Option<u32> {
+    let holder = header.collector_pid.load(Ordering::Acquire);
+    (State::of(header) == Ok(State::Attached) && holder != 0 && holder != me && alive(holder))
+        .then_some(holder)
+}
+
+/// Collector `me` stops: the shim counts events as lost from now on, and a
+/// producer waiting on a full ring gives up instead of waiting for it.
+pub fn detach(header: &Header, me: u32) {
+    if header.collector_pid.load(Ordering::Acquire) != me {
+        return; // not ours (any more)
+    }
+    // AcqRel: everything we did happens before a next collector's attach.
+    let _ = header.state.compare_exchange(
+        State::Attached as u32,
+        State::Detached as u32,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
+    let _ = header
+        .collector_pid
+        .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire);
+}
+
+// -------------------------------------------------------------- both
+
+/// Whether process `pid` is alive: it exists and is not a zombie (a killed
+/// collector not yet reaped by its parent is gone all the same).
+pub fn process_alive(pid: u32) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
+    // Safety: kill with signal 0 only checks that the process exists.
+    if unsafe { libc::kill(pid as libc::pid_t, 0) } != 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    {
+        return false;
+    }
+    // EPERM: it exists but is not ours; it is alive, unless a zombie.
+    !matches!(proc_state(pid), Some('Z' | 'X'))
+}
+
+/// The state letter in /proc/<pid>/stat (None when unreadable).
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ...": comm may contain anything, so look after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.trim_start().chars().next()
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::layout::Geometry;
+
+    fn header(mem: &mut [u64]) -> &mut Header {
+        unsafe { &mut *(mem.as_mut_ptr() as *mut Header) }
+    }
+
+    fn segment() -> Vec<u64> {
+        let g = Geometry {
+            n_vcpus: 1,
+            event_ring_bytes: 8192,
+            meta_ring_bytes: 8192,
+        };
+        let mut mem = vec![0u64; g.segment_bytes().unwrap() as usize / 8];
+        header(&mut mem).initialise(g, 0, "");
+        mem
+    }
+
+    #[test]
+    fn attach_detach_and_take_over() {
+        let mut mem = segment();
+        let h = header(&mut mem);
+        assert_eq!(recording(h), None, "nothing before an attach");
+        let a = attach(h, 10, |_| true, 0, || {}).unwrap();
+        assert_eq!((a.previous, a.took_over_from), (State::Waiting, None));
+        assert_eq!(recording(h), Some(true));
+        assert_eq!(h.attach_count.load(Ordering::Relaxed), 1);
+        // A live holder is refused; a dead one is taken over.
+        assert_eq!(
+            attach(h, 11, |_| true, 3, || {}),
+            Err(AttachError::Held(10))
+        );
+        assert_eq!(held_by_other(h, 11, |_| true), Some(10));
+        let a = attach(h, 11, |_| false, 0, || {}).unwrap();
+        assert_eq!((a.previous, a.took_over_from), (State::Attached, Some(10)));
+        assert_eq!(h.attach_count.load(Ordering::Relaxed), 2);
+        // Only the holder detaches.
+        detach(h, 10);
+        assert_eq!(recording(h), Some(true));
+        detach(h, 11);
+        assert_eq!(recording(h), Some(false), "events are lost until an attach");
+        assert_eq!(h.collector_pid.load(Ordering::Relaxed), 0);
+        assert_eq!(held_by_other(h, 12, |_| true), None);
+    }
+
+    #[test]
+    fn the_shim_gives_up_and_the_collector_comes_back() {
+        let mut mem = segment();
+        let h = header(&mut mem);
+        attach(h, 10, |_| true, 0, || {}).unwrap();
+        give_up_on_dead_collector(h);
+        assert_eq!(State::of(h), Ok(State::Detached));
+        assert_eq!(ensure_attached(h), Ok(true));
+        assert_eq!(ensure_attached(h), Ok(false));
+        h.state.store(7, Ordering::Relaxed);
+        assert_eq!(
+            attach(h, 12, |_| false, 0, || {}),
+            Err(AttachError::BadState(7))
+        );
+    }
+
+    #[test]
+    fn a_holder_between_its_steps_is_waited_for() {
+        let mut mem = segment();
+        let h = header(&mut mem);
+        // Claimed, not yet attached: a live holder gets `patience` waits.
+        h.collector_pid.store(10, Ordering::Relaxed);
+        let mut waits = 0;
+        assert_eq!(
+            attach(h, 11, |_| true, 2, || waits += 1),
+            Err(AttachError::Held(10))
+        );
+        assert_eq!(waits, 2);
+    }
+
+    #[test]
+    fn process_alive_knows_the_living_and_the_absent() {
+        assert!(process_alive(std::process::id()));
+        assert!(!process_alive(0));
+        assert!(!process_alive(i32::MAX as u32));
+    }
+}
