@@ -46,7 +46,7 @@ fn record_then_drain(c: &mut Criterion) {
     let mut g = c.benchmark_group("chunks");
     g.throughput(Throughput::Elements(N));
     g.bench_function("record 40-byte accesses in chunks", |b| {
-        let mut ring = HeapRing::new(16 << 20);
+        let ring = HeapRing::new(16 << 20);
         let (mut p, mut cons) = ring.split();
         let mut chunk = ChunkBuffer::accesses();
         let mut published = 0;
@@ -58,7 +58,7 @@ fn record_then_drain(c: &mut Criterion) {
         })
     });
     g.bench_function("record + drain + read 40-byte accesses", |b| {
-        let mut ring = HeapRing::new(16 << 20);
+        let ring = HeapRing::new(16 << 20);
         let (mut p, mut cons) = ring.split();
         let mut chunk = ChunkBuffer::accesses();
         let mut published = 0;
@@ -79,7 +79,7 @@ fn record_then_drain(c: &mut Criterion) {
         })
     });
     g.bench_function("record 8-byte blocks in chunks", |b| {
-        let mut ring = HeapRing::new(16 << 20);
+        let ring = HeapRing::new(16 << 20);
         let (mut p, mut cons) = ring.split();
         let mut chunk = ChunkBuffer::blocks();
         let mut published = 0;
@@ -110,7 +110,7 @@ fn concurrent(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("concurrent recorder/drain, 1 MiB ring", |b| {
         b.iter(|| {
-            let mut ring = HeapRing::new(1 << 20);
+            let ring = HeapRing::new(1 << 20);
             let (mut p, mut cons) = ring.split();
             std::thread::scope(|s| {
                 s.spawn(move || {

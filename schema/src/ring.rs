@@ -19,6 +19,8 @@
 //! against the buffer before use, and a violation is a `RingError`, never an
 //! out-of-bounds read.
 
+use std::sync::Arc;
+
 use crate::sync::{AtomicU64, Ordering};
 
 /// A word that cannot start a Cap'n Proto message (it would announce 2^32
@@ -135,6 +137,8 @@ pub struct Producer {
     /// The consumer's `tail` as last read; it only grows, so a stale value only
     /// underestimates free space.
     cached_tail: u64,
+    /// A `HeapRing`'s memory, kept alive while this end lives.
+    _owner: Option<Arc<HeapRing>>,
 }
 
 unsafe impl Send for Producer {}
@@ -157,6 +161,7 @@ impl Producer {
             capacity,
             head,
             cached_tail,
+            _owner: None,
         }
     }
 
@@ -258,6 +263,8 @@ pub struct Consumer {
     tail: u64,
     /// The weight of the messages before `tail` (`RingControl::tail_weight`).
     weight: u64,
+    /// A `HeapRing`'s memory, kept alive while this end lives.
+    _owner: Option<Arc<HeapRing>>,
 }
 
 unsafe impl Send for Consumer {}
@@ -276,6 +283,7 @@ impl Consumer {
             capacity,
             tail: c.tail.load(Ordering::Relaxed),
             weight: c.tail_weight.load(Ordering::Relaxed),
+            _owner: None,
         }
     }
 
@@ -477,15 +485,22 @@ unsafe fn slice_at<'a>(data: *const u8, at: u64, len: u64) -> std::borrow::Cow<'
 }
 
 /// A ring in ordinary heap memory, for tests and benchmarks of the protocol
-/// without shared memory.
+/// without shared memory. `split` turns it into its two ends, which keep
+/// its memory alive (as `rtrb::RingBuffer::new` hands out its ends).
 pub struct HeapRing {
     control: Box<RingControl>,
+    /// Written through the producer's pointer while both ends share it.
     #[cfg(not(loom))]
-    data: Vec<u64>,
+    data: Box<[std::cell::UnsafeCell<u64>]>,
     #[cfg(loom)]
     data: Vec<AtomicU64>,
     capacity: u64,
 }
+
+// Safety: the buffer is written by the ring's one producer and read by its
+// one consumer only, each at positions the protocol of this module gives it.
+unsafe impl Send for HeapRing {}
+unsafe impl Sync for HeapRing {}
 
 impl HeapRing {
     pub fn new(capacity: u64) -> HeapRing {
@@ -498,7 +513,9 @@ impl HeapRing {
             _pad_tail: [0; 112],
         });
         #[cfg(not(loom))]
-        let data = vec![0u64; capacity as usize / 8];
+        let data = (0..capacity / 8)
+            .map(|_| std::cell::UnsafeCell::new(0))
+            .collect();
         #[cfg(loom)]
         let data = (0..capacity / 8).map(|_| AtomicU64::new(0)).collect();
         HeapRing {
@@ -508,16 +525,31 @@ impl HeapRing {
         }
     }
 
-    /// Both ends. The ring must outlive them.
-    pub fn split(&mut self) -> (Producer, Consumer) {
-        let control: *const RingControl = &*self.control;
-        let data = self.data.as_mut_ptr() as *mut u8;
-        unsafe {
+    /// The control block and the buffer, for tests that look at the
+    /// positions or break them, or make a second consumer: pointers, good as
+    /// long as one of the ends lives.
+    #[cfg(all(test, not(loom)))]
+    fn parts(&self) -> (*const RingControl, *const u8) {
+        (&*self.control, self.data.as_ptr() as *const u8)
+    }
+
+    /// Its two ends, which share the ring's memory and free it with the
+    /// last of them.
+    pub fn split(self) -> (Producer, Consumer) {
+        let ring = Arc::new(self);
+        let control: *const RingControl = &*ring.control;
+        let data = ring.data.as_ptr() as *mut u8;
+        // Safety: the memory lives as long as `ring`, which each end holds;
+        // there is one producer and one consumer.
+        let (mut p, mut c) = unsafe {
             (
-                Producer::new(control, data, self.capacity),
-                Consumer::new(control, data, self.capacity),
+                Producer::new(control, data, ring.capacity),
+                Consumer::new(control, data, ring.capacity),
             )
-        }
+        };
+        p._owner = Some(ring.clone());
+        c._owner = Some(ring);
+        (p, c)
     }
 }
 
@@ -548,14 +580,14 @@ mod tests {
 
     #[test]
     fn empty_ring_drains_nothing() {
-        let mut ring = HeapRing::new(64);
+        let ring = HeapRing::new(64);
         let (_p, mut c) = ring.split();
         assert_eq!(drain_tags(&mut c), Vec::<u64>::new());
     }
 
     #[test]
     fn full_ring_refuses_and_keeps_order() {
-        let mut ring = HeapRing::new(64);
+        let ring = HeapRing::new(64);
         let (mut p, mut c) = ring.split();
         // 16-byte messages: exactly 4 fit.
         for i in 0..4 {
@@ -572,14 +604,14 @@ mod tests {
     #[test]
     fn a_long_drain_releases_space_as_it_goes() {
         let capacity = 4 * RELEASE_EVERY;
-        let mut ring = HeapRing::new(capacity);
+        let ring = HeapRing::new(capacity);
+        let (control, _) = ring.parts();
         let (mut p, mut c) = ring.split();
         let msg = message(9, 7); // 80 bytes, as an event record
         let mut pushed = 0u64;
         while p.push(&msg) {
             pushed += 1;
         }
-        let control = &*ring.control as *const RingControl;
         let mut seen = 0u64;
         let mut released_during = Vec::new();
         c.drain(|_| {
@@ -601,7 +633,7 @@ mod tests {
 
     #[test]
     fn messages_written_in_place_arrive_as_pushed_ones_do() {
-        let mut ring = HeapRing::new(64);
+        let ring = HeapRing::new(64);
         let (mut p, mut c) = ring.split();
         let in_place = |p: &mut Producer, tag: u64| {
             p.push_in_place(|out: &mut [u8; 24]| out.copy_from_slice(&message(2, tag)))
@@ -617,7 +649,7 @@ mod tests {
 
     #[test]
     fn wraps_with_a_marker_when_a_message_does_not_fit() {
-        let mut ring = HeapRing::new(64);
+        let ring = HeapRing::new(64);
         let (mut p, mut c) = ring.split();
         // 24-byte messages: two fill 48 bytes, the third cannot fit in the
         // last 16 and must wrap to offset 0 once space is freed.
@@ -633,7 +665,7 @@ mod tests {
 
     #[test]
     fn many_wraps_keep_every_message() {
-        let mut ring = HeapRing::new(256);
+        let ring = HeapRing::new(256);
         let (mut p, mut c) = ring.split();
         let mut seen = Vec::new();
         for i in 0..10_000u64 {
@@ -648,7 +680,7 @@ mod tests {
 
     #[test]
     fn concurrent_producer_and_consumer() {
-        let mut ring = HeapRing::new(1024);
+        let ring = HeapRing::new(1024);
         let (mut p, mut c) = ring.split();
         const N: u64 = 200_000;
         std::thread::scope(|s| {
@@ -674,28 +706,30 @@ mod tests {
     /// wrap marker, without consuming it.
     #[test]
     fn weights_add_up_and_peek_does_not_consume() {
-        let mut ring = HeapRing::new(64);
+        let ring = HeapRing::new(64);
+        let (control, data) = ring.parts();
         let (mut p, mut c) = ring.split();
         assert_eq!(c.peek().unwrap(), None);
         assert!(p.push(&message(2, 1)));
         assert!(p.push(&message(2, 2)));
         assert_eq!(c.drain(|m| Ok::<u64, ()>(m[8] as u64 * 10)).unwrap(), 2);
         assert_eq!(c.weight(), 30);
-        assert_eq!(ring.control.tail_weight.load(Ordering::Relaxed), 30);
+        assert_eq!(unsafe { &*control }.tail_weight.load(Ordering::Relaxed), 30);
         // 48 bytes used: the next 24-byte message wraps to offset 0.
         assert!(p.push(&message(2, 3)));
         assert_eq!(c.peek().unwrap(), Some(&message(2, 3)[..]));
         assert_eq!(c.peek().unwrap(), Some(&message(2, 3)[..]));
-        let again = unsafe { Consumer::new(&*ring.control, ring.data.as_ptr() as *const u8, 64) };
+        let again = unsafe { Consumer::new(control, data, 64) };
         assert_eq!(again.weight(), 30);
         assert_eq!(again.peek().unwrap(), Some(&message(2, 3)[..]));
     }
 
     #[test]
     fn corrupt_positions_are_an_error_not_a_read() {
-        let mut ring = HeapRing::new(64);
+        let ring = HeapRing::new(64);
+        let (control, _) = ring.parts();
         let (_p, mut c) = ring.split();
-        ring.control.head.store(1 << 40, Ordering::Relaxed);
+        unsafe { &*control }.head.store(1 << 40, Ordering::Relaxed);
         let err = c.drain(|_| Ok::<u64, ()>(1)).unwrap_err();
         assert!(matches!(
             err,
@@ -705,7 +739,7 @@ mod tests {
 
     #[test]
     fn corrupt_length_is_an_error_not_a_read() {
-        let mut ring = HeapRing::new(64);
+        let ring = HeapRing::new(64);
         let (mut p, mut c) = ring.split();
         let mut m = message(1, 7);
         m[4] = 200; // claims 200 words
@@ -739,8 +773,7 @@ mod loom_tests {
     #[test]
     fn messages_arrive_whole_and_in_order() {
         loom::model(|| {
-            let ring = Box::leak(Box::new(HeapRing::new(32)));
-            let (mut p, mut c) = ring.split();
+            let (mut p, mut c) = HeapRing::new(32).split();
             let producer = loom::thread::spawn(move || {
                 // 16-byte messages (seg table + 1 word) in a 32-byte ring:
                 // the producer must wait for the consumer, and wraps.
