@@ -19,20 +19,18 @@ pub const UNKNOWN_DEVICE: &str = "unknown";
 /// not written by the collector: it is the view [`Capture::scan`] builds
 /// from `block_exec` and `code` (captures of older versions hold it as a
 /// table, which is then used as is).
-pub const STANDARD_TABLES: [&str; 6] = ["mem", "mmio", "insn", "block_exec", "code", "stats"];
+pub use trace_format::STANDARD_TABLES;
 
 /// The view rebuilt from `block_exec` rather than read from files.
-const INSN: &str = "insn";
+const INSN: &str = trace_format::INSN_VIEW;
 
-/// Most instructions in a translated block (QEMU's TCG_MAX_INSNS): the
-/// largest `block_exec.insns`.
-const MAX_BLOCK_INSNS: u64 = 512;
+use trace_format::{stats as stat, CaptureJson, MAX_BLOCK_INSNS};
 
 /// An open capture directory.
 #[derive(Debug)]
 pub struct Capture {
     dir: PathBuf,
-    meta: Option<serde_json::Value>,
+    meta: Option<CaptureJson>,
     /// Table name -> its Parquet parts, sorted by file name.
     tables: BTreeMap<String, Vec<PathBuf>>,
     /// Table name -> (first part found damaged, what is wrong with it).
@@ -71,11 +69,11 @@ impl Capture {
         let meta = if meta_path.exists() {
             let text = std::fs::read_to_string(&meta_path)
                 .with_context(|| format!("reading {}", meta_path.display()))?;
-            match serde_json::from_str::<serde_json::Value>(&text) {
+            match CaptureJson::parse(&text) {
                 Ok(v) => Some(v),
                 Err(e) => {
                     open_warnings.push(format!(
-                        "{} is not valid JSON ({e}); ignoring it",
+                        "{} is not valid JSON of a capture ({e}); ignoring it",
                         meta_path.display()
                     ));
                     None
@@ -138,7 +136,7 @@ impl Capture {
     }
 
     /// The parsed `capture.json`, if there is one.
-    pub fn meta(&self) -> Option<&serde_json::Value> {
+    pub fn meta(&self) -> Option<&CaptureJson> {
         self.meta.as_ref()
     }
 
@@ -146,10 +144,8 @@ impl Capture {
     pub fn guest_pointer_bits(&self) -> u32 {
         self.meta
             .as_ref()
-            .and_then(|m| m.get("guest_pointer_bits"))
-            .and_then(|v| v.as_u64())
+            .and_then(|m| m.guest_pointer_bits)
             .filter(|&b| b > 0 && b <= 64)
-            .map(|b| b as u32)
             .unwrap_or(64)
     }
 
@@ -158,12 +154,9 @@ impl Capture {
         crate::hex::ptr_digits(self.guest_pointer_bits())
     }
 
-    /// `complete` from capture.json (None when absent).
+    /// `complete` from capture.json (None without one).
     pub fn complete(&self) -> Option<bool> {
-        self.meta
-            .as_ref()
-            .and_then(|m| m.get("complete"))
-            .and_then(|v| v.as_bool())
+        self.meta.as_ref().map(|m| m.complete)
     }
 
     /// All table names: the standard ones first (in their usual order), then
@@ -485,14 +478,12 @@ impl Capture {
                 self.dir.display()
             ));
         }
-        if self.complete() == Some(false) {
-            let meta = self.meta.as_ref();
-            let field = |k: &str| meta.and_then(|m| m.get(k)).and_then(|v| v.as_str());
+        if let Some(m) = self.meta.as_ref().filter(|m| !m.complete) {
             let mut how = String::new();
-            if let Some(end) = field("end") {
-                how.push_str(&format!(", end: {end}"));
+            if let Some(end) = m.end {
+                how.push_str(&format!(", end: {}", end.key()));
             }
-            if let Some(err) = field("error") {
+            if let Some(err) = &m.error {
                 how.push_str(&format!(", error: {err}"));
             }
             w.push(format!(
@@ -515,81 +506,50 @@ impl Capture {
                 Vec::new()
             }
         };
-        let total = push_loss_warning(
-            &mut w,
-            &stats,
-            "events_lost",
-            "the shim could not deliver them to the collector",
-        );
-        let died_names: std::collections::BTreeSet<&str> = stats
-            .iter()
-            .map(|(n, _, _)| n.as_str())
-            .filter(|n| n.starts_with("events_lost_collector_died."))
-            .collect();
-        for name in died_names {
-            let table = name.trim_start_matches("events_lost_collector_died.");
-            push_loss_warning(
-                &mut w,
-                &stats,
-                name,
-                &format!(
-                    "a collector drained them and was killed before writing their \
-                     {table} rows"
-                ),
-            );
-        }
-        let sessions = self
-            .meta
-            .as_ref()
-            .and_then(|m| m.get("collector_pids"))
-            .and_then(|p| p.as_array())
-            .map_or(1, Vec::len);
-        if sessions > 1 {
-            // Continued with --append: losses before a later session's
-            // attach are gaps inside the capture.
-            push_loss_warning(
-                &mut w,
-                &stats,
-                "events_lost_before_attach",
-                "no collector was attached (the capture was continued with --append)",
-            );
-        }
-        if total == 0 && !self.has_table("stats") {
-            // stats is written at the end; an unfinished capture has only
-            // capture.json's running sum.
-            let sum = self
-                .meta
-                .as_ref()
-                .and_then(|m| m.get("events_lost"))
-                .and_then(|v| v.as_u64())
-                .unwrap_or(0);
-            if sum > 0 {
-                w.push(format!(
-                    "{sum} events lost: the shim could not deliver them to the collector, so \
-                     the tables miss those accesses/instructions (capture.json: events_lost)"
-                ));
+        // Continued with --append: losses before a later session's attach
+        // are gaps inside the capture; in a capture of one session they are
+        // before its start.
+        let sessions = self.meta.as_ref().map_or(1, |m| m.collector_pids.len());
+        let mut lost = 0;
+        for s in stat::ALL {
+            if s.severity == stat::Severity::Info
+                || (*s == stat::EVENTS_LOST_BEFORE_ATTACH && sessions <= 1)
+            {
+                continue;
+            }
+            let names: std::collections::BTreeSet<&str> = stats
+                .iter()
+                .map(|(n, _, _)| n.as_str())
+                .filter(|n| s.names(n))
+                .collect();
+            for name in names {
+                if s.severity == stat::Severity::DataLoss {
+                    lost += push_loss_warning(&mut w, &stats, s, name);
+                    continue;
+                }
+                let n: u64 = stats.iter().filter(|r| r.0 == name).map(|r| r.2).sum();
+                if n > 0 {
+                    let mut line = format!("{n} {} (stats: {name})", s.meaning);
+                    if *s == stat::DEVICES_UNKNOWN {
+                        line.push_str(&format!(
+                            "; analyzers show them as device '{UNKNOWN_DEVICE}'"
+                        ));
+                    }
+                    w.push(line);
+                }
             }
         }
-        let capture_wide = |name: &str| -> u64 {
-            stats
-                .iter()
-                .filter(|(n, v, _)| n == name && v.is_none())
-                .map(|(_, _, x)| x)
-                .sum()
-        };
-        let blocks = capture_wide("blocks_unknown");
-        if blocks > 0 {
-            w.push(format!(
-                "{blocks} executed blocks had no description (stats: blocks_unknown): their \
-                 instructions have a null pc and no code rows"
-            ));
-        }
-        let devices = capture_wide("devices_unknown");
-        if devices > 0 {
-            w.push(format!(
-                "{devices} I/O accesses have no device name (stats: devices_unknown); \
-                 analyzers show them as device '{UNKNOWN_DEVICE}'"
-            ));
+        if lost == 0 && !self.has_table("stats") {
+            // stats is written at the end; an unfinished capture has only
+            // capture.json's running sum.
+            let sum = self.meta.as_ref().map_or(0, |m| m.events_lost);
+            if sum > 0 {
+                w.push(format!(
+                    "{sum} events lost: {}, so the tables miss those accesses/instructions \
+                     (capture.json: events_lost)",
+                    stat::EVENTS_LOST.meaning
+                ));
+            }
         }
         w
     }
@@ -764,8 +724,8 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 fn push_loss_warning(
     w: &mut Vec<String>,
     stats: &[(String, Option<u32>, u64)],
+    counter: &stat::Stat,
     name: &str,
-    why: &str,
 ) -> u64 {
     let mut per: BTreeMap<Option<u32>, u64> = BTreeMap::new();
     for (_, vcpu, n) in stats.iter().filter(|(n, _, v)| n == name && *v > 0) {
@@ -780,10 +740,16 @@ fn push_loss_warning(
                 None => format!("capture-wide: {n}"),
             })
             .collect();
+        // Per-table counters say which table misses the rows.
+        let of_table = match name.strip_prefix(counter.name) {
+            Some(t) if !t.is_empty() => format!(" of table {}", &t[1..]),
+            _ => String::new(),
+        };
         w.push(format!(
-            "{total} events lost ({}): {why}, so the tables miss those \
+            "{total} events lost ({}): {}{of_table}, so the tables miss those \
              accesses/instructions (stats: {name})",
-            per.join(", ")
+            per.join(", "),
+            counter.meaning
         ));
     }
     total

@@ -19,6 +19,8 @@ use anyhow::{bail, Context, Result};
 use polars::prelude::{ParquetReader, SerReader};
 use trace_schema::commit::Committed;
 
+use trace_format::stats as stat;
+
 use crate::output::{CaptureJson, FORMAT_VERSION};
 use crate::parquet_file::part_rows;
 use crate::tables::Table;
@@ -193,9 +195,12 @@ fn add_accounted_losses(path: &Path, lost: &mut [u64]) -> Result<()> {
     let vcpus = df.column("vcpu")?.u32()?.clone();
     let values = df.column("value")?.u64()?.clone();
     for ((name, vcpu), value) in names.iter().zip(vcpus.iter()).zip(values.iter()) {
-        if let (Some("events_lost" | "events_lost_before_attach"), Some(v), Some(x)) =
-            (name, vcpu, value)
-        {
+        let is_loss =
+            |n: &str| n == stat::EVENTS_LOST.name || n == stat::EVENTS_LOST_BEFORE_ATTACH.name;
+        if let (Some(n), Some(v), Some(x)) = (name, vcpu, value) {
+            if !is_loss(n) {
+                continue;
+            }
             if let Some(slot) = lost.get_mut(v as usize) {
                 *slot += x;
             }
@@ -245,9 +250,9 @@ mod tests {
         let tdir = dir.join("stats");
         std::fs::create_dir_all(&tdir).unwrap();
         let mut b = StatsBatch::default();
-        b.push("events_lost", Some(1), lost);
-        b.push("events_lost_before_attach", Some(1), before);
-        b.push("events", Some(1), 1000);
+        b.push(stat::EVENTS_LOST.name, Some(1), lost);
+        b.push(stat::EVENTS_LOST_BEFORE_ATTACH.name, Some(1), before);
+        b.push(stat::EVENTS.name, Some(1), 1000);
         let f = std::fs::File::create(tdir.join(format!("part-{n:06}.parquet"))).unwrap();
         crate::tables::Batch::Stats(b)
             .write(

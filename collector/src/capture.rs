@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use trace_format::End;
 use trace_schema::commit;
 use trace_schema::options::{EventSet, ShimOptions};
 use trace_schema::ring::Consumer;
@@ -16,7 +17,7 @@ use trace_schema::sync::Ordering;
 
 use crate::append::{self, AppendPlan};
 use crate::drain::{DrainReport, Drainer, FinishInfo, Resume};
-use crate::output::{self, CaptureJson, FORMAT_VERSION};
+use crate::output::{self, CaptureJson, WriteCaptureJson, FORMAT_VERSION};
 use crate::parquet_sink::PartSink;
 use crate::progress::{Progress, TICK};
 use crate::segment::{process_alive, Segment};
@@ -57,11 +58,12 @@ pub enum Ending {
 }
 
 impl Ending {
-    pub fn key(self) -> &'static str {
+    /// How `capture.json` says it.
+    pub fn end(self) -> End {
         match self {
-            Ending::QemuExited => "qemu_exited",
-            Ending::QemuDied => "qemu_died",
-            Ending::Interrupted => "interrupted",
+            Ending::QemuExited => End::QemuExited,
+            Ending::QemuDied => End::QemuDied,
+            Ending::Interrupted => End::Interrupted,
         }
     }
 }
@@ -118,7 +120,7 @@ pub fn capture(
     let pid = seg.pid();
     let command = output::qemu_command(pid);
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-    let tables = Table::for_events(events);
+    let tables = Table::for_events(events.mem, events.mmio, events.insn);
 
     let attached = seg.attach()?;
     let mut warnings = Vec::new();
@@ -358,7 +360,7 @@ pub fn capture(
                 j.tables
                     .insert(t.name().to_string(), base + sink_progress.rows(*t));
             }
-            j.end = Some("error".into());
+            j.end = Some(End::Error);
             j.error = Some(format!("{err:#}"));
             j.duration_seconds = started.elapsed().as_secs_f64();
             reserve.release();
@@ -390,7 +392,7 @@ pub fn capture(
         let base = base_rows[t.index()];
         json.tables.insert(t.name().to_string(), base + *rows);
     }
-    json.end = Some(ending.key().into());
+    json.end = Some(ending.end());
     // Totals over every session of the capture.
     json.events_lost = previous.events_lost + report.events_lost.iter().sum::<u64>();
     json.events_lost_before_attach =

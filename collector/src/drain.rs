@@ -28,6 +28,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Result};
 use capnp::message::ReaderOptions;
 use polars::prelude::{PlHashMap, PlHashSet};
+use trace_format::stats as stat;
 use trace_schema::chunk::{self, Chunk};
 use trace_schema::events_capnp::meta;
 use trace_schema::layout::SegmentView;
@@ -254,11 +255,7 @@ impl Drainer {
 
     /// The tables this drainer writes.
     pub fn tables(&self) -> Vec<Table> {
-        Table::for_events(EventSet {
-            mem: self.st.mem_on,
-            mmio: self.st.mmio_on,
-            insn: self.st.insn_on,
-        })
+        Table::for_events(self.st.mem_on, self.st.mmio_on, self.st.insn_on)
     }
 
     /// Drains every vCPU's meta ring, then its event ring, once. Returns the
@@ -376,49 +373,58 @@ impl Drainer {
                 .unwrap_or_default();
             report.events_lost.push(lost);
             report.events_lost_before_attach.push(before);
-            stats.push("events", Some(v), st.events[v as usize]);
-            stats.push("events_lost", Some(v), lost);
-            stats.push("events_lost_before_attach", Some(v), before);
+            stats.push(stat::EVENTS.name, Some(v), st.events[v as usize]);
+            stats.push(stat::EVENTS_LOST.name, Some(v), lost);
+            stats.push(stat::EVENTS_LOST_BEFORE_ATTACH.name, Some(v), before);
             let mut died_max = 0;
             for &t in &tables {
                 if matches!(t, Table::Mem | Table::Mmio | Table::BlockExec) {
                     let n = died[t.index()];
                     died_max = died_max.max(n);
-                    stats.push(
-                        format!("events_lost_collector_died.{}", t.name()),
-                        Some(v),
-                        n,
-                    );
+                    let name = stat::EVENTS_LOST_COLLECTOR_DIED.for_table(t.name());
+                    stats.push(name, Some(v), n);
                 }
             }
             report.events_lost_collector_died.push(died_max);
-            stats.push("events_already_captured", Some(v), st.skipped[v as usize]);
-            stats.push("meta_lost", Some(v), c.meta_lost.load(Ordering::Relaxed));
+            stats.push(
+                stat::EVENTS_ALREADY_CAPTURED.name,
+                Some(v),
+                st.skipped[v as usize],
+            );
+            stats.push(
+                stat::META_LOST.name,
+                Some(v),
+                c.meta_lost.load(Ordering::Relaxed),
+            );
             let (waits, wait_ns) = st.full_ring_waits_since_start(v);
-            stats.push("full_ring_waits", Some(v), waits);
-            stats.push("full_ring_wait_ns", Some(v), wait_ns);
+            stats.push(stat::FULL_RING_WAITS.name, Some(v), waits);
+            stats.push(stat::FULL_RING_WAIT_NS.name, Some(v), wait_ns);
             report.full_ring_waits.push(waits);
             report.full_ring_wait_ns.push(wait_ns);
             if info.qemu_exited {
                 stats.push(
-                    "final_icount",
+                    stat::FINAL_ICOUNT.name,
                     Some(v),
                     c.final_icount.load(Ordering::Relaxed),
                 );
                 stats.push(
-                    "events_written",
+                    stat::EVENTS_WRITTEN.name,
                     Some(v),
                     c.events_written.load(Ordering::Relaxed),
                 );
             }
         }
-        stats.push("meta_records", None, st.metas);
-        stats.push("blocks_unknown", None, st.blocks_unknown);
-        stats.push("devices_unknown", None, st.devices_unknown);
-        stats.push("events_unexpected", None, st.events_unexpected);
+        stats.push(stat::META_RECORDS.name, None, st.metas);
+        stats.push(stat::BLOCKS_UNKNOWN.name, None, st.blocks_unknown);
+        stats.push(stat::DEVICES_UNKNOWN.name, None, st.devices_unknown);
+        stats.push(stat::EVENTS_UNEXPECTED.name, None, st.events_unexpected);
         for &t in &tables {
             if t != Table::Stats {
-                stats.push(format!("rows.{}", t.name()), None, st.rows_sent[t.index()]);
+                stats.push(
+                    stat::ROWS.for_table(t.name()),
+                    None,
+                    st.rows_sent[t.index()],
+                );
                 report.rows.push((t, st.rows_sent[t.index()]));
             }
         }

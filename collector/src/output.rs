@@ -1,18 +1,13 @@
 //! The capture directory: refusing to mix two captures, clearing an old one
 //! on `--overwrite`, and `capture.json`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
 use crate::tables::Table;
 
-/// `capture.json`'s `format_version`. 2: instructions are in `block_exec`
-/// (one row per executed block); version 1 wrote an `insn` row per
-/// instruction.
-pub const FORMAT_VERSION: u32 = 2;
+pub use trace_format::{CaptureJson, FORMAT_VERSION};
 
 /// Files of a capture besides the table directories.
 const CAPTURE_FILES: [&str; 2] = ["capture.json", "mtree.txt"];
@@ -127,43 +122,15 @@ impl Drop for SpaceReserve {
     }
 }
 
-/// `capture.json`; see docs/capture-format.md.
-#[derive(Serialize, Deserialize, Clone, Debug, Default)]
-#[serde(default)]
-pub struct CaptureJson {
-    pub format_version: u32,
-    pub complete: bool,
-    pub collector_version: String,
-    pub qemu_pid: u32,
-    /// The collectors that wrote this capture, one per session (`--append`
-    /// adds one).
-    pub collector_pids: Vec<u32>,
-    pub qemu_command: Vec<String>,
-    pub guest_pointer_bits: Option<u32>,
-    pub shim_options: String,
-    pub n_vcpus: u32,
-    pub devices: Vec<String>,
-    /// How QEMU ended, once the capture is complete.
-    pub qemu_exit: Option<String>,
-    /// How the capture ended: "qemu_exited", "qemu_died", "interrupted", "error".
-    pub end: Option<String>,
-    /// Rows per table, in the parts written so far.
-    pub tables: BTreeMap<String, u64>,
-    pub events_lost: u64,
-    pub events_lost_before_attach: u64,
-    /// Records a collector drained and died before writing (see
-    /// trace_schema::commit).
-    pub events_lost_collector_died: u64,
-    pub duration_seconds: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+/// Writing `capture.json` (its type is the format's: `trace_format::CaptureJson`).
+pub trait WriteCaptureJson {
+    /// Writes it into capture directory `dir`, atomically.
+    fn write(&self, dir: &Path) -> Result<()>;
 }
 
-impl CaptureJson {
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        let mut text = serde_json::to_string_pretty(self).expect("serializable");
-        text.push('\n');
-        write_atomic(&dir.join("capture.json"), text.as_bytes())
+impl WriteCaptureJson for CaptureJson {
+    fn write(&self, dir: &Path) -> Result<()> {
+        write_atomic(&dir.join("capture.json"), self.to_text().as_bytes())
     }
 }
 

@@ -9,65 +9,11 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use polars_arrow::datatypes::ArrowDataType;
-use trace_schema::options::EventSet;
 
 pub use crate::access_batch::{AccessBatch, NO_DEVICE};
 use crate::parquet_part::{Compressors, PartBuilder, U64Layout, LEVEL};
 
-/// The tables of a capture directory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Table {
-    Mem,
-    Mmio,
-    BlockExec,
-    Code,
-    Stats,
-}
-
-impl Table {
-    pub const ALL: [Table; 5] = [
-        Table::Mem,
-        Table::Mmio,
-        Table::BlockExec,
-        Table::Code,
-        Table::Stats,
-    ];
-
-    /// The table's directory name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Mem => "mem",
-            Table::Mmio => "mmio",
-            Table::BlockExec => "block_exec",
-            Table::Code => "code",
-            Table::Stats => "stats",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The tables a capture of `events` writes: `mem` implies `mem` and
-    /// `mmio`, `mmio` alone only `mmio`, `insn` implies `block_exec` and
-    /// `code` (from which readers rebuild one `insn` row per instruction);
-    /// `stats` always.
-    pub fn for_events(events: EventSet) -> Vec<Table> {
-        let mut t = Vec::new();
-        if events.mem {
-            t.push(Table::Mem);
-        }
-        if events.mem || events.mmio {
-            t.push(Table::Mmio);
-        }
-        if events.insn {
-            t.push(Table::BlockExec);
-            t.push(Table::Code);
-        }
-        t.push(Table::Stats);
-        t
-    }
-}
+pub use trace_format::Table;
 
 /// Resolves the names written for an I/O access: the `device` column, and
 /// (`mmio`) the `region` column, QEMU's exact region name when known. The
@@ -426,63 +372,30 @@ mod tests {
         );
     }
 
-    /// The columns and types of docs/capture-format.md.
+    /// Every table is written with the columns and types the format
+    /// declares (`trace_format`, which a test checks against
+    /// docs/capture-format.md).
     #[test]
-    fn schemas_match_the_format_doc() {
-        use DataType::*;
-        let s = |v: &[(&str, DataType)]| {
-            v.iter()
-                .map(|(n, t)| (n.to_string(), t.clone()))
-                .collect::<Vec<_>>()
-        };
-        let mem_common = [
-            ("vcpu", UInt32),
-            ("icount", UInt64),
-            ("pc", UInt64),
-            ("type", String),
-            ("vaddr", UInt64),
-            ("paddr", UInt64),
-            ("size", UInt8),
-            ("value", UInt64),
-            ("value_hi", UInt64),
-            ("asid", UInt64),
-        ];
-        let mut mem = mem_common.to_vec();
-        mem.extend([("io", Boolean), ("device", String)]);
-        assert_eq!(schema_of(Table::Mem), s(&mem));
-        let mut mmio = mem_common.to_vec();
-        mmio.extend([
-            ("device", String),
-            ("region", String),
-            ("plugin_device", String),
-        ]);
-        assert_eq!(schema_of(Table::Mmio), s(&mmio));
-        assert_eq!(
-            schema_of(Table::BlockExec),
-            s(&[
-                ("vcpu", UInt32),
-                ("icount", UInt64),
-                ("block", UInt64),
-                ("insns", UInt32)
-            ])
-        );
-        assert_eq!(
-            schema_of(Table::Code),
-            s(&[
-                ("block", UInt64),
-                ("index", UInt32),
-                ("pc", UInt64),
-                ("size", UInt8),
-                ("bytes", Binary),
-                ("opcode", UInt32),
-                ("disas", String),
-                ("symbol", String),
-            ])
-        );
-        assert_eq!(
-            schema_of(Table::Stats),
-            s(&[("name", String), ("vcpu", UInt32), ("value", UInt64)])
-        );
+    fn parts_have_the_declared_columns() {
+        use trace_format::ColumnType;
+        for t in Table::ALL {
+            let declared: Vec<(std::string::String, DataType)> = t
+                .columns()
+                .iter()
+                .map(|c| {
+                    let ty = match c.ty {
+                        ColumnType::UInt8 => DataType::UInt8,
+                        ColumnType::UInt32 => DataType::UInt32,
+                        ColumnType::UInt64 => DataType::UInt64,
+                        ColumnType::String => DataType::String,
+                        ColumnType::Binary => DataType::Binary,
+                        ColumnType::Boolean => DataType::Boolean,
+                    };
+                    (c.name.to_string(), ty)
+                })
+                .collect();
+            assert_eq!(schema_of(t), declared, "{}", t.name());
+        }
     }
 
     #[test]
