@@ -4,13 +4,14 @@
 #   - qemu-system-arm (lm3s6965evb, virt) and qemu-system-aarch64
 #   - the bare-metal cross toolchains for the test firmware
 #   - capnproto (the Cap'n Proto schema compiler used by schema/build.rs)
+#   - QEMU's execlog plugin, built from the installed QEMU's source (qemu-execlog.sh)
 # Run as root (or with sudo available).
 set -euo pipefail
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-PACKAGES_MAIN=(capnproto gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu pkg-config libclang-dev)
+PACKAGES_MAIN=(capnproto gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu pkg-config libclang-dev libglib2.0-dev curl)
 PACKAGES_BACKPORTS=(qemu-system-arm qemu-system-aarch64 qemu-utils)
 
 have_backports() {
@@ -53,6 +54,10 @@ fi
 if ! python3 -c "import duckdb" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check duckdb
 fi
+
+# QEMU's own execlog plugin, built from the installed QEMU's source, for the
+# test that compares `trace-query execlog` with it.
+bash "$(dirname "$0")/qemu-execlog.sh" >/dev/null
 
 qemu-system-arm --version | head -n1
 capnp --version

@@ -9,7 +9,12 @@
 //! per mode and translating thread, in the capstone library QEMU itself
 //! loaded, with the options QEMU sets (`CS_OPT_SKIPDATA` on, the text
 //! "mnemonic op_str"): for a given mode, our text is then the same function
-//! of an instruction's bytes and address as QEMU's.
+//! of an instruction's bytes and address as QEMU's. That holds only if a
+//! handle forgets each instruction once decoded: capstone's ARM decoder
+//! keeps the state of a Thumb `IT` instruction in the handle and applies
+//! it to the next ones ("addne r5, #1" where QEMU, with its fresh handle,
+//! says "adds r5, #1"). `cs_disasm` clears that state at each call
+//! (`cs_disasm_iter` does not), so we decode with it.
 //!
 //! The plugin API does not say which mode QEMU disassembles a block in (A64,
 //! A32 or T32, M-profile, v8), so QEMU says it: its text for a block's first
@@ -89,20 +94,19 @@ fn modes_of(target: &str) -> &'static [Mode] {
 type CsVersion = unsafe extern "C" fn(*mut c_int, *mut c_int) -> c_uint;
 type CsOpen = unsafe extern "C" fn(c_int, c_int, *mut Csh) -> c_int;
 type CsOption = unsafe extern "C" fn(Csh, c_int, usize) -> c_int;
-type CsMalloc = unsafe extern "C" fn(Csh) -> *mut c_void;
-type CsDisasmIter =
-    unsafe extern "C" fn(Csh, *mut *const u8, *mut usize, *mut u64, *mut c_void) -> bool;
+type CsDisasm = unsafe extern "C" fn(Csh, *const u8, usize, u64, usize, *mut *mut c_void) -> usize;
+type CsFree = unsafe extern "C" fn(*mut c_void, usize);
 
 /// capstone's entry points in the library QEMU loaded, and where its
 /// `cs_insn` keeps the text.
 struct Capstone {
     open: CsOpen,
     option: CsOption,
-    malloc: CsMalloc,
-    disasm_iter: CsDisasmIter,
+    disasm: CsDisasm,
+    free: CsFree,
     /// Offsets of `mnemonic` and `op_str` in `cs_insn`: after `id` (u32),
-    /// `address` (u64), `size` (u16) and `bytes`, 16 of them in capstone 4
-    /// and 24 in capstone 5.
+    /// `address` (u64), `size` (u16, at 16) and `bytes`, 16 of them in
+    /// capstone 4 and 24 in capstone 5.
     mnemonic_at: usize,
     op_str_at: usize,
 }
@@ -128,47 +132,55 @@ impl Capstone {
             Some(Capstone {
                 open: std::mem::transmute::<*mut c_void, CsOpen>(symbol(c"cs_open")?),
                 option: std::mem::transmute::<*mut c_void, CsOption>(symbol(c"cs_option")?),
-                malloc: std::mem::transmute::<*mut c_void, CsMalloc>(symbol(c"cs_malloc")?),
-                disasm_iter: std::mem::transmute::<*mut c_void, CsDisasmIter>(symbol(
-                    c"cs_disasm_iter",
-                )?),
+                disasm: std::mem::transmute::<*mut c_void, CsDisasm>(symbol(c"cs_disasm")?),
+                free: std::mem::transmute::<*mut c_void, CsFree>(symbol(c"cs_free")?),
                 mnemonic_at,
                 op_str_at: mnemonic_at + CS_MNEMONIC_SIZE,
             })
         }
     }
 
-    /// A handle set up as QEMU's `cap_disas_start` sets its own, with the
-    /// `cs_insn` it decodes into; never closed (a few per translating
-    /// thread).
+    /// A handle set up as QEMU's `cap_disas_start` sets its own; never
+    /// closed (a few per translating thread).
     fn open(&self, mode: Mode) -> Option<Handle> {
         let mut csh: Csh = 0;
+        // Safety: `cs_open` writes the handle it returns success for.
         unsafe {
             if (self.open)(mode.arch, mode.mode, &mut csh) != 0 {
                 return None;
             }
             // "Disassemble" unknown instructions as ".byte", as QEMU does.
             (self.option)(csh, CS_OPT_SKIPDATA, CS_OPT_ON);
-            let insn = (self.malloc)(csh);
-            (!insn.is_null()).then_some(Handle { csh, insn })
         }
+        Some(Handle { csh })
     }
 
     /// The text of the instruction `bytes` at `pc`, as QEMU's
     /// `cap_disas_plugin` prints it, or `None` when capstone decodes
     /// something else than exactly these bytes.
     fn text(&self, handle: &Handle, pc: u64, bytes: &[u8]) -> Option<String> {
-        let (mut code, mut size, mut address) = (bytes.as_ptr(), bytes.len(), pc);
-        let insn = handle.insn as *const u8;
+        let mut insn: *mut c_void = std::ptr::null_mut();
+        // Safety: `cs_disasm` reads `bytes` and, when it decodes one
+        // instruction, points `insn` at a `cs_insn` it allocated, which we
+        // read within its size (offsets above) and free once.
         unsafe {
-            if !(self.disasm_iter)(handle.csh, &mut code, &mut size, &mut address, handle.insn)
-                || size != 0
-            {
+            // One instruction, from a clear IT state (see the module's
+            // comment); allocates one `cs_insn` (translation time, not the
+            // events' path).
+            if (self.disasm)(handle.csh, bytes.as_ptr(), bytes.len(), pc, 1, &mut insn) != 1 {
                 return None;
             }
-            let mnemonic = c_text(insn.add(self.mnemonic_at), CS_MNEMONIC_SIZE)?;
-            let op_str = c_text(insn.add(self.op_str_at), CS_OP_STR_SIZE)?;
-            Some(format!("{mnemonic} {op_str}"))
+            let at = insn as *const u8;
+            let size = at.add(16).cast::<u16>().read_unaligned();
+            let text = if usize::from(size) == bytes.len() {
+                let mnemonic = c_text(at.add(self.mnemonic_at), CS_MNEMONIC_SIZE);
+                let op_str = c_text(at.add(self.op_str_at), CS_OP_STR_SIZE);
+                mnemonic.zip(op_str).map(|(m, o)| format!("{m} {o}"))
+            } else {
+                None // capstone decoded something else than these bytes
+            };
+            (self.free)(insn, 1);
+            text
         }
     }
 }
@@ -182,7 +194,6 @@ unsafe fn c_text<'a>(p: *const u8, len: usize) -> Option<std::borrow::Cow<'a, st
 
 struct Handle {
     csh: Csh,
-    insn: *mut c_void,
 }
 
 thread_local! {

@@ -70,6 +70,22 @@ fn cortex_m3_firmware_has_qemus_text() {
     assert_eq!(text_at(&rows, 0xf8), "bkpt #0xab");
 }
 
+/// Thumb-2 IT blocks of every length, pattern and condition
+/// (tests/firmware/m3it): each member has QEMU's text, which knows nothing
+/// of the IT instruction before it (capstone, left to itself, would carry
+/// its state into the members: "addne r5, #1").
+#[test]
+fn thumb_it_block_members_have_qemus_text() {
+    let rows = both_ways("m3it", &lm3s6965evb_qemu("m3it.elf"), &[]);
+    // reset_handler's 21 instructions and `blocks`' 911.
+    assert_eq!(rows.len(), 932);
+    assert_eq!(text_at(&rows, 0x48), "it eq");
+    assert_eq!(text_at(&rows, 0x4a), "adds r5, #1");
+    assert_eq!(text_at(&rows, 0x58), "add.w r6, r6, #2");
+    assert_eq!(text_at(&rows, 0x8d0), "it al");
+    assert_eq!(text_at(&rows, 0x8f0), "str r5, [r4, #4]");
+}
+
 /// A64 on two vCPUs, each translating on its own thread.
 #[test]
 fn aarch64_firmware_has_qemus_text() {
