@@ -110,6 +110,8 @@ thread_local! {
     /// The vCPU this thread last ran (set by the vCPU-init callback, which QEMU
     /// runs on the vCPU's thread): translation-time meta goes to its meta ring.
     static THREAD_VCPU: Cell<u32> = const { Cell::new(0) };
+    /// Whether a vCPU was initialised on this thread.
+    static THREAD_HAS_VCPU: Cell<bool> = const { Cell::new(false) };
 }
 
 // ---------------------------------------------------------------- install
@@ -241,7 +243,10 @@ fn wait_for_collector(header: &Header, segment: &Segment) {
 }
 
 unsafe extern "C" fn on_vcpu_init(_id: qemu_plugin_id_t, vcpu: c_uint) {
-    THREAD_VCPU.with(|v| v.set(vcpu));
+    let earlier = THREAD_VCPU.with(|v| v.replace(vcpu));
+    if THREAD_HAS_VCPU.with(|h| h.replace(true)) && earlier != vcpu {
+        refuse_one_thread_for_many_vcpus(earlier, vcpu);
+    }
     let shim = shim();
     if let Some(slot) = shim.asids.get(vcpu as usize) {
         let mode = match unsafe { slot.init() } {
@@ -254,6 +259,27 @@ unsafe extern "C" fn on_vcpu_init(_id: qemu_plugin_id_t, vcpu: c_uint) {
         // Nothing read yet.
         unsafe { (*shim.score_looked_up(vcpu)).asid_stale = 1 };
     }
+}
+
+/// Two vCPUs initialised on one thread: QEMU runs its vCPUs in turn on one
+/// thread (`-accel tcg,thread=single`, or `-icount`). There, QEMU 10.0
+/// generates each block's plugin code with the index of the vCPU that
+/// translated it as a constant (accel/tcg/plugin-gen.c, `gen_cpu_index`)
+/// and shares the block with the other vCPUs: their events would be
+/// recorded as that vCPU's, and the scoreboard's inline ops write over the
+/// constant, which corrupts the block (QEMU aborts in `arm_mmu_idx_el`;
+/// QEMU's own tests/tcg/plugins/bb.c with `inline=true` does the same). So
+/// QEMU stops here, before the guest runs, saying why.
+#[cold]
+fn refuse_one_thread_for_many_vcpus(earlier: c_uint, vcpu: c_uint) -> ! {
+    eprintln!(
+        "trace-shim: vCPUs {earlier} and {vcpu} run on one thread (-accel tcg,thread=single or \
+         -icount with -smp > 1): QEMU 10.0's plugin code then gives every vCPU's events to the \
+         vCPU that translated the block and corrupts its generated code. Run with -smp 1, or \
+         without -icount and thread=single (multi-threaded TCG)."
+    );
+    shim().segment.unlink();
+    std::process::exit(1);
 }
 
 /// The vCPU leaves idle (also after a reset, which sets its context register

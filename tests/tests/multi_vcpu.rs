@@ -80,3 +80,33 @@ fn each_vcpu_has_its_own_ordered_lossless_stream() {
     assert_eq!(stat(&dir, "events", Some(0)), 1005);
     assert_eq!(stat(&dir, "events", Some(1)), 1002);
 }
+
+/// vCPUs taking turns on one thread (`-accel tcg,thread=single`, as
+/// `-icount` implies): QEMU 10.0 would give every vCPU's events to the one
+/// that translated the block and corrupt the generated code (see the shim's
+/// `refuse_one_thread_for_many_vcpus`), so the shim stops QEMU before the
+/// guest runs, saying why; the capture says how QEMU ended and holds no
+/// event.
+#[test]
+fn vcpus_on_one_thread_are_refused_before_the_guest_runs() {
+    let dir = capture_dir("a64-smp2-one-thread");
+    let mut qemu = a64_qemu();
+    qemu.splice(
+        1..1,
+        ["-accel".to_string(), "tcg,thread=single".to_string()],
+    );
+    let out = run_capture(&dir, &["--events", "mem,mmio"], &qemu);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("trace-shim: vCPUs 0 and 1 run on one thread"),
+        "{stderr}"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("capture.json")).unwrap()).unwrap();
+    assert_eq!(meta["qemu_exit"], "exited with status 1");
+    assert_eq!(stat(&dir, "rows.mem", None), 0);
+    assert_eq!(
+        stat(&dir, "events", Some(0)) + stat(&dir, "events", Some(1)),
+        0
+    );
+}
