@@ -18,7 +18,7 @@ use std::io::Write;
 use anyhow::{bail, Result};
 use polars::prelude::*;
 
-use crate::capture::Capture;
+use crate::capture_dir::Capture;
 use crate::hex::{access_bytes, hex_pad};
 use crate::stream::{icount_range, sorted_window, window_rows, windows};
 

@@ -8,7 +8,7 @@
 //! (`insn`, `mem`) are streamed in icount windows (see [`stream`]).
 
 pub mod bufmon;
-pub mod capture;
+pub mod capture_dir;
 pub mod execlog;
 pub mod hex;
 pub mod mmio_json;
@@ -17,5 +17,5 @@ pub mod sql;
 pub mod stream;
 pub mod timeline;
 
-pub use capture::{Capture, TableInfo};
+pub use capture_dir::{Capture, TableInfo};
 pub use output::Format;

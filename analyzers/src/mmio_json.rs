@@ -17,7 +17,7 @@ use std::io::Write;
 use anyhow::Result;
 use polars::prelude::*;
 
-use crate::capture::{Capture, UNKNOWN_DEVICE};
+use crate::capture_dir::{Capture, UNKNOWN_DEVICE};
 use crate::hex::{hex_pad, hex_pad128};
 use crate::stream::{icount_range, sorted_window, window_rows, windows};
 

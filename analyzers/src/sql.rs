@@ -5,7 +5,7 @@ use anyhow::{anyhow, Result};
 use polars::prelude::*;
 use polars::sql::SQLContext;
 
-use crate::capture::Capture;
+use crate::capture_dir::Capture;
 
 /// A `SQLContext` with every readable table of the capture registered under
 /// its directory name. Tables with a damaged part are left out (a query

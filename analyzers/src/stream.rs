@@ -12,7 +12,7 @@
 use anyhow::Result;
 use polars::prelude::*;
 
-use crate::capture::Capture;
+use crate::capture_dir::Capture;
 
 /// Rows a window aims at (estimated from the table's icount density).
 pub const DEFAULT_WINDOW_ROWS: u64 = 1_000_000;

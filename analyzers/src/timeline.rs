@@ -11,7 +11,7 @@ use std::io::Write;
 use anyhow::Result;
 use polars::prelude::*;
 
-use crate::capture::{Capture, UNKNOWN_DEVICE};
+use crate::capture_dir::{Capture, UNKNOWN_DEVICE};
 
 /// Width of the plot area in pixels (= number of bins).
 pub const PLOT_WIDTH: u32 = 1000;

@@ -22,6 +22,8 @@
 //! event's rows of a table are not written again when the capture already
 //! holds them (`skip_below`).
 
+pub mod described_blocks;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -36,9 +38,10 @@ use trace_schema::options::EventSet;
 use trace_schema::ring::{Consumer, DrainError};
 use trace_schema::sync::Ordering;
 
-use crate::described_blocks::DescribedBlocks;
-use crate::parquet_sink::{PartSink, SinkProgress};
-use crate::tables::{
+use crate::drain::described_blocks::DescribedBlocks;
+use crate::losses::{LossLedger, LostEvents};
+use crate::write::parquet_sink::{PartSink, SinkProgress};
+use crate::write::tables::{
     AccessBatch, Batch, BlockExecBatch, CodeBatch, DeviceList, StatsBatch, Table, NO_DEVICE,
 };
 
@@ -142,24 +145,6 @@ pub struct Resume {
     pub known_blocks: Vec<u64>,
 }
 
-/// Per-vCPU counters the drain cannot read from the segment by itself.
-pub struct FinishInfo<'a> {
-    /// `events_lost` of each vCPU when we attached.
-    pub lost_at_attach: &'a [u64],
-    /// The part of that this capture accounts for (`--append`: what earlier
-    /// sessions did not), the `events_lost_before_attach` stat.
-    pub lost_before_attach: &'a [u64],
-    /// Whether the shim announced QEMU's exit (then `final_icount` is valid).
-    pub qemu_exited: bool,
-    /// `events_lost` of each vCPU when the capture stopped, if it stopped by
-    /// detaching (later losses are the detach's, not the capture's); `None`:
-    /// read the counters now.
-    pub lost_at_stop: Option<&'a [u64]>,
-    /// Per vCPU, per table: records a previous collector drained and died
-    /// before writing their rows of that table (`commit`), found at attach.
-    pub lost_collector_died: &'a [[u64; 5]],
-}
-
 /// The result of a capture's drain.
 #[derive(Debug, Clone, Default)]
 pub struct DrainReport {
@@ -167,14 +152,10 @@ pub struct DrainReport {
     pub rows: Vec<(Table, u64)>,
     /// Event records drained per vCPU.
     pub events: Vec<u64>,
-    /// Events lost per vCPU during the capture.
-    pub events_lost: Vec<u64>,
-    pub events_lost_before_attach: Vec<u64>,
+    /// Events lost per vCPU, by cause.
+    pub lost: LostEvents,
     /// Records skipped per vCPU: already in the (appended) capture.
     pub events_skipped: Vec<u64>,
-    /// Per vCPU: records some of whose rows a collector that died never
-    /// wrote (the largest count over the tables).
-    pub events_lost_collector_died: Vec<u64>,
     /// Per vCPU: the times QEMU waited for room in a full ring during the
     /// drain (`overflow=block`), and the nanoseconds those waits took.
     pub full_ring_waits: Vec<u64>,
@@ -318,12 +299,12 @@ impl Drainer {
     /// Ends the capture's tables: counts each vCPU's last block, writes the
     /// partial batches, an empty part for each table that has none, and the
     /// stats table; waits for the writer.
-    pub fn finish(mut self, info: FinishInfo) -> Result<DrainReport> {
+    pub fn finish(mut self, losses: &LossLedger, qemu_exited: bool) -> Result<DrainReport> {
         let Drainer { meta_rings, st, .. } = &mut self;
         let n = st.view.geometry.n_vcpus;
         for v in 0..n as usize {
             if let Some(p) = st.pending[v].take() {
-                let end = info.qemu_exited.then(|| {
+                let end = qemu_exited.then(|| {
                     st.view
                         .vcpu(v as u32)
                         .counters
@@ -353,26 +334,14 @@ impl Drainer {
             ..Default::default()
         };
         let mut stats = StatsBatch::default();
+        let during = losses.during(&st.view);
         for v in 0..n {
             let c = &st.view.vcpu(v).counters;
-            let lost_now = match info.lost_at_stop {
-                Some(l) => l.get(v as usize).copied().unwrap_or(0),
-                None => c.events_lost.load(Ordering::Relaxed),
-            };
-            let at_attach = info.lost_at_attach.get(v as usize).copied().unwrap_or(0);
-            let before = info
-                .lost_before_attach
-                .get(v as usize)
-                .copied()
-                .unwrap_or(0);
-            let lost = lost_now.saturating_sub(at_attach);
-            let died = info
-                .lost_collector_died
-                .get(v as usize)
-                .copied()
-                .unwrap_or_default();
-            report.events_lost.push(lost);
-            report.events_lost_before_attach.push(before);
+            let lost = during.get(v as usize).copied().unwrap_or(0);
+            let before = losses.before_attach().get(v as usize).copied().unwrap_or(0);
+            let died = losses.collector_died(v as usize);
+            report.lost.during.push(lost);
+            report.lost.before_attach.push(before);
             stats.push(stat::EVENTS.name, Some(v), st.events[v as usize]);
             stats.push(stat::EVENTS_LOST.name, Some(v), lost);
             stats.push(stat::EVENTS_LOST_BEFORE_ATTACH.name, Some(v), before);
@@ -385,7 +354,7 @@ impl Drainer {
                     stats.push(name, Some(v), n);
                 }
             }
-            report.events_lost_collector_died.push(died_max);
+            report.lost.collector_died.push(died_max);
             stats.push(
                 stat::EVENTS_ALREADY_CAPTURED.name,
                 Some(v),
@@ -401,7 +370,7 @@ impl Drainer {
             stats.push(stat::FULL_RING_WAIT_NS.name, Some(v), wait_ns);
             report.full_ring_waits.push(waits);
             report.full_ring_wait_ns.push(wait_ns);
-            if info.qemu_exited {
+            if qemu_exited {
                 stats.push(
                     stat::FINAL_ICOUNT.name,
                     Some(v),

@@ -14,36 +14,34 @@
 //! `memory_map::MapDeviceNames`, built from QEMU's memory map (mtree.txt)
 //! and the user's `--device-map`.
 //!
-//! Modules, one idea each: `segment` (open, check, map, attach), `drain`
-//! (rings to batches, block events, what each part completes), `described_blocks`
-//! (the blocks whose `code` rows we have), `tables` (batches and
-//! their columns), `access_batch` (the rows of `mem` and `mmio`), `parquet_part` (a part built column by column),
-//! `encodings` (the Parquet value encodings), `parquet_sink` (writer thread,
-//! atomic parts), `parquet_file` (a part's footer), `output` (capture directory,
-//! capture.json), `append` (`--append`), `capture` (the drain loop),
-//! `launch` (`run`), `qmp` (`info mtree -f`), `progress`, `signals`.
+//! The pipeline, a directory each:
+//! - `qemu/`: the QEMU side: `segment_view` (open, check, map and attach to
+//!   a QEMU's segment), `launch` (`run`: start QEMU with the shim), `qmp`
+//!   (`info mtree -f`), `memory_map` (device names from it), `signals`.
+//! - `drain.rs` and `drain/`: the rings to batches of rows, block events,
+//!   what each part completes; `described_blocks` (the blocks whose `code`
+//!   rows we have).
+//! - `write/`: batches to Parquet parts: `tables` (batches and their
+//!   columns), `access_batch` (the rows of `mem` and `mmio`),
+//!   `parquet_part` (a part built column by column), `encodings` (Parquet's
+//!   value encodings), `parquet_sink` (encoder threads, parts put in place
+//!   atomically and in order), `parquet_file` (a part's footer).
+//! - `capture/`: one capture: `session` (the drain loop, its end and
+//!   summary), `directory` (the capture directory and capture.json),
+//!   `append` (`--append`).
+//! - `losses`: the ledger of a session's lost events.
+//! - `progress`: the progress line.
 
-mod access_batch;
-mod append;
 mod capture;
-mod described_blocks;
 mod drain;
-mod encodings;
-mod launch;
-pub mod memory_map;
-mod output;
-mod parquet_file;
-mod parquet_part;
-mod parquet_sink;
+mod losses;
 mod progress;
-mod qmp;
-mod segment;
-mod signals;
-mod tables;
+mod qemu;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod testutil;
+mod write;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,10 +49,14 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-pub use capture::{Ending, Summary};
-pub use launch::{RunArgs, SHIM_FILE};
-pub use segment::SegmentError;
-pub use tables::Table;
+pub use capture::session::{Ending, Summary};
+pub use qemu::launch::{RunArgs, SHIM_FILE};
+pub use qemu::memory_map;
+pub use qemu::segment_view::SegmentError;
+pub use write::tables::Table;
+
+use capture::{append, directory, session};
+use qemu::{launch, qmp, segment_view, signals};
 
 /// Makes glibc's malloc keep the memory of freed batches for the next ones.
 /// Process-wide: the binary calls it first thing (and the drain benchmark,
@@ -130,16 +132,16 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
     // A QEMU started with a -plugin option may still be starting: give it
     // time to create its segment. Any other process gets a moment only: the
     // `$!` of `qemu-system-... &` can still be the shell, before its exec.
-    let seg = segment::Segment::open_waiting(args.pid, |waited| {
+    let seg = segment_view::Segment::open_waiting(args.pid, |waited| {
         if signals.load(std::sync::atomic::Ordering::Relaxed) > 0 {
-            return Err(segment::SegmentError::Interrupted(args.pid));
+            return Err(segment_view::SegmentError::Interrupted(args.pid));
         }
-        let starting = output::qemu_command(args.pid)
+        let starting = directory::qemu_command(args.pid)
             .iter()
             .any(|a| a.contains("plugin"));
         Ok(waited < if starting { SEGMENT_WAIT } else { EXEC_WAIT })
     })?;
-    output::check(&args.out, args.overwrite, args.append)?;
+    directory::check(&args.out, args.overwrite, args.append)?;
     seg.check_not_attached()?;
     let append = if args.append {
         append::previous_capture(&args.out)?
@@ -147,7 +149,7 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
         None
     };
     if append.is_none() {
-        output::clear(&args.out)?;
+        directory::clear(&args.out)?;
     }
     let fetch = args.qmp.clone().map(|sock| {
         let view = *seg.view();
@@ -160,7 +162,7 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
             |_| {},
         )
     });
-    let setup = capture::CaptureSetup {
+    let setup = session::CaptureSetup {
         out: args.out.clone(),
         part_rows: args.part_rows,
         threads: args.threads,
@@ -172,11 +174,11 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
         show_progress: args.show_progress,
         append,
     };
-    let mut captured = capture::capture(&seg, &setup, capture::Owner::Attach, signals)?;
+    let mut captured = session::capture(&seg, &setup, session::Owner::Attach, signals)?;
     if let Some(m) = fetch {
         captured.warnings.extend(m.wait(Duration::from_secs(5)));
     }
-    let exit = capture::attach_qemu_exit(captured.ending);
+    let exit = session::attach_qemu_exit(captured.ending);
     captured.complete(exit)
 }
 

@@ -12,12 +12,12 @@ use trace_schema::chunk::block_id;
 use trace_schema::layout::Geometry;
 use trace_schema::sync::Ordering;
 
-use crate::capture::{capture, CaptureSetup, Captured, Ending, Owner};
-use crate::tables::PluginDeviceNames;
+use crate::capture::session::{capture, CaptureSetup, Captured, Ending, Owner};
 use crate::testutil::*;
+use crate::write::tables::PluginDeviceNames;
 
 fn setup(out: &Path, part_rows: usize) -> CaptureSetup {
-    crate::output::check(out, false, false).unwrap();
+    crate::capture::directory::check(out, false, false).unwrap();
     CaptureSetup {
         out: out.to_path_buf(),
         part_rows,
@@ -426,7 +426,9 @@ fn qemu_that_dies_ends_the_capture() {
         .spawn()
         .unwrap();
     shim.header_mut().qemu_pid = child.id();
-    let seg = crate::segment::Segment::open_named(&shim.name, child.id(), Duration::ZERO).unwrap();
+    let seg =
+        crate::qemu::segment_view::Segment::open_named(&shim.name, child.id(), Duration::ZERO)
+            .unwrap();
     let dir = TempDir::new("died");
     let out = dir.0.join("cap");
     let signals = AtomicU32::new(0);
@@ -516,7 +518,7 @@ fn a_chunk_out_of_sequence_is_an_error() {
 
 #[test]
 fn event_set_from_shim_options() {
-    use crate::capture::shim_events;
+    use crate::capture::session::shim_events;
     use trace_schema::options::EventSet;
     assert_eq!(
         shim_events("").unwrap(),

@@ -19,7 +19,7 @@ use trace_schema::layout::{Geometry, Header, SegmentView};
 use trace_schema::ring::Producer;
 use trace_schema::sync::Ordering;
 
-use crate::segment::{Segment, SegmentError};
+use crate::qemu::segment_view::{Segment, SegmentError};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

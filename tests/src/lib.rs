@@ -185,7 +185,7 @@ pub fn run_capture(out: &Path, args: &[&str], qemu: &[String]) -> Output {
 /// not write, is the view trace-query builds from `block_exec` and `code`.
 pub fn table(capture: &Path, name: &str) -> Result<DataFrame> {
     if name == "insn" && !capture.join("insn").is_dir() {
-        let cap = trace_analyzers::capture::Capture::open(capture)?;
+        let cap = trace_analyzers::capture_dir::Capture::open(capture)?;
         if !cap.has_table("insn") {
             bail!("capture {} has no table {name}", capture.display());
         }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use anyhow::Result;
 use polars_arrow::datatypes::ArrowDataType;
 
-pub use crate::access_batch::{AccessBatch, NO_DEVICE};
-use crate::parquet_part::{Compressors, PartBuilder, U64Layout, LEVEL};
+pub use crate::write::access_batch::{AccessBatch, NO_DEVICE};
+use crate::write::parquet_part::{Compressors, PartBuilder, U64Layout, LEVEL};
 
 pub use trace_format::Table;
 

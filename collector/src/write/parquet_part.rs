@@ -27,7 +27,7 @@ use polars_parquet::write::{
     StatisticsOptions, Version, WriteOptions,
 };
 
-use crate::encodings;
+use crate::write::encodings;
 
 /// How a u64 column's values are laid out in its page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -36,8 +36,8 @@ use anyhow::{anyhow, Context, Result};
 
 use trace_schema::commit::Committed;
 
-use crate::parquet_part::Compressors;
-use crate::tables::{Batch, DeviceList, DeviceNames, Table};
+use crate::write::parquet_part::Compressors;
+use crate::write::tables::{Batch, DeviceList, DeviceNames, Table};
 
 /// Batches waiting for each encoder.
 const QUEUE: usize = 1;

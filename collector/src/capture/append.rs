@@ -21,9 +21,9 @@ use trace_schema::commit::Committed;
 
 use trace_format::stats as stat;
 
-use crate::output::{CaptureJson, FORMAT_VERSION};
-use crate::parquet_file::part_rows;
-use crate::tables::Table;
+use crate::capture::directory::{CaptureJson, FORMAT_VERSION};
+use crate::write::parquet_file::part_rows;
+use crate::write::tables::Table;
 
 /// How the new collector continues the directory.
 #[derive(Debug, Clone, Default)]
@@ -212,8 +212,8 @@ fn add_accounted_losses(path: &Path, lost: &mut [u64]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tables::StatsBatch;
     use crate::testutil::TempDir;
+    use crate::write::tables::StatsBatch;
 
     fn previous() -> CaptureJson {
         CaptureJson {
@@ -254,11 +254,11 @@ mod tests {
         b.push(stat::EVENTS_LOST_BEFORE_ATTACH.name, Some(1), before);
         b.push(stat::EVENTS.name, Some(1), 1000);
         let f = std::fs::File::create(tdir.join(format!("part-{n:06}.parquet"))).unwrap();
-        crate::tables::Batch::Stats(b)
+        crate::write::tables::Batch::Stats(b)
             .write(
                 &[],
-                &crate::tables::PluginDeviceNames,
-                &mut crate::parquet_part::Compressors::default(),
+                &crate::write::tables::PluginDeviceNames,
+                &mut crate::write::parquet_part::Compressors::default(),
                 f,
             )
             .unwrap();

@@ -12,10 +12,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use trace_schema::options::{EventSet, ShimOptions};
 
-use crate::capture::{self, CaptureSetup, Ending, Owner, Summary};
-use crate::output;
-use crate::qmp::MtreeFetch;
-use crate::segment::{Segment, SegmentError};
+use crate::capture::directory;
+use crate::capture::session::{self, CaptureSetup, Ending, Owner, Summary};
+use crate::qemu::qmp::MtreeFetch;
+use crate::qemu::segment_view::{Segment, SegmentError};
 
 /// The shim's file name, looked for beside the collector's executable.
 pub const SHIM_FILE: &str = "libtrace_shim.so";
@@ -195,8 +195,8 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
         bail!("no QEMU command given: trace-collector run --out DIR -- qemu-system-... ARGS");
     }
     let shim = shim_path(args.shim.as_deref())?;
-    let user_names = crate::memory_map::load_device_map(args.device_map.as_deref())?;
-    output::check(&args.out, args.overwrite, false)?;
+    let user_names = crate::qemu::memory_map::load_device_map(args.device_map.as_deref())?;
+    directory::check(&args.out, args.overwrite, false)?;
     let sockets = SocketDir::new()?;
     let qmp = sockets.0.join("qmp.sock");
 
@@ -237,7 +237,7 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
         }
     };
     let result = (|| {
-        output::clear(&args.out)?;
+        directory::clear(&args.out)?;
         let view = *seg.view();
         let mtree = MtreeFetch::start(
             qmp.clone(),
@@ -245,7 +245,7 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
             Duration::from_secs(10),
             start_paused,
             // Before the guest runs (it is resumed after this).
-            move |map| crate::memory_map::publish_memory_ranges(&view, map),
+            move |map| crate::qemu::memory_map::publish_memory_ranges(&view, map),
             move |why| {
                 // Never leave a paused QEMU behind: stop it, the capture then ends.
                 eprintln!("trace-collector: error: could not resume QEMU: {why}; stopping it");
@@ -256,7 +256,7 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
             out: args.out.clone(),
             part_rows: args.part_rows,
             threads: args.threads,
-            names: std::sync::Arc::new(crate::memory_map::MapDeviceNames::new(
+            names: std::sync::Arc::new(crate::qemu::memory_map::MapDeviceNames::new(
                 args.out.join("mtree.txt"),
                 Some(mtree.clone()),
                 user_names,
@@ -264,7 +264,7 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
             show_progress: args.show_progress,
             append: None,
         };
-        let captured = capture::capture(&seg, &setup, Owner::Run { child: pid }, signals)?;
+        let captured = session::capture(&seg, &setup, Owner::Run { child: pid }, signals)?;
         Ok((captured, mtree))
     })();
     let (mut captured, mtree) = match result {

@@ -133,7 +133,7 @@ impl MtreeFetch {
                 let mut qmp = Qmp::connect(&socket, connect_for)?;
                 let map = qmp.human("info mtree -f").and_then(|text| {
                     on_map(&text);
-                    crate::output::write_atomic(&dest, text.as_bytes())
+                    crate::capture::directory::write_atomic(&dest, text.as_bytes())
                 });
                 if resume {
                     qmp.execute(serde_json::json!({"execute": "cont"}))

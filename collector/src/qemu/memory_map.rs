@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use trace_schema::layout::{SegmentView, MAX_MEMORY_RANGES};
 
-use crate::qmp::MtreeFetch;
-use crate::tables::DeviceNames;
+use crate::qemu::qmp::MtreeFetch;
+use crate::write::tables::DeviceNames;
 
 /// QEMU region names whose well-known short name differs.
 pub const SHORT_NAMES: &[(&str, &str)] = &[

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::tables::Table;
+use crate::write::tables::Table;
 
 pub use trace_format::{CaptureJson, FORMAT_VERSION};
 

@@ -14,8 +14,8 @@ use polars::prelude::PlHashMap;
 use polars_arrow::datatypes::ArrowDataType;
 use trace_schema::chunk::{MemAccess, FLAG_HIGH_HALF, FLAG_IO, FLAG_STORE, MEM_ACCESS_WORDS};
 
-use crate::parquet_part::{PartBuilder, U64Layout, LEVEL, VALUE_LEVEL};
-use crate::tables::DeviceNames;
+use crate::write::parquet_part::{PartBuilder, U64Layout, LEVEL, VALUE_LEVEL};
+use crate::write::tables::DeviceNames;
 
 /// A device index of an I/O access that hit no named device.
 pub const NO_DEVICE: u32 = u32::MAX;
