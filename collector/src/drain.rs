@@ -23,13 +23,13 @@
 //! holds them (`skip_below`).
 
 pub mod described_blocks;
+pub mod device_ids;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 use capnp::message::ReaderOptions;
-use polars::prelude::{PlHashMap, PlHashSet};
+use polars::prelude::PlHashSet;
 use trace_format::stats as stat;
 use trace_schema::chunk::{self, Chunk};
 use trace_schema::events_capnp::meta;
@@ -39,6 +39,7 @@ use trace_schema::ring::{Consumer, DrainError};
 use trace_schema::sync::Ordering;
 
 use crate::drain::described_blocks::DescribedBlocks;
+use crate::drain::device_ids::DeviceIds;
 use crate::losses::{LossLedger, LostEvents};
 use crate::write::parquet_sink::{PartSink, SinkProgress};
 use crate::write::tables::{
@@ -91,11 +92,8 @@ struct State {
     code: CodeBatch,
     rows_sent: [u64; 5],
 
-    devices: DeviceList,
-    devices_changed: bool,
-    device_index: HashMap<String, u32>,
-    /// Per vCPU: `Meta.device.id` → index in `devices`.
-    vcpu_devices: Vec<PlHashMap<u16, u32>>,
+    /// The devices the vCPUs named, and their ids.
+    devices: DeviceIds,
     /// The blocks whose `code` rows we have.
     blocks: DescribedBlocks,
     /// Blocks whose Meta did not arrive (lost, or announced to an earlier
@@ -213,10 +211,7 @@ impl Drainer {
                 block_exec: BlockExecBatch::with_capacity(if events.insn { cap } else { 0 }),
                 code: CodeBatch::default(),
                 rows_sent: [0; 5],
-                devices: Arc::new(Vec::new()),
-                devices_changed: false,
-                device_index: HashMap::new(),
-                vcpu_devices: vec![PlHashMap::default(); n as usize],
+                devices: DeviceIds::new(n as usize, Arc::new(Vec::new())),
                 blocks,
                 missing_blocks: PlHashSet::default(),
                 pending: vec![None; n as usize],
@@ -289,7 +284,7 @@ impl Drainer {
 
     /// The devices seen so far, if they changed since the last call.
     pub fn take_new_devices(&mut self) -> Option<DeviceList> {
-        std::mem::take(&mut self.st.devices_changed).then(|| self.st.devices.clone())
+        self.st.devices.take_new()
     }
 
     pub fn sink_progress(&self) -> &Arc<SinkProgress> {
@@ -330,7 +325,7 @@ impl Drainer {
         let mut report = DrainReport {
             events: st.events.clone(),
             events_skipped: st.skipped.clone(),
-            devices: st.devices.as_ref().clone(),
+            devices: st.devices.names().as_ref().clone(),
             ..Default::default()
         };
         let mut stats = StatsBatch::default();
@@ -398,7 +393,7 @@ impl Drainer {
             }
         }
         report.rows.push((Table::Stats, stats.len() as u64));
-        let devices = st.devices.clone();
+        let devices = st.devices.names().clone();
         let covers = st.cover(Table::Stats);
         st.sink.send(Batch::Stats(stats), &devices, covers)?;
         self.st.sink.finish()?;
@@ -451,17 +446,7 @@ impl State {
                 let d = d.map_err(bad)?;
                 let name = d.get_name().map_err(bad)?;
                 let name = String::from_utf8_lossy(name.as_bytes());
-                let index = match self.device_index.get(name.as_ref()) {
-                    Some(&i) => i,
-                    None => {
-                        let i = self.devices.len() as u32;
-                        Arc::make_mut(&mut self.devices).push(name.to_string());
-                        self.device_index.insert(name.into_owned(), i);
-                        self.devices_changed = true;
-                        i
-                    }
-                };
-                self.vcpu_devices[v].insert(d.get_id(), index);
+                self.devices.announce(v, d.get_id(), &name);
             }
             meta::Block(b) => {
                 let b = b.map_err(bad)?;
@@ -696,13 +681,13 @@ impl State {
             self.devices_unknown += 1;
             return Ok(NO_DEVICE);
         }
-        if let Some(&i) = self.vcpu_devices[v].get(&id) {
+        if let Some(i) = self.devices.get(v, id) {
             return Ok(i);
         }
         // Published after our last pass over this vCPU's meta ring.
         self.drain_meta(metas, v).map_err(Fail::Other)?;
-        Ok(match self.vcpu_devices[v].get(&id) {
-            Some(&i) => i,
+        Ok(match self.devices.get(v, id) {
+            Some(i) => i,
             None => {
                 self.devices_unknown += 1;
                 NO_DEVICE
@@ -813,7 +798,7 @@ impl State {
         self.rows_sent[t.index()] += batch.len() as u64;
         let covers = self.cover(t);
         self.sink
-            .send(batch, &self.devices, covers)
+            .send(batch, self.devices.names(), covers)
             .map_err(Fail::Other)
     }
 }
