@@ -71,6 +71,8 @@ use qemu::{launch, qmp, segment_view, signals};
 pub fn keep_freed_memory() {
     // 32 MiB is the largest threshold glibc accepts (64-bit); every batch
     // vector is below it. -1 disables trimming the heap top.
+    // Safety: mallopt only sets allocator tunables; any value is accepted
+    // or refused, never unsound.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, -1);

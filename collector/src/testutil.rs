@@ -30,6 +30,8 @@ pub struct FakeShim {
     pub view: SegmentView,
 }
 
+// Safety: as `Segment`: shared memory written through atomics, the base
+// pointer only used to unmap on drop.
 unsafe impl Send for FakeShim {}
 unsafe impl Sync for FakeShim {}
 
@@ -68,6 +70,7 @@ impl FakeShim {
         .unwrap();
         let len = g.segment_bytes().unwrap() as usize;
         ftruncate(&fd, len as i64).unwrap();
+        // Safety: a fresh shared mapping of the new object, unmapped once (Drop).
         let base = unsafe {
             mmap(
                 None,
@@ -79,8 +82,12 @@ impl FakeShim {
             )
         }
         .unwrap();
+        // Safety: the mapping is `g.segment_bytes()` long and page-aligned,
+        // and nobody else has it yet: the header is ours to initialise.
         let h = unsafe { &mut *(base.as_ptr() as *mut Header) };
         h.initialise(g, std::process::id(), options);
+        // Safety: the mapping holds the layout of `g`, and outlives the view
+        // (both are fields of this FakeShim, unmapped on drop).
         let view = unsafe { SegmentView::new(base.as_ptr() as *mut u8, g) };
         FakeShim {
             name,
@@ -96,6 +103,8 @@ impl FakeShim {
 
     #[allow(clippy::mut_from_ref)]
     pub fn header_mut(&self) -> &mut Header {
+        // Safety: test-only: tests write the header's plain fields while no
+        // collector reads them (before `open`), as the shim does at creation.
         unsafe { &mut *(self.base.as_ptr() as *mut Header) }
     }
 
@@ -111,6 +120,9 @@ impl FakeShim {
     pub fn vcpu(&self, v: u32) -> FakeVcpu {
         let g = self.view.geometry;
         let c = self.view.vcpu(v);
+        // Safety: the rings are in the mapping, which outlives the producers
+        // (tests drop them before the FakeShim), and a test makes one
+        // producer per vCPU at a time, as the shim has one per vCPU.
         unsafe {
             FakeVcpu {
                 index: v as u16,
@@ -136,6 +148,7 @@ impl FakeShim {
 impl Drop for FakeShim {
     fn drop(&mut self) {
         let _ = shm_unlink(self.name.as_str());
+        // Safety: our mapping; `view` goes with us.
         unsafe { munmap(self.base, self.len) }.ok();
     }
 }

@@ -88,8 +88,9 @@ pub struct Segment {
     file_id: (u64, u64),
 }
 
-// The mapping is shared memory that the other side writes through atomics;
-// `SegmentView` is already Send + Sync.
+// Safety: the mapping is shared memory that the other side writes through
+// atomics; `SegmentView` is already Send + Sync, and the raw base pointer is
+// only used to unmap, once, on drop.
 unsafe impl Send for Segment {}
 unsafe impl Sync for Segment {}
 
@@ -194,6 +195,8 @@ impl Segment {
                 name: name.to_string(),
                 err: LayoutError::TooSmall { len },
             })?;
+        // Safety: a fresh shared mapping of the whole file; nothing else in
+        // this process refers to it, and `Segment` unmaps it once (Drop).
         let base = unsafe {
             mmap(
                 None,
@@ -209,6 +212,7 @@ impl Segment {
             err,
         })?;
         let unmap = |e| {
+            // Safety: the mapping made above, not handed out yet.
             unsafe { munmap(base, size.get()) }.ok();
             Err(e)
         };
@@ -340,6 +344,7 @@ impl Segment {
             tv_sec: 0,
             tv_nsec: 0,
         };
+        // Safety: `ts` is a valid timespec to write.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
         self.header()
@@ -369,6 +374,8 @@ impl Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
+        // Safety: our mapping; the views into it borrow `self`, so none
+        // outlives it.
         unsafe { munmap(self.base, self.len) }.ok();
     }
 }
