@@ -241,6 +241,8 @@ mod tests {
     use crate::layout::Geometry;
 
     fn header(mem: &mut [u64]) -> &mut Header {
+        // Safety: `mem` is a whole segment of u64s (aligned, longer than a
+        // `Header`, any bytes valid for one), borrowed by the result.
         unsafe { &mut *(mem.as_mut_ptr() as *mut Header) }
     }
 

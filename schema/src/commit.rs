@@ -131,6 +131,8 @@ mod tests {
             meta_ring_bytes: 4096,
         };
         let mut mem = vec![0u64; g.segment_bytes().unwrap() as usize / 8];
+        // Safety: `mem` holds `g.segment_bytes()` aligned bytes and outlives
+        // `view`; `g` is not `check`ed (its rings are small) but all its offsets are in `mem`.
         let view = unsafe { SegmentView::new(mem.as_mut_ptr() as *mut u8, g) };
         assert_eq!(read(&view).events, vec![[0; COMMIT_STREAMS]; 2]);
         for k in 1..5u64 {

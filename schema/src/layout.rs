@@ -349,7 +349,12 @@ pub struct SegmentView {
     pub geometry: Geometry,
 }
 
+// Safety: a pointer into a mapping that outlives the view (`new`'s contract)
+// and belongs to the process, not to a thread.
 unsafe impl Send for SegmentView {}
+// Safety: shared, it only hands out `&Header` and `&VcpuControl`, changed after
+// creation through atomics only, and ring pointers that `Producer::new` and
+// `Consumer::new` govern.
 unsafe impl Sync for SegmentView {}
 
 impl SegmentView {
@@ -362,17 +367,22 @@ impl SegmentView {
     }
 
     pub fn header(&self) -> &Header {
+        // Safety: `base` maps at least HEADER_BYTES aligned bytes for the view's
+        // life (`new`'s contract), and any bytes are a valid `Header`.
         unsafe { &*(self.base as *const Header) }
     }
 
     pub fn vcpu(&self, vcpu: u32) -> &VcpuControl {
         assert!(vcpu < self.geometry.n_vcpus);
         let off = self.geometry.vcpu_control_offset(vcpu) as usize;
+        // Safety: for `vcpu < n_vcpus` (asserted) the valid geometry puts an
+        // 8-aligned VCPU_CONTROL_BYTES block inside the mapping there.
         unsafe { &*(self.base.add(off) as *const VcpuControl) }
     }
 
     pub fn event_data(&self, vcpu: u32) -> *mut u8 {
         assert!(vcpu < self.geometry.n_vcpus);
+        // Safety: for `vcpu < n_vcpus` (asserted) the offset is inside the mapping.
         unsafe {
             self.base
                 .add(self.geometry.event_data_offset(vcpu) as usize)
@@ -381,6 +391,7 @@ impl SegmentView {
 
     pub fn meta_data(&self, vcpu: u32) -> *mut u8 {
         assert!(vcpu < self.geometry.n_vcpus);
+        // Safety: for `vcpu < n_vcpus` (asserted) the offset is inside the mapping.
         unsafe { self.base.add(self.geometry.meta_data_offset(vcpu) as usize) }
     }
 }
@@ -406,6 +417,8 @@ mod tests {
     }
 
     fn header(mem: &mut [u64]) -> &mut Header {
+        // Safety: `mem` is a whole segment of u64s (aligned, longer than a
+        // `Header`, any bytes valid for one), borrowed by the result.
         unsafe { &mut *(mem.as_mut_ptr() as *mut Header) }
     }
 

@@ -19,6 +19,8 @@ pub unsafe fn plugin_args(
 ) -> Vec<String> {
     (0..argc.max(0) as usize)
         .map(|i| {
+            // Safety: `i < argc`, and the caller guarantees `argv` holds `argc`
+            // C strings; the text is copied out at once.
             unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) }
                 .to_string_lossy()
                 .into_owned()

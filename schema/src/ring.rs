@@ -141,6 +141,8 @@ pub struct Producer {
     _owner: Option<Arc<HeapRing>>,
 }
 
+// Safety: its pointers are to memory that `new`'s caller keeps mapped (or
+// `_owner` keeps alive) for any thread; moving it keeps one producer.
 unsafe impl Send for Producer {}
 
 impl Producer {
@@ -150,6 +152,7 @@ impl Producer {
     /// may exist for this ring.
     pub unsafe fn new(control: *const RingControl, data: *mut u8, capacity: u64) -> Producer {
         debug_assert!(capacity.is_power_of_two() && capacity >= 8);
+        // Safety: the caller keeps `control` mapped for our life.
         let c = unsafe { &*control };
         // Relaxed: at creation nobody else writes `head`; `tail` is re-read
         // with Acquire before any byte is overwritten.
@@ -182,6 +185,8 @@ impl Producer {
         let Some(at) = self.reserve(msg.len() as u64) else {
             return false;
         };
+        // Safety: for a `msg` as documented (whole words, at most half the
+        // ring), `reserve` gave [at, at + len): in the buffer, not published.
         unsafe { write_words(self.data, at, msg) };
         self.publish(msg.len() as u64);
         true
@@ -205,6 +210,7 @@ impl Producer {
         {
             let mut message = [0u8; N];
             write(&mut message);
+            // Safety: as in `push`: [at, at + N) is ours, inside the buffer.
             unsafe { write_words(self.data, at, &message) };
         }
         self.publish(N as u64);
@@ -217,7 +223,12 @@ impl Producer {
     /// enough space.
     #[inline(always)]
     fn reserve(&mut self, len: u64) -> Option<u64> {
-        debug_assert!(len.is_multiple_of(8) && len <= self.capacity / 2);
+        // Checked in release builds too: `push` is safe, and the writes'
+        // bounds rest on it. Once per message (a chunk), not per event.
+        assert!(
+            len.is_multiple_of(8) && len <= self.capacity / 2,
+            "ring message of {len} bytes: not whole words, or over half the ring"
+        );
         let offset = self.head & (self.capacity - 1);
         let until_end = self.capacity - offset;
         // A message that does not fit before the end costs the padding too.
@@ -229,12 +240,15 @@ impl Producer {
         if self.head + needed - self.cached_tail > self.capacity {
             // Acquire: the consumer's reads of the bytes it released must
             // happen before we overwrite them (pairs with its Release store).
+            // Safety: `new`'s caller keeps the control block mapped.
             self.cached_tail = unsafe { &*self.control }.tail.load(Ordering::Acquire);
             if self.head + needed - self.cached_tail > self.capacity {
                 return None;
             }
         }
         if len > until_end {
+            // Safety: `head` is a multiple of 8 (from 0, by whole words), so
+            // `until_end >= 8`: the marker fits in [offset, capacity), free as checked above.
             unsafe { write_words(self.data, offset, &WRAP_MARKER.to_le_bytes()) };
             self.head += until_end;
             return Some(0);
@@ -248,6 +262,7 @@ impl Producer {
         self.head += len;
         // Release: the message bytes (and any wrap marker) must be visible to
         // the consumer before the position that publishes them.
+        // Safety: `new`'s caller keeps the control block mapped.
         unsafe { &*self.control }
             .head
             .store(self.head, Ordering::Release);
@@ -267,6 +282,8 @@ pub struct Consumer {
     _owner: Option<Arc<HeapRing>>,
 }
 
+// Safety: as for `Producer`: its memory is mapped (or owned through `_owner`)
+// for any thread, and moving it keeps one consumer.
 unsafe impl Send for Consumer {}
 
 impl Consumer {
@@ -276,6 +293,7 @@ impl Consumer {
     /// may exist for this ring.
     pub unsafe fn new(control: *const RingControl, data: *const u8, capacity: u64) -> Consumer {
         // Relaxed: only consumers write `tail`, and there is one at a time.
+        // Safety: the caller keeps `control` mapped for our life.
         let c = unsafe { &*control };
         Consumer {
             control,
@@ -305,6 +323,7 @@ impl Consumer {
     /// The bytes are in shared memory, unchecked beyond their length.
     #[cfg(not(loom))]
     pub fn peek(&self) -> Result<Option<&[u8]>, RingError> {
+        // Safety: `new`'s caller keeps the control block mapped.
         let control = unsafe { &*self.control };
         // Acquire: as in `drain`.
         let head = control.head.load(Ordering::Acquire);
@@ -324,6 +343,8 @@ impl Consumer {
             if contiguous < 8 {
                 return Err(bad("published space shorter than a word"));
             }
+            // Safety: `contiguous >= 8` (checked above) published bytes lie
+            // inside the buffer from `offset`.
             unsafe { read_words(self.data, offset, &mut scratch) };
             if u64::from_le_bytes(scratch) == WRAP_MARKER {
                 if offset == 0 {
@@ -350,6 +371,7 @@ impl Consumer {
 
     /// Bytes published and not yet consumed (0 if the positions are corrupt).
     pub fn pending(&self) -> u64 {
+        // Safety: `new`'s caller keeps the control block mapped.
         let head = unsafe { &*self.control }.head.load(Ordering::Relaxed);
         head.saturating_sub(self.tail)
     }
@@ -371,6 +393,7 @@ impl Consumer {
         &mut self,
         mut each: impl FnMut(&[u8]) -> Result<u64, E>,
     ) -> Result<usize, DrainError<E>> {
+        // Safety: `new`'s caller keeps the control block mapped.
         let control = unsafe { &*self.control };
         // Acquire: the bytes the producer published must be visible before we
         // read them (pairs with its Release store of `head`).
@@ -393,6 +416,8 @@ impl Consumer {
             if contiguous < 8 {
                 return Err(bad("published space shorter than a word"));
             }
+            // Safety: `contiguous >= 8` (checked above) published bytes lie
+            // inside the buffer from `offset`.
             unsafe { read_words(self.data, offset, &mut scratch) };
             if u64::from_le_bytes(scratch) == WRAP_MARKER {
                 if offset == 0 {
@@ -401,6 +426,8 @@ impl Consumer {
                 tail += self.capacity - offset;
                 continue;
             }
+            // Safety: [offset, offset + contiguous) is published and inside the
+            // buffer; `bytes` is not used after `release` hands it back.
             let bytes = unsafe { slice_at(self.data, offset, contiguous) };
             let len = message_len(&bytes).map_err(bad)?;
             weight += each(&bytes[..len]).map_err(DrainError::Consumer)?;
@@ -415,6 +442,7 @@ impl Consumer {
     }
 
     fn release(&mut self, tail: u64, weight: u64) {
+        // Safety: `new`'s caller keeps the control block mapped.
         let control = unsafe { &*self.control };
         self.tail = tail;
         self.weight = weight;
@@ -439,47 +467,75 @@ pub enum DrainError<E> {
 // checker can hand a reader a stale word whenever the ring's orderings do not
 // forbid it: a missing Acquire/Release shows up as a wrong value read.
 
+/// # Safety
+/// `[at, at + src.len())` must lie inside the buffer at `data`, in bytes the
+/// producer owns (not published).
 #[cfg(not(loom))]
 #[inline(always)]
 unsafe fn write_words(data: *mut u8, at: u64, src: &[u8]) {
+    // Safety: the caller's range is inside the buffer and ours alone, so the
+    // live shared slice `src` cannot overlap it.
     unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), data.add(at as usize), src.len()) };
 }
 
+/// # Safety
+/// `[at, at + dst.len())` must lie inside the buffer at `data`, in bytes
+/// published and not yet released.
 #[cfg(not(loom))]
 #[inline(always)]
 unsafe fn read_words(data: *const u8, at: u64, dst: &mut [u8]) {
+    // Safety: the caller's range is inside the buffer; `dst`, a `&mut`, cannot
+    // overlap the published bytes we read.
     unsafe { std::ptr::copy_nonoverlapping(data.add(at as usize), dst.as_mut_ptr(), dst.len()) };
 }
 
+/// # Safety
+/// As `read_words`, for `len` bytes; the caller must not use the slice after
+/// it releases them.
 #[cfg(not(loom))]
 #[inline(always)]
 unsafe fn slice_at<'a>(data: *const u8, at: u64, len: u64) -> std::borrow::Cow<'a, [u8]> {
+    // Safety: the caller's range is inside the buffer, and the producer does not
+    // write it until it is released, after the slice's last use.
     std::borrow::Cow::Borrowed(unsafe {
         std::slice::from_raw_parts(data.add(at as usize), len as usize)
     })
 }
 
+/// # Safety
+/// As the non-loom `write_words`; `data` is `HeapRing`'s `AtomicU64`s, and
+/// `at` and `src.len()` are multiples of 8.
 #[cfg(loom)]
 unsafe fn write_words(data: *mut u8, at: u64, src: &[u8]) {
     let words = data as *const AtomicU64;
     for (i, chunk) in src.chunks_exact(8).enumerate() {
         let w = u64::from_le_bytes(chunk.try_into().unwrap());
+        // Safety: word `at / 8 + i` is one of the buffer's atomics (the
+        // caller's range is inside it, in whole words).
         unsafe { &*words.add(at as usize / 8 + i) }.store(w, Ordering::Relaxed);
     }
 }
 
+/// # Safety
+/// As the non-loom `read_words`; `data` is `HeapRing`'s `AtomicU64`s, and
+/// `at` and `dst.len()` are multiples of 8.
 #[cfg(loom)]
 unsafe fn read_words(data: *const u8, at: u64, dst: &mut [u8]) {
     let words = data as *const AtomicU64;
     for (i, chunk) in dst.chunks_exact_mut(8).enumerate() {
+        // Safety: word `at / 8 + i` is one of the buffer's atomics (the
+        // caller's range is inside it, in whole words).
         let w = unsafe { &*words.add(at as usize / 8 + i) }.load(Ordering::Relaxed);
         chunk.copy_from_slice(&w.to_le_bytes());
     }
 }
 
+/// # Safety
+/// As the loom `read_words`, for `len` bytes.
 #[cfg(loom)]
 unsafe fn slice_at<'a>(data: *const u8, at: u64, len: u64) -> std::borrow::Cow<'a, [u8]> {
     let mut v = vec![0u8; len as usize];
+    // Safety: the caller's range, as `read_words` requires; `v` is a copy.
     unsafe { read_words(data, at, &mut v) };
     std::borrow::Cow::Owned(v)
 }
@@ -500,6 +556,8 @@ pub struct HeapRing {
 // Safety: the buffer is written by the ring's one producer and read by its
 // one consumer only, each at positions the protocol of this module gives it.
 unsafe impl Send for HeapRing {}
+// Safety: the two ends share it through an `Arc`: `control` is atomics, and
+// the buffer's cells are accessed only as said above, ordered by `control`.
 unsafe impl Sync for HeapRing {}
 
 impl HeapRing {
@@ -616,6 +674,7 @@ mod tests {
         let mut released_during = Vec::new();
         c.drain(|_| {
             seen += 1;
+            // Safety: `c`, draining, keeps the ring's memory alive.
             released_during.push(unsafe { &*control }.tail.load(Ordering::Relaxed));
             Ok::<u64, ()>(1)
         })
@@ -714,11 +773,15 @@ mod tests {
         assert!(p.push(&message(2, 2)));
         assert_eq!(c.drain(|m| Ok::<u64, ()>(m[8] as u64 * 10)).unwrap(), 2);
         assert_eq!(c.weight(), 30);
+        // Safety: `p` and `c` keep the ring's memory alive.
         assert_eq!(unsafe { &*control }.tail_weight.load(Ordering::Relaxed), 30);
         // 48 bytes used: the next 24-byte message wraps to offset 0.
         assert!(p.push(&message(2, 3)));
         assert_eq!(c.peek().unwrap(), Some(&message(2, 3)[..]));
         assert_eq!(c.peek().unwrap(), Some(&message(2, 3)[..]));
+        // Safety: `p` and `c` keep the memory alive past `again` (dropped
+        // first); `again` only peeks and `c` is idle from here, so no two
+        // consumers release.
         let again = unsafe { Consumer::new(control, data, 64) };
         assert_eq!(again.weight(), 30);
         assert_eq!(again.peek().unwrap(), Some(&message(2, 3)[..]));
@@ -729,6 +792,7 @@ mod tests {
         let ring = HeapRing::new(64);
         let (control, _) = ring.parts();
         let (_p, mut c) = ring.split();
+        // Safety: `_p` and `c` keep the ring's memory alive.
         unsafe { &*control }.head.store(1 << 40, Ordering::Relaxed);
         let err = c.drain(|_| Ok::<u64, ()>(1)).unwrap_err();
         assert!(matches!(

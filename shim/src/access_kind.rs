@@ -38,21 +38,28 @@ impl AccessKinds {
     /// Only from the callbacks of this table's vCPU (see the type's docs).
     #[inline(always)]
     pub unsafe fn of(&self, info: qemu_plugin_meminfo_t) -> (u8, u8) {
+        // Safety: only this vCPU's callbacks call us (the caller's guarantee),
+        // one at a time on its thread: this is the only reference.
         let entries = unsafe { &mut *self.entries.get() };
         let at = (info.wrapping_mul(0x9e37_79b1) >> 26) as usize % ENTRIES;
         let entry = entries[at];
         if entry >> 32 == info as u64 && entry & VALID != 0 {
             return (entry as u8, (entry >> 8) as u8);
         }
+        // Safety: `ask_qemu` has no precondition (it decodes `info`).
         let (flags, size) = unsafe { ask_qemu(info) };
         entries[at] = (info as u64) << 32 | VALID | (size as u64) << 8 | flags as u64;
         (flags, size)
     }
 }
 
+/// # Safety
+/// None: QEMU's `qemu_plugin_mem_*` only decode the bits of `info`, a plain
+/// integer (see the module docs), on any thread.
 #[cold]
 unsafe fn ask_qemu(info: qemu_plugin_meminfo_t) -> (u8, u8) {
     let mut flags = 0;
+    // Safety: these QEMU functions read nothing but the integer `info`.
     unsafe {
         if qemu_plugin_mem_is_store(info) {
             flags |= FLAG_STORE;

@@ -57,6 +57,8 @@ pub struct AsidSlot {
 
 // Safety: only the thread running the vCPU touches its slot (as for VcpuSlot).
 unsafe impl Sync for AsidSlot {}
+// Safety: its pointers are QEMU's register handle and a GLib byte array,
+// usable from any thread.
 unsafe impl Send for AsidSlot {}
 
 impl AsidSlot {
@@ -71,11 +73,18 @@ impl AsidSlot {
     /// Finds the vCPU's context register. Must run on the vCPU's thread
     /// (QEMU's register list is the current vCPU's); returns when a value
     /// read from it goes stale, or `None` when the core has none.
+    ///
+    /// # Safety
+    /// On the vCPU's own thread, in one of its callbacks (QEMU needs a
+    /// `current_cpu`), before any other use of the slot.
     pub unsafe fn init(&self) -> Option<Staleness> {
+        // Safety: in a callback on the vCPU's thread (the caller's guarantee).
         let list = unsafe { qemu_plugin_get_registers() };
         if list.is_null() {
             return None;
         }
+        // Safety: QEMU's list is a GArray of `len` descriptors, zero-terminated
+        // so `data` is non-null even when empty; freed only after the last use.
         let descriptors = unsafe {
             std::slice::from_raw_parts(
                 (*list).data as *const qemu_plugin_reg_descriptor,
@@ -83,6 +92,7 @@ impl AsidSlot {
             )
         };
         let name_of = |d: &qemu_plugin_reg_descriptor| {
+            // Safety: QEMU names each register with an interned C string.
             unsafe { CStr::from_ptr(d.name) }
                 .to_string_lossy()
                 .into_owned()
@@ -93,8 +103,11 @@ impl AsidSlot {
                 .find(|d| name_of(d).eq_ignore_ascii_case(want))
                 .map(|d| (want, d.handle))
         });
+        // Safety: the list is ours to free (QEMU's API); `found` holds copies.
         unsafe { g_array_free(list, 1) };
         let (name, handle) = found?;
+        // Safety: only this vCPU's thread touches its slot (the caller's
+        // guarantee); `g_byte_array_new` has no precondition.
         unsafe {
             *self.register.get() = handle;
             *self.buffer.get() = g_byte_array_new();
@@ -106,26 +119,39 @@ impl AsidSlot {
     }
 
     /// Reads the register (in a callback registered with `R_REGS`).
+    ///
+    /// # Safety
+    /// On the vCPU's own thread, in a callback registered with
+    /// `QEMU_PLUGIN_CB_R_REGS` if `init` found a register.
     #[inline]
     pub unsafe fn refresh(&self) {
+        // Safety: only this vCPU's thread touches its slot (the caller's guarantee).
         let register = unsafe { *self.register.get() };
         if register.is_null() {
             return;
         }
+        // Safety: likewise, this vCPU's thread's alone.
         let buffer = unsafe { *self.buffer.get() };
+        // Safety: `init` made `buffer` along with the (non-null) register.
         unsafe { g_byte_array_set_size(buffer, 0) };
+        // Safety: an R_REGS callback of this vCPU (the caller's guarantee), with
+        // QEMU's handle for its register.
         let n = unsafe { qemu_plugin_read_register(register, buffer) };
         if n > 0 {
             let mut bytes = [0u8; 8];
             let len = (n as usize).min(8);
+            // Safety: QEMU appended `n >= len` bytes to the emptied buffer.
             unsafe { std::ptr::copy_nonoverlapping((*buffer).data, bytes.as_mut_ptr(), len) };
             // Target byte order: the little-endian guests we support.
+            // Safety: only this vCPU's thread touches its slot.
             unsafe { *self.value.get() = u64::from_le_bytes(bytes) };
         }
     }
 
     #[inline(always)]
     pub fn value(&self) -> u64 {
+        // Safety: read on the vCPU's thread (its memory callbacks), the only
+        // one that writes it (`refresh`).
         unsafe { *self.value.get() }
     }
 }

@@ -115,10 +115,17 @@ impl Capstone {
     /// The capstone QEMU is linked with, if it is and its version is one
     /// whose `cs_insn` we know.
     fn loaded() -> Option<Capstone> {
+        /// # Safety
+        /// None: `name` is a C string; what the address is used as is the
+        /// caller's business.
         unsafe fn symbol(name: &CStr) -> Option<*mut c_void> {
+            // Safety: `name` is a C string; `dlsym` is thread-safe.
             let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
             (!p.is_null()).then_some(p)
         }
+        // Safety: each symbol is capstone's function of that name, typed as in
+        // capstone.h (the same in versions 4 and 5, the only ones kept);
+        // `cs_version` writes the two ints it is handed.
         unsafe {
             let version = std::mem::transmute::<*mut c_void, CsVersion>(symbol(c"cs_version")?);
             let (mut major, mut minor) = (0, 0);
@@ -186,7 +193,11 @@ impl Capstone {
 }
 
 /// The NUL-terminated text in the `len` bytes at `p`.
+///
+/// # Safety
+/// `p` must point to `len` readable bytes, unchanged for `'a`.
 unsafe fn c_text<'a>(p: *const u8, len: usize) -> Option<std::borrow::Cow<'a, str>> {
+    // Safety: the caller's guarantee.
     let bytes = unsafe { std::slice::from_raw_parts(p, len) };
     let end = bytes.iter().position(|&b| b == 0)?;
     Some(String::from_utf8_lossy(&bytes[..end]))
@@ -266,6 +277,8 @@ impl BlockDisassembly<'_> {
         let d = self.disassembler;
         self.kept.next(
             d.modes.len(),
+            // Safety: `insn` is an instruction of the block being translated
+            // (our caller's guarantee); the closure runs within this call.
             || unsafe { qemu_text(insn) },
             |m| d.text(m, pc, bytes),
         )
@@ -316,15 +329,22 @@ fn modes_in(bits: u32) -> impl Iterator<Item = usize> {
 }
 
 /// QEMU's text for `insn`.
+///
+/// # Safety
+/// `insn` must be an instruction of the block being translated (in the
+/// translation callback).
 unsafe fn qemu_text(insn: *mut qemu_plugin_insn) -> Option<String> {
+    // Safety: `insn` is valid (as required above).
     let p = unsafe { qemu_plugin_insn_disas(insn) };
     if p.is_null() {
         return None;
     }
+    // Safety: non-null: a NUL-terminated string, ours until freed below.
     let text = unsafe { CStr::from_ptr(p as *const c_char) }
         .to_string_lossy()
         .into_owned();
     // QEMU hands over a g_strdup'ed string; g_free is free.
+    // Safety: freed once, with `text` copied out first.
     unsafe { libc::free(p as *mut c_void) };
     Some(text)
 }

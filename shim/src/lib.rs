@@ -81,7 +81,12 @@ struct Shim {
     described_for_attach: AtomicU32,
 }
 
+// Safety: after install it changes only through atomics and the per-vCPU
+// slots (Sync for their own reasons); the scoreboard pointers in `icount`,
+// `left` and `asid_stale` are QEMU's handles, only passed back to QEMU.
 unsafe impl Sync for Shim {}
+// Safety: its raw pointers (segment, scoreboard) are process-wide, not tied to
+// the thread that built it.
 unsafe impl Send for Shim {}
 
 /// Set once in `qemu_plugin_install`, before any callback is registered.
@@ -91,6 +96,8 @@ static SHIM: AtomicPtr<Shim> = AtomicPtr::new(std::ptr::null_mut());
 fn shim() -> &'static Shim {
     // Relaxed: the pointer is stored before QEMU learns of our callbacks, and
     // QEMU's own synchronisation orders that before any callback runs.
+    // Safety: `SHIM` holds the never-freed `Shim` of `qemu_plugin_install`,
+    // stored before install's own calls of this and before any callback exists.
     unsafe { &*SHIM.load(Ordering::Relaxed) }
 }
 
@@ -128,7 +135,10 @@ pub unsafe extern "C" fn qemu_plugin_install(
     argc: c_int,
     argv: *mut *mut c_char,
 ) -> c_int {
+    // Safety: QEMU's contract (above): `argv` holds `argc` C strings.
     let args = unsafe { trace_schema::options::plugin_args(argc, argv as *const *const c_char) };
+    // Safety: this is `qemu_plugin_install`, with QEMU's `id` and an `info`
+    // valid for the call (QEMU's contract).
     match unsafe { install(id, &*info, &args) } {
         Ok(()) => 0,
         Err(message) => {
@@ -139,11 +149,16 @@ pub unsafe extern "C" fn qemu_plugin_install(
     }
 }
 
+/// # Safety
+/// Only from `qemu_plugin_install`, once, with the `id` and `info` QEMU
+/// passed it.
 unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> Result<(), String> {
     let options = ShimOptions::parse(args).map_err(|e| e.to_string())?;
     if !info.system_emulation {
         return Err("only system emulation (qemu-system-*) is supported".into());
     }
+    // Safety: QEMU fills the union's `system` when `system_emulation` is set
+    // (checked above).
     let n_vcpus = unsafe { info.__bindgen_anon_1.system.max_vcpus }.max(1) as u32;
     let geometry = Geometry {
         n_vcpus,
@@ -155,7 +170,10 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
         .map(|v| VcpuSlot::new(&segment.view, v))
         .collect();
     // One scoreboard entry per vCPU: a `Score`.
+    // Safety: no precondition: QEMU makes entries of the size asked, which we
+    // treat as `Score`s.
     let score = unsafe { qemu_plugin_scoreboard_new(std::mem::size_of::<Score>()) };
+    // Safety: `target_name` is a C string QEMU keeps for its life.
     let target = unsafe { CStr::from_ptr(info.target_name) }.to_string_lossy();
     let disassembler = disas::Disassembler::new(&target, options.disas == Disas::Qemu);
     let built = Box::new(Shim {
@@ -190,6 +208,8 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
     if shim().options.wait {
         wait_for_collector(shim().header(), &shim().segment);
     }
+    // Safety: `id` is QEMU's for this install, and `SHIM` is set above, so
+    // the callbacks find the `Shim`.
     unsafe {
         qemu_plugin_register_vcpu_init_cb(id, Some(on_vcpu_init));
         register_callbacks(id);
@@ -199,7 +219,12 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
 
 /// Our callbacks but vCPU init: registered at install, and again after a
 /// `qemu_plugin_reset` (every vCPU is initialised by then).
+///
+/// # Safety
+/// `id` must be this plugin's, and `SHIM` set (the callbacks use `shim()`).
 unsafe fn register_callbacks(id: qemu_plugin_id_t) {
+    // Safety: `id` and `SHIM` as required above; each callback has the type its
+    // registration takes, and `on_exit` ignores its null `udata`.
     unsafe {
         qemu_plugin_register_vcpu_tb_trans_cb(id, Some(on_translate));
         qemu_plugin_register_vcpu_resume_cb(id, Some(on_vcpu_resume));
@@ -222,11 +247,17 @@ fn describe_blocks_again(shim: &Shim, attach: u32) {
             .compare_exchange(described, attach, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
     {
+        // Safety: `shim.id` is ours; QEMU allows a reset from a callback, and
+        // `on_reset` registers our callbacks again once it is done.
         unsafe { qemu_plugin_reset(shim.id, Some(on_reset)) };
     }
 }
 
+/// # Safety
+/// Only called by QEMU, when the reset `describe_blocks_again` asked for is
+/// done.
 unsafe extern "C" fn on_reset(id: qemu_plugin_id_t) {
+    // Safety: QEMU passes our own id, and `SHIM` was set at install.
     unsafe { register_callbacks(id) };
 }
 
@@ -242,13 +273,21 @@ fn wait_for_collector(header: &Header, segment: &Segment) {
     }
 }
 
+/// # Safety
+/// Only called by QEMU, as the vCPU-init callback, which it runs on vCPU
+/// `vcpu`'s thread.
 unsafe extern "C" fn on_vcpu_init(_id: qemu_plugin_id_t, vcpu: c_uint) {
     let earlier = THREAD_VCPU.with(|v| v.replace(vcpu));
     if THREAD_HAS_VCPU.with(|h| h.replace(true)) && earlier != vcpu {
         refuse_one_thread_for_many_vcpus(earlier, vcpu);
     }
     let shim = shim();
+    if let Some(slot) = shim.vcpus.get(vcpu as usize) {
+        slot.woke();
+    }
     if let Some(slot) = shim.asids.get(vcpu as usize) {
+        // Safety: on the vCPU's own thread, in its init callback, as `init`
+        // needs (QEMU's register list is `current_cpu`'s).
         let mode = match unsafe { slot.init() } {
             None => ASID_NONE,
             Some(Staleness::OnWrites) => ASID_ON_WRITES,
@@ -257,6 +296,8 @@ unsafe extern "C" fn on_vcpu_init(_id: qemu_plugin_id_t, vcpu: c_uint) {
         // Relaxed: every vCPU is initialised before any block is translated.
         shim.asid_staleness.fetch_max(mode, Ordering::Relaxed);
         // Nothing read yet.
+        // Safety: QEMU grows the scoreboard for a vCPU before its init
+        // callbacks, and only this vCPU's thread touches its entry.
         unsafe { (*shim.score_looked_up(vcpu)).asid_stale = 1 };
     }
 }
@@ -284,19 +325,32 @@ fn refuse_one_thread_for_many_vcpus(earlier: c_uint, vcpu: c_uint) -> ! {
 
 /// The vCPU leaves idle (also after a reset, which sets its context register
 /// again): the ASID read before may be stale.
+///
+/// # Safety
+/// Only called by QEMU, as the vCPU-resume callback, on vCPU `vcpu`'s thread.
 unsafe extern "C" fn on_vcpu_resume(_id: qemu_plugin_id_t, vcpu: c_uint) {
     let shim = shim();
+    if let Some(slot) = shim.vcpus.get(vcpu as usize) {
+        slot.resumed();
+    }
     if (vcpu as usize) < shim.asids.len() {
+        // Safety: a resumed vCPU was initialised (it has an entry), and this is
+        // its thread, the only one that touches the entry.
         unsafe { (*shim.score_looked_up(vcpu)).asid_stale = 1 };
     }
 }
 
 /// The vCPU goes idle (a halted guest CPU): publish what it gathered, so
 /// the collector has it while the vCPU makes no events.
+///
+/// # Safety
+/// Only called by QEMU, as the vCPU-idle callback, on vCPU `vcpu`'s thread
+/// (where its chunks may be published).
 unsafe extern "C" fn on_vcpu_idle(_id: qemu_plugin_id_t, vcpu: c_uint) {
     let shim = shim();
     if let Some(slot) = shim.vcpus.get(vcpu as usize) {
         slot.flush(shim.header(), shim.options.overflow);
+        slot.went_idle();
     }
 }
 
@@ -304,11 +358,16 @@ unsafe extern "C" fn on_vcpu_idle(_id: qemu_plugin_id_t, vcpu: c_uint) {
 
 /// Called once per translated block, before it first runs: decide what each
 /// instruction reports. Not the hot path: allocation and locks are fine here.
+///
+/// # Safety
+/// Only called by QEMU, as the translation callback: `tb` is the block being
+/// translated, valid until it returns.
 unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb) {
     let shim = shim();
     shim.find_score_base();
     let header = shim.header();
     let events = shim.options.events;
+    // Safety: `tb` is valid during this callback (QEMU's contract).
     let n = unsafe { qemu_plugin_tb_n_insns(tb) };
     // With an MMU core, a memory callback reads the context register at the
     // first event it emits after the value read before went stale: that needs
@@ -325,6 +384,8 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
         on_memory_access
     };
     if asid == ASID_EVERY_BLOCK {
+        // Safety: `tb` is being translated; `asid_stale` is a u64 inside our
+        // scoreboard's `Score` entries.
         unsafe {
             qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(
                 tb,
@@ -346,12 +407,15 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
         // `on_block_exec` runs at every block anyway: it takes it off.
         let sequence = shim.next_block_id.fetch_add(1, Ordering::Relaxed);
         let block = chunk::block_id(sequence, (n as u64).clamp(1, chunk::MAX_BLOCK_INSNS));
+        // Safety: `tb` is the block being translated.
         let message = unsafe { describe_block(tb, block) };
         let vcpu = THREAD_VCPU
             .with(|v| v.get())
             .min(shim.vcpus.len() as u32 - 1);
         shim.slot(vcpu)
             .push_meta(header, shim.options.overflow, &message);
+        // Safety: `tb` is being translated; `block` travels as `udata`, an
+        // integer never dereferenced.
         unsafe {
             qemu_plugin_register_vcpu_tb_exec_cb(
                 tb,
@@ -361,6 +425,8 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
             );
         }
     } else {
+        // Safety: `tb` is being translated; `left` is a u64 inside our
+        // scoreboard's entries, and the callback ignores its null `udata`.
         unsafe {
             qemu_plugin_register_vcpu_tb_exec_cond_cb(
                 tb,
@@ -373,6 +439,8 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
             );
         }
     }
+    // Safety: `tb` is being translated; `icount` is a u64 inside our
+    // scoreboard's entries.
     unsafe {
         qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(
             tb,
@@ -382,7 +450,10 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
         );
     }
     for i in 0..n {
+        // Safety: `i < n`, the instruction count of `tb`, which is being translated.
         let insn = unsafe { qemu_plugin_tb_get_insn(tb, i) };
+        // Safety: `insn` is an instruction of the block being translated;
+        // `left` is a u64 inside our scoreboard's entries.
         unsafe {
             qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
                 insn,
@@ -391,7 +462,9 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
                 (n - i - 1) as u64,
             );
         }
+        // Safety: `insn` is an instruction of the block being translated.
         if asid == ASID_ON_WRITES && unsafe { writes_context_register(insn) } {
+            // Safety: as above; `asid_stale` is a u64 inside our scoreboard's entries.
             unsafe {
                 qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
                     insn,
@@ -404,7 +477,10 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
         if events.wants_memory() {
             // The instruction's address travels as the callback's user data:
             // nothing to allocate or free per instruction.
+            // Safety: `insn` is an instruction of the block being translated.
             let pc = unsafe { qemu_plugin_insn_vaddr(insn) };
+            // Safety: as above; `memory_callback` has the memory callback's
+            // type, and `pc` travels as `udata`, an integer never dereferenced.
             unsafe {
                 qemu_plugin_register_vcpu_mem_cb(
                     insn,
@@ -419,8 +495,14 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
 }
 
 /// Whether `insn` writes the context register (AArch64: TTBR0_EL1).
+///
+/// # Safety
+/// `insn` must be an instruction of the block being translated (in the
+/// translation callback).
 unsafe fn writes_context_register(insn: *mut qemu_plugin_insn) -> bool {
     let mut bytes = [0u8; 4];
+    // Safety: `insn` is valid (as required above); QEMU copies at most
+    // `bytes.len()` bytes into `bytes`.
     let len =
         unsafe { qemu_plugin_insn_data(insn, bytes.as_mut_ptr() as *mut c_void, bytes.len()) };
     asid::writes_ttbr0_el1(&bytes[..len.min(bytes.len())])
@@ -428,29 +510,40 @@ unsafe fn writes_context_register(insn: *mut qemu_plugin_insn) -> bool {
 
 /// The `Meta.block` message for a translated block: each instruction's
 /// address, bytes and QEMU's disassembly, stored once per translation.
+///
+/// # Safety
+/// `tb` must be the block being translated (in the translation callback).
 unsafe fn describe_block(tb: *mut qemu_plugin_tb, block: u64) -> Vec<u8> {
+    // Safety: `tb` is valid (as required above), and so are its instructions.
     let n = unsafe { qemu_plugin_tb_n_insns(tb) };
     let mut msg = capnp::message::Builder::new_default();
     let mut b = msg.init_root::<meta::Builder>().init_block();
     b.set_id(block);
+    // Safety: `tb` is valid.
     b.set_pc(unsafe { qemu_plugin_tb_vaddr(tb) });
     let mut insns = b.init_insns(n as u32);
     let mut disassembly = shim().disassembler.block();
     for i in 0..n {
+        // Safety: `i < n`, the instruction count of `tb`.
         let insn = unsafe { qemu_plugin_tb_get_insn(tb, i) };
         let mut out = insns.reborrow().get(i as u32);
+        // Safety: `insn` is an instruction of `tb`, valid as it is.
         let pc = unsafe { qemu_plugin_insn_vaddr(insn) };
         out.set_pc(pc);
         let mut bytes = [0u8; 64];
+        // Safety: `insn` is valid; QEMU copies at most `bytes.len()` bytes into `bytes`.
         let len =
             unsafe { qemu_plugin_insn_data(insn, bytes.as_mut_ptr() as *mut c_void, bytes.len()) };
         let bytes = &bytes[..len.min(bytes.len())];
         out.set_bytes(bytes);
+        // Safety: `insn` is an instruction of the block being translated.
         if let Some(text) = unsafe { disassembly.next(insn, pc, bytes) } {
             out.set_disas(text.as_str());
         }
+        // Safety: `insn` is valid; QEMU answers null or a name in its symbol table.
         let symbol = unsafe { qemu_plugin_insn_symbol(insn) };
         if !symbol.is_null() {
+            // Safety: non-null: a C string in QEMU's symbol table, kept for its life.
             out.set_symbol(unsafe { CStr::from_ptr(symbol) }.to_string_lossy().as_ref());
         }
     }
@@ -462,6 +555,10 @@ unsafe fn describe_block(tb: *mut qemu_plugin_tb, block: u64) -> Vec<u8> {
 /// Every data access of every instrumented instruction. `udata` is the
 /// instruction's address. This part only decides whether the access is an
 /// event; `record_access` records it.
+///
+/// # Safety
+/// Only called by QEMU, as the memory callback `on_translate` registers, on
+/// vCPU `vcpu`'s thread.
 unsafe extern "C" fn on_memory_access(
     vcpu: c_uint,
     info: qemu_plugin_meminfo_t,
@@ -477,7 +574,9 @@ unsafe extern "C" fn on_memory_access(
     if slot.flush_asked(header) {
         slot.flush(header, shim.options.overflow);
     }
+    // Safety: `info` and `vaddr` are this memory callback's.
     let hwaddr = unsafe { qemu_plugin_get_hwaddr(info, vaddr) };
+    // Safety: `hwaddr` is non-null (checked first), QEMU's for this access.
     let is_io = !hwaddr.is_null() && unsafe { qemu_plugin_hwaddr_is_io(hwaddr) };
     if !is_io && !shim.options.events.mem {
         return; // `events=mmio`: a RAM access is not an event
@@ -485,6 +584,8 @@ unsafe extern "C" fn on_memory_access(
     if !attached {
         return detached(shim, slot);
     }
+    // Safety: vCPU `vcpu`'s memory callback, with its `info` and `vaddr`, and
+    // the `hwaddr` QEMU gave for them.
     unsafe { record_access(shim, vcpu, info, vaddr, hwaddr, is_io, udata as u64) };
 }
 
@@ -503,6 +604,9 @@ impl Shim {
 /// (`Header::is_memory`) is one without asking QEMU anything (with
 /// `events=mmio`, it is then no event at all), and an I/O access is named
 /// once per address (`VcpuSlot::device_at`).
+///
+/// # Safety
+/// As `on_memory_access`.
 unsafe extern "C" fn on_memory_access_fixed_map(
     vcpu: c_uint,
     info: qemu_plugin_meminfo_t,
@@ -523,9 +627,11 @@ unsafe extern "C" fn on_memory_access_fixed_map(
     let (hwaddr, is_io) = if header.is_memory(vaddr, flags & chunk::FLAG_STORE != 0) {
         (std::ptr::null_mut(), false)
     } else {
+        // Safety: `info` and `vaddr` are this memory callback's.
         let hwaddr = unsafe { qemu_plugin_get_hwaddr(info, vaddr) };
         (
             hwaddr,
+            // Safety: `hwaddr` is non-null (checked first), QEMU's for this access.
             !hwaddr.is_null() && unsafe { qemu_plugin_hwaddr_is_io(hwaddr) },
         )
     };
@@ -535,6 +641,8 @@ unsafe extern "C" fn on_memory_access_fixed_map(
     if !attached {
         return detached(shim, slot);
     }
+    // Safety: vCPU `vcpu`'s memory callback, with its `info` and `vaddr`, and
+    // a `hwaddr` that is null or QEMU's for them.
     unsafe { record_access(shim, vcpu, info, vaddr, hwaddr, is_io, udata as u64) };
 }
 
@@ -552,6 +660,11 @@ fn detached(shim: &Shim, slot: &VcpuSlot) {
 /// access: 162M on the arm64 boot, for 5k MMIO ones) run a short function:
 /// `null-mmio` on that boot took 7.55 s instead of 7.94 s (medians of 5
 /// alternating runs, 2026-12-01).
+///
+/// # Safety
+/// Only from a memory callback of vCPU `vcpu`, on its thread, with that
+/// callback's `info` and `vaddr`, and `hwaddr` null or QEMU's
+/// `qemu_plugin_get_hwaddr` for them (`is_io` only when non-null).
 #[inline(never)]
 unsafe fn record_access(
     shim: &Shim,
@@ -567,18 +680,23 @@ unsafe fn record_access(
     let paddr = if hwaddr.is_null() {
         vaddr
     } else {
+        // Safety: non-null here, QEMU's for this access (as required above).
         unsafe { qemu_plugin_hwaddr_phys_addr(hwaddr) }
     };
     let device = if is_io && shim.fixed_map() {
+        // Safety: `is_io`: `hwaddr` is non-null and QEMU's; the closure runs
+        // within this callback.
         slot.device_at(header, shim.options.overflow, paddr, || unsafe {
             qemu_plugin_hwaddr_device_name(hwaddr)
         })
     } else if is_io {
+        // Safety: `is_io`: `hwaddr` is non-null and QEMU's for this access.
         let name = unsafe { qemu_plugin_hwaddr_device_name(hwaddr) };
         slot.device_id(header, shim.options.overflow, name)
     } else {
         chunk::NO_DEVICE
     };
+    // Safety: `info` is this memory callback's.
     let (value, high) = unsafe { access_value(info) };
     // Safety: a vCPU's memory callbacks run on its thread only.
     let (mut flags, size) = unsafe { slot.access_kinds.of(info) };
@@ -599,7 +717,10 @@ unsafe fn record_access(
     slot.record_access(
         header,
         shim.options.overflow,
+        // Safety: `score` is this vCPU's entry (`Shim::score`), only touched on
+        // its thread, which this is.
         unsafe { (*score).icount_of_current() },
+        // Safety: a memory callback of `vcpu`, on its thread, with its entry.
         unsafe { shim.asid_of(vcpu, score) },
         &mut access,
         high,
@@ -613,9 +734,16 @@ impl Shim {
     /// The read goes through QEMU's gdbstub register path and costs more
     /// than the rest of the callback. Only called from memory callbacks,
     /// registered with R_REGS when the core has a context register.
+    ///
+    /// # Safety
+    /// Only from a memory callback of vCPU `vcpu`, on its thread, with
+    /// `score` its scoreboard entry (`Shim::score`).
     #[inline(always)]
     unsafe fn asid_of(&self, vcpu: c_uint, score: *mut Score) -> u64 {
         let slot = &self.asids[vcpu as usize];
+        // Safety: only this vCPU's thread touches `score` and `slot`; memory
+        // callbacks have R_REGS whenever a vCPU has a context register (else
+        // its slot has none and `refresh` reads nothing).
         unsafe {
             if (*score).asid_stale != 0 {
                 slot.refresh();
@@ -648,17 +776,22 @@ impl Shim {
     /// a translated block orders the store before its callbacks run.
     #[inline(always)]
     fn score(&self, vcpu: c_uint) -> *mut Score {
+        // Safety: from a translated block's callback (all callers), `score_base`
+        // is set, and QEMU's array of `Score`s there holds the running `vcpu`.
         unsafe { self.score_base.load(Ordering::Relaxed).add(vcpu as usize) }
     }
 
     /// The vCPU's scoreboard entry, asked of QEMU: for callbacks outside
     /// translated blocks.
     fn score_looked_up(&self, vcpu: c_uint) -> *mut Score {
+        // Safety: our scoreboard; QEMU asserts `vcpu` is an initialised vCPU
+        // and returns its `Score`-sized entry.
         unsafe { qemu_plugin_scoreboard_find(self.icount.score, vcpu) as *mut Score }
     }
 
     /// Takes the scoreboard's address again (see `score`).
     fn find_score_base(&self) {
+        // Safety: our scoreboard; vCPU 0 is initialised before any translation.
         let base = unsafe { qemu_plugin_scoreboard_find(self.icount.score, 0) as *mut Score };
         self.score_base.store(base, Ordering::Relaxed);
     }
@@ -715,7 +848,13 @@ impl Score {
 /// A block starts after one that stopped early (`Score`); registered as a
 /// conditional callback (`left != 0`) when no other callback runs at every
 /// block.
+///
+/// # Safety
+/// Only called by QEMU, as the conditional callback `on_translate` registers,
+/// on vCPU `vcpu`'s thread.
 unsafe extern "C" fn on_block_stopped_early(vcpu: c_uint, _udata: *mut c_void) {
+    // Safety: a translated block's callback (`Shim::score`), on the vCPU's
+    // thread, the only one touching its entry.
     unsafe { (*shim().score(vcpu)).take_off_unrun() };
 }
 
@@ -723,13 +862,19 @@ unsafe extern "C" fn on_block_stopped_early(vcpu: c_uint, _udata: *mut c_void) {
 /// 16-byte access). Without a branch on the value's type: a `match` on it
 /// compiled to a jump table whose mispredictions (guests mix access sizes)
 /// took a fifth of `record_access`'s time on the arm64 boot.
+///
+/// # Safety
+/// `info` must be the meminfo of the running memory callback.
 #[inline(always)]
 unsafe fn access_value(info: qemu_plugin_meminfo_t) -> (u64, Option<u64>) {
     /// The low bytes each type holds: `U8`, `U16`, `U32`, `U64`, `U128`.
     const MASK: [u64; 5] = [0xff, 0xffff, 0xffff_ffff, u64::MAX, u64::MAX];
+    // Safety: `info` is the running memory callback's (as required above).
     let v = unsafe { qemu_plugin_mem_get_value(info) };
     // Read through the widest member: the bytes beyond a narrow value's are
     // whatever QEMU's C code left there, which the mask drops.
+    // Safety: every member is plain integers, so the 16 bytes QEMU returned
+    // are a valid `u128_`.
     let (low, high) = unsafe { (v.data.u128_.low, v.data.u128_.high) };
     let t = (v.type_ as usize).min(MASK.len() - 1);
     let wide = v.type_ == qemu_plugin_mem_value_type::QEMU_PLUGIN_MEM_VALUE_U128;
@@ -739,12 +884,19 @@ unsafe fn access_value(info: qemu_plugin_meminfo_t) -> (u64, Option<u64>) {
 /// A translated block starts executing (`events=insn`). `udata` is its id;
 /// the collector expands it into one row per executed instruction using the
 /// block's `Meta.block` and the next block's icount.
+///
+/// # Safety
+/// Only called by QEMU, as the block callback `on_translate` registers (with
+/// the block's id as `udata`), on vCPU `vcpu`'s thread.
 unsafe extern "C" fn on_block_exec(vcpu: c_uint, udata: *mut c_void) {
     let shim = shim();
     // First, whatever the state: the count must stay right while no
     // collector is attached too.
     let score = shim.score(vcpu);
+    // Safety: a translated block's callback (`Shim::score`), on the vCPU's
+    // thread, the only one touching its entry.
     let stopped_early = unsafe { (*score).left } != 0;
+    // Safety: the same entry, on the same thread.
     unsafe { (*score).take_off_unrun() };
     let header = shim.header();
     let slot = shim.slot(vcpu);
@@ -764,6 +916,7 @@ unsafe extern "C" fn on_block_exec(vcpu: c_uint, udata: *mut c_void) {
         header,
         shim.options.overflow,
         // This callback runs before the block adds its length.
+        // Safety: the same entry, on the same thread.
         unsafe { (*score).icount },
         udata as u64,
         stopped_early,
@@ -772,15 +925,43 @@ unsafe extern "C" fn on_block_exec(vcpu: c_uint, udata: *mut c_void) {
 
 // ------------------------------------------------------------------- exit
 
-/// QEMU is exiting: publish the final counters, tell the collector, remove the
-/// segment's name. The mapping stays (vCPU threads may still be finishing).
+/// How long the exiting thread waits for a paused vCPU to reach its idle
+/// callback (it is on its way: microseconds) before taking it as running.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// QEMU is exiting: publish each vCPU's last chunks and final counters, tell
+/// the collector, remove the segment's name. The mapping stays (vCPU
+/// threads may still be finishing).
+///
+/// Only the chunks of vCPUs that cannot touch them are published (see
+/// `vcpu::Life`): this thread's own vCPU (one that called `exit()` itself,
+/// as Arm semihosting's SYS_EXIT does), and the vCPUs idle or paused. One
+/// that still runs (another vCPU, when one called `exit()`) keeps its last,
+/// partial chunk: we say so on stderr.
+///
+/// # Safety
+/// Only called by QEMU, as the atexit callback.
 unsafe extern "C" fn on_exit(_id: qemu_plugin_id_t, _udata: *mut c_void) {
     let shim = shim();
+    let this_thread = THREAD_HAS_VCPU
+        .with(|h| h.get())
+        .then(|| THREAD_VCPU.with(|v| v.get()));
     for slot in shim.vcpus.iter() {
-        // The vCPUs have stopped: their chunks and scoreboard entries are still.
-        slot.publish_final(shim.header(), shim.options.overflow, unsafe {
-            (*shim.score_looked_up(slot.index())).started()
-        });
+        let mine = this_thread == Some(slot.index());
+        if !mine && !slot.take_for_exit(EXIT_WAIT) {
+            if slot.ran() {
+                eprintln!(
+                    "trace-shim: vCPU {} was still running when QEMU exited: its last \
+                     events (at most one chunk) are not in the capture",
+                    slot.index()
+                );
+            }
+            continue;
+        }
+        // Safety: the slot's chunks and scoreboard entry are still: its vCPU
+        // runs this callback, or waits (idle, or in its resume callback).
+        let icount = unsafe { (*shim.score_looked_up(slot.index())).started() };
+        slot.publish_final(shim.header(), shim.options.overflow, icount);
     }
     // Release: the counters and every event published before are visible to a
     // collector that sees `qemu_exited` with Acquire.

@@ -45,6 +45,8 @@ pub struct VcpuSlot {
     /// store, no read-modify-write); atomic because the exiting thread
     /// reads it.
     published: std::sync::atomic::AtomicU64,
+    /// Who may touch the chunks: see `Life`.
+    life: std::sync::atomic::AtomicU8,
     meta_lock: AtomicBool,
     meta: UnsafeCell<Producer>,
     devices: UnsafeCell<DeviceCache>,
@@ -54,9 +56,11 @@ pub struct VcpuSlot {
 
 // Safety: see the module comment: `events`, the chunks, `flushed_epoch`,
 // `devices` and `access_kinds` are only touched by the thread running this
-// vCPU (or by QEMU's exiting thread once every vCPU has stopped), `meta`
+// vCPU (or by QEMU's exiting thread once it took them: `Life`), `meta`
 // only under `meta_lock`.
 unsafe impl Sync for VcpuSlot {}
+// Safety: its raw pointers (the control block, QEMU's interned device names)
+// point to memory that lives as long as the process, not to a thread's.
 unsafe impl Send for VcpuSlot {}
 
 struct DeviceCache {
@@ -76,10 +80,32 @@ const ADDRESSES: usize = 64;
 /// `DeviceCache::at`'s empty entry (no access is at the last address).
 const NO_ADDRESS: (u64, u16) = (u64::MAX, 0);
 
+/// Who may touch a vCPU's chunks, so that QEMU's exiting thread publishes a
+/// vCPU's last chunk only while that vCPU cannot (QEMU runs the plugin's
+/// exit callback from `exit()`: after pausing every vCPU on a normal
+/// shutdown, but a vCPU that paused may not have reached its idle callback
+/// yet, and a vCPU that calls `exit()` itself, as Arm semihosting's
+/// SYS_EXIT does, leaves the others running).
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Life {
+    /// Not initialised: it never ran.
+    New,
+    /// Running (or between callbacks): its thread owns the chunks.
+    Awake,
+    /// In QEMU's idle wait, its chunks published: nobody touches them.
+    Idle,
+    /// Taken by the exiting thread: the vCPU waits in its resume callback
+    /// until the process ends.
+    Final,
+}
+
 impl VcpuSlot {
     pub fn new(view: &SegmentView, index: u32) -> VcpuSlot {
         let g = view.geometry;
         let control = view.vcpu(index);
+        // Safety: the ring is in the segment, never unmapped, of a checked
+        // power-of-two size; install makes one slot, so one producer, per vCPU.
         let events = unsafe {
             Producer::new(
                 &control.event_ring,
@@ -87,6 +113,7 @@ impl VcpuSlot {
                 g.event_ring_bytes,
             )
         };
+        // Safety: likewise for the meta ring; its one producer is used under `meta_lock`.
         let meta =
             unsafe { Producer::new(&control.meta_ring, view.meta_data(index), g.meta_ring_bytes) };
         VcpuSlot {
@@ -97,6 +124,7 @@ impl VcpuSlot {
             blocks: UnsafeCell::new(ChunkBuffer::blocks()),
             flushed_epoch: UnsafeCell::new(0),
             published: std::sync::atomic::AtomicU64::new(0),
+            life: std::sync::atomic::AtomicU8::new(Life::New as u8),
             meta_lock: AtomicBool::new(false),
             meta: UnsafeCell::new(meta),
             devices: UnsafeCell::new(DeviceCache {
@@ -109,6 +137,7 @@ impl VcpuSlot {
     }
 
     fn control(&self) -> &VcpuControl {
+        // Safety: it points into the segment, which is never unmapped.
         unsafe { &*self.control }
     }
 
@@ -126,6 +155,7 @@ impl VcpuSlot {
     /// collector rarely writes.
     #[inline(always)]
     pub fn flush_asked(&self, header: &Header) -> bool {
+        // Safety: read on this vCPU's thread, the only one that writes it (`flush`).
         header.flush_epoch.load(Ordering::Relaxed) != unsafe { *self.flushed_epoch.get() }
     }
 
@@ -142,6 +172,8 @@ impl VcpuSlot {
         access: &mut MemAccess,
         high: Option<u64>,
     ) {
+        // Safety: the chunks are this vCPU's thread's alone (module docs); this
+        // reference is not used once `restart_accesses` takes its own.
         let chunk = unsafe { &mut **self.accesses.get() };
         let records = 1 + high.is_some() as usize;
         let delta = icount.wrapping_sub(chunk.icount());
@@ -155,6 +187,7 @@ impl VcpuSlot {
         } else {
             access.icount_delta = delta as u32;
         }
+        // Safety: this vCPU's thread's alone; the reference above is dead.
         let chunk = unsafe { &mut **self.accesses.get() };
         chunk.push_access(access, true);
         if let Some(value) = high {
@@ -172,6 +205,8 @@ impl VcpuSlot {
     #[cold]
     #[inline(never)]
     fn restart_accesses(&self, header: &Header, overflow: Overflow, icount: u64, asid: u64) {
+        // Safety: on this vCPU's thread, from `record_access`, which does not use
+        // its own reference to the chunk meanwhile.
         let chunk = unsafe { &mut **self.accesses.get() };
         self.publish(header, overflow, chunk);
         chunk.start(icount, asid);
@@ -189,10 +224,13 @@ impl VcpuSlot {
         id: u64,
         stopped_early: bool,
     ) {
+        // Safety: the chunks are this vCPU's thread's alone (module docs); this
+        // reference is not used once `restart_blocks` takes its own.
         let chunk = unsafe { &mut **self.blocks.get() };
         if chunk.is_empty() || chunk.room() == 0 || stopped_early {
             self.restart_blocks(header, overflow, icount);
         }
+        // Safety: this vCPU's thread's alone; the reference above is dead.
         let chunk = unsafe { &mut **self.blocks.get() };
         chunk.push_block(id);
     }
@@ -200,6 +238,8 @@ impl VcpuSlot {
     #[cold]
     #[inline(never)]
     fn restart_blocks(&self, header: &Header, overflow: Overflow, icount: u64) {
+        // Safety: on this vCPU's thread, from `record_block`, which does not use
+        // its own reference to the chunk meanwhile.
         let chunk = unsafe { &mut **self.blocks.get() };
         self.publish(header, overflow, chunk);
         chunk.start(icount, 0);
@@ -211,6 +251,8 @@ impl VcpuSlot {
     pub fn flush(&self, header: &Header, overflow: Overflow) {
         // Read first: what we publish below was gathered before it.
         let epoch = header.flush_epoch.load(Ordering::Relaxed);
+        // Safety: on this vCPU's thread (or the exiting one, once it took the
+        // chunks: `Life`), outside `record_*`: no other reference to them.
         unsafe {
             self.publish(header, overflow, &mut *self.accesses.get());
             self.publish(header, overflow, &mut *self.blocks.get());
@@ -232,6 +274,8 @@ impl VcpuSlot {
         let events = chunk.events();
         let first = self.published.load(Ordering::Relaxed);
         let message = chunk.seal(self.index as u16, first);
+        // Safety: the event producer is this vCPU's thread's alone (module
+        // docs), and nothing here re-enters `publish`.
         let ring = unsafe { &mut *self.events.get() };
         let delivered = ring.push(message)
             || (overflow == Overflow::Block
@@ -257,6 +301,8 @@ impl VcpuSlot {
         {
             std::hint::spin_loop();
         }
+        // Safety: we hold `meta_lock` (taken with Acquire above, released
+        // below), so no other thread uses the meta producer.
         let ring = unsafe { &mut *self.meta.get() };
         let fits = message.len() as u64 <= ring.capacity() / 2;
         let delivered = fits
@@ -276,6 +322,8 @@ impl VcpuSlot {
     /// the meta ring the first time this vCPU meets it under this attach.
     #[inline]
     pub fn device_id(&self, header: &Header, overflow: Overflow, name: *const c_char) -> u16 {
+        // Safety: the cache is this vCPU's thread's alone, and `device_at`
+        // holds no reference to it while calling us.
         let cache = unsafe { &mut *self.devices.get() };
         let attach = header.attach_count.load(Ordering::Relaxed);
         if cache.attach == attach {
@@ -304,6 +352,8 @@ impl VcpuSlot {
     ) -> u16 {
         let at = (paddr >> 2) as usize % ADDRESSES;
         {
+            // Safety: this vCPU's thread's alone; the borrow ends with this
+            // block, before `device_id` takes its own.
             let cache = unsafe { &*self.devices.get() };
             let attach = header.attach_count.load(Ordering::Relaxed);
             if cache.attach == attach && cache.at[at].0 == paddr {
@@ -311,6 +361,7 @@ impl VcpuSlot {
             }
         }
         let id = self.device_id(header, overflow, name());
+        // Safety: this vCPU's thread's alone; `device_id`'s borrow has ended.
         let cache = unsafe { &mut *self.devices.get() };
         cache.at[at] = (paddr, id);
         id
@@ -332,6 +383,8 @@ impl VcpuSlot {
         let text = if name.is_null() {
             ""
         } else {
+            // Safety: non-null; callers pass QEMU's device names, interned C
+            // strings that live as long as QEMU.
             unsafe { CStr::from_ptr(name) }.to_str().unwrap_or("?")
         };
         let mut msg = capnp::message::Builder::new_default();
@@ -358,6 +411,65 @@ impl VcpuSlot {
 
     pub fn index(&self) -> u32 {
         self.index
+    }
+
+    /// Whether the vCPU was ever initialised.
+    pub fn ran(&self) -> bool {
+        self.life.load(Ordering::Relaxed) != Life::New as u8
+    }
+
+    /// The vCPU was initialised (on its thread): it owns its chunks.
+    pub fn woke(&self) {
+        self.life.store(Life::Awake as u8, Ordering::Relaxed);
+    }
+
+    /// On the vCPU's thread, in its idle callback, after `flush`.
+    pub fn went_idle(&self) {
+        // Release: the chunks' last writes happen before the exiting thread's
+        // (it takes them with Acquire).
+        self.life.store(Life::Idle as u8, Ordering::Release);
+    }
+
+    /// On the vCPU's thread, leaving QEMU's idle wait: takes the chunks back,
+    /// or, if the exiting thread took them, waits for the process to end.
+    pub fn resumed(&self) {
+        loop {
+            // Acquire: pairs with `went_idle`'s Release (our own writes) and
+            // with nothing else (Final is never left).
+            match self.life.compare_exchange(
+                Life::Idle as u8,
+                Life::Awake as u8,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(l) if l == Life::Final as u8 => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(_) => return, // awake already (a resume without an idle)
+            }
+        }
+    }
+
+    /// On QEMU's exiting thread: takes the chunks of a vCPU that is idle, or
+    /// becomes idle within `wait` (one that had paused but not yet reached
+    /// its idle callback). False for a vCPU that never ran, or still runs.
+    pub fn take_for_exit(&self, wait: std::time::Duration) -> bool {
+        let started = std::time::Instant::now();
+        loop {
+            // Acquire: pairs with `went_idle`'s Release.
+            match self.life.compare_exchange(
+                Life::Idle as u8,
+                Life::Final as u8,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(l) if l == Life::New as u8 || l == Life::Final as u8 => return false,
+                Err(_) if started.elapsed() >= wait => return false,
+                Err(_) => std::thread::sleep(std::time::Duration::from_micros(100)),
+            }
+        }
     }
 
     /// Retries `push` until it succeeds (returns true) or the collector is
