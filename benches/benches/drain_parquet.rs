@@ -56,7 +56,11 @@ struct FakeSegment {
     view: SegmentView,
 }
 
+// Safety: `base`/`len` name a shared mapping of the process, not of a
+// thread, unmapped only by `drop`; `view` is `Send` already.
 unsafe impl Send for FakeSegment {}
+// Safety: shared, only `view` (Sync) is read; `base` is used only by `drop`,
+// and `producers` only by the one producer thread of each segment.
 unsafe impl Sync for FakeSegment {}
 
 impl FakeSegment {
@@ -70,6 +74,11 @@ impl FakeSegment {
         let len = geometry.segment_bytes().unwrap() as usize;
         let pid = std::process::id();
         let name = CString::new(layout::segment_name(pid)).unwrap();
+        // Safety: `name` is a C string and `fd` ours (checked). The mapping is
+        // `len` bytes (checked), page-aligned and all zero (a fresh `O_EXCL`
+        // object), so it holds a `Header` that we, its only user yet, may write;
+        // it stays mapped until `drop`, outliving `view`, whose geometry passed
+        // `check`: what `SegmentView::new` needs.
         unsafe {
             libc::shm_unlink(name.as_ptr());
             let fd = libc::shm_open(
@@ -104,6 +113,10 @@ impl FakeSegment {
     fn producers(&self) -> (Producer, Producer) {
         let g = self.view.geometry;
         let c = self.view.vcpu(0);
+        // Safety: the rings lie in our mapping, which stays until `drop`; the
+        // producers live only inside `produce`, which borrows `self`, and each
+        // segment is produced once, so they are the rings' only producers;
+        // `check` made the capacities powers of two.
         unsafe {
             (
                 Producer::new(&c.event_ring, self.view.event_data(0), g.event_ring_bytes),
@@ -115,6 +128,9 @@ impl FakeSegment {
 
 impl Drop for FakeSegment {
     fn drop(&mut self) {
+        // Safety: `name` is a C string; `base`/`len` are `create`'s mapping,
+        // unmapped once, here, after every producer and view of it is gone (the
+        // collector maps its own).
         unsafe {
             libc::shm_unlink(self.name.as_ptr());
             libc::munmap(self.base as *mut libc::c_void, self.len);
@@ -338,6 +354,7 @@ fn cpu_clock(clock: libc::clockid_t) -> Duration {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // Safety: `t` is a valid, writable `timespec` for the call.
     unsafe { libc::clock_gettime(clock, &mut t) };
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }

@@ -153,6 +153,8 @@ static FLOOR: AtomicPtr<Floor> = AtomicPtr::new(std::ptr::null_mut());
 fn floor() -> &'static Floor {
     // Relaxed: stored before any callback is registered; QEMU orders that
     // before the callbacks run.
+    // Safety: only our callbacks call this, and `qemu_plugin_install` stores
+    // `FLOOR` (a leaked Box, never freed) before it registers any of them.
     unsafe { &*FLOOR.load(Ordering::Relaxed) }
 }
 
@@ -202,6 +204,7 @@ pub unsafe extern "C" fn qemu_plugin_install(
     argc: c_int,
     argv: *mut *mut c_char,
 ) -> c_int {
+    // Safety: QEMU's contract (above): `argv` holds `argc` C strings.
     let args = unsafe { trace_schema::options::plugin_args(argc, argv as *const *const c_char) };
     let options = match parse(&args) {
         Ok(o) => o,
@@ -210,8 +213,12 @@ pub unsafe extern "C" fn qemu_plugin_install(
             return -1;
         }
     };
+    // Safety: QEMU's contract: `info` is valid for this call, and is only
+    // read during it.
     let info = unsafe { &*info };
     let n_vcpus = if info.system_emulation {
+        // Safety: QEMU fills the union's `system` when `system_emulation` is
+        // set (checked just above).
         unsafe { info.__bindgen_anon_1.system.max_vcpus }.max(1) as usize
     } else {
         // User mode: threads come and go; 256 is plenty for a benchmark.
@@ -231,6 +238,9 @@ pub unsafe extern "C" fn qemu_plugin_install(
         Inline::Padded => 128,
     };
     let score = if size > 0 {
+        // Safety: no precondition. The scoreboard is never freed; `icount`
+        // (offset 0) fits in every `size` here, and `left` (offset 8) is used
+        // only with `inline=on`, whose entries are `Score`s.
         unsafe { qemu_plugin_scoreboard_new(size) }
     } else {
         std::ptr::null_mut()
@@ -248,6 +258,8 @@ pub unsafe extern "C" fn qemu_plugin_install(
         },
     });
     FLOOR.store(Box::into_raw(built), Ordering::Release);
+    // Safety: `id` is QEMU's for this install; `FLOOR` is stored above, as the
+    // callbacks' `floor()` needs; `on_exit` ignores its null `udata`.
     unsafe {
         qemu_plugin_register_vcpu_tb_trans_cb(id, Some(on_translate));
         qemu_plugin_register_atexit_cb(id, Some(on_exit), std::ptr::null_mut());
@@ -255,11 +267,21 @@ pub unsafe extern "C" fn qemu_plugin_install(
     0
 }
 
+/// The translation callback: registers this block's inline ops and callbacks.
+///
+/// # Safety
+/// Called by QEMU only, with a `tb` valid for the call, after install set
+/// `FLOOR`.
 unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb) {
     let f = floor();
     let o = f.options;
+    // Safety: `tb` is valid during this translation callback.
     let n = unsafe { qemu_plugin_tb_n_insns(tb) };
     if o.inline == Inline::Block {
+        // Safety: `tb` is being translated (QEMU allows registering on it
+        // now); `inline=on` made the scoreboard with `Score` entries, which
+        // `f.left` and `f.icount` address; the callback ignores its null
+        // `udata`.
         unsafe {
             qemu_plugin_register_vcpu_tb_exec_cond_cb(
                 tb,
@@ -279,6 +301,7 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
         }
     }
     if o.mode == Mode::Block {
+        // Safety: `tb` is being translated; `on_exec` ignores its null `udata`.
         unsafe {
             qemu_plugin_register_vcpu_tb_exec_cb(
                 tb,
@@ -294,6 +317,7 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
         Ask::Data => on_memory_access_ask_data,
     };
     for i in 0..n {
+        // Safety: `tb` is valid for this callback and `i` < its `n` instructions.
         let insn = unsafe { qemu_plugin_tb_get_insn(tb, i) };
         let (op, entry, imm) = match o.inline {
             Inline::Off => (None, f.icount, 0),
@@ -309,9 +333,14 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
             ),
         };
         if let Some(op) = op {
+            // Safety: `insn` is `tb`'s, during its translation; `op` is set
+            // only when `inline` made a scoreboard, and `entry` lies in its
+            // entries (`left` only for `inline=on`'s `Score`s).
             unsafe { qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, op, entry, imm) };
         }
         match o.mode {
+            // Safety: `insn` is `tb`'s, during its translation; the callback
+            // (any of the three) ignores its null `udata`.
             Mode::Mem => unsafe {
                 qemu_plugin_register_vcpu_mem_cb(
                     insn,
@@ -321,6 +350,7 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
                     std::ptr::null_mut(),
                 );
             },
+            // Safety: as for `Mode::Mem`; `on_exec` ignores its null `udata`.
             Mode::Exec => unsafe {
                 qemu_plugin_register_vcpu_insn_exec_cb(
                     insn,
@@ -348,6 +378,10 @@ fn count(vcpu: c_uint) {
     }
 }
 
+/// The memory callback of `ask=none`.
+///
+/// # Safety
+/// Called by QEMU only, on vCPU `vcpu`'s thread, after install set `FLOOR`.
 unsafe extern "C" fn on_memory_access(
     vcpu: c_uint,
     _info: qemu_plugin_meminfo_t,
@@ -359,11 +393,20 @@ unsafe extern "C" fn on_memory_access(
 
 /// `ask=io`: is the access I/O, and if so which device (as the shim's
 /// `on_memory_access` asks). Returns the access's hwaddr for `ask=data`.
+///
+/// # Safety
+/// Only from a memory callback, with the `info` and `vaddr` QEMU passed it;
+/// the hwaddr returned is valid until that callback returns.
 #[inline(always)]
 unsafe fn ask_io(c: &Counter, info: qemu_plugin_meminfo_t, vaddr: u64) -> *mut qemu_plugin_hwaddr {
     Counter::add(&c.callbacks, 1);
+    // Safety: `info` and `vaddr` are the running memory callback's (our
+    // contract).
     let hwaddr = unsafe { qemu_plugin_get_hwaddr(info, vaddr) };
+    // Safety: `hwaddr` is non-null (checked first) and valid until the
+    // memory callback returns.
     if !hwaddr.is_null() && unsafe { qemu_plugin_hwaddr_is_io(hwaddr) } {
+        // Safety: as above; the (interned) name is only folded in as a number.
         let name = unsafe { qemu_plugin_hwaddr_device_name(hwaddr) };
         Counter::add(&c.io, 1);
         Counter::add(&c.folded, name as u64);
@@ -371,6 +414,11 @@ unsafe fn ask_io(c: &Counter, info: qemu_plugin_meminfo_t, vaddr: u64) -> *mut q
     hwaddr
 }
 
+/// The memory callback of `ask=io`.
+///
+/// # Safety
+/// Called by QEMU only, on vCPU `vcpu`'s thread, with this access's `info`
+/// and `vaddr`, after install set `FLOOR`.
 unsafe extern "C" fn on_memory_access_ask_io(
     vcpu: c_uint,
     info: qemu_plugin_meminfo_t,
@@ -378,11 +426,16 @@ unsafe extern "C" fn on_memory_access_ask_io(
     _udata: *mut c_void,
 ) {
     if let Some(c) = counter(vcpu) {
+        // Safety: `info` and `vaddr` are what QEMU passed this memory callback.
         unsafe { ask_io(c, info, vaddr) };
     }
 }
 
 /// `ask=data`: also the physical address and the value.
+///
+/// # Safety
+/// Called by QEMU only, on vCPU `vcpu`'s thread, with this access's `info`
+/// and `vaddr`, after install set `FLOOR`.
 unsafe extern "C" fn on_memory_access_ask_data(
     vcpu: c_uint,
     info: qemu_plugin_meminfo_t,
@@ -390,28 +443,45 @@ unsafe extern "C" fn on_memory_access_ask_data(
     _udata: *mut c_void,
 ) {
     let Some(c) = counter(vcpu) else { return };
+    // Safety: `info` and `vaddr` are what QEMU passed this memory callback.
     let hwaddr = unsafe { ask_io(c, info, vaddr) };
     let paddr = if hwaddr.is_null() {
         vaddr
     } else {
+        // Safety: a non-null hwaddr of this callback's access, valid until it
+        // returns.
         unsafe { qemu_plugin_hwaddr_phys_addr(hwaddr) }
     };
+    // Safety: `info` is this memory callback's, as QEMU passed it.
     let v = unsafe { qemu_plugin_mem_get_value(info) };
     // The low 8 bytes of any value type (the union's first member).
+    // Safety: the members are all integers, so any 8 bytes are a `u64`.
+    // Caveat: for 1/2/4-byte accesses QEMU writes only the low 1/2/4 bytes,
+    // the rest stay uninitialised: tolerated since the value only feeds the
+    // `folded` checksum, which is never printed.
     let value = unsafe { v.data.u64_ };
     Counter::add(&c.folded, paddr ^ value);
 }
 
 /// The exec callback of `mode=exec` (per instruction) and `mode=block`
 /// (per block).
+///
+/// # Safety
+/// Called by QEMU only, on vCPU `vcpu`'s thread, after install set `FLOOR`.
 unsafe extern "C" fn on_exec(vcpu: c_uint, _udata: *mut c_void) {
     count(vcpu);
 }
 
 /// `inline=on`: the block before stopped early, its unrun instructions do
 /// not count (the shim's `Score::take_off_unrun`).
+///
+/// # Safety
+/// Called by QEMU only, on vCPU `vcpu`'s thread, after install set `FLOOR`.
 unsafe extern "C" fn on_block_stopped_early(vcpu: c_uint, _udata: *mut c_void) {
     let f = floor();
+    // Safety: registered only with `inline=on`, so `f.icount` and `f.left`
+    // address the `Score` entries of a live scoreboard; QEMU made `vcpu`'s
+    // entry before it ran, and only its own thread (this one) touches it.
     unsafe {
         let started = qemu_plugin_u64_get(f.icount, vcpu) - qemu_plugin_u64_get(f.left, vcpu);
         qemu_plugin_u64_set(f.icount, vcpu, started);
@@ -419,6 +489,10 @@ unsafe extern "C" fn on_block_stopped_early(vcpu: c_uint, _udata: *mut c_void) {
     }
 }
 
+/// The exit callback: prints the counts.
+///
+/// # Safety
+/// Called by QEMU only, at exit, after install set `FLOOR`.
 unsafe extern "C" fn on_exit(_id: qemu_plugin_id_t, _udata: *mut c_void) {
     let f = floor();
     let o = f.options;
@@ -435,8 +509,11 @@ unsafe extern "C" fn on_exit(_id: qemu_plugin_id_t, _udata: *mut c_void) {
         o.ask.name(),
     );
     if o.inline != Inline::Off {
+        // Safety: `inline` is not off, so the scoreboard exists and `icount`
+        // (offset 0) lies in its entries.
         let mut started = unsafe { qemu_plugin_u64_sum(f.icount) };
         if o.inline == Inline::Block {
+            // Safety: with `inline=on` the entries are `Score`s, holding `left`.
             started -= unsafe { qemu_plugin_u64_sum(f.left) };
         }
         eprintln!("floor: icount={started}");

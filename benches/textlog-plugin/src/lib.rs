@@ -59,7 +59,12 @@ struct Out {
     bytes: u64,
 }
 
+// Safety: `out` is a Mutex, and each `last_exec` line is only touched by its
+// own vCPU's thread (see `LastExec`), so sharing a `TextLog` between vCPU
+// threads never shares a `String`.
 unsafe impl Sync for TextLog {}
+// Safety: every field is `Send` already (`UnsafeCell<String>`, `Mutex<Out>`);
+// this only restates the auto trait.
 unsafe impl Send for TextLog {}
 
 static LOG: AtomicPtr<TextLog> = AtomicPtr::new(std::ptr::null_mut());
@@ -67,6 +72,8 @@ static LOG: AtomicPtr<TextLog> = AtomicPtr::new(std::ptr::null_mut());
 #[inline(always)]
 fn log() -> &'static TextLog {
     // Relaxed: stored before any callback is registered.
+    // Safety: only our callbacks call this, and `qemu_plugin_install` stores
+    // `LOG` (a leaked Box, never freed) before it registers any of them.
     unsafe { &*LOG.load(Ordering::Relaxed) }
 }
 
@@ -74,6 +81,9 @@ impl TextLog {
     #[inline(always)]
     #[allow(clippy::mut_from_ref)]
     fn line(&self, vcpu: c_uint) -> &mut String {
+        // Safety: called only on `vcpu`'s own thread (or by `on_exit`, after
+        // the vCPUs stopped), at most once per line per callback, which drops
+        // the `&mut` before returning: no other reference to it is live.
         unsafe { &mut *self.last_exec[vcpu as usize].0.get() }
     }
 
@@ -99,6 +109,7 @@ pub unsafe extern "C" fn qemu_plugin_install(
     argc: c_int,
     argv: *mut *mut c_char,
 ) -> c_int {
+    // Safety: QEMU's contract (above): `argv` holds `argc` C strings.
     let args = unsafe { trace_schema::options::plugin_args(argc, argv as *const *const c_char) };
     let mut out_path = None;
     for a in &args {
@@ -121,8 +132,12 @@ pub unsafe extern "C" fn qemu_plugin_install(
             return -1;
         }
     };
+    // Safety: QEMU's contract: `info` is valid for this call, and is only
+    // read during it.
     let info = unsafe { &*info };
     let n_vcpus = if info.system_emulation {
+        // Safety: QEMU fills the union's `system` when `system_emulation` is
+        // set (checked just above).
         unsafe { info.__bindgen_anon_1.system.max_vcpus }.max(1) as usize
     } else {
         256
@@ -138,6 +153,8 @@ pub unsafe extern "C" fn qemu_plugin_install(
         }),
     });
     LOG.store(Box::into_raw(built), Ordering::Release);
+    // Safety: `id` is QEMU's for this install; `LOG` is stored above, as the
+    // callbacks' `log()` needs; `on_exit` ignores its null `udata`.
     unsafe {
         qemu_plugin_register_vcpu_tb_trans_cb(id, Some(on_translate));
         qemu_plugin_register_atexit_cb(id, Some(on_exit), std::ptr::null_mut());
@@ -147,28 +164,45 @@ pub unsafe extern "C" fn qemu_plugin_install(
 
 /// Per translated instruction: its text, made once and never freed (QEMU may
 /// run the block until it exits), and the two callbacks.
+///
+/// # Safety
+/// Called by QEMU only, as the translation callback, with a `tb` valid for
+/// the call.
 unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb) {
+    // Safety: `tb` is valid during this translation callback.
     let n = unsafe { qemu_plugin_tb_n_insns(tb) };
     for i in 0..n {
+        // Safety: `tb` is valid for this callback and `i` < its `n` instructions.
         let insn = unsafe { qemu_plugin_tb_get_insn(tb, i) };
+        // Safety: `insn` is `tb`'s, valid during its translation.
         let vaddr = unsafe { qemu_plugin_insn_vaddr(insn) };
         let mut bytes = [0u8; 4];
+        // Safety: as above; QEMU copies at most `bytes.len()` bytes into the
+        // writable `bytes`.
         unsafe { qemu_plugin_insn_data(insn, bytes.as_mut_ptr() as *mut c_void, bytes.len()) };
         let opcode = u32::from_le_bytes(bytes);
+        // Safety: `insn` is `tb`'s, valid during its translation.
         let disas_ptr = unsafe { qemu_plugin_insn_disas(insn) };
         let disas = if disas_ptr.is_null() {
             String::new()
         } else {
+            // Safety: non-null (checked): a C string QEMU allocated for us,
+            // copied out here before it is freed below.
             let s = unsafe { CStr::from_ptr(disas_ptr) }
                 .to_string_lossy()
                 .into_owned();
             // g_strdup'ed by QEMU; g_free is free.
+            // Safety: so `free` may release it; ours to free, once, and not
+            // used after.
             unsafe { libc_free(disas_ptr as *mut c_void) };
             s
         };
         // A C string, as execlog's udata is (disassembly has no NUL).
         let text = format!("0x{vaddr:x}, 0x{opcode:x}, \"{disas}\"").replace('\0', "");
         let udata = std::ffi::CString::new(text).unwrap().into_raw();
+        // Safety: `insn` is `tb`'s, during its translation; `udata` is leaked
+        // (never freed), so it outlives every `on_insn_exec` call that gets it;
+        // `on_memory_access` ignores its null `udata`.
         unsafe {
             qemu_plugin_register_vcpu_mem_cb(
                 insn,
@@ -188,11 +222,20 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
 }
 
 extern "C" {
+    /// C's `free`.
+    ///
+    /// # Safety
+    /// `p` must come from `malloc` (or GLib's allocator, which uses it) and
+    /// not be used or freed again.
     #[link_name = "free"]
     fn libc_free(p: *mut c_void);
 }
 
 /// execlog's `vcpu_insn_exec`: write the vCPU's previous line, start its new one.
+///
+/// # Safety
+/// Called by QEMU only, on vCPU `vcpu`'s thread, with the `udata`
+/// `on_translate` registered for the instruction.
 unsafe extern "C" fn on_insn_exec(vcpu: c_uint, udata: *mut c_void) {
     let log = log();
     let line = log.line(vcpu);
@@ -201,12 +244,18 @@ unsafe extern "C" fn on_insn_exec(vcpu: c_uint, udata: *mut c_void) {
     }
     line.clear();
     let _ = write!(line, "{vcpu}, ");
-    // Made from a String at translation: valid UTF-8.
+    // Safety: `udata` is the `CString` `on_translate` leaked for this
+    // instruction: NUL-terminated and never freed.
     let text = unsafe { CStr::from_ptr(udata as *const c_char) }.to_bytes();
+    // Safety: made from a String at translation (less its NULs): valid UTF-8.
     line.push_str(unsafe { std::str::from_utf8_unchecked(text) });
 }
 
 /// execlog's `vcpu_mem`: append the access to the vCPU's line.
+///
+/// # Safety
+/// Called by QEMU only, on vCPU `vcpu`'s thread, with this access's `info`
+/// and `vaddr`.
 unsafe extern "C" fn on_memory_access(
     vcpu: c_uint,
     info: qemu_plugin_meminfo_t,
@@ -214,18 +263,25 @@ unsafe extern "C" fn on_memory_access(
     _udata: *mut c_void,
 ) {
     let line = log().line(vcpu);
+    // Safety: `info` is this memory callback's, as QEMU passed it.
     if unsafe { qemu_plugin_mem_is_store(info) } {
         line.push_str(", store");
     } else {
         line.push_str(", load");
     }
+    // Safety: `info` and `vaddr` are what QEMU passed this memory callback.
     let hwaddr = unsafe { qemu_plugin_get_hwaddr(info, vaddr) };
     if !hwaddr.is_null() {
+        // Safety: a non-null hwaddr of this callback's access, valid until it
+        // returns.
         let addr = unsafe { qemu_plugin_hwaddr_phys_addr(hwaddr) };
+        // Safety: as above.
         let name = unsafe { qemu_plugin_hwaddr_device_name(hwaddr) };
         let name = if name.is_null() {
             std::borrow::Cow::Borrowed("(null)")
         } else {
+            // Safety: non-null (checked): QEMU's interned, NUL-terminated
+            // device name, never freed.
             unsafe { CStr::from_ptr(name) }.to_string_lossy()
         };
         let _ = write!(line, ", 0x{addr:08x}, {name}");
@@ -235,6 +291,9 @@ unsafe extern "C" fn on_memory_access(
 }
 
 /// execlog's `plugin_exit`: each vCPU's last line.
+///
+/// # Safety
+/// Called by QEMU only, at exit, after the vCPUs stopped (see `LastExec`).
 unsafe extern "C" fn on_exit(_id: qemu_plugin_id_t, _udata: *mut c_void) {
     let log = log();
     for v in 0..log.last_exec.len() {
