@@ -24,7 +24,7 @@ pub use trace_format::STANDARD_TABLES;
 /// The view rebuilt from `block_exec` rather than read from files.
 const INSN: &str = trace_format::INSN_VIEW;
 
-use trace_format::{stats as stat, CaptureJson, MAX_BLOCK_INSNS};
+use trace_format::{stats as stat, CaptureJson, ColumnType, Table, MAX_BLOCK_INSNS};
 
 /// An open capture directory.
 #[derive(Debug)]
@@ -101,6 +101,15 @@ impl Capture {
             let parts = list_parts(&path)?;
             if !parts.is_empty() {
                 tables.insert(name, parts);
+            }
+        }
+        // A table of the capture whose first part is not written yet (a
+        // capture still running, or a table that had no rows when the
+        // collector was cut short) exists all the same, empty: capture.json
+        // lists the capture's tables from the start.
+        for name in meta.iter().flat_map(|m| m.tables.keys()) {
+            if Table::named(name).is_some_and(|t| t != Table::Stats) {
+                tables.entry(name.clone()).or_insert_with(Vec::new);
             }
         }
         if meta.is_none() && tables.is_empty() {
@@ -233,6 +242,9 @@ impl Capture {
         };
         if let Some(e) = self.corrupt_error(name) {
             return Err(e);
+        }
+        if parts.is_empty() {
+            return Ok(empty_table(name));
         }
         let paths = parts
             .iter()
@@ -580,6 +592,27 @@ impl Capture {
             })
             .collect())
     }
+}
+
+/// A table of the capture with no part yet: no rows, its declared columns.
+fn empty_table(name: &str) -> LazyFrame {
+    let schema: Schema = Table::named(name)
+        .map(|t| t.columns())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            let dtype = match c.ty {
+                ColumnType::UInt8 => DataType::UInt8,
+                ColumnType::UInt32 => DataType::UInt32,
+                ColumnType::UInt64 => DataType::UInt64,
+                ColumnType::String => DataType::String,
+                ColumnType::Binary => DataType::Binary,
+                ColumnType::Boolean => DataType::Boolean,
+            };
+            Field::new(c.name.into(), dtype)
+        })
+        .collect();
+    DataFrame::empty_with_schema(&schema).lazy()
 }
 
 /// One row per instruction that ran: each `block_exec` row's first

@@ -383,6 +383,7 @@ fn capture_once(w: Workload, out: &PathBuf, threads: Option<usize>) -> Cost {
             qmp: None,
             device_map: None,
             part_rows: trace_collector::DEFAULT_PART_ROWS,
+            flush_every: None,
             threads,
             show_progress: false,
         })

@@ -26,6 +26,7 @@ pub mod described_blocks;
 pub mod device_ids;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use capnp::message::ReaderOptions;
@@ -111,6 +112,8 @@ struct State {
     skipped: Vec<u64>,
     /// Per table: its batch is full; hand it over after this record.
     flush_due: [bool; 5],
+    /// Per table: when its last batch was handed over (or the drain began).
+    flushed_at: [Instant; 5],
 
     events: Vec<u64>,
     /// Per vCPU: the shim's `full_ring_waits` and `full_ring_wait_ns` when
@@ -219,6 +222,7 @@ impl Drainer {
                 skip_below: resume.skip_below,
                 skipped: vec![0; n as usize],
                 flush_due: [false; 5],
+                flushed_at: [Instant::now(); 5],
                 events: vec![0; n as usize],
                 waits_at_start,
                 metas: 0,
@@ -283,6 +287,19 @@ impl Drainer {
     }
 
     /// The devices seen so far, if they changed since the last call.
+    /// Hands over the rows of each table whose last part was cut `age` ago
+    /// or more (`--flush-every`): none waits much longer to be queryable.
+    /// Between records, so a part holds whole records as when it fills.
+    pub fn flush_older_than(&mut self, age: Duration) -> Result<()> {
+        let st = &mut self.st;
+        for t in [Table::Mem, Table::Mmio, Table::BlockExec, Table::Code] {
+            if st.batch_len(t) > 0 && st.flushed_at[t.index()].elapsed() >= age {
+                st.flush(t).map_err(Fail::into_error)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn take_new_devices(&mut self) -> Option<DeviceList> {
         self.st.devices.take_new()
     }
@@ -796,6 +813,7 @@ impl State {
             Table::Stats => unreachable!("stats are written by finish"),
         };
         self.rows_sent[t.index()] += batch.len() as u64;
+        self.flushed_at[t.index()] = Instant::now();
         let covers = self.cover(t);
         self.sink
             .send(batch, self.devices.names(), covers)

@@ -121,6 +121,8 @@ pub struct AttachArgs {
     /// The user's device names (`memory_map::DeviceMap` format).
     pub device_map: Option<PathBuf>,
     pub part_rows: usize,
+    /// Cut parts of tables whose rows waited this long (`None`: only full parts).
+    pub flush_every: Option<Duration>,
     /// Parquet encoder threads (`None`: `default_threads`).
     pub threads: Option<usize>,
     pub show_progress: bool,
@@ -167,6 +169,7 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
     let setup = session::CaptureSetup {
         out: args.out.clone(),
         part_rows: args.part_rows,
+        flush_every: args.flush_every,
         threads: args.threads,
         names: Arc::new(memory_map::MapDeviceNames::new(
             args.out.join("mtree.txt"),

@@ -49,6 +49,12 @@ struct Output {
     /// up to two parts' batches of memory, ~40 MiB for `mem`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
     threads: Option<u64>,
+    /// Cut a part of each table whose rows wait this long (e.g. `5s`,
+    /// `500ms`, `1m`; `0`: only full parts), so that queries of a running
+    /// capture see rows at most about this old. Costs one small part per
+    /// table per period while that table's rows trickle.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_flush_every)]
+    flush_every: FlushEvery,
     /// No progress line (it is shown only when stderr is a terminal anyway).
     #[arg(long)]
     quiet: bool,
@@ -125,6 +131,7 @@ fn main() -> ExitCode {
             qmp,
             device_map: output.device_map,
             part_rows: output.part_rows as usize,
+            flush_every: output.flush_every.0,
             threads: output.threads.map(|t| t as usize),
             show_progress: !output.quiet,
         }),
@@ -148,6 +155,7 @@ fn main() -> ExitCode {
             shim,
             device_map: output.device_map,
             part_rows: output.part_rows as usize,
+            flush_every: output.flush_every.0,
             threads: output.threads.map(|t| t as usize),
             show_progress: !output.quiet,
             qemu,
@@ -162,5 +170,51 @@ fn main() -> ExitCode {
             eprintln!("trace-collector: error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `--flush-every`: a period, or none (`0`).
+#[derive(Clone, Copy, Debug)]
+struct FlushEvery(Option<std::time::Duration>);
+
+fn parse_flush_every(text: &str) -> Result<FlushEvery, String> {
+    let t = text.trim();
+    let (number, unit) = t.split_at(
+        t.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len()),
+    );
+    let n: f64 = number.parse().map_err(|_| {
+        format!("'{text}' is not a duration: a number and ms, s or m (e.g. 5s, 500ms; 0 for none)")
+    })?;
+    let seconds = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("'{text}': unknown unit '{unit}' (ms, s or m)")),
+    };
+    if !seconds.is_finite() || seconds > 86_400.0 {
+        return Err(format!("'{text}': at most a day"));
+    }
+    Ok(FlushEvery(
+        (seconds > 0.0).then(|| std::time::Duration::from_secs_f64(seconds)),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn flush_periods() {
+        let p = |t| parse_flush_every(t).map(|f| f.0);
+        assert_eq!(p("5s"), Ok(Some(Duration::from_secs(5))));
+        assert_eq!(p("500ms"), Ok(Some(Duration::from_millis(500))));
+        assert_eq!(p("2m"), Ok(Some(Duration::from_secs(120))));
+        assert_eq!(p("3"), Ok(Some(Duration::from_secs(3))));
+        assert_eq!(p("0"), Ok(None));
+        assert!(p("5h").unwrap_err().contains("unknown unit 'h'"));
+        assert!(p("soon").unwrap_err().contains("not a duration"));
+        assert!(p("2d").is_err());
     }
 }

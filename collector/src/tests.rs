@@ -21,6 +21,7 @@ fn setup(out: &Path, part_rows: usize) -> CaptureSetup {
     CaptureSetup {
         out: out.to_path_buf(),
         part_rows,
+        flush_every: None,
         threads: None,
         names: Arc::new(PluginDeviceNames),
         show_progress: false,

@@ -37,6 +37,8 @@ pub const RUN_STOP_GRACE: Duration = Duration::from_secs(10);
 pub struct CaptureSetup {
     pub out: PathBuf,
     pub part_rows: usize,
+    /// Cut parts of tables whose rows waited this long (`None`: only full parts).
+    pub flush_every: Option<Duration>,
     /// Parquet encoder threads (`None`: `crate::default_threads`).
     pub threads: Option<usize>,
     pub names: Arc<dyn DeviceNames>,
@@ -208,6 +210,7 @@ pub fn capture(
         owner,
         signals,
         json: &json,
+        flush_every: setup.flush_every,
         progress: &mut progress,
         warnings: &mut warnings,
         losses: &mut losses,
@@ -341,6 +344,7 @@ struct Watch<'a> {
     owner: Owner,
     signals: &'a AtomicU32,
     json: &'a Mutex<CaptureJson>,
+    flush_every: Option<Duration>,
     progress: &'a mut Progress,
     warnings: &'a mut Vec<String>,
     losses: &'a mut LossLedger,
@@ -437,7 +441,8 @@ impl Watch<'_> {
 
     /// Every `TICK`: our heartbeat, a flush request (what the vCPUs gathered
     /// reaches us at least this often, however slowly their chunks fill),
-    /// the attach checked, new device names into capture.json, progress.
+    /// the attach checked, parts cut of rows older than `flush_every`, new
+    /// device names into capture.json, progress.
     fn tick(&mut self, drainer: &mut Drainer) -> Result<()> {
         let seg = self.seg;
         seg.heartbeat();
@@ -445,6 +450,9 @@ impl Watch<'_> {
         if seg.ensure_attached()? {
             self.warnings
                 .push("the shim had marked us detached; attached again".into());
+        }
+        if let Some(age) = self.flush_every {
+            drainer.flush_older_than(age)?;
         }
         if let Some(devices) = drainer.take_new_devices() {
             let mut j = self.json.lock().unwrap();

@@ -38,6 +38,8 @@ pub struct RunArgs {
     /// The user's device names (`memory_map::DeviceMap` format).
     pub device_map: Option<PathBuf>,
     pub part_rows: usize,
+    /// Cut parts of tables whose rows waited this long (`None`: only full parts).
+    pub flush_every: Option<std::time::Duration>,
     /// Parquet encoder threads (`None`: `default_threads`).
     pub threads: Option<usize>,
     pub show_progress: bool,
@@ -255,6 +257,7 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
         let setup = CaptureSetup {
             out: args.out.clone(),
             part_rows: args.part_rows,
+            flush_every: args.flush_every,
             threads: args.threads,
             names: std::sync::Arc::new(crate::qemu::memory_map::MapDeviceNames::new(
                 args.out.join("mtree.txt"),
@@ -332,6 +335,7 @@ mod tests {
             shim: None,
             device_map: None,
             part_rows: 10,
+            flush_every: None,
             threads: None,
             show_progress: false,
             qemu: vec!["qemu-system-arm".into()],
