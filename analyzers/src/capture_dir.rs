@@ -24,7 +24,7 @@ pub use trace_format::STANDARD_TABLES;
 /// The view rebuilt from `block_exec` rather than read from files.
 const INSN: &str = trace_format::INSN_VIEW;
 
-use trace_format::{stats as stat, CaptureJson, ColumnType, Table, MAX_BLOCK_INSNS};
+use trace_format::{stats as stat, CaptureJson, Table, MAX_BLOCK_INSNS};
 
 /// An open capture directory.
 #[derive(Debug)]
@@ -600,17 +600,7 @@ fn empty_table(name: &str) -> LazyFrame {
         .map(|t| t.columns())
         .unwrap_or_default()
         .iter()
-        .map(|c| {
-            let dtype = match c.ty {
-                ColumnType::UInt8 => DataType::UInt8,
-                ColumnType::UInt32 => DataType::UInt32,
-                ColumnType::UInt64 => DataType::UInt64,
-                ColumnType::String => DataType::String,
-                ColumnType::Binary => DataType::Binary,
-                ColumnType::Boolean => DataType::Boolean,
-            };
-            Field::new(c.name.into(), dtype)
-        })
+        .map(|c| Field::new(c.name.into(), c.ty.polars()))
         .collect();
     DataFrame::empty_with_schema(&schema).lazy()
 }

@@ -9,6 +9,7 @@
 
 pub mod bufmon;
 pub mod capture_dir;
+pub mod dataset;
 pub mod execlog;
 pub mod hex;
 pub mod mmio_json;

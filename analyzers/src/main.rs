@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use trace_analyzers::{bufmon, execlog, mmio_json, output, sql, timeline, Capture};
+use polars::prelude::*;
+use trace_analyzers::{bufmon, dataset, execlog, mmio_json, output, sql, timeline, Capture};
 
 #[derive(Parser)]
 #[command(
@@ -30,9 +31,11 @@ struct Cli {
 
 #[derive(Args)]
 struct QueryArgs {
-    /// Capture directory.
+    /// Capture directory. Several (`--trace` again, or a quoted pattern
+    /// such as 'runs/*' in the last path component) are read as one
+    /// dataset: every table gets a `capture` column, the directory's name.
     #[arg(long, value_name = "DIR")]
-    trace: Option<PathBuf>,
+    trace: Vec<String>,
     /// Output format of the query result.
     #[arg(long, value_enum, default_value_t = FormatArg::Table)]
     format: FormatArg,
@@ -102,10 +105,14 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         None => {
             let q = cli.query;
-            let Some(dir) = q.trace else {
+            if q.trace.is_empty() {
                 bail!("--trace DIR is required (see trace-query --help)");
-            };
-            let cap = open(&dir)?;
+            }
+            let one = q.trace.len() == 1 && !q.trace[0].contains(['*', '?']);
+            if !one {
+                return run_dataset(&q, &mut out);
+            }
+            let cap = open(&PathBuf::from(&q.trace[0]))?;
             if q.tables {
                 if q.sql.is_some() {
                     bail!("give either --tables or a SQL query, not both");
@@ -137,26 +144,8 @@ fn run(cli: Cli) -> Result<()> {
             let Some(query) = q.sql else {
                 bail!("give a SQL query or --tables (see trace-query --help)");
             };
-            let format = match q.format {
-                FormatArg::Table => output::Format::Table,
-                FormatArg::Csv => output::Format::Csv,
-                FormatArg::Json => output::Format::Json,
-            };
             let df = sql::run_sql(&cap, &query)?;
-            if format == output::Format::Table {
-                let limit = std::env::var("POLARS_FMT_MAX_ROWS")
-                    .ok()
-                    .and_then(|v| v.parse::<i64>().ok())
-                    .unwrap_or(output::TABLE_MAX_ROWS as i64);
-                if limit >= 0 && df.height() as i64 > limit {
-                    eprintln!(
-                        "trace-query: note: {} rows, the table shows the first and last ones; \
-                         use --format csv, or POLARS_FMT_MAX_ROWS=-1 to see all",
-                        df.height()
-                    );
-                }
-            }
-            output::write_frame(&df, format, &mut out)?;
+            write_result(&df, q.format, &mut out)?;
         }
         Some(Command::Bufmon { trace, buffers }) => {
             let text = std::fs::read_to_string(&buffers)
@@ -206,6 +195,77 @@ fn run(cli: Cli) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// Prints a query result in `format` (with a note when the table format
+/// shows only the first and last rows).
+fn write_result(df: &DataFrame, format: FormatArg, out: &mut impl Write) -> Result<()> {
+    let format = match format {
+        FormatArg::Table => output::Format::Table,
+        FormatArg::Csv => output::Format::Csv,
+        FormatArg::Json => output::Format::Json,
+    };
+    if format == output::Format::Table {
+        let limit = std::env::var("POLARS_FMT_MAX_ROWS")
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(output::TABLE_MAX_ROWS as i64);
+        if limit >= 0 && df.height() as i64 > limit {
+            eprintln!(
+                "trace-query: note: {} rows, the table shows the first and last ones; \
+                 use --format csv, or POLARS_FMT_MAX_ROWS=-1 to see all",
+                df.height()
+            );
+        }
+    }
+    output::write_frame(df, format, out)
+}
+
+/// SQL or `--tables` over several captures as one dataset.
+fn run_dataset(q: &QueryArgs, out: &mut impl Write) -> Result<()> {
+    let dirs = dataset::expand(&q.trace)?;
+    let ds = dataset::Dataset::open(&dirs)?;
+    for (name, cap) in ds.captures() {
+        for w in cap.warnings() {
+            eprintln!("trace-query: warning: {name}: {w}");
+        }
+    }
+    if q.tables {
+        if q.sql.is_some() {
+            bail!("give either --tables or a SQL query, not both");
+        }
+        writeln!(
+            out,
+            "{} captures: {}",
+            ds.captures().len(),
+            ds.captures()
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+        for name in ds.table_names() {
+            let lf = ds.scan(&name)?;
+            let schema = lf.clone().collect_schema()?;
+            let n = ds.captures()[0].1.collect(lf.select([len().alias("n")]))?;
+            let rows = n
+                .column("n")?
+                .cast(&DataType::UInt64)?
+                .u64()?
+                .get(0)
+                .unwrap_or(0);
+            writeln!(out, "{name} ({rows} rows)")?;
+            for (c, dt) in schema.iter() {
+                writeln!(out, "  {c}: {dt}")?;
+            }
+        }
+        return Ok(());
+    }
+    let Some(query) = &q.sql else {
+        bail!("give a SQL query or --tables (see trace-query --help)");
+    };
+    let df = ds.run_sql(query)?;
+    write_result(&df, q.format, out)
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

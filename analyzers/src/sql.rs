@@ -129,7 +129,7 @@ fn translate_error(cap: &Capture, e: PolarsError) -> anyhow::Error {
 }
 
 /// The table name in polars' "relation 'X' was not found".
-fn missing_relation(msg: &str) -> Option<&str> {
+pub(crate) fn missing_relation(msg: &str) -> Option<&str> {
     let start = msg.find("relation '")? + "relation '".len();
     let rest = &msg[start..];
     let end = rest.find("' was not found")?;

@@ -27,6 +27,22 @@ impl ColumnType {
     }
 }
 
+#[cfg(feature = "polars")]
+impl ColumnType {
+    /// The polars type a reader gets for the column.
+    pub fn polars(self) -> polars::prelude::DataType {
+        use polars::prelude::DataType;
+        match self {
+            ColumnType::UInt8 => DataType::UInt8,
+            ColumnType::UInt32 => DataType::UInt32,
+            ColumnType::UInt64 => DataType::UInt64,
+            ColumnType::String => DataType::String,
+            ColumnType::Binary => DataType::Binary,
+            ColumnType::Boolean => DataType::Boolean,
+        }
+    }
+}
+
 /// One column of a table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Column {

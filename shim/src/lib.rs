@@ -566,14 +566,9 @@ unsafe extern "C" fn on_memory_access(
     udata: *mut c_void,
 ) {
     let shim = shim();
-    let header = shim.header();
-    let Some(attached) = attach::recording(header) else {
+    let Some((slot, attached)) = memory_callback_start(shim, vcpu) else {
         return;
     };
-    let slot = shim.slot(vcpu);
-    if slot.flush_asked(header) {
-        slot.flush(header, shim.options.overflow);
-    }
     // Safety: `info` and `vaddr` are this memory callback's.
     let hwaddr = unsafe { qemu_plugin_get_hwaddr(info, vaddr) };
     // Safety: `hwaddr` is non-null (checked first), QEMU's for this access.
@@ -587,6 +582,20 @@ unsafe extern "C" fn on_memory_access(
     // Safety: vCPU `vcpu`'s memory callback, with its `info` and `vaddr`, and
     // the `hwaddr` QEMU gave for them.
     unsafe { record_access(shim, vcpu, info, vaddr, hwaddr, is_io, udata as u64) };
+}
+
+/// What both memory callbacks do first: nothing more when the shim does not
+/// record (`None`); else publish what the collector asked for, and say
+/// whether a collector is attached.
+#[inline(always)]
+fn memory_callback_start(shim: &Shim, vcpu: c_uint) -> Option<(&VcpuSlot, bool)> {
+    let header = shim.header();
+    let attached = attach::recording(header)?;
+    let slot = shim.slot(vcpu);
+    if slot.flush_asked(header) {
+        slot.flush(header, shim.options.overflow);
+    }
+    Some((slot, attached))
 }
 
 impl Shim {
@@ -615,13 +624,9 @@ unsafe extern "C" fn on_memory_access_fixed_map(
 ) {
     let shim = shim();
     let header = shim.header();
-    let Some(attached) = attach::recording(header) else {
+    let Some((slot, attached)) = memory_callback_start(shim, vcpu) else {
         return;
     };
-    let slot = shim.slot(vcpu);
-    if slot.flush_asked(header) {
-        slot.flush(header, shim.options.overflow);
-    }
     // Safety: a vCPU's memory callbacks run on its thread only.
     let (flags, _) = unsafe { slot.access_kinds.of(info) };
     let (hwaddr, is_io) = if header.is_memory(vaddr, flags & chunk::FLAG_STORE != 0) {

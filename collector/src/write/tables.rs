@@ -377,22 +377,11 @@ mod tests {
     /// docs/capture-format.md).
     #[test]
     fn parts_have_the_declared_columns() {
-        use trace_format::ColumnType;
         for t in Table::ALL {
             let declared: Vec<(std::string::String, DataType)> = t
                 .columns()
                 .iter()
-                .map(|c| {
-                    let ty = match c.ty {
-                        ColumnType::UInt8 => DataType::UInt8,
-                        ColumnType::UInt32 => DataType::UInt32,
-                        ColumnType::UInt64 => DataType::UInt64,
-                        ColumnType::String => DataType::String,
-                        ColumnType::Binary => DataType::Binary,
-                        ColumnType::Boolean => DataType::Boolean,
-                    };
-                    (c.name.to_string(), ty)
-                })
+                .map(|c| (c.name.to_string(), c.ty.polars()))
                 .collect();
             assert_eq!(schema_of(t), declared, "{}", t.name());
         }
