@@ -11,6 +11,7 @@ use polars::prelude::*;
 use polars::sql::SQLContext;
 
 use crate::capture_dir::Capture;
+use crate::symbols::Symbols;
 
 /// The column that says which capture a row is from.
 pub const CAPTURE_COLUMN: &str = "capture";
@@ -167,8 +168,9 @@ impl Dataset {
         concat(aligned, UnionArgs::default()).map_err(|e| anyhow!("table '{name}': {e}"))
     }
 
-    /// A `SQLContext` with every table registered (see [`Dataset::scan`]).
-    pub fn sql_context(&self) -> Result<SQLContext> {
+    /// A `SQLContext` with every table registered (see [`Dataset::scan`]),
+    /// with `symbols` as in `sql::sql_context_with`.
+    pub fn sql_context(&self, symbols: Option<&Symbols>) -> Result<SQLContext> {
         let ctx = SQLContext::new();
         for name in self.table_names() {
             if self
@@ -178,14 +180,20 @@ impl Dataset {
             {
                 continue;
             }
-            ctx.register(&name, self.scan(&name)?);
+            ctx.register(
+                &name,
+                crate::sql::with_symbols(&name, self.scan(&name)?, symbols),
+            );
+        }
+        if let Some(s) = symbols {
+            ctx.register("symbols", s.table()?.lazy());
         }
         Ok(ctx)
     }
 
     /// Runs `query` over the dataset and collects the result.
-    pub fn run_sql(&self, query: &str) -> Result<DataFrame> {
-        let mut ctx = self.sql_context()?;
+    pub fn run_sql(&self, query: &str, symbols: Option<&Symbols>) -> Result<DataFrame> {
+        let mut ctx = self.sql_context(symbols)?;
         let lf = ctx
             .execute(&crate::sql::rewrite_literals(query))
             .map_err(|e| {

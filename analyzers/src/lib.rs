@@ -16,6 +16,7 @@ pub mod mmio_json;
 pub mod output;
 pub mod sql;
 pub mod stream;
+pub mod symbols;
 pub mod timeline;
 
 pub use capture_dir::{Capture, TableInfo};

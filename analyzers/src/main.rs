@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use polars::prelude::*;
-use trace_analyzers::{bufmon, dataset, execlog, mmio_json, output, sql, timeline, Capture};
+use trace_analyzers::{
+    bufmon, dataset, execlog, mmio_json, output, sql, symbols, timeline, Capture,
+};
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +44,11 @@ struct QueryArgs {
     /// List the tables with their columns and row counts.
     #[arg(long)]
     tables: bool,
+    /// An ELF with symbols, or a System.map-style file (`nm` output): `mem`,
+    /// `mmio` and `insn` get a `symbol` column (`uart_putc+0x12` for their
+    /// `pc`) and a `symbols` table lists the functions.
+    #[arg(long, value_name = "FILE")]
+    symbols: Option<PathBuf>,
     /// The SQL query (polars SQL).
     #[arg(value_name = "SQL")]
     sql: Option<String>,
@@ -141,10 +148,11 @@ fn run(cli: Cli) -> Result<()> {
                 out.flush()?;
                 return Ok(());
             }
+            let symbols = load_symbols(&q)?;
             let Some(query) = q.sql else {
                 bail!("give a SQL query or --tables (see trace-query --help)");
             };
-            let df = sql::run_sql(&cap, &query)?;
+            let df = sql::run_sql_with(&cap, &query, symbols.as_ref())?;
             write_result(&df, q.format, &mut out)?;
         }
         Some(Command::Bufmon { trace, buffers }) => {
@@ -221,6 +229,10 @@ fn write_result(df: &DataFrame, format: FormatArg, out: &mut impl Write) -> Resu
     output::write_frame(df, format, out)
 }
 
+fn load_symbols(q: &QueryArgs) -> Result<Option<symbols::Symbols>> {
+    q.symbols.as_deref().map(symbols::Symbols::load).transpose()
+}
+
 /// SQL or `--tables` over several captures as one dataset.
 fn run_dataset(q: &QueryArgs, out: &mut impl Write) -> Result<()> {
     let dirs = dataset::expand(&q.trace)?;
@@ -264,7 +276,8 @@ fn run_dataset(q: &QueryArgs, out: &mut impl Write) -> Result<()> {
     let Some(query) = &q.sql else {
         bail!("give a SQL query or --tables (see trace-query --help)");
     };
-    let df = ds.run_sql(query)?;
+    let symbols = load_symbols(q)?;
+    let df = ds.run_sql(query, symbols.as_ref())?;
     write_result(&df, q.format, out)
 }
 

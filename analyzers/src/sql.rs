@@ -6,25 +6,50 @@ use polars::prelude::*;
 use polars::sql::SQLContext;
 
 use crate::capture_dir::Capture;
+use crate::symbols::Symbols;
 
 /// A `SQLContext` with every readable table of the capture registered under
 /// its directory name. Tables with a damaged part are left out (a query
 /// naming one fails with the damaged file's name, see [`run_sql`]).
 pub fn sql_context(cap: &Capture) -> Result<SQLContext> {
+    sql_context_with(cap, None)
+}
+
+/// [`sql_context`], and with `symbols` (`--symbols`) `mem`, `mmio` and
+/// `insn` get a `symbol` column (the function holding `pc`, `name+0xoff`),
+/// `code`'s `symbol` (QEMU's name, without offset) is replaced by the same,
+/// and a `symbols` table lists the functions (`name`, `start`, `end`).
+pub fn sql_context_with(cap: &Capture, symbols: Option<&Symbols>) -> Result<SQLContext> {
     let ctx = SQLContext::new();
     for name in cap.table_names() {
         if cap.corrupt_part(&name).is_some() {
             continue;
         }
-        ctx.register(&name, cap.scan(&name)?);
+        ctx.register(&name, with_symbols(&name, cap.scan(&name)?, symbols));
+    }
+    if let Some(s) = symbols {
+        ctx.register("symbols", s.table()?.lazy());
     }
     Ok(ctx)
+}
+
+/// `lf` (table `name`) with its `symbol` column, when it has a `pc` to name.
+pub(crate) fn with_symbols(name: &str, lf: LazyFrame, symbols: Option<&Symbols>) -> LazyFrame {
+    match symbols {
+        Some(s) if matches!(name, "mem" | "mmio" | "insn" | "code") => lf.with_column(s.expr("pc")),
+        _ => lf,
+    }
 }
 
 /// Plans `query` (lazily) without running it. Integer literals polars' SQL
 /// does not take are rewritten first, see [`rewrite_literals`].
 pub fn plan_sql(cap: &Capture, query: &str) -> Result<LazyFrame> {
-    let mut ctx = sql_context(cap)?;
+    plan_sql_with(cap, query, None)
+}
+
+/// [`plan_sql`], with `symbols` (see [`sql_context_with`]).
+pub fn plan_sql_with(cap: &Capture, query: &str, symbols: Option<&Symbols>) -> Result<LazyFrame> {
+    let mut ctx = sql_context_with(cap, symbols)?;
     ctx.execute(&rewrite_literals(query))
         .map_err(|e| translate_error(cap, e))
 }
@@ -113,7 +138,12 @@ pub fn rewrite_literals(sql: &str) -> String {
 
 /// Runs `query` over the capture and collects the result.
 pub fn run_sql(cap: &Capture, query: &str) -> Result<DataFrame> {
-    let lf = plan_sql(cap, query)?;
+    run_sql_with(cap, query, None)
+}
+
+/// [`run_sql`], with `symbols` (see [`sql_context_with`]).
+pub fn run_sql_with(cap: &Capture, query: &str, symbols: Option<&Symbols>) -> Result<DataFrame> {
+    let lf = plan_sql_with(cap, query, symbols)?;
     cap.collect(lf)
 }
 
