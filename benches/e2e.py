@@ -152,6 +152,9 @@ CONFIGS = [
     Config("floor-block", "floor", "floor: exec callback per block + the shim's inline icount counting (what a per-block insn capture must pay)",
            plugin_opts="mode=block,inline=on"),
     Config("textlog", "textlog", "text log (execlog lines)"),
+    Config("shim-detached", "detached", "shim loaded, no collector attached (idle=free)"),
+    Config("shim-idle-count", "detached", "shim loaded, no collector attached, idle=count (instrumented for mem+mmio, recording nothing)",
+           plugin_opts="idle=count"),
     Config("null-mmio", "null", "shim+ring, records discarded: mmio", events="mmio"),
     Config("ours-mmio", "ours", "ours: mmio", events="mmio"),
     Config("null-mem", "null", "shim+ring, records discarded: mem+mmio", events="mem,mmio"),
@@ -210,6 +213,9 @@ def command(cfg, wl, args, run_dir):
         return wl.qemu
     if cfg.kind == "floor":
         return wl.qemu + ["-plugin", f"{lib / 'libbench_floor.so'},{cfg.plugin_opts}"]
+    if cfg.kind == "detached":
+        opts = f",{cfg.plugin_opts}" if cfg.plugin_opts else ""
+        return wl.qemu + ["-plugin", f"{lib / 'libtrace_shim.so'}{opts}"]
     if cfg.kind == "textlog":
         dest = str(run_dir / "textlog.log") if wl.textlog_to_file else "/dev/null"
         return wl.qemu + ["-plugin", f"{lib / 'libbench_textlog.so'},out={dest}"]

@@ -386,6 +386,8 @@ fn capture_once(w: Workload, out: &PathBuf, threads: Option<usize>) -> Cost {
             flush_every: None,
             threads,
             show_progress: false,
+            events: None,
+            duration: None,
         })
         .expect("attach");
         let wall = started.elapsed();

@@ -47,6 +47,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use trace_schema::options::EventSet;
+
 use anyhow::Result;
 
 pub use capture::session::{Ending, Summary};
@@ -126,6 +128,10 @@ pub struct AttachArgs {
     /// Parquet encoder threads (`None`: `default_threads`).
     pub threads: Option<usize>,
     pub show_progress: bool,
+    /// What to record (`None`: the shim's `events` option).
+    pub events: Option<EventSet>,
+    /// Detach after this long (`None`: at SIGINT/SIGTERM or QEMU's end).
+    pub duration: Option<Duration>,
 }
 
 /// Captures the running QEMU `args.pid` until it exits, dies, or we get
@@ -178,6 +184,8 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
         )),
         show_progress: args.show_progress,
         append,
+        events: args.events,
+        duration: args.duration,
     };
     let mut captured = session::capture(&seg, &setup, session::Owner::Attach, signals)?;
     if let Some(m) = fetch {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use trace_collector::{AttachArgs, RunArgs, DEFAULT_PART_ROWS};
+use trace_schema::options::EventSet;
 
 const LONG_ABOUT: &str = "\
 Captures what a QEMU running the trace shim (libtrace_shim.so) records -- memory \
@@ -80,6 +81,13 @@ enum Cmd {
         /// between is counted in stats.
         #[arg(long, conflicts_with = "overwrite")]
         append: bool,
+        /// What to record: any of mem, mmio, insn (comma separated). Default:
+        /// the shim's events option (its -plugin ...,events=).
+        #[arg(long, value_parser = parse_events)]
+        events: Option<EventSet>,
+        /// Detach after this long (e.g. 10s, 500ms, 2m); QEMU runs on.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        duration: Option<std::time::Duration>,
         #[command(flatten)]
         output: Output,
     },
@@ -122,6 +130,8 @@ fn main() -> ExitCode {
             pid,
             qmp,
             append,
+            events,
+            duration,
             output,
         } => trace_collector::attach(&AttachArgs {
             pid,
@@ -134,6 +144,8 @@ fn main() -> ExitCode {
             flush_every: output.flush_every.0,
             threads: output.threads.map(|t| t as usize),
             show_progress: !output.quiet,
+            events,
+            duration,
         }),
         Cmd::Run {
             events,
@@ -171,6 +183,22 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `attach --events`.
+fn parse_events(text: &str) -> Result<EventSet, String> {
+    match EventSet::parse(text) {
+        Ok(e) if e.is_empty() => Err("give at least one of mem, mmio, insn".into()),
+        Ok(e) => Ok(e),
+        Err(e) => Err(e.message),
+    }
+}
+
+/// `attach --duration`: a period, not 0.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    parse_flush_every(text)?
+        .0
+        .ok_or_else(|| format!("'{text}': a duration longer than 0"))
 }
 
 /// `--flush-every`: a period, or none (`0`).

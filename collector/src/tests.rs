@@ -26,6 +26,8 @@ fn setup(out: &Path, part_rows: usize) -> CaptureSetup {
         names: Arc::new(PluginDeviceNames),
         show_progress: false,
         append: None,
+        events: None,
+        duration: None,
     }
 }
 
@@ -377,7 +379,7 @@ fn last_block_without_exit_is_whole_and_interrupt_detaches() {
             std::thread::sleep(Duration::from_millis(50));
             signals.store(1, std::sync::atomic::Ordering::Relaxed);
             // Losses after the detach are not the capture's.
-            while State::of(shim.header()) != Ok(State::Detached) {
+            while State::of(shim.header()) == Ok(State::Attached) {
                 std::thread::sleep(Duration::from_micros(100));
             }
             shim.view
@@ -395,7 +397,7 @@ fn last_block_without_exit_is_whole_and_interrupt_detaches() {
         capture(&seg, &setup(&out, 100), Owner::Attach, &signals).unwrap()
     });
     assert_eq!(captured.ending, Ending::Interrupted);
-    assert_eq!(State::of(shim.header()), Ok(State::Detached));
+    assert_eq!(State::of(shim.header()), Ok(State::Waiting));
     assert_eq!(shim.header().collector_pid.load(Ordering::Relaxed), 0);
     assert_eq!(block_exec_rows(&out), vec![(0, 0, b1, 2), (0, 2, b2, 5)]);
     let mem = read_table(&out, "mem");

@@ -17,6 +17,8 @@ pub enum End {
     Interrupted,
     /// The collector failed: `error` says why.
     Error,
+    /// `attach --duration` ran out: the collector detached, QEMU runs on.
+    WindowEnded,
 }
 
 impl End {
@@ -27,6 +29,7 @@ impl End {
             End::QemuDied => "qemu_died",
             End::Interrupted => "interrupted",
             End::Error => "error",
+            End::WindowEnded => "window_ended",
         }
     }
 }
@@ -51,6 +54,13 @@ pub struct CaptureJson {
     pub guest_pointer_bits: Option<u32>,
     /// The shim's option string, as QEMU passed it.
     pub shim_options: String,
+    /// What was recorded (`mem+mmio+insn`, as the shim's `events` option):
+    /// `attach --events`, else the shim's option.
+    pub events: String,
+    /// The host times (seconds since the Unix epoch) at which the collector
+    /// attached, saw the shim instrumented for its events (the window's
+    /// first events come after it), and detached or saw QEMU end.
+    pub window: Window,
     pub n_vcpus: u32,
     /// The device names (the plugin API's) seen, first seen first.
     pub devices: Vec<String>,
@@ -70,6 +80,24 @@ pub struct CaptureJson {
     /// Why the collector failed (`end` is `error`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// `capture.json`'s `window` (see `CaptureJson::window`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct Window {
+    pub attached_at: f64,
+    pub instrumented_at: Option<f64>,
+    pub ended_at: Option<f64>,
+}
+
+impl Window {
+    /// Now, as `Window`'s times.
+    pub fn now() -> f64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    }
 }
 
 impl CaptureJson {

@@ -16,7 +16,7 @@ mod capture_json;
 pub mod stats;
 mod tables;
 
-pub use capture_json::{CaptureJson, End};
+pub use capture_json::{CaptureJson, End, Window};
 pub use tables::{insn_view_columns, Column, ColumnType, Table, INSN_VIEW, STANDARD_TABLES};
 
 /// The capture directory's format version (`capture.json`'s

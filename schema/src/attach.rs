@@ -2,15 +2,21 @@
 //! collectors, both sides. (Like `commit`, this is a protocol over the
 //! header's atomics; every ordering carries its reason.)
 //!
-//! `Header::state` says whether the shim records (`Attached`), has not met
-//! a collector yet (`Waiting`: it records nothing), or lost the one it had
-//! (`Detached`: it counts its events as lost). `Header::collector_pid` says
-//! which collector holds the segment. A collector attaches in three steps:
-//! it claims `collector_pid` with a compare-and-swap (so two collectors
-//! cannot both win), bumps `attach_count` (the shim re-announces its
-//! devices and blocks to each new attach, so it must see the new count no
-//! later than the new state), then sets `state` to `Attached`. It detaches
-//! in two: `state` to `Detached`, then `collector_pid` to 0.
+//! `Header::state` says whether the shim records (`Attached`), has no
+//! collector (`Waiting`: none attached yet, or the last one detached; it
+//! records nothing and, with `idle=free`, instruments nothing), or lost the
+//! one it had (`Detached`: the collector died; it counts its events as lost,
+//! so that a collector that continues the capture can say exactly what is
+//! missing). `Header::collector_pid` says which collector holds the segment.
+//! A collector attaches in three steps: it claims `collector_pid` with a
+//! compare-and-swap (so two collectors cannot both win), bumps
+//! `attach_count` (the shim re-announces its devices and blocks to each new
+//! attach, so it must see the new count no later than the new state), then
+//! sets `state` to `Attached`. It detaches in two: `state` to `Waiting`
+//! ([`detach`]: the shim records nothing more), then, once it has drained
+//! what the shim had gathered, `collector_pid` to 0 ([`release`]). In
+//! between, a shim publishing into a full ring still waits for it
+//! ([`draining`]).
 //!
 //! Either side may find the other gone. A collector attaching over a holder
 //! that died takes the segment over; a shim waiting for room in a full ring
@@ -25,11 +31,12 @@ use crate::sync::Ordering;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum State {
-    /// No collector has attached yet: the shim records nothing.
+    /// No collector: none has attached yet, or the last one detached. The
+    /// shim records nothing.
     Waiting = 0,
     /// A collector is attached and draining: the shim records.
     Attached = 1,
-    /// The collector that was attached is gone: the shim counts events as
+    /// The collector that was attached died: the shim counts events as
     /// lost until a collector attaches again.
     Detached = 2,
 }
@@ -56,8 +63,8 @@ impl State {
 // ------------------------------------------------------------- the shim
 
 /// The shim's question at every event: `Some(true)` record it, `Some(false)`
-/// count it lost (a collector was attached and is gone), `None` ignore it
-/// (none has attached yet).
+/// count it lost (a collector was attached and died), `None` ignore it (no
+/// collector: none yet, or it detached).
 #[inline(always)]
 pub fn recording(header: &Header) -> Option<bool> {
     // Relaxed: the hot path; what a new collector set up before attaching
@@ -191,8 +198,10 @@ pub fn held_by_other(header: &Header, me: u32, alive: impl Fn(u32) -> bool) -> O
         .then_some(holder)
 }
 
-/// Collector `me` stops: the shim counts events as lost from now on, and a
-/// producer waiting on a full ring gives up instead of waiting for it.
+/// Collector `me` stops the recording: the shim records nothing from now
+/// on (and drops its instrumentation, see `options::Idle`). It still holds
+/// the segment: the shim publishes what it gathered, waiting for room if a
+/// ring is full, until `release`.
 pub fn detach(header: &Header, me: u32) {
     if header.collector_pid.load(Ordering::Acquire) != me {
         return; // not ours (any more)
@@ -200,13 +209,30 @@ pub fn detach(header: &Header, me: u32) {
     // AcqRel: everything we did happens before a next collector's attach.
     let _ = header.state.compare_exchange(
         State::Attached as u32,
-        State::Detached as u32,
+        State::Waiting as u32,
         Ordering::AcqRel,
         Ordering::Acquire,
     );
+}
+
+/// Collector `me`, detached, lets the segment go: a producer waiting on a
+/// full ring gives up instead of waiting for it.
+pub fn release(header: &Header, me: u32) {
     let _ = header
         .collector_pid
         .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire);
+}
+
+/// Whether a collector drains the rings: one is attached, or has detached
+/// and not yet released the segment. A shim with a full ring waits for room
+/// only then (`overflow=block`).
+pub fn draining(header: &Header) -> bool {
+    // Acquire (both): as `State::of`.
+    match State::of(header) {
+        Ok(State::Attached) => true,
+        Ok(State::Waiting) => header.collector_pid.load(Ordering::Acquire) != 0,
+        _ => false,
+    }
 }
 
 // -------------------------------------------------------------- both
@@ -277,9 +303,13 @@ mod tests {
         assert_eq!(h.attach_count.load(Ordering::Relaxed), 2);
         // Only the holder detaches.
         detach(h, 10);
+        release(h, 10);
         assert_eq!(recording(h), Some(true));
         detach(h, 11);
-        assert_eq!(recording(h), Some(false), "events are lost until an attach");
+        assert_eq!(recording(h), None, "nothing is recorded until an attach");
+        assert!(draining(h), "detached, not yet released");
+        release(h, 11);
+        assert!(!draining(h));
         assert_eq!(h.collector_pid.load(Ordering::Relaxed), 0);
         assert_eq!(held_by_other(h, 12, |_| true), None);
     }

@@ -22,7 +22,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TRCQEMU1");
 /// Bumped on any change to this file, to `chunk.rs`'s offsets or to
 /// `events.capnp`'s `Chunk`.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 pub const HEADER_BYTES: usize = 4096;
 pub const RING_CONTROL_BYTES: usize = 256;
@@ -99,6 +99,14 @@ pub struct Header {
     /// (first, last) address of each RAM or ROM region of the CPU's flat
     /// memory map.
     pub memory_ranges: [[AtomicU64; 2]; MAX_MEMORY_RANGES],
+    /// Written by a collector before it attaches: the events it wants
+    /// recorded (`EventSet::bits`), 0 for the shim's own `events` option.
+    pub requested_events: AtomicU32,
+    /// Written by the shim: the events QEMU's translated code is
+    /// instrumented for (`EventSet::bits`; 0: none, see `options::Idle`).
+    /// Blocks translated before it changed may still run until QEMU's
+    /// translations are flushed, which the shim asks for at once.
+    pub instrumented_events: AtomicU32,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_BYTES);
@@ -399,6 +407,14 @@ impl SegmentView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The offsets tests/src/processes.rs reads from /dev/shm.
+    #[test]
+    fn header_offsets_the_tests_read() {
+        assert_eq!(std::mem::offset_of!(Header, state), 1080);
+        assert_eq!(std::mem::offset_of!(Header, collector_pid), 1084);
+        assert_eq!(std::mem::offset_of!(Header, instrumented_events), 1476);
+    }
 
     fn geometry() -> Geometry {
         Geometry {

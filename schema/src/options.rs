@@ -65,6 +65,25 @@ impl EventSet {
         self.mem || self.mmio
     }
 
+    /// As a bit set (`mem` 1, `mmio` 2, `insn` 4): how `Header::requested_events`
+    /// and `Header::instrumented_events` hold it. 0 is the empty set.
+    pub fn bits(&self) -> u32 {
+        self.mem as u32 | (self.mmio as u32) << 1 | (self.insn as u32) << 2
+    }
+
+    /// The set of `bits` (other bits ignored).
+    pub fn from_bits(bits: u32) -> EventSet {
+        EventSet {
+            mem: bits & 1 != 0,
+            mmio: bits & 2 != 0,
+            insn: bits & 4 != 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bits() == 0
+    }
+
     pub fn to_option(&self) -> String {
         let mut parts = Vec::new();
         if self.mem {
@@ -101,6 +120,25 @@ pub struct ShimOptions {
     pub wait: bool,
     /// Where the disassembly of translated instructions comes from.
     pub disas: Disas,
+    /// What the shim costs while no collector is attached.
+    pub idle: Idle,
+}
+
+/// `idle=`: what the shim does while no collector is attached (before the
+/// first, and after a collector detached; not after one died, see
+/// `attach::State::Detached`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idle {
+    /// Nothing: QEMU's translated code has no memory, instruction or block
+    /// callbacks, only a per-block test of a flag the shim raises when a
+    /// collector attaches. `icount` then counts only the instructions run
+    /// while a collector was attached.
+    Free,
+    /// Keep counting instructions (the shim stays instrumented for its
+    /// `events`, recording nothing): `icount` stays the vCPU's instruction
+    /// count since QEMU started, across detached spans, at the cost of a
+    /// capture's instrumentation.
+    Count,
 }
 
 /// `disas=`: both give QEMU's text (`qemu_plugin_insn_disas`).
@@ -127,6 +165,7 @@ impl Default for ShimOptions {
             overflow: Overflow::Block,
             wait: false,
             disas: Disas::Fast,
+            idle: Idle::Free,
         }
     }
 }
@@ -154,7 +193,7 @@ impl std::fmt::Display for OptionError {
 
 impl std::error::Error for OptionError {}
 
-pub const OPTION_NAMES: &str = "events, ring_kib, meta_kib, overflow, wait, disas";
+pub const OPTION_NAMES: &str = "events, ring_kib, meta_kib, overflow, wait, disas, idle";
 
 impl ShimOptions {
     /// Parses the `key=value` arguments QEMU passes to the plugin.
@@ -193,6 +232,13 @@ impl ShimOptions {
                         "fast" => Disas::Fast,
                         "qemu" => Disas::Qemu,
                         _ => return Err(OptionError::new(key, value, "expected fast or qemu")),
+                    }
+                }
+                "idle" => {
+                    o.idle = match value {
+                        "free" => Idle::Free,
+                        "count" => Idle::Count,
+                        _ => return Err(OptionError::new(key, value, "expected free or count")),
                     }
                 }
                 _ => {
@@ -240,6 +286,7 @@ mod tests {
             "overflow=drop",
             "wait=on",
             "disas=qemu",
+            "idle=count",
         ])
         .unwrap();
         assert_eq!(
@@ -254,6 +301,9 @@ mod tests {
         assert_eq!(o.overflow, Overflow::Drop);
         assert!(o.wait);
         assert_eq!(o.disas, Disas::Qemu);
+        assert_eq!(o.idle, Idle::Count);
+        assert_eq!(EventSet::from_bits(o.events.bits()), o.events);
+        assert!(EventSet::from_bits(0).is_empty());
     }
 
     #[test]
@@ -267,6 +317,7 @@ mod tests {
             ("overflow=maybe", "overflow"),
             ("wait=2", "wait"),
             ("disas=capstone", "disas"),
+            ("idle=sleep", "idle"),
             ("noequals", "noequals"),
         ] {
             let e = ShimOptions::parse(&[arg]).unwrap_err();

@@ -19,12 +19,12 @@ mod vcpu;
 use qemu_plugin_sys::*;
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8};
 use trace_schema::attach::{self, State};
 use trace_schema::chunk::{self, MemAccess};
 use trace_schema::events_capnp::meta;
 use trace_schema::layout::{Geometry, Header};
-use trace_schema::options::{Disas, ShimOptions};
+use trace_schema::options::{Disas, EventSet, Idle, ShimOptions};
 use trace_schema::sync::Ordering;
 
 use asid::{AsidSlot, Staleness};
@@ -56,6 +56,9 @@ struct Shim {
     /// Per-vCPU count of the running block's instructions after the one
     /// started last (see `Score`).
     left: qemu_plugin_u64,
+    /// Per-vCPU flag: set to 1 by `watch_for_attach` when what QEMU's code
+    /// is instrumented for must change; every block tests it.
+    wake: qemu_plugin_u64,
     /// Per-vCPU flag, set to 1 inline by QEMU's generated code where the
     /// context register may change (see `on_translate`), and when the vCPU
     /// resumes: the ASID in `asids` may be stale (see `asid_of`).
@@ -79,6 +82,13 @@ struct Shim {
     /// a later one does not, so a new attach makes QEMU translate everything
     /// again (see `describe_blocks_again`).
     described_for_attach: AtomicU32,
+    /// The events QEMU's translated code is instrumented for
+    /// (`EventSet::bits`), set when we ask QEMU for a reset that makes it
+    /// so: 0 while no collector is attached with `idle=free` (see
+    /// `reinstrument`).
+    instrumented: AtomicU32,
+    /// A reset we asked for is under way.
+    resetting: AtomicBool,
 }
 
 // Safety: after install it changes only through atomics and the per-vCPU
@@ -194,6 +204,10 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
             score,
             offset: std::mem::offset_of!(Score, left),
         },
+        wake: qemu_plugin_u64 {
+            score,
+            offset: std::mem::offset_of!(Score, wake),
+        },
         // Set at the first translation: QEMU finds no entry before a vCPU's
         // init, and only translated blocks' callbacks use it.
         score_base: AtomicPtr::new(std::ptr::null_mut()),
@@ -202,12 +216,26 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
         id,
         described_for_attach: AtomicU32::new(1),
         arm: target == "arm",
+        instrumented: AtomicU32::new(0),
+        resetting: AtomicBool::new(false),
     });
     SHIM.store(Box::into_raw(built), Ordering::Release);
 
     if shim().options.wait {
         wait_for_collector(shim().header(), &shim().segment);
     }
+    // What the first translations instrument for; later changes come from
+    // `watch_for_attach`.
+    let wanted = shim().wanted().bits();
+    shim().instrumented.store(wanted, Ordering::Relaxed);
+    shim()
+        .header()
+        .instrumented_events
+        .store(wanted, Ordering::Release);
+    std::thread::Builder::new()
+        .name("trace-shim watch".into())
+        .spawn(|| watch_for_attach(shim()))
+        .map_err(|e| format!("cannot start the shim's watcher thread: {e}"))?;
     // Safety: `id` is QEMU's for this install, and `SHIM` is set above, so
     // the callbacks find the `Shim`.
     unsafe {
@@ -247,18 +275,161 @@ fn describe_blocks_again(shim: &Shim, attach: u32) {
             .compare_exchange(described, attach, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
     {
+        shim.resetting.store(true, Ordering::Relaxed);
         // Safety: `shim.id` is ours; QEMU allows a reset from a callback, and
         // `on_reset` registers our callbacks again once it is done.
         unsafe { qemu_plugin_reset(shim.id, Some(on_reset)) };
     }
 }
 
+/// QEMU has thrown away every translated block and our callbacks (a reset
+/// `describe_blocks_again` or `reinstrument` asked for): from now on blocks
+/// are translated, so instrumented, anew.
+///
+/// QEMU runs this with every vCPU stopped between blocks (its exclusive
+/// section), so the vCPUs' scoreboard entries may be touched here: a block
+/// that stopped early leaves its unrun instructions in `left`, which its
+/// vCPU's next block would take off, but that block may be one without our
+/// callbacks, so they are taken off now (`icount` stays exact across the
+/// change); and the context register may have changed while nothing
+/// watched it.
+///
 /// # Safety
-/// Only called by QEMU, when the reset `describe_blocks_again` asked for is
-/// done.
+/// Only called by QEMU, when a reset we asked for is done.
 unsafe extern "C" fn on_reset(id: qemu_plugin_id_t) {
+    let shim = shim();
+    for slot in shim.vcpus.iter().filter(|s| s.ran()) {
+        // Safety: an initialised vCPU's entry; every vCPU is stopped (above).
+        unsafe {
+            let score = shim.score_looked_up(slot.index());
+            (*score).take_off_unrun();
+            (*score).asid_stale = 1;
+        }
+    }
+    let events = shim.events();
+    if events.insn {
+        // Every block is described again as it is translated again.
+        let attach = shim.header().attach_count.load(Ordering::Relaxed);
+        shim.described_for_attach.store(attach, Ordering::Relaxed);
+    }
+    // Release: what a collector reads after it saw the new value (nothing
+    // yet; informational) is ordered.
+    shim.header()
+        .instrumented_events
+        .store(events.bits(), Ordering::Release);
+    shim.resetting.store(false, Ordering::Relaxed);
     // Safety: QEMU passes our own id, and `SHIM` was set at install.
     unsafe { register_callbacks(id) };
+}
+
+// ------------------------------------------------ attached and detached
+
+/// How often `watch_for_attach` looks at the segment's state.
+const WATCH_PERIOD: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// The shim's own thread: when what QEMU's code should be instrumented for
+/// changes (a collector attached or detached, see `Shim::wanted`), it
+/// raises every vCPU's `wake` flag, which their next block tests (a
+/// conditional callback: the only cost of a shim nobody is attached to).
+/// A reset must be asked for from a vCPU (`reinstrument`, in `on_wake`):
+/// QEMU throws translated code away only from a vCPU's safe point.
+///
+/// Uninstrumented, a vCPU has no callback that answers a collector's flush
+/// request: the watcher wakes it for that too (a detaching collector asks
+/// for one after it stopped the recording).
+fn watch_for_attach(shim: &'static Shim) {
+    loop {
+        std::thread::sleep(WATCH_PERIOD);
+        let instrumented = shim.instrumented.load(Ordering::Relaxed);
+        if shim.wanted().bits() != instrumented
+            || (instrumented == 0
+                && shim
+                    .vcpus
+                    .iter()
+                    .any(|s| s.ran() && !s.answered(shim.header())))
+        {
+            shim.wake_vcpus();
+        }
+    }
+}
+
+/// A block starts while the vCPU's `wake` flag is up: publish what it
+/// gathered (the collector stopped the recording, or asked for a flush),
+/// and ask QEMU to instrument anew if what is wanted changed.
+///
+/// # Safety
+/// Only called by QEMU, as the conditional callback `on_translate`
+/// registers, on vCPU `vcpu`'s thread.
+unsafe extern "C" fn on_wake(vcpu: c_uint, _udata: *mut c_void) {
+    let shim = shim();
+    // Safety: a translated block's callback (`Shim::score`); the watcher
+    // only ever stores 1 (atomically, `wake_vcpus`).
+    unsafe { AtomicU64::from_ptr(&raw mut (*shim.score(vcpu)).wake) }.store(0, Ordering::Relaxed);
+    shim.slot(vcpu).flush(shim.header(), shim.options.overflow);
+    shim.reinstrument();
+}
+
+impl Shim {
+    /// The events QEMU's code is instrumented for now.
+    #[inline(always)]
+    fn events(&self) -> EventSet {
+        EventSet::from_bits(self.instrumented.load(Ordering::Relaxed))
+    }
+
+    /// What QEMU's code should be instrumented for: what the collector asked
+    /// for (`Header::requested_events`, else our `events` option) while one
+    /// is attached, or died (its successor gets an exact count of what it
+    /// missed); while none is, nothing (`idle=free`) or the same
+    /// (`idle=count`, which keeps `icount` exact).
+    fn wanted(&self) -> EventSet {
+        let header = self.header();
+        let collector = matches!(State::of(header), Ok(State::Attached | State::Detached));
+        if !collector && self.options.idle == Idle::Free {
+            return EventSet::default();
+        }
+        // Relaxed: written before the attach, whose state we read with
+        // Acquire above.
+        match EventSet::from_bits(header.requested_events.load(Ordering::Relaxed)) {
+            requested if requested.is_empty() => self.options.events,
+            requested => requested,
+        }
+    }
+
+    /// Asks QEMU to throw away its translated code, so that every block is
+    /// translated again for what is wanted now (`on_reset` completes it).
+    /// From a vCPU only (see `watch_for_attach`).
+    fn reinstrument(&self) {
+        let wanted = self.wanted().bits();
+        if wanted == self.instrumented.load(Ordering::Relaxed)
+            || self.resetting.swap(true, Ordering::Relaxed)
+        {
+            return; // nothing to change, or a reset under way (the watcher comes back)
+        }
+        self.instrumented.store(wanted, Ordering::Relaxed);
+        // Safety: `self.id` is ours; QEMU allows a reset from a callback, and
+        // `on_reset` registers our callbacks again once it is done.
+        unsafe { qemu_plugin_reset(self.id, Some(on_reset)) };
+    }
+
+    /// Raises every vCPU's `wake` flag (see `watch_for_attach`).
+    fn wake_vcpus(&self) {
+        // QEMU moves the scoreboard when a vCPU beyond its first 16 is
+        // initialised (`Shim::score`): only then may an entry's address go
+        // stale. With more vCPUs, wait until all are initialised.
+        let ran = self.vcpus.iter().filter(|s| s.ran()).count();
+        if ran == 0 || (self.vcpus.len() > 16 && ran < self.vcpus.len()) {
+            return;
+        }
+        for slot in self.vcpus.iter().filter(|s| s.ran()) {
+            // Safety: an initialised vCPU's entry, which stays where it is
+            // (above); its vCPU's code reads the flag, `on_wake` clears it,
+            // both atomically enough for a u64 flag QEMU's code tests.
+            unsafe {
+                let score = self.score_looked_up(slot.index());
+                AtomicU64::from_ptr(&raw mut (*score).wake).store(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// `wait=on`: hold QEMU until a collector is attached, so that an attached
@@ -366,7 +537,24 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
     let shim = shim();
     shim.find_score_base();
     let header = shim.header();
-    let events = shim.options.events;
+    // Every block tests its vCPU's `wake` flag first (see `reinstrument`).
+    // Safety: `tb` is being translated; `wake` is a u64 inside our
+    // scoreboard's entries, and the callback ignores its null `udata`.
+    unsafe {
+        qemu_plugin_register_vcpu_tb_exec_cond_cb(
+            tb,
+            Some(on_wake),
+            qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
+            qemu_plugin_cond::QEMU_PLUGIN_COND_NE,
+            shim.wake,
+            0,
+            std::ptr::null_mut(),
+        );
+    }
+    let events = shim.events();
+    if events.is_empty() {
+        return; // no collector (`idle=free`): nothing else
+    }
     // Safety: `tb` is valid during this callback (QEMU's contract).
     let n = unsafe { qemu_plugin_tb_n_insns(tb) };
     // With an MMU core, a memory callback reads the context register at the
@@ -573,7 +761,7 @@ unsafe extern "C" fn on_memory_access(
     let hwaddr = unsafe { qemu_plugin_get_hwaddr(info, vaddr) };
     // Safety: `hwaddr` is non-null (checked first), QEMU's for this access.
     let is_io = !hwaddr.is_null() && unsafe { qemu_plugin_hwaddr_is_io(hwaddr) };
-    if !is_io && !shim.options.events.mem {
+    if !is_io && !shim.events().mem {
         return; // `events=mmio`: a RAM access is not an event
     }
     if !attached {
@@ -590,11 +778,12 @@ unsafe extern "C" fn on_memory_access(
 #[inline(always)]
 fn memory_callback_start(shim: &Shim, vcpu: c_uint) -> Option<(&VcpuSlot, bool)> {
     let header = shim.header();
-    let attached = attach::recording(header)?;
     let slot = shim.slot(vcpu);
+    // First: a collector that detaches asks for a flush and then stops us.
     if slot.flush_asked(header) {
         slot.flush(header, shim.options.overflow);
     }
+    let attached = attach::recording(header)?;
     Some((slot, attached))
 }
 
@@ -640,7 +829,7 @@ unsafe extern "C" fn on_memory_access_fixed_map(
             !hwaddr.is_null() && unsafe { qemu_plugin_hwaddr_is_io(hwaddr) },
         )
     };
-    if !is_io && !shim.options.events.mem {
+    if !is_io && !shim.events().mem {
         return; // `events=mmio`: a RAM access is not an event
     }
     if !attached {
@@ -826,6 +1015,8 @@ struct Score {
     asid_stale: u64,
     /// The running block's instructions after the one started last.
     left: u64,
+    /// What QEMU's code is instrumented for must change (`Shim::wake`).
+    wake: u64,
 }
 
 impl Score {
@@ -905,13 +1096,14 @@ unsafe extern "C" fn on_block_exec(vcpu: c_uint, udata: *mut c_void) {
     unsafe { (*score).take_off_unrun() };
     let header = shim.header();
     let slot = shim.slot(vcpu);
+    // First: a collector that detaches asks for a flush and then stops us.
+    if slot.flush_asked(header) {
+        slot.flush(header, shim.options.overflow);
+    }
     match attach::recording(header) {
         Some(true) => {}
         Some(false) => return detached(shim, slot),
         None => return,
-    }
-    if slot.flush_asked(header) {
-        slot.flush(header, shim.options.overflow);
     }
     let attach = header.attach_count.load(Ordering::Relaxed);
     if attach != shim.described_for_attach.load(Ordering::Relaxed) {

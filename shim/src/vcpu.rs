@@ -159,6 +159,14 @@ impl VcpuSlot {
         header.flush_epoch.load(Ordering::Relaxed) != unsafe { *self.flushed_epoch.get() }
     }
 
+    /// Whether this vCPU answered the collector's last flush request (any
+    /// thread may ask).
+    pub fn answered(&self, header: &Header) -> bool {
+        // Relaxed (both): a hint for the watcher, which asks again.
+        header.flush_epoch.load(Ordering::Relaxed)
+            == self.control().flushed_epoch.load(Ordering::Relaxed)
+    }
+
     /// Records one memory access made at `icount` in address space `asid`;
     /// `high` is the upper half of a 16-byte access's value. The hot path:
     /// a few stores into the open chunk.
@@ -279,7 +287,7 @@ impl VcpuSlot {
         let ring = unsafe { &mut *self.events.get() };
         let delivered = ring.push(message)
             || (overflow == Overflow::Block
-                && State::of(header) == Ok(State::Attached)
+                && attach::draining(header)
                 && self.wait_for_room(header, || ring.push(message)));
         if delivered {
             self.published.store(first + events, Ordering::Relaxed);
@@ -496,7 +504,7 @@ fn retry_until_room(header: &Header, mut push: impl FnMut() -> bool) -> bool {
         if push() {
             return true;
         }
-        if State::of(header) != Ok(State::Attached) {
+        if !attach::draining(header) {
             return false;
         }
         tries += 1;

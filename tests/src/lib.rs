@@ -6,6 +6,8 @@
 //! wrote, read back with polars. Build everything first with
 //! `cargo build --release --workspace` (`scripts/test.sh` does).
 
+pub mod processes;
+
 use anyhow::{bail, Result};
 use polars::prelude::*;
 use std::path::{Path, PathBuf};

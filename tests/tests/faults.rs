@@ -9,7 +9,7 @@
 //! The tests run one at a time (each keeps a QEMU and a collector busy).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 use polars::prelude::*;
 use trace_schema::chunk;
 use trace_schema::ring::RELEASE_EVERY;
+use trace_tests::processes::*;
 use trace_tests::*;
 
 // ------------------------------------------------------------------ helpers
@@ -42,149 +43,6 @@ const UNRELEASED_RECORDS: u64 = (RELEASE_EVERY + chunk::CHUNK_BYTES as u64) / AC
 /// between chunks.
 const PART_SLACK: u64 = chunk::MAX_ACCESSES as u64;
 
-/// `m3loop-<n>.elf`, built once per `n` (`m3loop-0.elf` is part of the
-/// default build).
-fn m3loop(n: u64) -> PathBuf {
-    if n == 0 {
-        return firmware("m3loop-0.elf");
-    }
-    let out = firmware("m3.elf").parent().unwrap().to_path_buf();
-    let src = firmware_sources();
-    let status = Command::new("make")
-        .arg("-s")
-        .arg("-C")
-        .arg(&src)
-        .arg("m3loop")
-        .arg(format!("ITERATIONS={n}"))
-        .arg(format!("OUT={}", out.display()))
-        .status()
-        .expect("make is needed to build the test firmware");
-    assert!(status.success(), "building m3loop-{n}.elf failed");
-    out.join(format!("m3loop-{n}.elf"))
-}
-
-/// A unique `-name` for this test's QEMUs: the cleanup finds them by it.
-fn marker(test: &str) -> String {
-    format!("trace-faults-{test}-{}", std::process::id())
-}
-
-/// The QEMU command line for an m3loop firmware, tagged with `marker`.
-fn loop_qemu(elf: &Path, marker: &str, serial: &str) -> Vec<String> {
-    [
-        "qemu-system-arm",
-        "-M",
-        "lm3s6965evb",
-        "-nographic",
-        "-monitor",
-        "none",
-        "-serial",
-        serial,
-        "-semihosting-config",
-        "enable=on,target=native",
-        "-name",
-        marker,
-        "-kernel",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([elf.display().to_string()])
-    .collect()
-}
-
-fn segment_path(pid: u32) -> PathBuf {
-    PathBuf::from(format!("/dev/shm/trace-collector.{pid}"))
-}
-
-/// On drop, kills every process tagged with the marker (a QEMU a killed `run`
-/// collector left behind) and removes their segments.
-struct Reaper(String);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in qemus_with(&self.0) {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            let _ = std::fs::remove_file(segment_path(pid));
-        }
-    }
-}
-
-/// A child process, killed (SIGKILL) and reaped on drop if still running.
-struct Proc {
-    child: Child,
-    /// A QEMU: remove its segment when we kill it.
-    qemu: bool,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn signal(&self, sig: Signal) {
-        kill(Pid::from_raw(self.pid() as i32), sig).unwrap();
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Waits for the exit; fails the test after `limit` (the drop kills it).
-    fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "pid {} did not exit within {limit:?}; its stderr:\n{}",
-                    self.pid(),
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        if self.qemu {
-            let _ = std::fs::remove_file(segment_path(self.child.id()));
-        }
-    }
-}
-
-/// Starts `cmd` with stdin and stdout from/to nothing (or `stdout`), stderr to `log`.
-fn spawn(cmd: &[String], log: &Path, stdout: Option<&Path>, qemu: bool) -> Proc {
-    let err = std::fs::File::create(log).unwrap();
-    let out = match stdout {
-        Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
-        None => Stdio::null(),
-    };
-    let child = Command::new(&cmd[0])
-        .args(&cmd[1..])
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", cmd[0]));
-    Proc {
-        child,
-        qemu,
-        log: log.to_path_buf(),
-    }
-}
-
 /// A QEMU running `elf` with the shim (`overflow=block`, `wait=on`: it waits
 /// for the collector).
 fn start_qemu(elf: &Path, marker: &str, dir: &Path) -> Proc {
@@ -200,26 +58,6 @@ fn start_qemu_recording(elf: &Path, marker: &str, dir: &Path, events: &str) -> P
         shim().display()
     ));
     spawn(&cmd, &dir.with_extension("qemu.log"), None, true)
-}
-
-/// Where a capture's collector writes its stderr: beside the directory.
-fn log(dir: &Path) -> PathBuf {
-    dir.with_extension("log")
-}
-
-/// `trace-collector attach --pid PID --out DIR --quiet <extra>`, stderr to `log`.
-fn start_attach(pid: u32, dir: &Path, log: &Path, extra: &[&str]) -> Proc {
-    let mut cmd = vec![
-        collector().display().to_string(),
-        "attach".into(),
-        "--pid".into(),
-        pid.to_string(),
-        "--out".into(),
-        dir.display().to_string(),
-        "--quiet".into(),
-    ];
-    cmd.extend(extra.iter().map(|s| s.to_string()));
-    spawn(&cmd, log, None, false)
 }
 
 /// `trace-collector run --out DIR --quiet <extra> -- <qemu>`, stderr to `log`.
@@ -241,15 +79,6 @@ fn start_run(
     cmd.push("--".into());
     cmd.extend(qemu.iter().cloned());
     spawn(&cmd, log, stdout, false)
-}
-
-/// Polls `cond` every 10 ms; fails the test after `limit`.
-fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Waits until `dir`'s `mem` has `n` parts; fails at once if the collector
@@ -462,13 +291,7 @@ fn assert_prefix(dir: &Path) -> u64 {
     seqs.len() as u64
 }
 
-// Fields of the shared segment (schema/src/layout.rs, #[repr(C)]): the tests
-// read them from /dev/shm to see what the shim does once no collector runs.
-const STATE: u64 = 1080;
-const COLLECTOR_PID: u64 = 1084;
-/// vCPU 0's `events_lost`: header (4096) + two ring controls (2 * 256) +
-/// `events_written` (8).
-const EVENTS_LOST_0: u64 = 4096 + 512 + 8;
+// More fields of the shared segment (see `trace_tests::processes`).
 /// The commit record (schema/src/commit.rs): the current slot (1-based), then
 /// per slot the parts written per table, and vCPU 0's per-slot, per-table
 /// record counts (after its six counters). Table 0 is `mem`.
@@ -487,21 +310,11 @@ fn committed_mem(pid: u32) -> (u64, u64) {
         shm_read(pid, COMMITTED_EVENTS_0 + s * 5 * 8, 8),
     )
 }
-const DETACHED: u64 = 2;
-const WAITING: u64 = 0;
 
-fn shm_read(pid: u32, offset: u64, len: usize) -> u64 {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(segment_path(pid)).unwrap();
-    f.seek(SeekFrom::Start(offset)).unwrap();
-    let mut b = [0u8; 8];
-    f.read_exact(&mut b[..len]).unwrap();
-    u64::from_le_bytes(b)
-}
-
-/// Asserts the shim keeps running without a collector: DETACHED, `holder` in
-/// `collector_pid` (0 after a detach; a killed collector's pid stays until
-/// the next attach takes over), its lost-event counter growing.
+/// Asserts the shim keeps running after its collector died: DETACHED,
+/// `holder` in `collector_pid` (a killed collector's pid stays until the
+/// next attach takes over), its lost-event counter growing (still
+/// instrumented, so that the next collector learns exactly what it missed).
 fn assert_runs_detached(qemu: u32, holder: u32) {
     wait_until(Duration::from_secs(10), "the shim to notice", || {
         shm_read(qemu, STATE, 4) == DETACHED
@@ -982,7 +795,7 @@ fn signal_attach(sig: Signal) {
     assert_eq!(stat(&dir, "events_lost", Some(0)), 0);
 
     assert!(qemu.alive(), "QEMU runs on");
-    assert_runs_detached(qemu.pid(), 0);
+    assert_runs_free(qemu.pid());
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering as StdOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use trace_format::End;
@@ -46,6 +46,11 @@ pub struct CaptureSetup {
     /// `--append`: the capture.json of the capture in `out` to continue
     /// (`None`: `out` holds no capture, start one).
     pub append: Option<CaptureJson>,
+    /// `attach --events`: what the shim is to record (`None`: its `events`
+    /// option).
+    pub events: Option<EventSet>,
+    /// `attach --duration`: detach this long after attaching.
+    pub duration: Option<Duration>,
 }
 
 /// How the capture ended.
@@ -58,6 +63,8 @@ pub enum Ending {
     /// SIGINT/SIGTERM: we detached (`attach`), or QEMU did not exit in time
     /// after we forwarded the signal (`run`).
     Interrupted,
+    /// `attach --duration` ran out: we detached.
+    WindowEnded,
 }
 
 impl Ending {
@@ -67,6 +74,7 @@ impl Ending {
             Ending::QemuExited => End::QemuExited,
             Ending::QemuDied => End::QemuDied,
             Ending::Interrupted => End::Interrupted,
+            Ending::WindowEnded => End::WindowEnded,
         }
     }
 }
@@ -118,7 +126,25 @@ pub fn capture(
     let started = Instant::now();
     let header = seg.header();
     let options = header.options();
-    let events = shim_events(&options)?;
+    let events = match setup.events {
+        Some(e) => e,
+        None => shim_events(&options)?,
+    };
+    if let Some(previous) = setup.append.as_ref().filter(|p| !p.events.is_empty()) {
+        if previous.events != events.to_option() {
+            bail!(
+                "--append: {} recorded events {}, this attach asks for {}",
+                setup.out.display(),
+                previous.events,
+                events.to_option()
+            );
+        }
+    }
+    // Read by the shim once it sees the attach (below, with Release).
+    header.requested_events.store(
+        setup.events.map_or(0, |e| e.bits()),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let n_vcpus = seg.view().geometry.n_vcpus;
     let pid = seg.pid();
     let command = directory::qemu_command(pid);
@@ -133,7 +159,13 @@ pub fn capture(
         ));
     }
     let lost_at_attach = LossLedger::counters(seg.view());
-    let resumed = or_detach(seg, resume_point(seg, setup, &command, &options))?;
+    // A collector that detached (the state it left is Waiting) wrote what
+    // it drained; one that died (Attached or Detached) may not have.
+    let previous_died = attached.previous != trace_schema::attach::State::Waiting;
+    let resumed = or_detach(
+        seg,
+        resume_point(seg, setup, &command, &options, previous_died),
+    )?;
     let ResumePoint {
         committed,
         first_index,
@@ -163,6 +195,11 @@ pub fn capture(
         guest_pointer_bits: directory::guest_pointer_bits(&command, exe.as_deref()),
         qemu_command: command,
         shim_options: options.clone(),
+        events: events.to_option(),
+        window: trace_format::Window {
+            attached_at: trace_format::Window::now(),
+            ..Default::default()
+        },
         n_vcpus,
         devices: previous.devices.clone(),
         tables: tables
@@ -211,6 +248,8 @@ pub fn capture(
         signals,
         json: &json,
         flush_every: setup.flush_every,
+        deadline: setup.duration.map(|d| started + d),
+        events,
         progress: &mut progress,
         warnings: &mut warnings,
         losses: &mut losses,
@@ -330,6 +369,7 @@ fn record_end(
             .insert(t.name().to_string(), base_rows[t.index()] + *rows);
     }
     json.end = Some(ending.end());
+    json.window.ended_at = Some(trace_format::Window::now());
     let (during, before_attach, collector_died) = report.lost.totals();
     json.events_lost = previous.events_lost + during;
     json.events_lost_before_attach = previous.events_lost_before_attach + before_attach;
@@ -345,6 +385,10 @@ struct Watch<'a> {
     signals: &'a AtomicU32,
     json: &'a Mutex<CaptureJson>,
     flush_every: Option<Duration>,
+    /// `--duration`: when to detach.
+    deadline: Option<Instant>,
+    /// What we asked the shim to record.
+    events: EventSet,
     progress: &'a mut Progress,
     warnings: &'a mut Vec<String>,
     losses: &'a mut LossLedger,
@@ -395,6 +439,10 @@ impl Watch<'_> {
             if stop {
                 return self.detach(drainer);
             }
+            if self.deadline.is_some_and(|d| now >= d) {
+                self.detach(drainer)?;
+                return Ok(Ending::WindowEnded);
+            }
             if now.duration_since(last_alive) >= ALIVE_CHECK {
                 last_alive = now;
                 if !process_alive(seg.pid()) {
@@ -418,25 +466,30 @@ impl Watch<'_> {
         }
     }
 
-    /// Detaches first, then drains: what the shim gathered before it saw
-    /// DETACHED it publishes into the rings (asked by the flush, or at its
-    /// next event); after, it counts losses, which are not the capture's.
+    /// Stops the recording first, then asks for a flush and drains: what
+    /// the shim gathered before it saw the recording stop it publishes into
+    /// the rings (asked by the flush), and gathers nothing after. Then lets
+    /// the segment go.
     fn detach(&mut self, drainer: &mut Drainer) -> Result<Ending> {
         let seg = self.seg;
         self.losses.stop(seg.view());
+        seg.stop_recording();
         let epoch = seg.request_flush();
-        seg.detach();
         let asked = Instant::now();
-        while !seg.flushed(epoch) && asked.elapsed() < FLUSH_WAIT {
-            drainer.drain_once()?;
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        for _ in 0..1000 {
-            if drainer.drain_once()? == 0 {
-                break;
+        let drained = (|| {
+            while !seg.flushed(epoch) && asked.elapsed() < FLUSH_WAIT {
+                drainer.drain_once()?;
+                std::thread::sleep(Duration::from_millis(1));
             }
-        }
-        Ok(Ending::Interrupted)
+            for _ in 0..1000 {
+                if drainer.drain_once()? == 0 {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        seg.detach();
+        drained.map(|()| Ending::Interrupted)
     }
 
     /// Every `TICK`: our heartbeat, a flush request (what the vCPUs gathered
@@ -447,6 +500,12 @@ impl Watch<'_> {
         let seg = self.seg;
         seg.heartbeat();
         seg.request_flush();
+        if self.json.lock().unwrap().window.instrumented_at.is_none()
+            // Acquire: pairs with the shim's Release (informational).
+            && seg.header().instrumented_events.load(StdOrdering::Acquire) == self.events.bits()
+        {
+            self.json.lock().unwrap().window.instrumented_at = Some(trace_format::Window::now());
+        }
         if seg.ensure_attached()? {
             self.warnings
                 .push("the shim had marked us detached; attached again".into());
@@ -502,6 +561,7 @@ fn resume_point(
     setup: &CaptureSetup,
     command: &[String],
     options: &str,
+    previous_died: bool,
 ) -> Result<ResumePoint> {
     let view = seg.view();
     let n_vcpus = view.geometry.n_vcpus;
@@ -528,7 +588,12 @@ fn resume_point(
     let lost_collector_died = first_index
         .iter()
         .zip(&committed.events)
-        .map(|(&released, done)| std::array::from_fn(|t| released.saturating_sub(done[t])))
+        .map(|(&released, done)| {
+            std::array::from_fn(|t| match previous_died {
+                true => released.saturating_sub(done[t]),
+                false => 0,
+            })
+        })
         .collect();
     let plan = match &setup.append {
         Some(previous) => append::prepare(
@@ -675,7 +740,9 @@ pub fn attach_qemu_exit(ending: Ending) -> String {
     match ending {
         Ending::QemuExited => "exited (the shim reported its exit)".into(),
         Ending::QemuDied => "QEMU exited without finishing (killed?)".into(),
-        Ending::Interrupted => "still running (the collector detached)".into(),
+        Ending::Interrupted | Ending::WindowEnded => {
+            "still running (the collector detached)".into()
+        }
     }
 }
 

@@ -266,6 +266,8 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
             )),
             show_progress: args.show_progress,
             append: None,
+            events: None,
+            duration: None,
         };
         let captured = session::capture(&seg, &setup, Owner::Run { child: pid }, signals)?;
         Ok((captured, mtree))
@@ -281,7 +283,7 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
     let (status, killed) = match captured.ending {
         // QEMU is exiting on its own (shim's atexit ran), or is gone.
         Ending::QemuExited | Ending::QemuDied => reap(&mut child, Duration::from_secs(30)),
-        Ending::Interrupted => reap(&mut child, Duration::ZERO),
+        Ending::Interrupted | Ending::WindowEnded => reap(&mut child, Duration::ZERO),
     };
     // A QEMU that did not finish left its segment's name behind.
     seg.unlink();

@@ -308,9 +308,16 @@ impl Segment {
             .map_err(|st| self.attach_error(AttachError::BadState(st)))
     }
 
-    /// Stops the capture: the shim counts events as lost from now on, and a
+    /// Stops the capture: the shim records nothing from now on, and a
     /// spinning `overflow=block` producer gives up instead of waiting for us.
     pub fn detach(&self) {
+        attach::detach(self.header(), own_pid());
+        attach::release(self.header(), own_pid());
+    }
+
+    /// Stops the recording but keeps the segment (the shim still publishes
+    /// what it gathered, waiting for room): `detach` when drained.
+    pub fn stop_recording(&self) {
         attach::detach(self.header(), own_pid());
     }
 
@@ -416,7 +423,7 @@ mod tests {
         );
         assert_eq!(shim.header().attach_count.load(Ordering::Relaxed), 1);
         seg.detach();
-        assert_eq!(State::of(shim.header()), Ok(State::Detached));
+        assert_eq!(State::of(shim.header()), Ok(State::Waiting));
         assert_eq!(shim.header().collector_pid.load(Ordering::Relaxed), 0);
         // Attach again after a detach.
         seg.attach().unwrap();

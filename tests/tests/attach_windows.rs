@@ -1,0 +1,276 @@
+//! Attach and detach at any time: one QEMU, started with the shim and no
+//! collector, captured in windows (`attach --duration`), each with the
+//! events its `attach --events` asks for. The guest is m3loop-0, whose
+//! accesses are known (tests/firmware/README.md): iteration n stores n to
+//! `buf[0]` (0x20000000), and its five accesses are at instructions
+//! 10n + {0, 1, 2, 4, 6} from the first (the last, the SysTick CVR load, is
+//! the only MMIO one). So each window's rows can be checked against the
+//! exact sequence the guest made in it: every access once, none missing,
+//! none from outside.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use trace_tests::processes::*;
+use trace_tests::*;
+
+/// Offsets, from an iteration's store to `buf[0]`, of its accesses.
+const ITERATION_ACCESSES: [u64; 5] = [0, 1, 2, 4, 6];
+const INSNS_PER_ITERATION: u64 = 10;
+const BUF0: u64 = 0x2000_0000;
+const SYST_CVR: u64 = 0xe000_e018;
+
+/// The m3loop-0 QEMU with the shim loaded, no collector (`wait=off`).
+fn free_qemu(test: &str, shim_options: &str) -> (Proc, Reaper) {
+    let m = marker(test);
+    let reaper = Reaper(m.clone());
+    let mut cmd = loop_qemu(&m3loop(0), &m, "null");
+    cmd.push("-plugin".into());
+    cmd.push(format!("{}{shim_options}", shim().display()));
+    let log = capture_dir(&format!("{test}.qemu.log"));
+    let qemu = spawn(&cmd, &log, None, true);
+    wait_until(Duration::from_secs(10), "the shim's segment", || {
+        std::path::Path::new(&format!("/dev/shm/trace-collector.{}", qemu.pid())).exists()
+    });
+    (qemu, reaper)
+}
+
+/// `attach --pid PID --out DIR <extra>` to its end; its stderr.
+fn window(pid: u32, dir: &Path, extra: &[&str]) -> String {
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    let mut c = start_attach(pid, dir, &dir.with_extension("log"), extra);
+    let st = c.wait(Duration::from_secs(60));
+    let stderr = c.stderr();
+    assert!(st.success(), "{st}: {stderr}");
+    stderr
+}
+
+fn capture_json(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("capture.json")).unwrap()).unwrap()
+}
+
+/// A window's mem rows as (icount, paddr, type, value), by icount.
+fn mem_rows(dir: &Path) -> Vec<(u64, u64, String, u64)> {
+    let df = table(dir, "mem").unwrap();
+    let icount = u64s(&df, "icount");
+    let paddr = u64s(&df, "paddr");
+    let value = u64s(&df, "value");
+    let ty: Vec<String> = df
+        .column("type")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .map(|t| t.unwrap().to_string())
+        .collect();
+    let mut rows: Vec<_> = (0..df.height())
+        .map(|i| (icount[i], paddr[i], ty[i].clone(), value[i]))
+        .collect();
+    rows.sort_by_key(|r| r.0);
+    rows
+}
+
+/// Checks that a window's `mem` rows are exactly the accesses m3loop-0
+/// made between its first and last row: every iteration's five, at their
+/// instructions, each once, with `buf[0]` stored the iteration's number.
+/// Returns the first and last iteration numbers stored.
+fn assert_exact_iterations(dir: &Path) -> (u64, u64) {
+    let rows = mem_rows(dir);
+    let (s0, _, _, n0) = *rows
+        .iter()
+        .find(|r| r.1 == BUF0 && r.2 == "W")
+        .expect("a store to buf[0]");
+    // What the guest made from the first row's access to the last one's.
+    // (iteration, offset) of the access at `icount`, if it makes one.
+    let at = |icount: u64| -> Option<(u64, u64)> {
+        let rel = icount as i128 - s0 as i128;
+        let per = INSNS_PER_ITERATION as i128;
+        let (k, off) = (rel.div_euclid(per), rel.rem_euclid(per) as u64);
+        ITERATION_ACCESSES
+            .contains(&off)
+            .then(|| ((n0 as i128 + k) as u64, off))
+    };
+    let first = rows[0].0;
+    let last = rows.last().unwrap().0;
+    let expected: Vec<u64> = (first..=last).filter(|&i| at(i).is_some()).collect();
+    let got: Vec<u64> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(
+        got,
+        expected,
+        "{}: the accesses of the window",
+        dir.display()
+    );
+    let mut stored = Vec::new();
+    for (icount, paddr, ty, value) in &rows {
+        let (n, off) = at(*icount).unwrap();
+        let want = match off {
+            0 => (BUF0, "W"),
+            1 => (BUF0 + 4, "W"),
+            2 => (BUF0, "R"),
+            4 => (BUF0 + 4, "R"),
+            _ => (SYST_CVR, "R"),
+        };
+        assert_eq!((*paddr, ty.as_str()), want, "access at {icount}");
+        if off == 0 || off == 2 {
+            assert_eq!(*value, n, "buf[0] in iteration {n}");
+        }
+        if off == 0 {
+            stored.push(n);
+        }
+    }
+    (stored[0], *stored.last().unwrap())
+}
+
+/// Consecutive `mmio` rows are one iteration apart: none missing inside the
+/// window, none twice. Returns how many.
+fn assert_one_cvr_load_per_iteration(dir: &Path) -> usize {
+    let df = table(dir, "mmio").unwrap();
+    let mut icount = u64s(&df, "icount");
+    icount.sort_unstable();
+    assert!(u64s(&df, "paddr").iter().all(|&p| p == SYST_CVR));
+    for w in icount.windows(2) {
+        assert_eq!(w[1] - w[0], INSNS_PER_ITERATION, "{}", dir.display());
+    }
+    icount.len()
+}
+
+#[test]
+fn windows_with_different_events_on_one_qemu() {
+    let (qemu, _reaper) = free_qemu("windows", "");
+    let pid = qemu.pid();
+    let base = capture_dir("windows");
+    // Loaded, no collector: nothing instrumented.
+    assert_eq!(shm_read(pid, INSTRUMENTED_EVENTS, 4), 0);
+
+    // A: MMIO only.
+    let a = base.join("a");
+    window(pid, &a, &["--events", "mmio", "--duration", "1s"]);
+    let j = capture_json(&a);
+    assert_eq!(j["events"], "mmio");
+    assert_eq!(j["end"], "window_ended");
+    assert_eq!(j["qemu_exit"], "still running (the collector detached)");
+    let tables: Vec<&str> = j["tables"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(tables, ["mmio", "stats"]);
+    let w = &j["window"];
+    let (t0, t1, t2) = (
+        w["attached_at"].as_f64().unwrap(),
+        w["instrumented_at"].as_f64().unwrap(),
+        w["ended_at"].as_f64().unwrap(),
+    );
+    assert!(t0 <= t1 && t1 <= t2, "{w}");
+    let loads = assert_one_cvr_load_per_iteration(&a);
+    assert_eq!(j["tables"]["mmio"], loads as u64);
+    assert_runs_free(pid);
+
+    // B: everything.
+    let b = base.join("b");
+    window(pid, &b, &["--events", "mem,mmio,insn", "--duration", "1s"]);
+    assert_eq!(capture_json(&b)["events"], "mem+mmio+insn");
+    let (b_first, b_last) = assert_exact_iterations(&b);
+    assert_one_cvr_load_per_iteration(&b);
+    // Every instruction of the window once: icounts first..=last.
+    let insn = u64s(&table(&b, "insn").unwrap(), "icount");
+    let (lo, hi) = (insn.iter().min().unwrap(), insn.iter().max().unwrap());
+    assert_eq!(
+        (hi - lo + 1) as usize,
+        insn.len(),
+        "instructions missing or twice"
+    );
+    assert_runs_free(pid);
+
+    // C: the shim's own events (mem+mmio); the guest ran between B and C,
+    // and nothing of it is in either.
+    std::thread::sleep(Duration::from_millis(200));
+    let c = base.join("c");
+    window(pid, &c, &["--duration", "500ms"]);
+    assert_eq!(capture_json(&c)["events"], "mem+mmio");
+    let (c_first, _) = assert_exact_iterations(&c);
+    assert!(
+        b_first < b_last && c_first > b_last + 1,
+        "B {b_first}..={b_last}, C from {c_first}"
+    );
+    assert_runs_free(pid);
+}
+
+/// `idle=count`: the shim keeps counting instructions while no collector is
+/// attached, so `icount` is the guest's instruction count in every window
+/// (iteration n's store to buf[0] is at the same 10n + c in both); with
+/// `idle=free` a later window's icount is smaller (only instrumented spans
+/// count).
+#[test]
+fn idle_count_keeps_icount_exact_across_windows() {
+    let icount_base = |dir: &Path| {
+        let rows = mem_rows(dir);
+        let (icount, _, _, n) = *rows.iter().find(|r| r.1 == BUF0 && r.2 == "W").unwrap();
+        icount as i128 - (INSNS_PER_ITERATION * n) as i128
+    };
+    let (counting, _r1) = free_qemu("idle-count", ",idle=count");
+    let base = capture_dir("idle-count");
+    // Instrumented (for mem+mmio, recording nothing) from the start.
+    assert_eq!(shm_read(counting.pid(), INSTRUMENTED_EVENTS, 4), 3);
+    window(counting.pid(), &base.join("1"), &["--duration", "300ms"]);
+    std::thread::sleep(Duration::from_millis(300));
+    window(counting.pid(), &base.join("2"), &["--duration", "300ms"]);
+    assert_eq!(icount_base(&base.join("1")), icount_base(&base.join("2")));
+    assert_eq!(shm_read(counting.pid(), INSTRUMENTED_EVENTS, 4), 3);
+
+    let (free, _r2) = free_qemu("idle-free", "");
+    let base = capture_dir("idle-free");
+    window(free.pid(), &base.join("1"), &["--duration", "300ms"]);
+    std::thread::sleep(Duration::from_millis(300));
+    window(free.pid(), &base.join("2"), &["--duration", "300ms"]);
+    assert!(icount_base(&base.join("2")) < icount_base(&base.join("1")));
+}
+
+#[test]
+fn bad_window_options_are_clear_errors() {
+    let (qemu, _reaper) = free_qemu("bad-windows", "");
+    let dir = capture_dir("bad-windows").join("w");
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    let attach = |extra: &[&str]| {
+        Command::new(collector())
+            .args(["attach", "--pid", &qemu.pid().to_string(), "--out"])
+            .arg(&dir)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for (args, says) in [
+        (
+            &["--events", "mem,cache"][..],
+            "unknown event kind \"cache\"",
+        ),
+        (&["--events", ""][..], "events"),
+        (&["--duration", "0"][..], "longer than 0"),
+        (&["--duration", "soon"][..], "not a duration"),
+    ] {
+        let o = attach(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // Nothing attached meanwhile: still free.
+    assert_eq!(shm_read(qemu.pid(), STATE, 4), WAITING);
+
+    // --append to a capture of other events.
+    window(
+        qemu.pid(),
+        &dir,
+        &["--events", "mmio", "--duration", "200ms"],
+    );
+    let o = attach(&["--append", "--events", "mem"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("recorded events mmio, this attach asks for mem"),
+        "{err}"
+    );
+    assert_eq!(capture_json(&dir)["events"], "mmio");
+    assert_runs_free(qemu.pid());
+}
