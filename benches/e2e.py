@@ -153,6 +153,8 @@ CONFIGS = [
            plugin_opts="mode=block,inline=on"),
     Config("textlog", "textlog", "text log (execlog lines)"),
     Config("shim-detached", "detached", "shim loaded, no collector attached (idle=free)"),
+    Config("shim-idle-lazy", "detached", "shim loaded, no collector attached, idle=lazy (no per-block test)",
+           plugin_opts="idle=lazy"),
     Config("shim-idle-count", "detached", "shim loaded, no collector attached, idle=count (instrumented for mem+mmio, recording nothing)",
            plugin_opts="idle=count"),
     Config("null-mmio", "null", "shim+ring, records discarded: mmio", events="mmio"),

@@ -134,6 +134,11 @@ pub enum Idle {
     /// collector attaches. `icount` then counts only the instructions run
     /// while a collector was attached.
     Free,
+    /// As `Free`, without the per-block test: the shim notices an attach
+    /// when a vCPU next translates a block or goes idle, which an OS guest
+    /// does all the time but a firmware's busy loop may never do (the
+    /// attach then waits for it; the collector warns).
+    Lazy,
     /// Keep counting instructions (the shim stays instrumented for its
     /// `events`, recording nothing): `icount` stays the vCPU's instruction
     /// count since QEMU started, across detached spans, at the cost of a
@@ -237,8 +242,15 @@ impl ShimOptions {
                 "idle" => {
                     o.idle = match value {
                         "free" => Idle::Free,
+                        "lazy" => Idle::Lazy,
                         "count" => Idle::Count,
-                        _ => return Err(OptionError::new(key, value, "expected free or count")),
+                        _ => {
+                            return Err(OptionError::new(
+                                key,
+                                value,
+                                "expected free, lazy or count",
+                            ))
+                        }
                     }
                 }
                 _ => {

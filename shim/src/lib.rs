@@ -251,10 +251,17 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
 /// # Safety
 /// `id` must be this plugin's, and `SHIM` set (the callbacks use `shim()`).
 unsafe fn register_callbacks(id: qemu_plugin_id_t) {
+    let shim = shim();
+    // `idle=lazy`, uninstrumented: not even a translation callback (QEMU's
+    // plugin code at every translation costs a translating guest a few per
+    // cent); the watcher registers it when a collector attaches.
+    let lazy = shim.options.idle == Idle::Lazy && shim.instrumented.load(Ordering::Relaxed) == 0;
     // Safety: `id` and `SHIM` as required above; each callback has the type its
     // registration takes, and `on_exit` ignores its null `udata`.
     unsafe {
-        qemu_plugin_register_vcpu_tb_trans_cb(id, Some(on_translate));
+        if !lazy {
+            qemu_plugin_register_vcpu_tb_trans_cb(id, Some(on_translate));
+        }
         qemu_plugin_register_vcpu_resume_cb(id, Some(on_vcpu_resume));
         qemu_plugin_register_vcpu_idle_cb(id, Some(on_vcpu_idle));
         qemu_plugin_register_atexit_cb(id, Some(on_exit), std::ptr::null_mut());
@@ -341,7 +348,14 @@ fn watch_for_attach(shim: &'static Shim) {
     loop {
         std::thread::sleep(WATCH_PERIOD);
         let instrumented = shim.instrumented.load(Ordering::Relaxed);
-        if shim.wanted().bits() != instrumented
+        let change = shim.wanted().bits() != instrumented;
+        if change && instrumented == 0 && shim.options.idle == Idle::Lazy {
+            // No code of ours runs: have QEMU call us at its next
+            // translation (QEMU takes registrations from any thread; again
+            // and again only replaces the function with itself).
+            // Safety: our id; `on_translate` has the callback's type.
+            unsafe { qemu_plugin_register_vcpu_tb_trans_cb(shim.id, Some(on_translate)) };
+        } else if change
             || (instrumented == 0
                 && shim
                     .vcpus
@@ -384,7 +398,7 @@ impl Shim {
     fn wanted(&self) -> EventSet {
         let header = self.header();
         let collector = matches!(State::of(header), Ok(State::Attached | State::Detached));
-        if !collector && self.options.idle == Idle::Free {
+        if !collector && self.options.idle != Idle::Count {
             return EventSet::default();
         }
         // Relaxed: written before the attach, whose state we read with
@@ -523,6 +537,9 @@ unsafe extern "C" fn on_vcpu_idle(_id: qemu_plugin_id_t, vcpu: c_uint) {
         slot.flush(shim.header(), shim.options.overflow);
         slot.went_idle();
     }
+    // A vCPU context with nothing in flight: where `idle=lazy` notices an
+    // attach in a guest that translates nothing new.
+    shim.reinstrument();
 }
 
 // -------------------------------------------------------------- translate
@@ -537,6 +554,11 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
     let shim = shim();
     shim.find_score_base();
     let header = shim.header();
+    if shim.options.idle == Idle::Lazy && shim.instrumented.load(Ordering::Relaxed) == 0 {
+        // `idle=lazy`, uninstrumented: nothing in the block; a translation
+        // is when we notice an attach.
+        return shim.reinstrument();
+    }
     // Every block tests its vCPU's `wake` flag first (see `reinstrument`).
     // Safety: `tb` is being translated; `wake` is a u64 inside our
     // scoreboard's entries, and the callback ignores its null `udata`.

@@ -274,3 +274,23 @@ fn bad_window_options_are_clear_errors() {
     assert_eq!(capture_json(&dir)["events"], "mmio");
     assert_runs_free(qemu.pid());
 }
+
+/// `idle=lazy`: no callback at all while detached, so the shim notices an
+/// attach only when a vCPU translates code or goes idle. m3loop's busy loop
+/// does neither: the window records nothing, and the collector says why.
+#[test]
+fn idle_lazy_waits_for_a_translation_and_says_so() {
+    let (qemu, _reaper) = free_qemu("idle-lazy", ",idle=lazy");
+    // Once the guest is in its loop (its first blocks are translations).
+    std::thread::sleep(Duration::from_secs(1));
+    let dir = capture_dir("idle-lazy").join("w");
+    let stderr = window(qemu.pid(), &dir, &["--duration", "3s"]);
+    assert!(
+        stderr.contains("has not started recording 2 s after the attach"),
+        "{stderr}"
+    );
+    let j = capture_json(&dir);
+    assert_eq!(j["tables"]["mem"], 0);
+    assert_eq!(j["window"]["instrumented_at"], serde_json::Value::Null);
+    assert_runs_free(qemu.pid());
+}

@@ -30,6 +30,8 @@ const ALIVE_CHECK: Duration = Duration::from_millis(100);
 /// gathered in their open chunks (a vCPU halted since before we asked
 /// answers only when it wakes; it has nothing gathered).
 const FLUSH_WAIT: Duration = Duration::from_millis(200);
+/// How long after the attach we say that the shim has not started recording.
+const NOT_INSTRUMENTED_WARNING: Duration = Duration::from_secs(2);
 /// `run`: how long QEMU gets to exit after we forwarded a SIGTERM.
 pub const RUN_STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -250,6 +252,7 @@ pub fn capture(
         flush_every: setup.flush_every,
         deadline: setup.duration.map(|d| started + d),
         events,
+        warned_not_instrumented: false,
         progress: &mut progress,
         warnings: &mut warnings,
         losses: &mut losses,
@@ -389,6 +392,7 @@ struct Watch<'a> {
     deadline: Option<Instant>,
     /// What we asked the shim to record.
     events: EventSet,
+    warned_not_instrumented: bool,
     progress: &'a mut Progress,
     warnings: &'a mut Vec<String>,
     losses: &'a mut LossLedger,
@@ -492,6 +496,39 @@ impl Watch<'_> {
         drained.map(|()| Ending::Interrupted)
     }
 
+    /// Notes in capture.json when the shim's code is instrumented for our
+    /// events (the window's events start there); says so once if that
+    /// takes long (`idle=lazy` waits for a vCPU to translate or idle).
+    fn check_instrumented(&mut self) {
+        let mut j = self.json.lock().unwrap();
+        if j.window.instrumented_at.is_some() {
+            return;
+        }
+        let now = trace_format::Window::now();
+        // Acquire: pairs with the shim's Release (informational).
+        let instrumented = self
+            .seg
+            .header()
+            .instrumented_events
+            .load(StdOrdering::Acquire);
+        if instrumented == self.events.bits() {
+            j.window.instrumented_at = Some(now);
+        } else if now - j.window.attached_at > NOT_INSTRUMENTED_WARNING.as_secs_f64()
+            && !self.warned_not_instrumented
+        {
+            self.warned_not_instrumented = true;
+            let note = format!(
+                "the shim has not started recording {} s after the attach: with its option \
+                 idle=lazy it starts when a vCPU next translates code or goes idle, which a \
+                 guest in a busy loop may never do (idle=free starts within a block)",
+                NOT_INSTRUMENTED_WARNING.as_secs()
+            );
+            self.progress
+                .println(&format!("trace-collector: warning: {note}"));
+            self.warnings.push(note);
+        }
+    }
+
     /// Every `TICK`: our heartbeat, a flush request (what the vCPUs gathered
     /// reaches us at least this often, however slowly their chunks fill),
     /// the attach checked, parts cut of rows older than `flush_every`, new
@@ -500,12 +537,7 @@ impl Watch<'_> {
         let seg = self.seg;
         seg.heartbeat();
         seg.request_flush();
-        if self.json.lock().unwrap().window.instrumented_at.is_none()
-            // Acquire: pairs with the shim's Release (informational).
-            && seg.header().instrumented_events.load(StdOrdering::Acquire) == self.events.bits()
-        {
-            self.json.lock().unwrap().window.instrumented_at = Some(trace_format::Window::now());
-        }
+        self.check_instrumented();
         if seg.ensure_attached()? {
             self.warnings
                 .push("the shim had marked us detached; attached again".into());
