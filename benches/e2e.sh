@@ -10,7 +10,8 @@
 #   --workloads a,b          of boot-smp1, boot-smp2, m3loop (default: all three; --quick: m3loop)
 #   --configs a,b            of none, floor-mem, floor-exec, floor-mem-inline, floor-mem-insn-add,
 #                            floor-mem-ask-io, floor-mem-ask-data, floor-block, textlog,
-#                            shim-detached, shim-idle-lazy, shim-idle-count, null-mmio, ours-mmio, null-mem, ours-mem, null-insn, ours-insn,
+#                            shim-detached, shim-idle-free, shim-idle-lazy,
+#                            shim-idle-count, null-mmio, ours-mmio, null-mem, ours-mem, null-insn, ours-insn,
 #                            ours-all (default: all)
 #   --m3loop-iterations N    (default 10000000; --quick: 200000)
 #   --results FILE           where the Markdown goes (default benches/RESULTS.md; --quick: $WORK/RESULTS-quick.md)
@@ -58,7 +59,7 @@ if [ "$quick" -eq 1 ]; then
 fi
 runs="${runs:-3}"
 workloads="${workloads:-boot-smp1,boot-smp2,m3loop}"
-configs="${configs:-none,floor-mem,floor-exec,floor-mem-inline,floor-mem-insn-add,floor-mem-ask-io,floor-mem-ask-data,floor-block,textlog,shim-detached,shim-idle-lazy,shim-idle-count,null-mmio,ours-mmio,null-mem,ours-mem,null-insn,ours-insn,ours-all}"
+configs="${configs:-none,floor-mem,floor-exec,floor-mem-inline,floor-mem-insn-add,floor-mem-ask-io,floor-mem-ask-data,floor-block,textlog,shim-detached,shim-idle-free,shim-idle-lazy,shim-idle-count,null-mmio,ours-mmio,null-mem,ours-mem,null-insn,ours-insn,ours-all}"
 iterations="${iterations:-10000000}"
 results="${results:-$ROOT/benches/RESULTS.md}"
 mkdir -p "$WORK"

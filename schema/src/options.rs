@@ -129,6 +129,10 @@ pub struct ShimOptions {
 /// `attach::State::Detached`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Idle {
+    /// `Free` on cores without an MMU (Cortex-M and -R: firmware, whose
+    /// busy loops may never translate or idle), `Lazy` on the others (an
+    /// OS guest, where the per-block test costs a translating guest most).
+    Auto,
     /// Nothing: QEMU's translated code has no memory, instruction or block
     /// callbacks, only a per-block test of a flag the shim raises when a
     /// collector attaches. `icount` then counts only the instructions run
@@ -170,7 +174,7 @@ impl Default for ShimOptions {
             overflow: Overflow::Block,
             wait: false,
             disas: Disas::Fast,
-            idle: Idle::Free,
+            idle: Idle::Auto,
         }
     }
 }
@@ -241,6 +245,7 @@ impl ShimOptions {
                 }
                 "idle" => {
                     o.idle = match value {
+                        "auto" => Idle::Auto,
                         "free" => Idle::Free,
                         "lazy" => Idle::Lazy,
                         "count" => Idle::Count,
@@ -248,7 +253,7 @@ impl ShimOptions {
                             return Err(OptionError::new(
                                 key,
                                 value,
-                                "expected free, lazy or count",
+                                "expected auto, free, lazy or count",
                             ))
                         }
                     }

@@ -89,6 +89,9 @@ struct Shim {
     instrumented: AtomicU32,
     /// A reset we asked for is under way.
     resetting: AtomicBool,
+    /// `idle=lazy`, or `idle=auto` on a core with an MMU (decided at the
+    /// first vCPU's init): see `options::Idle`.
+    lazy: AtomicBool,
 }
 
 // Safety: after install it changes only through atomics and the per-vCPU
@@ -186,6 +189,7 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
     // Safety: `target_name` is a C string QEMU keeps for its life.
     let target = unsafe { CStr::from_ptr(info.target_name) }.to_string_lossy();
     let disassembler = disas::Disassembler::new(&target, options.disas == Disas::Qemu);
+    let options_idle = options.idle;
     let built = Box::new(Shim {
         options,
         segment,
@@ -218,6 +222,7 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
         arm: target == "arm",
         instrumented: AtomicU32::new(0),
         resetting: AtomicBool::new(false),
+        lazy: AtomicBool::new(matches!(options_idle, Idle::Lazy | Idle::Auto)),
     });
     SHIM.store(Box::into_raw(built), Ordering::Release);
 
@@ -255,7 +260,7 @@ unsafe fn register_callbacks(id: qemu_plugin_id_t) {
     // `idle=lazy`, uninstrumented: not even a translation callback (QEMU's
     // plugin code at every translation costs a translating guest a few per
     // cent); the watcher registers it when a collector attaches.
-    let lazy = shim.options.idle == Idle::Lazy && shim.instrumented.load(Ordering::Relaxed) == 0;
+    let lazy = shim.lazy() && shim.instrumented.load(Ordering::Relaxed) == 0;
     // Safety: `id` and `SHIM` as required above; each callback has the type its
     // registration takes, and `on_exit` ignores its null `udata`.
     unsafe {
@@ -332,7 +337,7 @@ unsafe extern "C" fn on_reset(id: qemu_plugin_id_t) {
 // ------------------------------------------------ attached and detached
 
 /// How often `watch_for_attach` looks at the segment's state.
-const WATCH_PERIOD: std::time::Duration = std::time::Duration::from_millis(1);
+const WATCH_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The shim's own thread: when what QEMU's code should be instrumented for
 /// changes (a collector attached or detached, see `Shim::wanted`), it
@@ -349,7 +354,7 @@ fn watch_for_attach(shim: &'static Shim) {
         std::thread::sleep(WATCH_PERIOD);
         let instrumented = shim.instrumented.load(Ordering::Relaxed);
         let change = shim.wanted().bits() != instrumented;
-        if change && instrumented == 0 && shim.options.idle == Idle::Lazy {
+        if change && instrumented == 0 && shim.lazy() {
             // No code of ours runs: have QEMU call us at its next
             // translation (QEMU takes registrations from any thread; again
             // and again only replaces the function with itself).
@@ -384,6 +389,12 @@ unsafe extern "C" fn on_wake(vcpu: c_uint, _udata: *mut c_void) {
 }
 
 impl Shim {
+    /// Whether the shim is lazy while detached (the field's comment).
+    #[inline(always)]
+    fn lazy(&self) -> bool {
+        self.lazy.load(Ordering::Relaxed)
+    }
+
     /// The events QEMU's code is instrumented for now.
     #[inline(always)]
     fn events(&self) -> EventSet {
@@ -480,6 +491,14 @@ unsafe extern "C" fn on_vcpu_init(_id: qemu_plugin_id_t, vcpu: c_uint) {
         };
         // Relaxed: every vCPU is initialised before any block is translated.
         shim.asid_staleness.fetch_max(mode, Ordering::Relaxed);
+        if shim.options.idle == Idle::Auto && shim.fixed_map() && shim.lazy() {
+            // A core without an MMU: firmware, whose busy loop may never
+            // translate or idle: `free`, whose per-block test needs the
+            // translation callback.
+            shim.lazy.store(false, Ordering::Relaxed);
+            // Safety: our id; a vCPU callback may register others.
+            unsafe { qemu_plugin_register_vcpu_tb_trans_cb(shim.id, Some(on_translate)) };
+        }
         // Nothing read yet.
         // Safety: QEMU grows the scoreboard for a vCPU before its init
         // callbacks, and only this vCPU's thread touches its entry.
@@ -554,7 +573,7 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
     let shim = shim();
     shim.find_score_base();
     let header = shim.header();
-    if shim.options.idle == Idle::Lazy && shim.instrumented.load(Ordering::Relaxed) == 0 {
+    if shim.lazy() && shim.instrumented.load(Ordering::Relaxed) == 0 {
         // `idle=lazy`, uninstrumented: nothing in the block; a translation
         // is when we notice an attach.
         return shim.reinstrument();
