@@ -388,6 +388,7 @@ fn capture_once(w: Workload, out: &PathBuf, threads: Option<usize>) -> Cost {
             show_progress: false,
             events: None,
             duration: None,
+            until_pc: None,
         })
         .expect("attach");
         let wall = started.elapsed();

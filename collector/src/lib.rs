@@ -132,6 +132,9 @@ pub struct AttachArgs {
     pub events: Option<EventSet>,
     /// Detach after this long (`None`: at SIGINT/SIGTERM or QEMU's end).
     pub duration: Option<Duration>,
+    /// End the capture as a vCPU is about to execute the instruction at
+    /// this guest address.
+    pub until_pc: Option<u64>,
 }
 
 /// Captures the running QEMU `args.pid` until it exits, dies, or we get
@@ -186,6 +189,7 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
         append,
         events: args.events,
         duration: args.duration,
+        until_pc: args.until_pc,
     };
     let mut captured = session::capture(&seg, &setup, session::Owner::Attach, signals)?;
     if let Some(m) = fetch {

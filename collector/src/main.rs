@@ -88,6 +88,11 @@ enum Cmd {
         /// Detach after this long (e.g. 10s, 500ms, 2m); QEMU runs on.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         duration: Option<std::time::Duration>,
+        /// End the capture as a vCPU is about to execute the instruction at
+        /// this guest (virtual) address, hex (0x...) or decimal: its accesses
+        /// and everything after are not in the capture.
+        #[arg(long, value_name = "ADDR", value_parser = parse_address)]
+        until_pc: Option<u64>,
         #[command(flatten)]
         output: Output,
     },
@@ -132,6 +137,7 @@ fn main() -> ExitCode {
             append,
             events,
             duration,
+            until_pc,
             output,
         } => trace_collector::attach(&AttachArgs {
             pid,
@@ -146,6 +152,7 @@ fn main() -> ExitCode {
             show_progress: !output.quiet,
             events,
             duration,
+            until_pc,
         }),
         Cmd::Run {
             events,
@@ -192,6 +199,16 @@ fn parse_events(text: &str) -> Result<EventSet, String> {
         Ok(e) => Ok(e),
         Err(e) => Err(e.message),
     }
+}
+
+/// `attach --until-pc`: an address, hex with 0x or decimal.
+fn parse_address(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => t.parse(),
+    }
+    .map_err(|_| format!("'{text}' is not an address (hex with 0x, or decimal)"))
 }
 
 /// `attach --duration`: a period, not 0.

@@ -28,6 +28,7 @@ fn setup(out: &Path, part_rows: usize) -> CaptureSetup {
         append: None,
         events: None,
         duration: None,
+        until_pc: None,
     }
 }
 

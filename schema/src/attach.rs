@@ -18,6 +18,12 @@
 //! between, a shim publishing into a full ring still waits for it
 //! ([`draining`]).
 //!
+//! The shim may stop the recording itself, when the trigger the collector
+//! set before it attached fires (`Header::stop_at_pc`): it takes the
+//! collector's first step of a detach ([`stop_at_trigger`]); the collector,
+//! finding `Waiting` while it holds the segment ([`stopped_by_shim`]),
+//! drains and releases as after its own.
+//!
 //! Either side may find the other gone. A collector attaching over a holder
 //! that died takes the segment over; a shim waiting for room in a full ring
 //! checks that its collector is alive ([`collector_alive`]) and, if not,
@@ -81,6 +87,20 @@ pub fn recording(header: &Header) -> Option<bool> {
 pub fn collector_alive(header: &Header) -> bool {
     // Acquire: pairs with the collector's claim (AcqRel).
     process_alive(header.collector_pid.load(Ordering::Acquire))
+}
+
+/// The collector's trigger fired (`Header::stop_at_pc`): the shim stops the
+/// recording, as `detach` would. The collector keeps the segment until it
+/// has drained (`stopped_by_shim`).
+pub fn stop_at_trigger(header: &Header) {
+    // AcqRel: as `detach`; a failure means the collector detached or died
+    // meanwhile, which stands.
+    let _ = header.state.compare_exchange(
+        State::Attached as u32,
+        State::Waiting as u32,
+        Ordering::AcqRel,
+        Ordering::Relaxed,
+    );
 }
 
 /// The shim found its collector dead: it detaches it, so that it stops
@@ -189,6 +209,24 @@ pub fn ensure_attached(header: &Header) -> Result<bool, u32> {
     }
 }
 
+/// The attached collector, alive, finds the shim gave up on it
+/// (`Detached`): it takes the segment back. A `Waiting` state (the shim
+/// stopped the recording at the collector's trigger) is left as it is.
+/// Returns whether it changed the state, or the value that is no state.
+pub fn reclaim(header: &Header) -> Result<bool, u32> {
+    State::of(header)?;
+    // AcqRel: as `ensure_attached`.
+    Ok(header
+        .state
+        .compare_exchange(
+            State::Detached as u32,
+            State::Attached as u32,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_ok())
+}
+
 /// Whether a live collector other than `me` holds the segment (`attach`
 /// would refuse it): for a caller to check before it does anything
 /// irreversible.
@@ -213,6 +251,13 @@ pub fn detach(header: &Header, me: u32) {
         Ordering::AcqRel,
         Ordering::Acquire,
     );
+}
+
+/// Whether the shim stopped the recording of collector `me` at its trigger
+/// (`stop_at_trigger`): `me` holds the segment, and it is `Waiting`.
+pub fn stopped_by_shim(header: &Header, me: u32) -> bool {
+    // Acquire (both): as `State::of`.
+    header.collector_pid.load(Ordering::Acquire) == me && State::of(header) == Ok(State::Waiting)
 }
 
 /// Collector `me`, detached, lets the segment go: a producer waiting on a
@@ -315,14 +360,33 @@ mod tests {
     }
 
     #[test]
+    fn the_shim_stops_at_the_trigger_and_the_collector_finishes() {
+        let mut mem = segment();
+        let h = header(&mut mem);
+        attach(h, 10, |_| true, 0, || {}).unwrap();
+        assert!(!stopped_by_shim(h, 10));
+        stop_at_trigger(h);
+        assert_eq!(recording(h), None);
+        assert!(stopped_by_shim(h, 10) && !stopped_by_shim(h, 11));
+        assert!(draining(h), "the collector still drains");
+        release(h, 10);
+        assert!(!draining(h) && !stopped_by_shim(h, 10));
+    }
+
+    #[test]
     fn the_shim_gives_up_and_the_collector_comes_back() {
         let mut mem = segment();
         let h = header(&mut mem);
         attach(h, 10, |_| true, 0, || {}).unwrap();
         give_up_on_dead_collector(h);
         assert_eq!(State::of(h), Ok(State::Detached));
+        assert_eq!(reclaim(h), Ok(true));
+        assert_eq!(reclaim(h), Ok(false));
+        give_up_on_dead_collector(h);
         assert_eq!(ensure_attached(h), Ok(true));
         assert_eq!(ensure_attached(h), Ok(false));
+        stop_at_trigger(h);
+        assert_eq!(reclaim(h), Ok(false), "a stop at the trigger stands");
         h.state.store(7, Ordering::Relaxed);
         assert_eq!(
             attach(h, 12, |_| false, 0, || {}),

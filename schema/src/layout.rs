@@ -107,6 +107,12 @@ pub struct Header {
     /// Blocks translated before it changed may still run until QEMU's
     /// translations are flushed, which the shim asks for at once.
     pub instrumented_events: AtomicU32,
+    /// Written by a collector before it attaches: 1 when the shim is to
+    /// stop the recording itself as a vCPU is about to execute the
+    /// instruction at `stop_at_pc` (`attach --until-pc`; see
+    /// `attach::stop_at_trigger`), else 0.
+    pub stop_armed: AtomicU32,
+    pub stop_at_pc: AtomicU64,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_BYTES);

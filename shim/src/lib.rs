@@ -89,6 +89,9 @@ struct Shim {
     instrumented: AtomicU32,
     /// A reset we asked for is under way.
     resetting: AtomicBool,
+    /// The address whose instruction stops the recording (`attach
+    /// --until-pc`) in the translations of `instrumented`, `NO_STOP` if none.
+    instrumented_stop: AtomicU64,
     /// `idle=lazy`, or `idle=auto` on a core with an MMU (decided at the
     /// first vCPU's init): see `options::Idle`.
     lazy: AtomicBool,
@@ -222,6 +225,7 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
         arm: target == "arm",
         instrumented: AtomicU32::new(0),
         resetting: AtomicBool::new(false),
+        instrumented_stop: AtomicU64::new(NO_STOP),
         lazy: AtomicBool::new(matches!(options_idle, Idle::Lazy | Idle::Auto)),
     });
     SHIM.store(Box::into_raw(built), Ordering::Release);
@@ -233,6 +237,9 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
     // `watch_for_attach`.
     let wanted = shim().wanted().bits();
     shim().instrumented.store(wanted, Ordering::Relaxed);
+    shim()
+        .instrumented_stop
+        .store(shim().wanted_stop(), Ordering::Relaxed);
     shim()
         .header()
         .instrumented_events
@@ -336,6 +343,22 @@ unsafe extern "C" fn on_reset(id: qemu_plugin_id_t) {
 
 // ------------------------------------------------ attached and detached
 
+/// `Shim::instrumented_stop` when there is no stop address.
+const NO_STOP: u64 = u64::MAX;
+
+/// The instruction at the collector's stop address (`attach --until-pc`)
+/// is about to run: stop the recording (its accesses and everything after
+/// are not in the capture) and publish what this vCPU gathered.
+///
+/// # Safety
+/// Only called by QEMU, as the instruction callback `on_translate`
+/// registers, on vCPU `vcpu`'s thread.
+unsafe extern "C" fn on_stop_pc(vcpu: c_uint, _udata: *mut c_void) {
+    let shim = shim();
+    attach::stop_at_trigger(shim.header());
+    shim.slot(vcpu).flush(shim.header(), shim.options.overflow);
+}
+
 /// How often `watch_for_attach` looks at the segment's state.
 const WATCH_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
 
@@ -353,7 +376,8 @@ fn watch_for_attach(shim: &'static Shim) {
     loop {
         std::thread::sleep(WATCH_PERIOD);
         let instrumented = shim.instrumented.load(Ordering::Relaxed);
-        let change = shim.wanted().bits() != instrumented;
+        let change = shim.wanted().bits() != instrumented
+            || shim.wanted_stop() != shim.instrumented_stop.load(Ordering::Relaxed);
         if change && instrumented == 0 && shim.lazy() {
             // No code of ours runs: have QEMU call us at its next
             // translation (QEMU takes registrations from any thread; again
@@ -420,17 +444,34 @@ impl Shim {
         }
     }
 
+    /// The address the attached collector wants the recording stopped at
+    /// (`Header::stop_at_pc`), `NO_STOP` if none.
+    fn wanted_stop(&self) -> u64 {
+        let header = self.header();
+        // Relaxed: written before the attach, whose state we read with
+        // Acquire.
+        match State::of(header) == Ok(State::Attached)
+            && header.stop_armed.load(Ordering::Relaxed) == 1
+        {
+            true => header.stop_at_pc.load(Ordering::Relaxed),
+            false => NO_STOP,
+        }
+    }
+
     /// Asks QEMU to throw away its translated code, so that every block is
     /// translated again for what is wanted now (`on_reset` completes it).
     /// From a vCPU only (see `watch_for_attach`).
     fn reinstrument(&self) {
         let wanted = self.wanted().bits();
-        if wanted == self.instrumented.load(Ordering::Relaxed)
+        let stop = self.wanted_stop();
+        if (wanted == self.instrumented.load(Ordering::Relaxed)
+            && stop == self.instrumented_stop.load(Ordering::Relaxed))
             || self.resetting.swap(true, Ordering::Relaxed)
         {
             return; // nothing to change, or a reset under way (the watcher comes back)
         }
         self.instrumented.store(wanted, Ordering::Relaxed);
+        self.instrumented_stop.store(stop, Ordering::Relaxed);
         // Safety: `self.id` is ours; QEMU allows a reset from a callback, and
         // `on_reset` registers our callbacks again once it is done.
         unsafe { qemu_plugin_reset(self.id, Some(on_reset)) };
@@ -678,9 +719,23 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
             n as u64,
         );
     }
+    let stop = shim.instrumented_stop.load(Ordering::Relaxed);
     for i in 0..n {
         // Safety: `i < n`, the instruction count of `tb`, which is being translated.
         let insn = unsafe { qemu_plugin_tb_get_insn(tb, i) };
+        // Safety: `insn` is an instruction of the block being translated.
+        if stop != NO_STOP && unsafe { qemu_plugin_insn_vaddr(insn) } == stop {
+            // Safety: as above; `on_stop_pc` has the instruction callback's
+            // type and ignores its null `udata`.
+            unsafe {
+                qemu_plugin_register_vcpu_insn_exec_cb(
+                    insn,
+                    Some(on_stop_pc),
+                    qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
+                    std::ptr::null_mut(),
+                );
+            }
+        }
         // Safety: `insn` is an instruction of the block being translated;
         // `left` is a u64 inside our scoreboard's entries.
         unsafe {

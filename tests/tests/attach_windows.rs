@@ -294,3 +294,76 @@ fn idle_lazy_waits_for_a_translation_and_says_so() {
     assert_eq!(j["window"]["instrumented_at"], serde_json::Value::Null);
     assert_runs_free(qemu.pid());
 }
+
+/// `attach --until-pc`: the shim stops the recording as the guest is about
+/// to execute that instruction. m3loop-0, held from its first instruction
+/// (`wait=on`), stopped at its SysTick CVR load (whose address an earlier
+/// window of another QEMU found): the capture holds exactly the accesses
+/// before the first one (tests/firmware/README.md: the two SysTick setup
+/// stores at instructions 3 and 5, iteration 0's four RAM accesses at 11,
+/// 12, 13 and 15), and QEMU runs on, free.
+#[test]
+fn until_pc_ends_the_window_before_that_instruction() {
+    let (probe, _r1) = free_qemu("until-pc-probe", "");
+    let base = capture_dir("until-pc");
+    window(
+        probe.pid(),
+        &base.join("probe"),
+        &["--events", "mmio", "--duration", "300ms"],
+    );
+    let probe_mmio = table(&base.join("probe"), "mmio").unwrap();
+    let pcs: Vec<u64> = u64s(&probe_mmio, "pc")
+        .into_iter()
+        .zip(u64s(&probe_mmio, "paddr"))
+        .filter(|&(_, paddr)| paddr == SYST_CVR)
+        .map(|(pc, _)| pc)
+        .collect();
+    let cvr_load = pcs[0];
+    assert!(pcs.iter().all(|&p| p == cvr_load), "one load instruction");
+    drop(probe);
+
+    let (qemu, _r2) = free_qemu("until-pc", ",wait=on");
+    let dir = base.join("w");
+    let pc = format!("{cvr_load:#x}");
+    window(
+        qemu.pid(),
+        &dir,
+        &["--events", "mem,mmio", "--until-pc", &pc],
+    );
+    let j = capture_json(&dir);
+    assert_eq!(j["end"], "window_ended");
+    let rows: Vec<(u64, u64, String)> = mem_rows(&dir)
+        .into_iter()
+        .map(|(icount, paddr, ty, _)| (icount, paddr, ty))
+        .collect();
+    let w = |i: u64, a: u64, t: &str| (i, a, t.to_string());
+    assert_eq!(
+        rows,
+        vec![
+            w(3, SYST_CVR - 4, "W"),
+            w(5, SYST_CVR - 8, "W"),
+            w(11, BUF0, "W"),
+            w(12, BUF0 + 4, "W"),
+            w(13, BUF0, "R"),
+            w(15, BUF0 + 4, "R"),
+        ]
+    );
+    assert_eq!(j["tables"]["mmio"], 2);
+    assert_runs_free(qemu.pid());
+
+    // Not an address: a clear error.
+    let o = Command::new(collector())
+        .args([
+            "attach",
+            "--pid",
+            &qemu.pid().to_string(),
+            "--until-pc",
+            "main",
+        ])
+        .arg("--out")
+        .arg(base.join("bad"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("'main' is not an address"));
+}

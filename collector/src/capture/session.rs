@@ -53,6 +53,9 @@ pub struct CaptureSetup {
     pub events: Option<EventSet>,
     /// `attach --duration`: detach this long after attaching.
     pub duration: Option<Duration>,
+    /// `attach --until-pc`: the shim stops the recording as a vCPU is about
+    /// to execute the instruction at this address.
+    pub until_pc: Option<u64>,
 }
 
 /// How the capture ended.
@@ -145,6 +148,14 @@ pub fn capture(
     // Read by the shim once it sees the attach (below, with Release).
     header.requested_events.store(
         setup.events.map_or(0, |e| e.bits()),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    header.stop_at_pc.store(
+        setup.until_pc.unwrap_or(0),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    header.stop_armed.store(
+        setup.until_pc.is_some() as u32,
         std::sync::atomic::Ordering::Relaxed,
     );
     let n_vcpus = seg.view().geometry.n_vcpus;
@@ -443,7 +454,7 @@ impl Watch<'_> {
             if stop {
                 return self.detach(drainer);
             }
-            if self.deadline.is_some_and(|d| now >= d) {
+            if self.deadline.is_some_and(|d| now >= d) || seg.stopped_by_shim() {
                 self.detach(drainer)?;
                 return Ok(Ending::WindowEnded);
             }
@@ -538,7 +549,7 @@ impl Watch<'_> {
         seg.heartbeat();
         seg.request_flush();
         self.check_instrumented();
-        if seg.ensure_attached()? {
+        if seg.reclaim()? {
             self.warnings
                 .push("the shim had marked us detached; attached again".into());
         }

@@ -268,6 +268,7 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
             append: None,
             events: None,
             duration: None,
+            until_pc: None,
         };
         let captured = session::capture(&seg, &setup, Owner::Run { child: pid }, signals)?;
         Ok((captured, mtree))

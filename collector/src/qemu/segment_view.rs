@@ -301,11 +301,10 @@ impl Segment {
         }
     }
 
-    /// Sets `state` to attached if it is not (we hold `collector_pid`).
-    /// Returns whether it had to change it: a shim that decided we were gone.
-    pub fn ensure_attached(&self) -> Result<bool, SegmentError> {
-        attach::ensure_attached(self.header())
-            .map_err(|st| self.attach_error(AttachError::BadState(st)))
+    /// Takes the segment back from a shim that decided we were gone
+    /// (`attach::reclaim`; we hold `collector_pid`). Returns whether it did.
+    pub fn reclaim(&self) -> Result<bool, SegmentError> {
+        attach::reclaim(self.header()).map_err(|st| self.attach_error(AttachError::BadState(st)))
     }
 
     /// Stops the capture: the shim records nothing from now on, and a
@@ -313,6 +312,12 @@ impl Segment {
     pub fn detach(&self) {
         attach::detach(self.header(), own_pid());
         attach::release(self.header(), own_pid());
+    }
+
+    /// Whether the shim stopped our recording at the trigger we set
+    /// (`attach --until-pc`).
+    pub fn stopped_by_shim(&self) -> bool {
+        attach::stopped_by_shim(self.header(), own_pid())
     }
 
     /// Stops the recording but keeps the segment (the shim still publishes
