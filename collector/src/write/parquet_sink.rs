@@ -117,6 +117,8 @@ pub struct PartSink {
     progress: Arc<SinkProgress>,
     next_part: [u32; 5],
     first_part: [u32; 5],
+    /// The capture directory.
+    dir: PathBuf,
 }
 
 impl PartSink {
@@ -167,6 +169,7 @@ impl PartSink {
             progress,
             next_part: first_part,
             first_part,
+            dir,
         })
     }
 
@@ -236,6 +239,13 @@ impl PartSink {
         committer
             .join()
             .map_err(|_| anyhow!("the Parquet committer thread panicked"))?;
+        // After a failure, parts encoded but never put in place (the
+        // committer stops at the failure, an encoder may finish one after)
+        // are temporary files nobody will rename: remove them, as a failed
+        // encoder removes its own. Every thread has ended.
+        if self.progress.failed() {
+            remove_temporaries(&self.dir);
+        }
         match self.progress.error.lock().unwrap().clone() {
             Some(e) => Err(anyhow!("{e}")),
             None => Ok(()),
@@ -365,6 +375,25 @@ fn commit_parts(
                 let _ = std::fs::remove_file(&part.tmp);
                 progress.fail(&e);
                 return;
+            }
+        }
+    }
+}
+
+/// Removes the `.part-*.parquet.tmp` files in `dir`'s table directories.
+fn remove_temporaries(dir: &Path) {
+    let Ok(tables) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for table in tables.flatten() {
+        let Ok(files) = std::fs::read_dir(table.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let name = f.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".part-") && name.ends_with(".parquet.tmp") {
+                let _ = std::fs::remove_file(f.path());
             }
         }
     }
