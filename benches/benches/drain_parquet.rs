@@ -389,6 +389,7 @@ fn capture_once(w: Workload, out: &PathBuf, threads: Option<usize>) -> Cost {
             events: None,
             duration: None,
             until_pc: None,
+            until_device: None,
         })
         .expect("attach");
         let wall = started.elapsed();

@@ -135,6 +135,9 @@ pub struct AttachArgs {
     /// End the capture as a vCPU is about to execute the instruction at
     /// this guest address.
     pub until_pc: Option<u64>,
+    /// End the capture after the first access to this device (a name of the
+    /// `device` column; needs `qmp` for QEMU's memory map).
+    pub until_device: Option<String>,
 }
 
 /// Captures the running QEMU `args.pid` until it exits, dies, or we get
@@ -175,6 +178,10 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
             |_| {},
         )
     });
+    let until_ranges = match &args.until_device {
+        None => Vec::new(),
+        Some(name) => device_ranges_now(fetch.as_deref(), &args.out, &user_names, name)?,
+    };
     let setup = session::CaptureSetup {
         out: args.out.clone(),
         part_rows: args.part_rows,
@@ -190,6 +197,7 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
         events: args.events,
         duration: args.duration,
         until_pc: args.until_pc,
+        until_ranges,
     };
     let mut captured = session::capture(&seg, &setup, session::Owner::Attach, signals)?;
     if let Some(m) = fetch {
@@ -198,6 +206,42 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
     let exit = session::attach_qemu_exit(captured.ending);
     captured.complete(exit)
 }
+
+/// `attach --until-device NAME`: the address ranges of device `name` in the
+/// memory map QMP gave (`fetch`, into `out`/mtree.txt), read before the
+/// attach so that no access to it can come first.
+fn device_ranges_now(
+    fetch: Option<&qmp::MtreeFetch>,
+    out: &std::path::Path,
+    user: &memory_map::DeviceMap,
+    name: &str,
+) -> Result<Vec<(u64, u64)>> {
+    let Some(fetch) = fetch else {
+        anyhow::bail!("--until-device needs --qmp: devices are named from QEMU's memory map");
+    };
+    if let Some(problem) = fetch.wait(DEVICE_MAP_WAIT) {
+        anyhow::bail!(
+            "--until-device: {problem} (a QEMU its shim holds with wait=on answers QMP only \
+             once a collector has attached: start it without wait=on)"
+        );
+    }
+    let text = std::fs::read_to_string(out.join("mtree.txt"))?;
+    let map = memory_map::MemoryMap::parse(&text)
+        .map_err(|e| anyhow::anyhow!("--until-device: QEMU's memory map: {e}"))?;
+    let ranges = memory_map::device_ranges(&map, user, name)
+        .map_err(|e| anyhow::anyhow!("--until-device: {e}"))?;
+    if ranges.len() > trace_schema::layout::MAX_STOP_RANGES {
+        anyhow::bail!(
+            "--until-device: '{name}' has {} regions, more than the {} the shim can watch",
+            ranges.len(),
+            trace_schema::layout::MAX_STOP_RANGES
+        );
+    }
+    Ok(ranges)
+}
+
+/// How long `--until-device` waits for QEMU's memory map.
+const DEVICE_MAP_WAIT: Duration = Duration::from_secs(5);
 
 /// Starts QEMU (`args.qemu`) with the shim and captures it until it exits.
 /// SIGINT/SIGTERM are forwarded to QEMU as SIGTERM.

@@ -93,6 +93,10 @@ enum Cmd {
         /// and everything after are not in the capture.
         #[arg(long, value_name = "ADDR", value_parser = parse_address)]
         until_pc: Option<u64>,
+        /// End the capture after the first access to this device (a name of
+        /// the mmio table's device column, e.g. systick); needs --qmp.
+        #[arg(long, value_name = "NAME")]
+        until_device: Option<String>,
         #[command(flatten)]
         output: Output,
     },
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
             events,
             duration,
             until_pc,
+            until_device,
             output,
         } => trace_collector::attach(&AttachArgs {
             pid,
@@ -153,6 +158,7 @@ fn main() -> ExitCode {
             events,
             duration,
             until_pc,
+            until_device,
         }),
         Cmd::Run {
             events,

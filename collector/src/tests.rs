@@ -29,6 +29,7 @@ fn setup(out: &Path, part_rows: usize) -> CaptureSetup {
         events: None,
         duration: None,
         until_pc: None,
+        until_ranges: Vec::new(),
     }
 }
 

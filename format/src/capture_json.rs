@@ -17,8 +17,8 @@ pub enum End {
     Interrupted,
     /// The collector failed: `error` says why.
     Error,
-    /// `attach --duration` ran out, or the guest reached `--until-pc`: the
-    /// collector detached, QEMU runs on.
+    /// `attach --duration` ran out, the guest reached `--until-pc` or
+    /// accessed `--until-device`: the collector detached, QEMU runs on.
     WindowEnded,
 }
 

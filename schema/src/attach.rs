@@ -253,6 +253,19 @@ pub fn detach(header: &Header, me: u32) {
     );
 }
 
+/// Whether an I/O access at `paddr` is one the collector wants the
+/// recording stopped after (`Header::stop_ranges`, `attach --until-device`).
+#[inline(always)]
+pub fn hits_stop_range(header: &Header, paddr: u64) -> bool {
+    // Relaxed: written before the attach, which the shim saw with Acquire.
+    let n = header.stop_ranges_len.load(Ordering::Relaxed) as usize;
+    header.stop_ranges[..n.min(header.stop_ranges.len())]
+        .iter()
+        .any(|[first, last]| {
+            (first.load(Ordering::Relaxed)..=last.load(Ordering::Relaxed)).contains(&paddr)
+        })
+}
+
 /// Whether the shim stopped the recording of collector `me` at its trigger
 /// (`stop_at_trigger`): `me` holds the segment, and it is `Waiting`.
 pub fn stopped_by_shim(header: &Header, me: u32) -> bool {

@@ -36,6 +36,8 @@ pub const COMMIT_SLOTS: usize = 2;
 pub const COMMIT_STREAMS: usize = crate::commit::STREAMS.len();
 
 pub const MAX_VCPUS: u32 = 4096;
+/// Most address ranges of `Header::stop_ranges`.
+pub const MAX_STOP_RANGES: usize = 8;
 /// Most memory ranges `Header::publish_memory_ranges` keeps.
 pub const MAX_MEMORY_RANGES: usize = 16;
 /// A ring holds at least two chunks (a message is at most half a ring).
@@ -113,6 +115,13 @@ pub struct Header {
     /// `attach::stop_at_trigger`), else 0.
     pub stop_armed: AtomicU32,
     pub stop_at_pc: AtomicU64,
+    /// Written by a collector before it attaches (`attach --until-device`):
+    /// how many of `stop_ranges` hold, 0 for none. The shim stops the
+    /// recording after the first I/O access inside one of them
+    /// (`attach::hits_stop_range`).
+    pub stop_ranges_len: AtomicU32,
+    /// (first, last) physical address of each.
+    pub stop_ranges: [[AtomicU64; 2]; MAX_STOP_RANGES],
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_BYTES);

@@ -1015,6 +1015,11 @@ unsafe fn record_access(
         &mut access,
         high,
     );
+    if is_io && attach::hits_stop_range(header, paddr) {
+        // `attach --until-device`: this access is the window's last.
+        attach::stop_at_trigger(header);
+        slot.flush(header, shim.options.overflow);
+    }
 }
 
 impl Shim {

@@ -23,9 +23,15 @@ const SYST_CVR: u64 = 0xe000_e018;
 
 /// The m3loop-0 QEMU with the shim loaded, no collector (`wait=off`).
 fn free_qemu(test: &str, shim_options: &str) -> (Proc, Reaper) {
+    free_qemu_with(test, shim_options, &[])
+}
+
+/// `free_qemu` with more QEMU options.
+fn free_qemu_with(test: &str, shim_options: &str, qemu_options: &[&str]) -> (Proc, Reaper) {
     let m = marker(test);
     let reaper = Reaper(m.clone());
     let mut cmd = loop_qemu(&m3loop(0), &m, "null");
+    cmd.extend(qemu_options.iter().map(|o| o.to_string()));
     cmd.push("-plugin".into());
     cmd.push(format!("{}{shim_options}", shim().display()));
     let log = capture_dir(&format!("{test}.qemu.log"));
@@ -366,4 +372,72 @@ fn until_pc_ends_the_window_before_that_instruction() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("'main' is not an address"));
+}
+
+/// `attach --until-device NAME` (with `--qmp`, for QEMU's memory map): the
+/// shim stops the recording after the first access to the device. On
+/// m3loop-0, running, that is the first SysTick CVR load the window sees:
+/// the capture ends with it, after at most its iteration's four RAM
+/// accesses, exactly in the firmware's order.
+#[test]
+fn until_device_ends_the_window_after_its_first_access() {
+    let base = capture_dir("until-device");
+    std::fs::create_dir_all(&base).unwrap();
+    let sock = base.join("qmp.sock");
+    let qmp_option = format!("unix:{},server=on,wait=off", sock.display());
+    let (qemu, _reaper) = free_qemu_with("until-device", "", &["-qmp", &qmp_option]);
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = base.join("w");
+    let qmp = sock.display().to_string();
+    window(
+        qemu.pid(),
+        &dir,
+        &[
+            "--qmp",
+            &qmp,
+            "--events",
+            "mem,mmio",
+            "--until-device",
+            "systick",
+        ],
+    );
+    assert_eq!(capture_json(&dir)["end"], "window_ended");
+    let rows = mem_rows(&dir);
+    let last = rows.last().unwrap();
+    assert_eq!((last.1, last.2.as_str()), (SYST_CVR, "R"), "{rows:?}");
+    assert!(rows.len() <= 5, "{rows:?}");
+    // The accesses before it are its iteration's, in order.
+    let offsets: Vec<u64> = rows.iter().map(|r| r.0 + 6 - last.0).collect();
+    assert_eq!(offsets, ITERATION_ACCESSES[5 - rows.len()..].to_vec());
+    assert_eq!(capture_json(&dir)["tables"]["mmio"], 1);
+    assert_runs_free(qemu.pid());
+
+    // A name the map does not have, and no --qmp: clear errors.
+    for (extra, says) in [
+        (
+            &["--qmp", &qmp, "--until-device", "uart9"][..],
+            "no device named 'uart9'",
+        ),
+        (
+            &["--until-device", "systick"][..],
+            "--until-device needs --qmp",
+        ),
+    ] {
+        let o = Command::new(collector())
+            .args([
+                "attach",
+                "--pid",
+                &qemu.pid().to_string(),
+                "--overwrite",
+                "--out",
+            ])
+            .arg(base.join("bad"))
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains(says), "{err}");
+    }
+    assert_runs_free(qemu.pid());
 }

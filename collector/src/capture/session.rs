@@ -11,7 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use trace_format::End;
 use trace_schema::commit;
-use trace_schema::layout::COMMIT_STREAMS;
+use trace_schema::layout::{COMMIT_STREAMS, MAX_STOP_RANGES};
 use trace_schema::options::{EventSet, ShimOptions};
 use trace_schema::ring::Consumer;
 
@@ -56,6 +56,9 @@ pub struct CaptureSetup {
     /// `attach --until-pc`: the shim stops the recording as a vCPU is about
     /// to execute the instruction at this address.
     pub until_pc: Option<u64>,
+    /// `attach --until-device`: the shim stops the recording after the first
+    /// I/O access inside these (first, last) physical address ranges.
+    pub until_ranges: Vec<(u64, u64)>,
 }
 
 /// How the capture ended.
@@ -158,6 +161,14 @@ pub fn capture(
         setup.until_pc.is_some() as u32,
         std::sync::atomic::Ordering::Relaxed,
     );
+    let ranges = &setup.until_ranges[..setup.until_ranges.len().min(MAX_STOP_RANGES)];
+    for (slot, &(first, last)) in header.stop_ranges.iter().zip(ranges) {
+        slot[0].store(first, std::sync::atomic::Ordering::Relaxed);
+        slot[1].store(last, std::sync::atomic::Ordering::Relaxed);
+    }
+    header
+        .stop_ranges_len
+        .store(ranges.len() as u32, std::sync::atomic::Ordering::Relaxed);
     let n_vcpus = seg.view().geometry.n_vcpus;
     let pid = seg.pid();
     let command = directory::qemu_command(pid);

@@ -269,6 +269,7 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
             events: None,
             duration: None,
             until_pc: None,
+            until_ranges: Vec::new(),
         };
         let captured = session::capture(&seg, &setup, Owner::Run { child: pid }, signals)?;
         Ok((captured, mtree))

@@ -252,6 +252,39 @@ impl DeviceResolver {
     }
 }
 
+/// The I/O regions of `map` whose device name (as the `device` column
+/// gives it: the user's name, a well-known short name, else QEMU's) is
+/// `name`, as (first, last) addresses; an error naming the devices there
+/// are when none is.
+pub fn device_ranges(
+    map: &MemoryMap,
+    user: &DeviceMap,
+    name: &str,
+) -> Result<Vec<(u64, u64)>, String> {
+    let resolver = DeviceResolver {
+        map: Some(map.clone()),
+        user: user.clone(),
+    };
+    let mut devices: Vec<&str> = Vec::new();
+    let mut ranges = Vec::new();
+    for r in map.regions().iter().filter(|r| r.kind == "i/o") {
+        let device = resolver.resolve(r.start, &r.name).device;
+        if device == name {
+            ranges.push((r.start, r.end));
+        } else if !devices.contains(&device) {
+            devices.push(device);
+        }
+    }
+    if ranges.is_empty() {
+        devices.sort_unstable();
+        return Err(format!(
+            "no device named '{name}' in QEMU's memory map (its devices: {})",
+            devices.join(", ")
+        ));
+    }
+    Ok(ranges)
+}
+
 /// How long naming waits for a memory map still being fetched.
 const MAP_WAIT: Duration = Duration::from_secs(15);
 
@@ -313,6 +346,22 @@ impl DeviceNames for MapDeviceNames {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_ranges_by_the_names_users_query() {
+        let map = MemoryMap::parse(LM3S).unwrap();
+        let user = DeviceMap::default();
+        assert_eq!(
+            device_ranges(&map, &user, "pl011"),
+            Ok(vec![(0x4000c000, 0x4000cfff)])
+        );
+        let e = device_ranges(&map, &user, "uart").unwrap_err();
+        assert!(
+            e.contains("no device named 'uart'")
+                && e.contains("PWM, flash-control, nvic, pl011, systick"),
+            "{e}"
+        );
+    }
 
     const LM3S: &str = "\
 FlatView #0
