@@ -21,6 +21,7 @@ use polars::prelude::*;
 use crate::capture_dir::Capture;
 use crate::hex::{access_bytes, hex_pad};
 use crate::stream::{icount_range, sorted_window, window_rows, windows};
+use crate::symbols::Symbols;
 
 /// One watched buffer: `[vaddr, vaddr + size)` in address space `asid`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,6 +343,18 @@ pub fn bufmon(cap: &Capture, buffers: &[Buffer], w: &mut dyn Write) -> Result<Bu
     bufmon_windowed(cap, buffers, w, window_rows())
 }
 
+/// [`bufmon`], each line ending with ` <caller> <pc>`: the functions, in
+/// `symbols`, of the caller and of the accessing instruction (`?` outside
+/// every function, and for an unknown caller).
+pub fn bufmon_with_symbols(
+    cap: &Capture,
+    buffers: &[Buffer],
+    w: &mut dyn Write,
+    symbols: &Symbols,
+) -> Result<BufmonReport> {
+    write_bufmon(cap, buffers, w, window_rows(), Some(symbols))
+}
+
 /// [`bufmon`] reading about `window_rows` rows (matching accesses plus
 /// call/return instructions) at a time.
 pub fn bufmon_windowed(
@@ -349,6 +362,16 @@ pub fn bufmon_windowed(
     buffers: &[Buffer],
     w: &mut dyn Write,
     window_rows: u64,
+) -> Result<BufmonReport> {
+    write_bufmon(cap, buffers, w, window_rows, None)
+}
+
+fn write_bufmon(
+    cap: &Capture,
+    buffers: &[Buffer],
+    w: &mut dyn Write,
+    window_rows: u64,
+    symbols: Option<&Symbols>,
 ) -> Result<BufmonReport> {
     let callers = if !cap.has_table("insn") {
         Callers::NoInsnTable
@@ -422,6 +445,11 @@ pub fn bufmon_windowed(
             );
             for b in access_bytes(a.size, a.value, a.value_hi) {
                 let _ = write!(line, " {b:02x}");
+            }
+            if let Some(s) = symbols {
+                let name = |addr: u64| s.name(addr).unwrap_or_else(|| "?".into());
+                let caller = if c == 0 { "?".into() } else { name(c) };
+                let _ = write!(line, " <{caller}> <{}>", name(a.pc));
             }
             line.push('\n');
             w.write_all(line.as_bytes())?;

@@ -19,6 +19,7 @@ use polars::prelude::*;
 
 use crate::capture_dir::{Capture, UNKNOWN_DEVICE};
 use crate::stream::{icount_range, sorted_window, window_rows, windows};
+use crate::symbols::Symbols;
 
 /// What [`execlog`] wrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,11 +37,30 @@ pub fn execlog(cap: &Capture, w: &mut dyn Write) -> Result<ExeclogReport> {
     execlog_windowed(cap, w, window_rows())
 }
 
+/// [`execlog`], each line ending with `, <name+0xoff>`: the function of
+/// its instruction in `symbols` (`<?>` outside every function).
+pub fn execlog_with_symbols(
+    cap: &Capture,
+    w: &mut dyn Write,
+    symbols: &Symbols,
+) -> Result<ExeclogReport> {
+    write_execlog(cap, w, window_rows(), Some(symbols))
+}
+
 /// [`execlog`] reading about `window_rows` instructions at a time.
 pub fn execlog_windowed(
     cap: &Capture,
     w: &mut dyn Write,
     window_rows: u64,
+) -> Result<ExeclogReport> {
+    write_execlog(cap, w, window_rows, None)
+}
+
+fn write_execlog(
+    cap: &Capture,
+    w: &mut dyn Write,
+    window_rows: u64,
+    symbols: Option<&Symbols>,
 ) -> Result<ExeclogReport> {
     cap.require("insn", "execlog")?;
     let code = load_code(cap)?;
@@ -96,6 +116,9 @@ pub fn execlog_windowed(
             use std::fmt::Write as _;
             let _ = write!(line, "{v}, 0x{p:x}, 0x{opcode:x}, \"{disas}\"");
             acc.append_for(ic, v, &mut line);
+            if let Some(s) = symbols {
+                let _ = write!(line, ", <{}>", s.name(p).as_deref().unwrap_or("?"));
+            }
             line.push('\n');
             w.write_all(line.as_bytes())?;
             report.lines += 1;

@@ -74,6 +74,10 @@ enum Command {
         /// Lines `<vaddr> <size> <asid>` in hex.
         #[arg(long, value_name = "FILE")]
         buffers: PathBuf,
+        /// An ELF or System.map-style file: each line ends with
+        /// ` <caller> <pc>` as function+offset.
+        #[arg(long, value_name = "FILE")]
+        symbols: Option<PathBuf>,
     },
     /// PANDA mmio_trace's JSON log of the MMIO accesses.
     MmioJson {
@@ -86,6 +90,10 @@ enum Command {
         /// Capture directory.
         #[arg(long, value_name = "DIR")]
         trace: PathBuf,
+        /// An ELF or System.map-style file: each line ends with
+        /// `, <function+offset>` of its instruction.
+        #[arg(long, value_name = "FILE")]
+        symbols: Option<PathBuf>,
     },
     /// An SVG timeline of the MMIO accesses, one lane per device.
     Timeline {
@@ -155,12 +163,19 @@ fn run(cli: Cli) -> Result<()> {
             let df = sql::run_sql_with(&cap, &query, symbols.as_ref())?;
             write_result(&df, q.format, &mut out)?;
         }
-        Some(Command::Bufmon { trace, buffers }) => {
+        Some(Command::Bufmon {
+            trace,
+            buffers,
+            symbols,
+        }) => {
             let text = std::fs::read_to_string(&buffers)
                 .with_context(|| format!("reading {}", buffers.display()))?;
             let bufs = bufmon::parse_buffers(&text, &buffers.display().to_string())?;
             let cap = open(&trace)?;
-            let r = bufmon::bufmon(&cap, &bufs, &mut out)?;
+            let r = match symbols.as_deref().map(symbols::Symbols::load).transpose()? {
+                Some(s) => bufmon::bufmon_with_symbols(&cap, &bufs, &mut out, &s)?,
+                None => bufmon::bufmon(&cap, &bufs, &mut out)?,
+            };
             match r.callers {
                 bufmon::Callers::ShadowStack => {}
                 bufmon::Callers::NoInsnTable => eprintln!(
@@ -175,9 +190,13 @@ fn run(cli: Cli) -> Result<()> {
             let cap = open(&trace)?;
             mmio_json::mmio_json(&cap, &mut out)?;
         }
-        Some(Command::Execlog { trace }) => {
+        Some(Command::Execlog { trace, symbols }) => {
+            let symbols = symbols.as_deref().map(symbols::Symbols::load).transpose()?;
             let cap = open(&trace)?;
-            let r = execlog::execlog(&cap, &mut out)?;
+            let r = match &symbols {
+                Some(s) => execlog::execlog_with_symbols(&cap, &mut out, s)?,
+                None => execlog::execlog(&cap, &mut out)?,
+            };
             if r.missing_code > 0 {
                 eprintln!(
                     "trace-query: warning: {} executed instructions have no row in the code \

@@ -125,6 +125,57 @@ fn the_firmware_elf_names_every_pc() {
     assert_eq!(csv, format!("name,start,end\n{want}"));
 }
 
+/// `trace-query execlog --symbols` and `bufmon --symbols`: the same lines
+/// as without, each ending with the function of its instruction (bufmon:
+/// of its caller, unknown here, and of the accessing instruction).
+#[test]
+fn the_analyzers_name_their_instructions() {
+    let out = capture_dir("symbols/m3-analyzers");
+    run_capture(&out, &["--events", "mem,mmio,insn"], &m3_qemu());
+    let elf = firmware("m3.elf");
+    let functions = nm_functions("arm-none-eabi-nm", &elf);
+    let trace = out.display().to_string();
+    let elf_arg = elf.display().to_string();
+    let run = |args: &[&str]| {
+        let o = Command::new(trace_tests::query())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+
+    let plain = run(&["execlog", "--trace", &trace]);
+    let named = run(&["execlog", "--trace", &trace, "--symbols", &elf_arg]);
+    assert_eq!(plain.lines().count(), named.lines().count());
+    for (p, n) in plain.lines().zip(named.lines()) {
+        let pc = u64::from_str_radix(p.split(", ").nth(1).unwrap().trim_start_matches("0x"), 16)
+            .unwrap();
+        assert_eq!(n, format!("{p}, <{}>", expected(&functions, pc)));
+    }
+
+    let buffers = out.with_extension("buffers");
+    std::fs::write(&buffers, "20000000 14 0\n").unwrap();
+    let buffers = buffers.display().to_string();
+    let plain = run(&["bufmon", "--trace", &trace, "--buffers", &buffers]);
+    let named = run(&[
+        "bufmon",
+        "--trace",
+        &trace,
+        "--buffers",
+        &buffers,
+        "--symbols",
+        &elf_arg,
+    ]);
+    // buf and sum: 16 byte stores, 4 word stores, 4 word loads, 1 word store.
+    assert_eq!(plain.lines().count(), 25);
+    assert_eq!(plain.lines().count(), named.lines().count());
+    for (p, n) in plain.lines().zip(named.lines()) {
+        let pc = u64::from_str_radix(p.split(' ').nth(3).unwrap(), 16).unwrap();
+        assert_eq!(n, format!("{p} <?> <{}>", expected(&functions, pc)));
+    }
+}
+
 #[test]
 fn a_system_map_names_every_pc_of_both_vcpus() {
     let out = capture_dir("symbols/a64");
