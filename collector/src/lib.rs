@@ -200,8 +200,15 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
         until_ranges,
     };
     let mut captured = session::capture(&seg, &setup, session::Owner::Attach, signals)?;
-    if let Some(m) = fetch {
-        captured.warnings.extend(m.wait(Duration::from_secs(5)));
+    match fetch {
+        Some(m) => captured.warnings.extend(m.wait(Duration::from_secs(5))),
+        None if captured.json.tables.contains_key("mmio") => captured.warnings.push(
+            "without --qmp, MMIO rows carry the plugin API's device names (QEMU calls an \
+             unnamed region anonXXXXXXXX) and a null region: start QEMU with -qmp \
+             unix:PATH,server=on,wait=off and attach with --qmp PATH for QEMU's memory map"
+                .into(),
+        ),
+        None => {}
     }
     let exit = session::attach_qemu_exit(captured.ending);
     captured.complete(exit)

@@ -389,7 +389,7 @@ fn until_device_ends_the_window_after_its_first_access() {
     std::thread::sleep(Duration::from_millis(300));
     let dir = base.join("w");
     let qmp = sock.display().to_string();
-    window(
+    let stderr = window(
         qemu.pid(),
         &dir,
         &[
@@ -401,6 +401,7 @@ fn until_device_ends_the_window_after_its_first_access() {
             "systick",
         ],
     );
+    assert!(!stderr.contains("without --qmp"), "{stderr}");
     assert_eq!(capture_json(&dir)["end"], "window_ended");
     let rows = mem_rows(&dir);
     let last = rows.last().unwrap();

@@ -786,6 +786,11 @@ fn signal_attach(sig: Signal) {
         "{stderr}"
     );
     assert!(stderr.contains("events lost: none"), "{stderr}");
+    // No --qmp: it says what it could not name.
+    assert!(
+        stderr.contains("without --qmp, MMIO rows carry the plugin API's device names"),
+        "{stderr}"
+    );
 
     let j = finished_capture(&dir, "interrupted");
     assert_eq!(j["qemu_exit"], "still running (the collector detached)");
