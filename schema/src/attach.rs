@@ -18,6 +18,11 @@
 //! between, a shim publishing into a full ring still waits for it
 //! ([`draining`]).
 //!
+//! Before it attaches, a collector writes what it asks of the shim
+//! ([`Request`], [`set_request`]); the attach publishes it, and the shim
+//! reads it once it sees `Attached` ([`requested_events`],
+//! [`requested_stop_pc`], [`hits_stop_range`]).
+//!
 //! The shim may stop the recording itself, when the trigger the collector
 //! set before it attached fires (`Header::stop_at_pc`): it takes the
 //! collector's first step of a detach ([`stop_at_trigger`]); the collector,
@@ -31,6 +36,7 @@
 //! finds itself detached attaches again ([`ensure_attached`]).
 
 use crate::layout::Header;
+use crate::options::EventSet;
 use crate::sync::Ordering;
 
 /// The values of `Header::state`.
@@ -253,6 +259,58 @@ pub fn detach(header: &Header, me: u32) {
     );
 }
 
+/// What a collector asks of the shim for its capture.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Request<'a> {
+    /// What to record (`None`: the shim's `events` option).
+    pub events: Option<EventSet>,
+    /// Stop the recording as a vCPU is about to execute the instruction at
+    /// this address (`attach --until-pc`).
+    pub stop_at_pc: Option<u64>,
+    /// Stop it after the first I/O access inside one of these (first, last)
+    /// physical ranges (`attach --until-device`); at most
+    /// `layout::MAX_STOP_RANGES` are kept.
+    pub stop_ranges: &'a [(u64, u64)],
+}
+
+/// The collector, before it attaches: writes its `Request` (every field,
+/// so nothing of an earlier collector's stays).
+pub fn set_request(header: &Header, request: &Request) {
+    // Relaxed (all): the attach that follows publishes them (its stores
+    // are AcqRel, the shim reads the state with Acquire).
+    header
+        .requested_events
+        .store(request.events.map_or(0, |e| e.bits()), Ordering::Relaxed);
+    header
+        .stop_at_pc
+        .store(request.stop_at_pc.unwrap_or(0), Ordering::Relaxed);
+    header
+        .stop_armed
+        .store(request.stop_at_pc.is_some() as u32, Ordering::Relaxed);
+    let ranges = &request.stop_ranges[..request.stop_ranges.len().min(header.stop_ranges.len())];
+    for (slot, &(first, last)) in header.stop_ranges.iter().zip(ranges) {
+        slot[0].store(first, Ordering::Relaxed);
+        slot[1].store(last, Ordering::Relaxed);
+    }
+    header
+        .stop_ranges_len
+        .store(ranges.len() as u32, Ordering::Relaxed);
+}
+
+/// The shim: the events the collector asked for (`None`: its own option).
+pub fn requested_events(header: &Header) -> Option<EventSet> {
+    // Relaxed: written before the attach, which the shim saw with Acquire.
+    let events = EventSet::from_bits(header.requested_events.load(Ordering::Relaxed));
+    (!events.is_empty()).then_some(events)
+}
+
+/// The shim: the address the collector wants the recording stopped at.
+pub fn requested_stop_pc(header: &Header) -> Option<u64> {
+    // Relaxed: as `requested_events`.
+    (header.stop_armed.load(Ordering::Relaxed) == 1)
+        .then(|| header.stop_at_pc.load(Ordering::Relaxed))
+}
+
 /// Whether an I/O access at `paddr` is one the collector wants the
 /// recording stopped after (`Header::stop_ranges`, `attach --until-device`).
 #[inline(always)]
@@ -370,6 +428,28 @@ mod tests {
         assert!(!draining(h));
         assert_eq!(h.collector_pid.load(Ordering::Relaxed), 0);
         assert_eq!(held_by_other(h, 12, |_| true), None);
+    }
+
+    #[test]
+    fn a_request_replaces_the_one_before() {
+        let mut mem = segment();
+        let h = header(&mut mem);
+        let events = EventSet::parse("mmio").unwrap();
+        set_request(
+            h,
+            &Request {
+                events: Some(events),
+                stop_at_pc: Some(0),
+                stop_ranges: &[(0x10, 0x1f), (0x40, 0x40)],
+            },
+        );
+        assert_eq!(requested_events(h), Some(events));
+        assert_eq!(requested_stop_pc(h), Some(0), "address 0 is an address");
+        assert!(hits_stop_range(h, 0x1f) && hits_stop_range(h, 0x40));
+        assert!(!hits_stop_range(h, 0x20));
+        set_request(h, &Request::default());
+        assert_eq!((requested_events(h), requested_stop_pc(h)), (None, None));
+        assert!(!hits_stop_range(h, 0x10));
     }
 
     #[test]

@@ -436,25 +436,16 @@ impl Shim {
         if !collector && self.options.idle != Idle::Count {
             return EventSet::default();
         }
-        // Relaxed: written before the attach, whose state we read with
-        // Acquire above.
-        match EventSet::from_bits(header.requested_events.load(Ordering::Relaxed)) {
-            requested if requested.is_empty() => self.options.events,
-            requested => requested,
-        }
+        attach::requested_events(header).unwrap_or(self.options.events)
     }
 
     /// The address the attached collector wants the recording stopped at
     /// (`Header::stop_at_pc`), `NO_STOP` if none.
     fn wanted_stop(&self) -> u64 {
         let header = self.header();
-        // Relaxed: written before the attach, whose state we read with
-        // Acquire.
-        match State::of(header) == Ok(State::Attached)
-            && header.stop_armed.load(Ordering::Relaxed) == 1
-        {
-            true => header.stop_at_pc.load(Ordering::Relaxed),
-            false => NO_STOP,
+        match State::of(header) {
+            Ok(State::Attached) => attach::requested_stop_pc(header).unwrap_or(NO_STOP),
+            _ => NO_STOP,
         }
     }
 

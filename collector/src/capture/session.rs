@@ -11,7 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use trace_format::End;
 use trace_schema::commit;
-use trace_schema::layout::{COMMIT_STREAMS, MAX_STOP_RANGES};
+use trace_schema::layout::COMMIT_STREAMS;
 use trace_schema::options::{EventSet, ShimOptions};
 use trace_schema::ring::Consumer;
 
@@ -148,27 +148,15 @@ pub fn capture(
             );
         }
     }
-    // Read by the shim once it sees the attach (below, with Release).
-    header.requested_events.store(
-        setup.events.map_or(0, |e| e.bits()),
-        std::sync::atomic::Ordering::Relaxed,
+    // Read by the shim once it sees the attach (below).
+    trace_schema::attach::set_request(
+        header,
+        &trace_schema::attach::Request {
+            events: setup.events,
+            stop_at_pc: setup.until_pc,
+            stop_ranges: &setup.until_ranges,
+        },
     );
-    header.stop_at_pc.store(
-        setup.until_pc.unwrap_or(0),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    header.stop_armed.store(
-        setup.until_pc.is_some() as u32,
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    let ranges = &setup.until_ranges[..setup.until_ranges.len().min(MAX_STOP_RANGES)];
-    for (slot, &(first, last)) in header.stop_ranges.iter().zip(ranges) {
-        slot[0].store(first, std::sync::atomic::Ordering::Relaxed);
-        slot[1].store(last, std::sync::atomic::Ordering::Relaxed);
-    }
-    header
-        .stop_ranges_len
-        .store(ranges.len() as u32, std::sync::atomic::Ordering::Relaxed);
     let n_vcpus = seg.view().geometry.n_vcpus;
     let pid = seg.pid();
     let command = directory::qemu_command(pid);
