@@ -108,6 +108,19 @@ pub fn qemus_with(marker: &str) -> Vec<u32> {
     pids
 }
 
+/// `trace-query ARGS`: (exited 0, stdout, stderr); fails the test on a
+/// panic.
+pub fn run_query<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
+    let o = Command::new(query()).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr,
+    )
+}
+
 /// QEMU command line for the Cortex-M3 firmware (prints `Hello\n`, exits 0).
 pub fn m3_qemu() -> Vec<String> {
     lm3s6965evb_qemu("m3.elf")
@@ -115,7 +128,12 @@ pub fn m3_qemu() -> Vec<String> {
 
 /// QEMU command line for one of the Cortex-M3 firmware images.
 pub fn lm3s6965evb_qemu(firmware_name: &str) -> Vec<String> {
-    let fw = firmware(firmware_name);
+    lm3s6965evb_command(&firmware(firmware_name), "stdio")
+}
+
+/// QEMU command line for the Cortex-M3 firmware `elf`, its UART to
+/// `serial` (a `-serial` backend: `stdio`, `null`, ...).
+pub fn lm3s6965evb_command(elf: &Path, serial: &str) -> Vec<String> {
     [
         "qemu-system-arm",
         "-M",
@@ -124,14 +142,14 @@ pub fn lm3s6965evb_qemu(firmware_name: &str) -> Vec<String> {
         "-monitor",
         "none",
         "-serial",
-        "stdio",
+        serial,
         "-semihosting-config",
         "enable=on,target=native",
         "-kernel",
     ]
     .iter()
     .map(|s| s.to_string())
-    .chain([fw.display().to_string()])
+    .chain([elf.display().to_string()])
     .collect()
 }
 

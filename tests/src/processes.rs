@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::{collector, firmware, firmware_sources, qemus_with};
+use crate::{collector, firmware, firmware_sources, lm3s6965evb_command, qemus_with};
 
 // Fields of the shared segment (schema/src/layout.rs, #[repr(C)]): the tests
 // read them from /dev/shm to see what the shim does once no collector runs.
@@ -54,25 +54,9 @@ pub fn marker(test: &str) -> String {
 
 /// The QEMU command line for an m3loop firmware, tagged with `marker`.
 pub fn loop_qemu(elf: &Path, marker: &str, serial: &str) -> Vec<String> {
-    [
-        "qemu-system-arm",
-        "-M",
-        "lm3s6965evb",
-        "-nographic",
-        "-monitor",
-        "none",
-        "-serial",
-        serial,
-        "-semihosting-config",
-        "enable=on,target=native",
-        "-name",
-        marker,
-        "-kernel",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([elf.display().to_string()])
-    .collect()
+    let mut cmd = lm3s6965evb_command(elf, serial);
+    cmd.extend(["-name".to_string(), marker.to_string()]);
+    cmd
 }
 
 pub fn segment_path(pid: u32) -> PathBuf {

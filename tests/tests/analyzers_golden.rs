@@ -18,17 +18,6 @@ fn capture() -> &'static Path {
 }
 
 /// `trace-query ARGS` on the capture: (exit success, stdout, stderr).
-fn trace_query(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(query()).args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
-    )
-}
-
 fn dir() -> &'static str {
     capture().to_str().unwrap()
 }
@@ -39,7 +28,7 @@ fn bufmon(buffers: &str) -> String {
         buffers.len() * 31 + buffers.as_bytes()[0] as usize
     ));
     std::fs::write(&file, buffers).unwrap();
-    let (ok, out, err) = trace_query(&[
+    let (ok, out, err) = run_query(&[
         "bufmon",
         "--trace",
         dir(),
@@ -103,7 +92,7 @@ fn bufmon_matches_any_overlapping_byte_and_nothing_else() {
 fn bufmon_names_a_malformed_line() {
     let file = capture().with_extension("bad-buffers");
     std::fs::write(&file, "# ok\n20000000 10 0\n20000000 zz 0\n").unwrap();
-    let (ok, out, err) = trace_query(&[
+    let (ok, out, err) = run_query(&[
         "bufmon",
         "--trace",
         dir(),
@@ -120,7 +109,7 @@ fn bufmon_names_a_malformed_line() {
 
 #[test]
 fn mmio_json_is_panda_mmio_trace_format_with_real_device_names() {
-    let (ok, out, err) = trace_query(&["mmio-json", "--trace", dir()]);
+    let (ok, out, err) = run_query(&["mmio-json", "--trace", dir()]);
     assert!(ok, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2 + 22);
@@ -161,7 +150,7 @@ fn mmio_json_is_panda_mmio_trace_format_with_real_device_names() {
 
 #[test]
 fn execlog_prints_qemu_execlog_lines() {
-    let (ok, out, err) = trace_query(&["execlog", "--trace", dir()]);
+    let (ok, out, err) = run_query(&["execlog", "--trace", dir()]);
     assert!(ok, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 99, "one line per executed instruction");
@@ -185,7 +174,7 @@ fn execlog_prints_qemu_execlog_lines() {
 #[test]
 fn sql_answers_exact_counts_joins_and_unsigned_values() {
     let sql = |q: &str| {
-        let (ok, out, err) = trace_query(&["--trace", dir(), "--format", "csv", q]);
+        let (ok, out, err) = run_query(&["--trace", dir(), "--format", "csv", q]);
         assert!(ok, "{q}: {err}");
         out
     };
@@ -264,8 +253,7 @@ fn sql_answers_equal_duckdb_on_the_same_files() {
         (a64.as_path(), "select vcpu, count(*) as n, min(icount) as first, max(icount) as last from insn group by vcpu order by vcpu"),
     ];
     for (dir, q) in cases {
-        let (ok, ours, err) =
-            trace_query(&["--trace", dir.to_str().unwrap(), "--format", "csv", q]);
+        let (ok, ours, err) = run_query(&["--trace", dir.to_str().unwrap(), "--format", "csv", q]);
         assert!(ok, "{q}: {err}");
         assert_eq!(ours, duckdb_csv(dir, q), "{q}");
     }

@@ -1182,17 +1182,8 @@ fn zombie_collector_does_not_hold_qemu() {
 
 /// `trace-query` over a capture of `dir`, CSV: (exit success, stdout, stderr).
 fn query_csv(dir: &Path, sql: &str) -> (bool, String, String) {
-    let o = Command::new(query())
-        .arg("--trace")
-        .arg(dir)
-        .args(["--format", "csv", sql])
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    let dir = dir.display().to_string();
+    run_query(&["--trace", &dir, "--format", "csv", sql])
 }
 
 /// A live capture (issue 20): with parts far too large to fill, only

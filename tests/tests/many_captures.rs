@@ -5,20 +5,7 @@
 //! (47 accesses, 6 UART stores) twice, the IT-block firmware once (no
 //! MMIO).
 
-use std::process::Command;
 use trace_tests::*;
-
-fn query(args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(trace_tests::query())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
 
 fn runs() -> std::path::PathBuf {
     let runs = capture_dir("many/runs");
@@ -37,7 +24,7 @@ fn runs() -> std::path::PathBuf {
 fn a_pattern_reads_every_capture_as_one_dataset() {
     let runs = runs();
     let pattern = format!("{}/run-*", runs.display());
-    let (ok, out, err) = query(&[
+    let (ok, out, err) = run_query(&[
         "--trace",
         &pattern,
         "--format",
@@ -54,7 +41,7 @@ fn a_pattern_reads_every_capture_as_one_dataset() {
     );
 
     // The UART bytes of every capture, one query.
-    let (ok, out, err) = query(&[
+    let (ok, out, err) = run_query(&[
         "--trace",
         &pattern,
         "--format",
@@ -66,7 +53,7 @@ fn a_pattern_reads_every_capture_as_one_dataset() {
     assert_eq!(out, "capture,n\nrun-1,6\nrun-2,6\n");
 
     // --trace given twice is the same dataset.
-    let (ok, out, _) = query(&[
+    let (ok, out, _) = run_query(&[
         "--trace",
         &runs.join("run-1").display().to_string(),
         "--trace",
@@ -83,10 +70,10 @@ fn a_pattern_reads_every_capture_as_one_dataset() {
 fn bad_dataset_arguments_are_clear_errors() {
     let runs = capture_dir("many/bad");
     std::fs::create_dir_all(runs.join("a/run-1")).unwrap();
-    let (ok, _, err) = query(&["--trace", &format!("{}/none-*", runs.display()), "select 1"]);
+    let (ok, _, err) = run_query(&["--trace", &format!("{}/none-*", runs.display()), "select 1"]);
     assert!(!ok);
     assert!(err.contains("no directory matches"), "{err}");
-    let (ok, _, err) = query(&[
+    let (ok, _, err) = run_query(&[
         "--trace",
         &format!("{}/*/run-1", runs.display()),
         "select 1",

@@ -7,18 +7,6 @@ use std::path::Path;
 use std::process::Command;
 use trace_tests::*;
 
-fn query(args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(trace_tests::query())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
 /// `nm -n -S` of `elf`: (start, size, name) of its text symbols with a size.
 fn nm_functions(nm: &str, elf: &Path) -> Vec<(u64, u64, String)> {
     let out = Command::new(nm)
@@ -58,7 +46,7 @@ fn expected(functions: &[(u64, u64, String)], pc: u64) -> String {
 
 /// `select pc, symbol from TABLE` as (pc, symbol) pairs.
 fn pcs_and_symbols(trace: &Path, symbols: &Path, table: &str) -> Vec<(u64, String)> {
-    let (ok, out, err) = query(&[
+    let (ok, out, err) = run_query(&[
         "--trace",
         &trace.display().to_string(),
         "--symbols",
@@ -107,7 +95,7 @@ fn the_firmware_elf_names_every_pc() {
         }
     }
     // The functions themselves, as a table.
-    let (ok, csv, err) = query(&[
+    let (ok, csv, err) = run_query(&[
         "--trace",
         &out.display().to_string(),
         "--symbols",
@@ -137,12 +125,9 @@ fn the_analyzers_name_their_instructions() {
     let trace = out.display().to_string();
     let elf_arg = elf.display().to_string();
     let run = |args: &[&str]| {
-        let o = Command::new(trace_tests::query())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8(o.stdout).unwrap()
+        let (ok, out, err) = run_query(args);
+        assert!(ok, "{err}");
+        out
     };
 
     let plain = run(&["execlog", "--trace", &trace]);
@@ -191,7 +176,7 @@ fn a_system_map_names_every_pc_of_both_vcpus() {
         .unwrap();
     std::fs::write(&map, nm.stdout).unwrap();
 
-    let (ok, csv, err) = query(&[
+    let (ok, csv, err) = run_query(&[
         "--trace",
         &out.display().to_string(),
         "--symbols",
@@ -227,7 +212,7 @@ fn bad_symbol_files_are_clear_errors() {
     run_capture(&out, &["--events", "mmio"], &m3_qemu());
     let trace = out.display().to_string();
     let run = |file: &Path| {
-        let (ok, _, err) = query(&[
+        let (ok, _, err) = run_query(&[
             "--trace",
             &trace,
             "--symbols",
