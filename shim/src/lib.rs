@@ -235,15 +235,12 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
     }
     // What the first translations instrument for; later changes come from
     // `watch_for_attach`.
-    let wanted = shim().wanted().bits();
-    shim().instrumented.store(wanted, Ordering::Relaxed);
-    shim()
-        .instrumented_stop
-        .store(shim().wanted_stop(), Ordering::Relaxed);
+    let (events, stop) = shim().wanted_instrumentation();
+    shim().set_instrumentation(events, stop);
     shim()
         .header()
         .instrumented_events
-        .store(wanted, Ordering::Release);
+        .store(events, Ordering::Release);
     std::thread::Builder::new()
         .name("trace-shim watch".into())
         .spawn(|| watch_for_attach(shim()))
@@ -375,9 +372,9 @@ const WATCH_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
 fn watch_for_attach(shim: &'static Shim) {
     loop {
         std::thread::sleep(WATCH_PERIOD);
-        let instrumented = shim.instrumented.load(Ordering::Relaxed);
-        let change = shim.wanted().bits() != instrumented
-            || shim.wanted_stop() != shim.instrumented_stop.load(Ordering::Relaxed);
+        let current = shim.instrumentation();
+        let instrumented = current.0;
+        let change = shim.wanted_instrumentation() != current;
         if change && instrumented == 0 && shim.lazy() {
             // No code of ours runs: have QEMU call us at its next
             // translation (QEMU takes registrations from any thread; again
@@ -453,19 +450,34 @@ impl Shim {
     /// translated again for what is wanted now (`on_reset` completes it).
     /// From a vCPU only (see `watch_for_attach`).
     fn reinstrument(&self) {
-        let wanted = self.wanted().bits();
-        let stop = self.wanted_stop();
-        if (wanted == self.instrumented.load(Ordering::Relaxed)
-            && stop == self.instrumented_stop.load(Ordering::Relaxed))
-            || self.resetting.swap(true, Ordering::Relaxed)
+        let (events, stop) = self.wanted_instrumentation();
+        if (events, stop) == self.instrumentation() || self.resetting.swap(true, Ordering::Relaxed)
         {
             return; // nothing to change, or a reset under way (the watcher comes back)
         }
-        self.instrumented.store(wanted, Ordering::Relaxed);
-        self.instrumented_stop.store(stop, Ordering::Relaxed);
+        self.set_instrumentation(events, stop);
         // Safety: `self.id` is ours; QEMU allows a reset from a callback, and
         // `on_reset` registers our callbacks again once it is done.
         unsafe { qemu_plugin_reset(self.id, Some(on_reset)) };
+    }
+
+    /// What QEMU's code should be instrumented for: (`EventSet::bits`, stop
+    /// address).
+    fn wanted_instrumentation(&self) -> (u32, u64) {
+        (self.wanted().bits(), self.wanted_stop())
+    }
+
+    /// What the translations since the last reset are instrumented for.
+    fn instrumentation(&self) -> (u32, u64) {
+        (
+            self.instrumented.load(Ordering::Relaxed),
+            self.instrumented_stop.load(Ordering::Relaxed),
+        )
+    }
+
+    fn set_instrumentation(&self, events: u32, stop: u64) {
+        self.instrumented.store(events, Ordering::Relaxed);
+        self.instrumented_stop.store(stop, Ordering::Relaxed);
     }
 
     /// Raises every vCPU's `wake` flag (see `watch_for_attach`).
