@@ -64,6 +64,14 @@ enum FormatArg {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum PhysArg {
+    /// the physical address
+    Absolute,
+    /// the offset into the device's memory region
+    Offset,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// PANDA's bufmon: accesses touching the buffers listed in a file.
@@ -84,6 +92,11 @@ enum Command {
         /// Capture directory.
         #[arg(long, value_name = "DIR")]
         trace: PathBuf,
+        /// What `phys_addr` holds: the physical address, or the offset
+        /// into the device's memory region, as PANDA's mmio_trace writes it
+        /// (from the capture's memory map, mtree.txt).
+        #[arg(long, value_enum, default_value_t = PhysArg::Absolute)]
+        phys: PhysArg,
     },
     /// QEMU's execlog: one line per executed instruction with its accesses.
     Execlog {
@@ -186,9 +199,20 @@ fn run(cli: Cli) -> Result<()> {
                 ),
             }
         }
-        Some(Command::MmioJson { trace }) => {
+        Some(Command::MmioJson { trace, phys }) => {
             let cap = open(&trace)?;
-            mmio_json::mmio_json(&cap, &mut out)?;
+            let phys = match phys {
+                PhysArg::Absolute => mmio_json::PhysAddr::Absolute,
+                PhysArg::Offset => mmio_json::PhysAddr::Offset,
+            };
+            let r = mmio_json::mmio_json_with(&cap, &mut out, phys)?;
+            if r.outside_map > 0 {
+                eprintln!(
+                    "trace-query: warning: {} of {} accesses lie outside the capture's memory \
+                     map (mtree.txt), and their phys_addr is the absolute address",
+                    r.outside_map, r.accesses
+                );
+            }
         }
         Some(Command::Execlog { trace, symbols }) => {
             let symbols = symbols.as_deref().map(symbols::Symbols::load).transpose()?;

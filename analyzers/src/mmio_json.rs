@@ -11,24 +11,81 @@
 //! One object a line in (icount, vcpu) order, every line but the last
 //! followed by a comma so the whole output is valid JSON; hex zero-padded
 //! to the guest pointer width.
+//!
+//! `phys_addr` is the absolute physical address, or, as PANDA's mmio_trace
+//! logs it, the offset into the device's memory region ([`PhysAddr`]): the
+//! address QEMU hands the device model, taken from the capture's memory map.
 
 use std::io::Write;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use polars::prelude::*;
+use trace_format::memory_map::MemoryMap;
 
 use crate::capture_dir::{Capture, UNKNOWN_DEVICE};
 use crate::hex::{hex_pad, hex_pad128};
 use crate::stream::{icount_range, sorted_window, window_rows, windows};
 
-/// Writes the JSON log; returns the number of accesses written.
-pub fn mmio_json(cap: &Capture, w: &mut dyn Write) -> Result<u64> {
-    mmio_json_windowed(cap, w, window_rows())
+/// What `phys_addr` holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PhysAddr {
+    /// The physical address (`paddr`).
+    #[default]
+    Absolute,
+    /// The offset into the memory region at `paddr` in the capture's memory
+    /// map (`mtree.txt`), as PANDA's mmio_trace writes it: SysTick's CVR at
+    /// 0xe000e018 is 0x8 (QEMU 10 maps `v7m_systick` at 0xe000e010; PANDA's
+    /// older QEMU had SysTick inside the NVIC's region and wrote 0x18).
+    Offset,
 }
 
-/// [`mmio_json`] reading about `window_rows` accesses at a time.
-pub fn mmio_json_windowed(cap: &Capture, w: &mut dyn Write, window_rows: u64) -> Result<u64> {
+/// What [`mmio_json`] wrote.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MmioJsonReport {
+    pub accesses: u64,
+    /// With [`PhysAddr::Offset`]: accesses at an address the memory map does
+    /// not cover, written with their absolute address.
+    pub outside_map: u64,
+}
+
+/// Writes the JSON log; returns the number of accesses written.
+pub fn mmio_json(cap: &Capture, w: &mut dyn Write) -> Result<u64> {
+    Ok(mmio_json_windowed(cap, w, window_rows(), PhysAddr::Absolute)?.accesses)
+}
+
+/// [`mmio_json`] with `phys_addr` as asked.
+pub fn mmio_json_with(cap: &Capture, w: &mut dyn Write, phys: PhysAddr) -> Result<MmioJsonReport> {
+    mmio_json_windowed(cap, w, window_rows(), phys)
+}
+
+/// The capture's memory map, for offsets into regions.
+fn memory_map(cap: &Capture) -> Result<MemoryMap> {
+    let path = cap.dir().join("mtree.txt");
+    if !path.exists() {
+        bail!(
+            "--phys offset needs the capture's memory map, {}, which it does not have \
+             (captured by `attach` without --qmp?)",
+            path.display()
+        );
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    MemoryMap::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// [`mmio_json_with`] reading about `window_rows` accesses at a time.
+pub fn mmio_json_windowed(
+    cap: &Capture,
+    w: &mut dyn Write,
+    window_rows: u64,
+    phys: PhysAddr,
+) -> Result<MmioJsonReport> {
     cap.require("mmio", "mmio-json")?;
+    let map = match phys {
+        PhysAddr::Absolute => None,
+        PhysAddr::Offset => Some(memory_map(cap)?),
+    };
+    let mut outside_map = 0u64;
     let cols = [
         col("vcpu").cast(DataType::UInt32),
         col("icount").cast(DataType::UInt64),
@@ -59,6 +116,13 @@ pub fn mmio_json_windowed(cap: &Capture, w: &mut dyn Write, window_rows: u64) ->
         let value_hi = df.column("value_hi")?.u64()?;
         let device = df.column("device")?.str()?;
         for i in 0..df.height() {
+            let mut phys_addr = paddr.get(i).unwrap_or(0);
+            if let Some(map) = &map {
+                match map.region(phys_addr) {
+                    Some(r) => phys_addr = r.offset_of(phys_addr),
+                    None => outside_map += 1,
+                }
+            }
             let v = value.get(i).unwrap_or(0);
             let value = match value_hi.get(i) {
                 Some(hi) => hex_pad128(v, hi, d),
@@ -70,7 +134,7 @@ pub fn mmio_json_windowed(cap: &Capture, w: &mut dyn Write, window_rows: u64) ->
                  \"device\": {} }}",
                 json_str(ty.get(i).unwrap_or("")),
                 hex_pad(pc.get(i).unwrap_or(0), d),
-                hex_pad(paddr.get(i).unwrap_or(0), d),
+                hex_pad(phys_addr, d),
                 hex_pad(vaddr.get(i).unwrap_or(0), d),
                 hex_pad(u64::from(size.get(i).unwrap_or(0)), d),
                 value,
@@ -87,7 +151,10 @@ pub fn mmio_json_windowed(cap: &Capture, w: &mut dyn Write, window_rows: u64) ->
     }
     writeln!(w, "]")?;
     w.flush()?;
-    Ok(n)
+    Ok(MmioJsonReport {
+        accesses: n,
+        outside_map,
+    })
 }
 
 fn json_str(s: &str) -> String {

@@ -8,11 +8,13 @@
 //! - [`stats`] declares the counters of the `stats` table, each with its scope,
 //!   its meaning and whether it means data loss.
 //! - [`CaptureJson`] is `capture.json`.
+//! - [`memory_map`] reads `mtree.txt`, QEMU's memory map.
 //!
 //! The shared memory between the shim and the collector is another
 //! contract, `trace-schema`'s.
 
 mod capture_json;
+pub mod memory_map;
 pub mod stats;
 mod tables;
 

@@ -85,6 +85,19 @@ pub fn capture_dir(test: &str) -> PathBuf {
     d
 }
 
+/// A copy of the capture `src` in a fresh `capture_dir(test)`, to damage.
+pub fn copy_capture(src: &Path, test: &str) -> PathBuf {
+    let dst = capture_dir(test);
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(src)
+        .arg(&dst)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cp -r {} {}", src.display(), dst.display());
+    dst
+}
+
 /// Pids of the live QEMUs whose command line has the argument `marker` (a
 /// `-name` a test gave them, so that it can find and kill its own). A
 /// zombie's command line is empty: it does not count.

@@ -149,6 +149,67 @@ fn mmio_json_is_panda_mmio_trace_format_with_real_device_names() {
 }
 
 #[test]
+fn mmio_json_phys_offset_is_the_offset_into_the_devices_region_as_panda_writes_it() {
+    let (ok, absolute, err) = run_query(&["mmio-json", "--trace", dir()]);
+    assert!(ok, "{err}");
+    let (ok, offset, err) = run_query(&["mmio-json", "--trace", dir(), "--phys", "offset"]);
+    assert!(ok, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    // QEMU 10's lm3s6965evb (mtree.txt of this capture): pl011 at 0x4000c000,
+    // v7m_systick at 0xe000e010, flash-control at 0x400fd000, PWM at 0x40028000.
+    let expected_offset = |addr: u32| match addr {
+        0x4000_c000..=0x4000_cfff => addr - 0x4000_c000,
+        0xe000_e010..=0xe000_e0ef => addr - 0xe000_e010,
+        0x400f_d000..=0x400f_dfff => addr - 0x400f_d000,
+        0x4002_8000..=0x4002_8fff => addr - 0x4002_8000,
+        _ => panic!("an MMIO address the test does not expect: {addr:#x}"),
+    };
+    let a: Vec<&str> = absolute.lines().collect();
+    let o: Vec<&str> = offset.lines().collect();
+    assert_eq!(a.len(), o.len());
+    let mut offsets = Vec::new();
+    for (a, o) in a.iter().zip(&o) {
+        let Some((_, rest)) = a.split_once("\"phys_addr\": \"0x") else {
+            assert_eq!(a, o, "the brackets");
+            continue;
+        };
+        let addr = u32::from_str_radix(&rest[..8], 16).unwrap();
+        let want = expected_offset(addr);
+        offsets.push(want);
+        // The same line but for phys_addr.
+        assert_eq!(
+            *o,
+            a.replace(
+                &format!("\"phys_addr\": \"0x{addr:08x}\""),
+                &format!("\"phys_addr\": \"0x{want:08x}\"")
+            )
+        );
+    }
+    assert_eq!(offsets.len(), 22);
+    // SysTick's RVR, CVR and CSR, as the firmware writes them.
+    assert_eq!(&offsets[6..9], &[0x4, 0x8, 0x0]);
+}
+
+#[test]
+fn mmio_json_phys_offset_without_a_memory_map_says_what_is_missing() {
+    let copy = copy_capture(capture(), "golden-m3-no-mtree");
+    std::fs::remove_file(copy.join("mtree.txt")).unwrap();
+    let (ok, out, err) = run_query(&[
+        "mmio-json",
+        "--trace",
+        copy.to_str().unwrap(),
+        "--phys",
+        "offset",
+    ]);
+    assert!(!ok);
+    assert_eq!(out, "");
+    assert!(
+        err.contains("--phys offset needs the capture's memory map") && err.contains("mtree.txt"),
+        "{err}"
+    );
+}
+
+#[test]
 fn execlog_prints_qemu_execlog_lines() {
     let (ok, out, err) = run_query(&["execlog", "--trace", dir()]);
     assert!(ok, "{err}");

@@ -162,16 +162,7 @@ fn m3_capture() -> &'static Path {
 
 /// A copy of the M3 capture to damage.
 fn copy_of_m3_capture(name: &str) -> PathBuf {
-    let src = m3_capture();
-    let dst = capture_dir(name);
-    let status = Command::new("cp")
-        .arg("-r")
-        .arg(src)
-        .arg(&dst)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    dst
+    copy_capture(m3_capture(), name)
 }
 
 // ------------------------------------------------------------------- shim

@@ -170,7 +170,7 @@ fn small_windows_same_output() {
         let mut a = Vec::new();
         mmio_json::mmio_json(&cap, &mut a).unwrap();
         let mut b = Vec::new();
-        mmio_json::mmio_json_windowed(&cap, &mut b, rows).unwrap();
+        mmio_json::mmio_json_windowed(&cap, &mut b, rows, mmio_json::PhysAddr::Absolute).unwrap();
         assert_eq!(
             String::from_utf8_lossy(&a),
             String::from_utf8_lossy(&b),

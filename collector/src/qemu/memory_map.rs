@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use trace_schema::layout::{SegmentView, MAX_MEMORY_RANGES};
 
+pub use trace_format::memory_map::{MemoryMap, Region};
+
 use crate::qemu::qmp::MtreeFetch;
 use crate::write::tables::DeviceNames;
 
@@ -33,92 +35,19 @@ pub const SHORT_NAMES: &[(&str, &str)] = &[
     ("gicv3_redist_region[0]", "gic_redist"),
 ];
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Region {
-    pub start: u64,
-    /// Inclusive, as QEMU prints it.
-    pub end: u64,
-    /// `ram`, `rom`, `romd`, `i/o`, ...
-    pub kind: String,
-    /// QEMU's name, without the ` @offset` suffix of aliases.
-    pub name: String,
-}
-
-/// The flat view of one address space: non-overlapping regions by address.
-#[derive(Clone, Debug, Default)]
-pub struct MemoryMap {
-    regions: Vec<Region>,
-    /// The address space the view was taken from.
-    pub address_space: String,
-}
-
-impl MemoryMap {
-    /// Parses `info mtree -f`, keeping the flat view of vCPU 0's address space
-    /// (`cpu-memory-0`; the system `memory` view when there is none).
-    pub fn parse(text: &str) -> Result<MemoryMap, String> {
-        let mut views: Vec<(Vec<String>, Vec<Region>)> = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let t = line.trim();
-            if t.starts_with("FlatView #") {
-                views.push((Vec::new(), Vec::new()));
-            } else if let Some(rest) = t.strip_prefix("AS \"") {
-                let name = rest.split('"').next().unwrap_or("").to_string();
-                if let Some(v) = views.last_mut() {
-                    v.0.push(name);
-                }
-            } else if let Some(region) = parse_region(t) {
-                match views.last_mut() {
-                    Some(v) => v.1.push(region),
-                    None => return Err(format!("line {}: a region before any \"FlatView\" header: is this `info mtree -f`?", n + 1)),
-                }
-            }
-        }
-        let pick = |want: &str| {
-            views
-                .iter()
-                .position(|(names, _)| names.iter().any(|n| n == want))
-        };
-        let i = pick("cpu-memory-0")
-            .or_else(|| pick("memory"))
-            .ok_or_else(|| "no flat view of \"cpu-memory-0\" or \"memory\" (expected the output of `info mtree -f`)".to_string())?;
-        let (names, mut regions) = views.swap_remove(i);
-        regions.sort_by_key(|r| r.start);
-        let address_space = if names.iter().any(|n| n == "cpu-memory-0") {
-            "cpu-memory-0"
-        } else {
-            "memory"
-        };
-        Ok(MemoryMap {
-            regions,
-            address_space: address_space.to_string(),
-        })
-    }
-
-    /// The region containing `addr`.
-    pub fn region(&self, addr: u64) -> Option<&Region> {
-        let i = self.regions.partition_point(|r| r.start <= addr);
-        let r = self.regions.get(i.checked_sub(1)?)?;
-        (addr <= r.end).then_some(r)
-    }
-
-    pub fn regions(&self) -> &[Region] {
-        &self.regions
-    }
-
-    /// The RAM and ROM regions, `(first, last address, RAM?)`, the largest
-    /// `MAX_MEMORY_RANGES` (most boards have a few), by address.
-    pub fn memory_ranges(&self) -> Vec<(u64, u64, bool)> {
-        let mut ranges: Vec<(u64, u64, bool)> = self
-            .regions
-            .iter()
-            .filter(|r| r.kind == "ram" || r.kind == "rom")
-            .map(|r| (r.start, r.end, r.kind == "ram"))
-            .collect();
-        ranges.sort_by_key(|&(first, last, _)| std::cmp::Reverse(last - first));
-        ranges.truncate(MAX_MEMORY_RANGES);
-        ranges.sort_by_key(|r| r.0);
-        ranges
-    }
+/// The RAM and ROM regions of `map`, `(first, last address, RAM?)`, the
+/// largest `MAX_MEMORY_RANGES` (most boards have a few), by address.
+pub fn memory_ranges(map: &MemoryMap) -> Vec<(u64, u64, bool)> {
+    let mut ranges: Vec<(u64, u64, bool)> = map
+        .regions()
+        .iter()
+        .filter(|r| r.kind == "ram" || r.kind == "rom")
+        .map(|r| (r.start, r.end, r.kind == "ram"))
+        .collect();
+    ranges.sort_by_key(|&(first, last, _)| std::cmp::Reverse(last - first));
+    ranges.truncate(MAX_MEMORY_RANGES);
+    ranges.sort_by_key(|r| r.0);
+    ranges
 }
 
 /// Publishes the RAM and ROM regions of `map` (the text of `info mtree -f`)
@@ -127,26 +56,8 @@ impl MemoryMap {
 /// nothing: the shim then asks QEMU about every access, as before.
 pub fn publish_memory_ranges(view: &SegmentView, map: &str) {
     if let Ok(map) = MemoryMap::parse(map) {
-        view.header().publish_memory_ranges(&map.memory_ranges());
+        view.header().publish_memory_ranges(&memory_ranges(&map));
     }
-}
-
-/// `0000000040028000-0000000040028fff (prio -1000, i/o): PWM`
-fn parse_region(line: &str) -> Option<Region> {
-    let (range, rest) = line.split_once(' ')?;
-    let (start, end) = range.split_once('-')?;
-    let start = u64::from_str_radix(start, 16).ok()?;
-    let end = u64::from_str_radix(end, 16).ok()?;
-    let rest = rest.trim().strip_prefix('(')?;
-    let (attrs, name) = rest.split_once("): ")?;
-    let kind = attrs.rsplit(", ").next()?.trim().to_string();
-    let name = name.split(" @").next()?.trim().to_string();
-    (start <= end).then_some(Region {
-        start,
-        end,
-        kind,
-        name,
-    })
 }
 
 /// The user's names: `--device-map FILE`. One entry per line:
@@ -383,17 +294,10 @@ FlatView #2
 ";
 
     #[test]
-    fn picks_the_cpu_view_and_finds_the_most_specific_region() {
+    fn memory_ranges_are_the_ram_and_rom_regions_by_address() {
         let m = MemoryMap::parse(LM3S).unwrap();
-        assert_eq!(m.address_space, "cpu-memory-0");
-        assert_eq!(m.region(0xe000e010).unwrap().name, "v7m_systick");
-        assert_eq!(m.region(0xe000e0ef).unwrap().name, "v7m_systick");
-        assert_eq!(m.region(0xe000e0f0).unwrap().name, "nvic_sysregs");
-        assert_eq!(m.region(0xe000e00f).unwrap().name, "nvic_sysregs");
-        assert_eq!(m.region(0x20000000).unwrap().kind, "ram");
-        assert_eq!(m.region(0x30000000), None);
         assert_eq!(
-            m.memory_ranges(),
+            memory_ranges(&m),
             m.regions()
                 .iter()
                 .filter(|r| r.kind == "ram" || r.kind == "rom")
@@ -401,9 +305,7 @@ FlatView #2
                 .collect::<Vec<_>>(),
             "the RAM and ROM regions, by address"
         );
-        assert!(m
-            .memory_ranges()
-            .contains(&(0x2000_0000, 0x2000_ffff, true)));
+        assert!(memory_ranges(&m).contains(&(0x2000_0000, 0x2000_ffff, true)));
     }
 
     #[test]
