@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use polars::prelude::*;
 use trace_analyzers::{
     bufmon, dataset, execlog, mmio_json, output, sql, symbols, timeline, Capture,
@@ -22,6 +22,7 @@ use trace_analyzers::{
         trace-query --trace DIR --tables\n\
         trace-query bufmon|mmio-json|execlog|timeline --trace DIR ...\n\n\
         Every table directory of DIR (mem, mmio, insn, code, stats, ...) is a SQL table.",
+    after_help = QUERY_EXAMPLES,
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -75,6 +76,9 @@ enum PhysArg {
 #[derive(Subcommand)]
 enum Command {
     /// PANDA's bufmon: accesses touching the buffers listed in a file.
+    #[command(after_help = "Example:\n  \
+        printf '20000000 10 0\\n' > search_buffers.txt   # <vaddr> <size> <asid>, hex\n  \
+        trace-query bufmon --trace cap/ --buffers search_buffers.txt --symbols fw.elf > buffer_taps.txt")]
     Bufmon {
         /// Capture directory.
         #[arg(long, value_name = "DIR")]
@@ -88,6 +92,8 @@ enum Command {
         symbols: Option<PathBuf>,
     },
     /// PANDA mmio_trace's JSON log of the MMIO accesses.
+    #[command(after_help = "Example:\n  \
+        trace-query mmio-json --trace cap/ --phys offset > mmio.json   # diffs against PANDA's log")]
     MmioJson {
         /// Capture directory.
         #[arg(long, value_name = "DIR")]
@@ -99,6 +105,8 @@ enum Command {
         phys: PhysArg,
     },
     /// QEMU's execlog: one line per executed instruction with its accesses.
+    #[command(after_help = "Example (a capture with --events mem,mmio,insn):\n  \
+        trace-query execlog --trace cap/ --symbols fw.elf | less")]
     Execlog {
         /// Capture directory.
         #[arg(long, value_name = "DIR")]
@@ -109,6 +117,7 @@ enum Command {
         symbols: Option<PathBuf>,
     },
     /// An SVG timeline of the MMIO accesses, one lane per device.
+    #[command(after_help = "Example:\n  trace-query timeline --trace cap/ --out mmio.svg")]
     Timeline {
         /// Capture directory.
         #[arg(long, value_name = "DIR")]
@@ -117,7 +126,26 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Print a shell completion script (bash: `source <(trace-query completions bash)`).
+    Completions {
+        #[arg(value_enum)]
+        shell: trace_cli::Shell,
+    },
+    /// Print the man page (roff), or write one page per subcommand into DIR.
+    Man {
+        /// Write trace-query.1, trace-query-bufmon.1, ... into this directory.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
+
+const QUERY_EXAMPLES: &str = "\
+Examples:
+  trace-query --trace cap/ --tables
+  trace-query --trace cap/ \"select device, type, count(*) from mmio group by device, type\"
+  trace-query --trace cap/ \"select icount, pc, value from mmio where device = 'systick' and paddr = 0xe000e018\"
+  trace-query --trace cap/ --symbols fw.elf \"select symbol, count(*) from mem group by symbol order by 2 desc\"
+  trace-query --trace 'runs/*' --format csv \"select capture, count(*) from mmio group by capture\"";
 
 fn open(dir: &PathBuf) -> Result<Capture> {
     let cap = Capture::open(dir)?;
@@ -228,6 +256,12 @@ fn run(cli: Cli) -> Result<()> {
                     r.missing_code
                 );
             }
+        }
+        Some(Command::Completions { shell }) => {
+            trace_cli::completions(shell, Cli::command(), "trace-query", &mut out)?;
+        }
+        Some(Command::Man { out_dir }) => {
+            trace_cli::man_pages(Cli::command(), out_dir.as_deref(), &mut out)?;
         }
         Some(Command::Timeline { trace, out: path }) => {
             let cap = open(&trace)?;

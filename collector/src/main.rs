@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use trace_collector::{AttachArgs, RunArgs, DEFAULT_PART_ROWS};
 use trace_schema::options::EventSet;
 
@@ -68,6 +68,7 @@ struct Output {
 #[derive(Subcommand)]
 enum Cmd {
     /// Capture a running QEMU that was started with -plugin libtrace_shim.so.
+    #[command(after_help = ATTACH_EXAMPLES)]
     Attach {
         /// The QEMU process id.
         #[arg(long)]
@@ -101,6 +102,7 @@ enum Cmd {
         output: Output,
     },
     /// Start QEMU with the shim and capture it.
+    #[command(after_help = RUN_EXAMPLES)]
     Run {
         /// What to record: any of mem, mmio, insn (comma separated).
         #[arg(long, default_value = "mem,mmio")]
@@ -129,12 +131,61 @@ enum Cmd {
         #[arg(last = true, required = true, value_name = "QEMU COMMAND")]
         qemu: Vec<String>,
     },
+    /// Print a shell completion script (bash: `source <(trace-collector completions bash)`).
+    Completions {
+        #[arg(value_enum)]
+        shell: trace_cli::Shell,
+    },
+    /// Print the man page (roff), or write one page per subcommand into DIR.
+    Man {
+        /// Write trace-collector.1, trace-collector-run.1, ... into this directory.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  # Every memory and MMIO access of a firmware, from its first instruction:
+  trace-collector run --out cap/ -- qemu-system-arm -M lm3s6965evb -nographic -kernel fw.elf
+  # Every executed instruction too, losing none (QEMU waits when a ring is full):
+  trace-collector run --events mem,mmio,insn --out cap/ -- qemu-system-aarch64 -M virt ...
+  # Keep QEMU at full speed instead, counting what could not be recorded:
+  trace-collector run --overflow drop --out cap/ -- qemu-system-arm ...";
+
+const ATTACH_EXAMPLES: &str = "\
+Examples:
+  # QEMU keeps the shim loaded and runs at plain speed until a collector attaches:
+  qemu-system-aarch64 ... -plugin libtrace_shim.so -qmp unix:/tmp/q.sock,server=on,wait=off &
+  # 10 seconds of MMIO accesses, with device names from QEMU's memory map:
+  trace-collector attach --pid $! --qmp /tmp/q.sock --out a/ --events mmio --duration 10s
+  # Everything until Ctrl-C (QEMU runs on, detached):
+  trace-collector attach --pid $! --out b/ --events mem,mmio,insn
+  # Until the guest first touches SysTick, or reaches an address:
+  trace-collector attach --pid $! --qmp /tmp/q.sock --out c/ --until-device systick
+  trace-collector attach --pid $! --out d/ --until-pc 0x400134";
 
 fn main() -> ExitCode {
     trace_collector::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
+        Cmd::Completions { shell } => {
+            let mut out = std::io::stdout();
+            return finish(trace_cli::completions(
+                shell,
+                Cli::command(),
+                "trace-collector",
+                &mut out,
+            ));
+        }
+        Cmd::Man { out_dir } => {
+            let mut out = std::io::stdout();
+            return finish(trace_cli::man_pages(
+                Cli::command(),
+                out_dir.as_deref(),
+                &mut out,
+            ));
+        }
         Cmd::Attach {
             pid,
             qmp,
@@ -186,11 +237,13 @@ fn main() -> ExitCode {
             qemu,
         }),
     };
+    finish(result.map(|summary| eprint!("{summary}")))
+}
+
+/// The exit status of a command, its error on stderr.
+fn finish(result: anyhow::Result<()>) -> ExitCode {
     match result {
-        Ok(summary) => {
-            eprint!("{summary}");
-            ExitCode::SUCCESS
-        }
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("trace-collector: error: {e:#}");
             ExitCode::from(1)

@@ -94,7 +94,12 @@ pub fn copy_capture(src: &Path, test: &str) -> PathBuf {
         .arg(&dst)
         .status()
         .unwrap();
-    assert!(status.success(), "cp -r {} {}", src.display(), dst.display());
+    assert!(
+        status.success(),
+        "cp -r {} {}",
+        src.display(),
+        dst.display()
+    );
     dst
 }
 
