@@ -154,10 +154,18 @@ FlatView #2
     fn offsets_into_regions_count_from_the_region_not_the_range() {
         let m = MemoryMap::parse(LM3S).unwrap();
         let at = |a: u64| m.region(a).unwrap().offset_of(a);
-        assert_eq!(at(0xe000e010), 0, "SysTick's CSR, the first register of v7m_systick");
+        assert_eq!(
+            at(0xe000e010),
+            0,
+            "SysTick's CSR, the first register of v7m_systick"
+        );
         assert_eq!(at(0xe000e018), 8, "SysTick's CVR");
         assert_eq!(at(0xe000e004), 4, "nvic_sysregs before SysTick");
-        assert_eq!(at(0xe000ed00), 0xd00, "nvic_sysregs after SysTick: CPUID, past the @offset");
+        assert_eq!(
+            at(0xe000ed00),
+            0xd00,
+            "nvic_sysregs after SysTick: CPUID, past the @offset"
+        );
         assert_eq!(at(0x4000c000), 0, "the UART's data register");
     }
 
