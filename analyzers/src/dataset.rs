@@ -105,6 +105,11 @@ impl Dataset {
         &self.captures
     }
 
+    /// The captures, by name, for analyzers that read one at a time.
+    pub fn into_captures(self) -> Vec<(String, Capture)> {
+        self.captures
+    }
+
     /// Every table name any capture has, in the order the first has them.
     pub fn table_names(&self) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();

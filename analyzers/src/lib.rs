@@ -12,6 +12,7 @@ pub mod capture_dir;
 pub mod dataset;
 pub mod execlog;
 pub mod hex;
+pub mod line_prefix;
 pub mod mmio_json;
 pub mod output;
 pub mod sql;

@@ -9,7 +9,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use polars::prelude::*;
 use trace_analyzers::{
-    bufmon, dataset, execlog, mmio_json, output, sql, symbols, timeline, Capture,
+    bufmon, dataset, execlog, line_prefix, mmio_json, output, sql, stream, symbols, timeline,
+    Capture,
 };
 
 #[derive(Parser)]
@@ -80,9 +81,10 @@ enum Command {
         printf '20000000 10 0\\n' > search_buffers.txt   # <vaddr> <size> <asid>, hex\n  \
         trace-query bufmon --trace cap/ --buffers search_buffers.txt --symbols fw.elf > buffer_taps.txt")]
     Bufmon {
-        /// Capture directory.
-        #[arg(long, value_name = "DIR")]
-        trace: PathBuf,
+        /// Capture directory. Several (`--trace` again, or a quoted pattern
+        /// such as 'runs/*'): each line starts with the capture's name.
+        #[arg(long, value_name = "DIR", required = true)]
+        trace: Vec<String>,
         /// Lines `<vaddr> <size> <asid>` in hex.
         #[arg(long, value_name = "FILE")]
         buffers: PathBuf,
@@ -95,9 +97,11 @@ enum Command {
     #[command(after_help = "Example:\n  \
         trace-query mmio-json --trace cap/ --phys offset > mmio.json   # diffs against PANDA's log")]
     MmioJson {
-        /// Capture directory.
-        #[arg(long, value_name = "DIR")]
-        trace: PathBuf,
+        /// Capture directory. Several (`--trace` again, or a quoted pattern
+        /// such as 'runs/*'): one log, each object with `"capture"`, the
+        /// capture's name.
+        #[arg(long, value_name = "DIR", required = true)]
+        trace: Vec<String>,
         /// What `phys_addr` holds: the physical address, or the offset
         /// into the device's memory region, as PANDA's mmio_trace writes it
         /// (from the capture's memory map, mtree.txt).
@@ -108,9 +112,10 @@ enum Command {
     #[command(after_help = "Example (a capture with --events mem,mmio,insn):\n  \
         trace-query execlog --trace cap/ --symbols fw.elf | less")]
     Execlog {
-        /// Capture directory.
-        #[arg(long, value_name = "DIR")]
-        trace: PathBuf,
+        /// Capture directory. Several (`--trace` again, or a quoted pattern
+        /// such as 'runs/*'): each line starts with the capture's name.
+        #[arg(long, value_name = "DIR", required = true)]
+        trace: Vec<String>,
         /// An ELF or System.map-style file: each line ends with
         /// `, <function+offset>` of its instruction.
         #[arg(long, value_name = "FILE")]
@@ -153,6 +158,37 @@ fn open(dir: &PathBuf) -> Result<Capture> {
         eprintln!("trace-query: warning: {w}");
     }
     Ok(cap)
+}
+
+/// The captures `--trace` names: one, unnamed (its output as for one
+/// capture), or several (a pattern, or `--trace` again), each with its name.
+fn open_many(trace: &[String]) -> Result<Vec<(Option<String>, Capture)>> {
+    if let [one] = trace {
+        if !one.contains(['*', '?']) {
+            return Ok(vec![(None, open(&PathBuf::from(one))?)]);
+        }
+    }
+    let dirs = dataset::expand(trace)?;
+    let ds = dataset::Dataset::open(&dirs)?;
+    Ok(ds
+        .into_captures()
+        .into_iter()
+        .map(|(name, cap)| {
+            for w in cap.warnings() {
+                eprintln!("trace-query: warning: {name}: {w}");
+            }
+            (Some(name), cap)
+        })
+        .collect())
+}
+
+/// Where an analyzer writes the lines of capture `name`: each starts with
+/// the name when there are several captures.
+fn lines_of<'a>(out: &'a mut dyn Write, name: Option<&str>) -> Box<dyn Write + 'a> {
+    match name {
+        Some(name) => Box::new(line_prefix::LinePrefix::capture(out, name)),
+        None => Box::new(out),
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -212,28 +248,36 @@ fn run(cli: Cli) -> Result<()> {
             let text = std::fs::read_to_string(&buffers)
                 .with_context(|| format!("reading {}", buffers.display()))?;
             let bufs = bufmon::parse_buffers(&text, &buffers.display().to_string())?;
-            let cap = open(&trace)?;
-            let r = match symbols.as_deref().map(symbols::Symbols::load).transpose()? {
-                Some(s) => bufmon::bufmon_with_symbols(&cap, &bufs, &mut out, &s)?,
-                None => bufmon::bufmon(&cap, &bufs, &mut out)?,
-            };
-            match r.callers {
-                bufmon::Callers::ShadowStack => {}
-                bufmon::Callers::NoInsnTable => eprintln!(
-                    "trace-query: note: no insn table, so every caller is 0 (record insn to get callers)"
-                ),
-                bufmon::Callers::NoCodeTable => eprintln!(
-                    "trace-query: note: no code table, so every caller is 0"
-                ),
+            let symbols = symbols.as_deref().map(symbols::Symbols::load).transpose()?;
+            for (name, cap) in open_many(&trace)? {
+                let mut w = lines_of(&mut out, name.as_deref());
+                let r = match &symbols {
+                    Some(s) => bufmon::bufmon_with_symbols(&cap, &bufs, &mut w, s)?,
+                    None => bufmon::bufmon(&cap, &bufs, &mut w)?,
+                };
+                let of = name.map(|n| format!("{n}: ")).unwrap_or_default();
+                match r.callers {
+                    bufmon::Callers::ShadowStack => {}
+                    bufmon::Callers::NoInsnTable => eprintln!(
+                        "trace-query: note: {of}no insn table, so every caller is 0 (record insn to get callers)"
+                    ),
+                    bufmon::Callers::NoCodeTable => eprintln!(
+                        "trace-query: note: {of}no code table, so every caller is 0"
+                    ),
+                }
             }
         }
         Some(Command::MmioJson { trace, phys }) => {
-            let cap = open(&trace)?;
+            let captures = open_many(&trace)?;
             let phys = match phys {
                 PhysArg::Absolute => mmio_json::PhysAddr::Absolute,
                 PhysArg::Offset => mmio_json::PhysAddr::Offset,
             };
-            let r = mmio_json::mmio_json_with(&cap, &mut out, phys)?;
+            let mut log = mmio_json::MmioJsonLog::begin(&mut out)?;
+            for (name, cap) in &captures {
+                log.capture(cap, phys, name.as_deref(), stream::window_rows())?;
+            }
+            let r = log.finish()?;
             if r.outside_map > 0 {
                 eprintln!(
                     "trace-query: warning: {} of {} accesses lie outside the capture's memory \
@@ -244,17 +288,20 @@ fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Execlog { trace, symbols }) => {
             let symbols = symbols.as_deref().map(symbols::Symbols::load).transpose()?;
-            let cap = open(&trace)?;
-            let r = match &symbols {
-                Some(s) => execlog::execlog_with_symbols(&cap, &mut out, s)?,
-                None => execlog::execlog(&cap, &mut out)?,
-            };
-            if r.missing_code > 0 {
-                eprintln!(
-                    "trace-query: warning: {} executed instructions have no row in the code \
-                     table (printed with opcode 0x0 and empty disassembly)",
-                    r.missing_code
-                );
+            for (name, cap) in open_many(&trace)? {
+                let mut w = lines_of(&mut out, name.as_deref());
+                let r = match &symbols {
+                    Some(s) => execlog::execlog_with_symbols(&cap, &mut w, s)?,
+                    None => execlog::execlog(&cap, &mut w)?,
+                };
+                if r.missing_code > 0 {
+                    eprintln!(
+                        "trace-query: warning: {}{} executed instructions have no row in the \
+                         code table (printed with opcode 0x0 and empty disassembly)",
+                        name.map(|n| format!("{n}: ")).unwrap_or_default(),
+                        r.missing_code
+                    );
+                }
             }
         }
         Some(Command::Completions { shell }) => {

@@ -80,81 +80,119 @@ pub fn mmio_json_windowed(
     window_rows: u64,
     phys: PhysAddr,
 ) -> Result<MmioJsonReport> {
-    cap.require("mmio", "mmio-json")?;
-    let map = match phys {
-        PhysAddr::Absolute => None,
-        PhysAddr::Offset => Some(memory_map(cap)?),
-    };
-    let mut outside_map = 0u64;
-    let cols = [
-        col("vcpu").cast(DataType::UInt32),
-        col("icount").cast(DataType::UInt64),
-        col("pc").cast(DataType::UInt64),
-        col("type"),
-        col("vaddr").cast(DataType::UInt64),
-        col("paddr").cast(DataType::UInt64),
-        col("size").cast(DataType::UInt8),
-        col("value").cast(DataType::UInt64),
-        col("value_hi").cast(DataType::UInt64),
-        col("device"),
-    ];
-    let d = cap.ptr_digits();
-    writeln!(w, "[")?;
-    let mut n = 0u64;
-    // Each object is written once the next one is known, so the last one
-    // can go without a comma.
-    let mut pending: Option<String> = None;
-    let range = icount_range(cap, "mmio", None)?;
-    for win in range.map(|r| windows(r, window_rows)).unwrap_or_default() {
-        let df = sorted_window(cap, "mmio", win, None, &cols)?;
-        let pc = df.column("pc")?.u64()?;
-        let ty = df.column("type")?.str()?;
-        let vaddr = df.column("vaddr")?.u64()?;
-        let paddr = df.column("paddr")?.u64()?;
-        let size = df.column("size")?.u8()?;
-        let value = df.column("value")?.u64()?;
-        let value_hi = df.column("value_hi")?.u64()?;
-        let device = df.column("device")?.str()?;
-        for i in 0..df.height() {
-            let mut phys_addr = paddr.get(i).unwrap_or(0);
-            if let Some(map) = &map {
-                match map.region(phys_addr) {
-                    Some(r) => phys_addr = r.offset_of(phys_addr),
-                    None => outside_map += 1,
+    let mut log = MmioJsonLog::begin(w)?;
+    log.capture(cap, phys, None, window_rows)?;
+    log.finish()
+}
+
+/// One JSON log of the accesses of one capture or many (`trace-query
+/// mmio-json --trace 'runs/*'`: each object then starts with `"capture":
+/// "run-17"`, the capture's name).
+pub struct MmioJsonLog<'w> {
+    w: &'w mut dyn Write,
+    /// Each object is written once the next one is known, so the last one
+    /// can go without a comma.
+    pending: Option<String>,
+    report: MmioJsonReport,
+}
+
+impl<'w> MmioJsonLog<'w> {
+    /// Opens the JSON array.
+    pub fn begin(w: &'w mut dyn Write) -> Result<MmioJsonLog<'w>> {
+        writeln!(w, "[")?;
+        Ok(MmioJsonLog {
+            w,
+            pending: None,
+            report: MmioJsonReport {
+                accesses: 0,
+                outside_map: 0,
+            },
+        })
+    }
+
+    /// Appends the accesses of `cap`, each with `"capture": name` when
+    /// given, reading about `window_rows` accesses at a time.
+    pub fn capture(
+        &mut self,
+        cap: &Capture,
+        phys: PhysAddr,
+        name: Option<&str>,
+        window_rows: u64,
+    ) -> Result<()> {
+        cap.require("mmio", "mmio-json")?;
+        let map = match phys {
+            PhysAddr::Absolute => None,
+            PhysAddr::Offset => Some(memory_map(cap)?),
+        };
+        let cols = [
+            col("vcpu").cast(DataType::UInt32),
+            col("icount").cast(DataType::UInt64),
+            col("pc").cast(DataType::UInt64),
+            col("type"),
+            col("vaddr").cast(DataType::UInt64),
+            col("paddr").cast(DataType::UInt64),
+            col("size").cast(DataType::UInt8),
+            col("value").cast(DataType::UInt64),
+            col("value_hi").cast(DataType::UInt64),
+            col("device"),
+        ];
+        let d = cap.ptr_digits();
+        let capture_key = name.map(|n| format!("\"capture\": {}, ", json_str(n)));
+        let capture_key = capture_key.as_deref().unwrap_or("");
+        let range = icount_range(cap, "mmio", None)?;
+        for win in range.map(|r| windows(r, window_rows)).unwrap_or_default() {
+            let df = sorted_window(cap, "mmio", win, None, &cols)?;
+            let pc = df.column("pc")?.u64()?;
+            let ty = df.column("type")?.str()?;
+            let vaddr = df.column("vaddr")?.u64()?;
+            let paddr = df.column("paddr")?.u64()?;
+            let size = df.column("size")?.u8()?;
+            let value = df.column("value")?.u64()?;
+            let value_hi = df.column("value_hi")?.u64()?;
+            let device = df.column("device")?.str()?;
+            for i in 0..df.height() {
+                let mut phys_addr = paddr.get(i).unwrap_or(0);
+                if let Some(map) = &map {
+                    match map.region(phys_addr) {
+                        Some(r) => phys_addr = r.offset_of(phys_addr),
+                        None => self.report.outside_map += 1,
+                    }
                 }
+                let v = value.get(i).unwrap_or(0);
+                let value = match value_hi.get(i) {
+                    Some(hi) => hex_pad128(v, hi, d),
+                    None => hex_pad(v, d),
+                };
+                let obj = format!(
+                    "{{ {capture_key}\"type\": {}, \"guest_pc\": \"0x{}\", \"phys_addr\": \"0x{}\", \
+                     \"virt_addr\": \"0x{}\", \"size\": \"0x{}\", \"value\": \"0x{}\", \
+                     \"device\": {} }}",
+                    json_str(ty.get(i).unwrap_or("")),
+                    hex_pad(pc.get(i).unwrap_or(0), d),
+                    hex_pad(phys_addr, d),
+                    hex_pad(vaddr.get(i).unwrap_or(0), d),
+                    hex_pad(u64::from(size.get(i).unwrap_or(0)), d),
+                    value,
+                    json_str(device.get(i).unwrap_or(UNKNOWN_DEVICE)),
+                );
+                if let Some(prev) = self.pending.replace(obj) {
+                    writeln!(self.w, "{prev},")?;
+                }
+                self.report.accesses += 1;
             }
-            let v = value.get(i).unwrap_or(0);
-            let value = match value_hi.get(i) {
-                Some(hi) => hex_pad128(v, hi, d),
-                None => hex_pad(v, d),
-            };
-            let obj = format!(
-                "{{ \"type\": {}, \"guest_pc\": \"0x{}\", \"phys_addr\": \"0x{}\", \
-                 \"virt_addr\": \"0x{}\", \"size\": \"0x{}\", \"value\": \"0x{}\", \
-                 \"device\": {} }}",
-                json_str(ty.get(i).unwrap_or("")),
-                hex_pad(pc.get(i).unwrap_or(0), d),
-                hex_pad(phys_addr, d),
-                hex_pad(vaddr.get(i).unwrap_or(0), d),
-                hex_pad(u64::from(size.get(i).unwrap_or(0)), d),
-                value,
-                json_str(device.get(i).unwrap_or(UNKNOWN_DEVICE)),
-            );
-            if let Some(prev) = pending.replace(obj) {
-                writeln!(w, "{prev},")?;
-            }
-            n += 1;
         }
+        Ok(())
     }
-    if let Some(last) = pending {
-        writeln!(w, "{last}")?;
+
+    /// Closes the array; returns what was written.
+    pub fn finish(self) -> Result<MmioJsonReport> {
+        if let Some(last) = self.pending {
+            writeln!(self.w, "{last}")?;
+        }
+        writeln!(self.w, "]")?;
+        self.w.flush()?;
+        Ok(self.report)
     }
-    writeln!(w, "]")?;
-    w.flush()?;
-    Ok(MmioJsonReport {
-        accesses: n,
-        outside_map,
-    })
 }
 
 fn json_str(s: &str) -> String {
