@@ -273,6 +273,10 @@ fn run(cli: Cli) -> Result<()> {
                 PhysArg::Absolute => mmio_json::PhysAddr::Absolute,
                 PhysArg::Offset => mmio_json::PhysAddr::Offset,
             };
+            for (name, cap) in &captures {
+                mmio_json::MmioJsonLog::check(cap, phys)
+                    .with_context(|| format!("capture {}", name.as_deref().unwrap_or(&trace[0])))?;
+            }
             let mut log = mmio_json::MmioJsonLog::begin(&mut out)?;
             for (name, cap) in &captures {
                 log.capture(cap, phys, name.as_deref(), stream::window_rows())?;

@@ -90,6 +90,8 @@ pub fn mmio_json_windowed(
 /// "run-17"`, the capture's name).
 pub struct MmioJsonLog<'w> {
     w: &'w mut dyn Write,
+    /// The array's `[` is written.
+    begun: bool,
     /// Each object is written once the next one is known, so the last one
     /// can go without a comma.
     pending: Option<String>,
@@ -97,17 +99,29 @@ pub struct MmioJsonLog<'w> {
 }
 
 impl<'w> MmioJsonLog<'w> {
-    /// Opens the JSON array.
+    /// A log to `w`; nothing is written until the first capture is found
+    /// readable, so that a bad one is an error with no output.
     pub fn begin(w: &'w mut dyn Write) -> Result<MmioJsonLog<'w>> {
-        writeln!(w, "[")?;
         Ok(MmioJsonLog {
             w,
+            begun: false,
             pending: None,
             report: MmioJsonReport {
                 accesses: 0,
                 outside_map: 0,
             },
         })
+    }
+
+    /// Whether [`MmioJsonLog::capture`] can read `cap` as asked: call it
+    /// for every capture before the first, so that one that cannot be read
+    /// is an error before any output.
+    pub fn check(cap: &Capture, phys: PhysAddr) -> Result<()> {
+        cap.require("mmio", "mmio-json")?;
+        if phys == PhysAddr::Offset {
+            memory_map(cap)?;
+        }
+        Ok(())
     }
 
     /// Appends the accesses of `cap`, each with `"capture": name` when
@@ -136,6 +150,9 @@ impl<'w> MmioJsonLog<'w> {
             col("value_hi").cast(DataType::UInt64),
             col("device"),
         ];
+        if !std::mem::replace(&mut self.begun, true) {
+            writeln!(self.w, "[")?;
+        }
         let d = cap.ptr_digits();
         let capture_key = name.map(|n| format!("\"capture\": {}, ", json_str(n)));
         let capture_key = capture_key.as_deref().unwrap_or("");
@@ -186,6 +203,9 @@ impl<'w> MmioJsonLog<'w> {
 
     /// Closes the array; returns what was written.
     pub fn finish(self) -> Result<MmioJsonReport> {
+        if !self.begun {
+            writeln!(self.w, "[")?;
+        }
         if let Some(last) = self.pending {
             writeln!(self.w, "{last}")?;
         }
