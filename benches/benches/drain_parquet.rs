@@ -390,6 +390,8 @@ fn capture_once(w: Workload, out: &PathBuf, threads: Option<usize>) -> Cost {
             duration: None,
             until_pc: None,
             until_device: None,
+            until_icount: None,
+            max_events: None,
         })
         .expect("attach");
         let wall = started.elapsed();

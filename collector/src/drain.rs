@@ -24,6 +24,7 @@
 
 pub mod described_blocks;
 pub mod device_ids;
+pub mod window_end;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +42,7 @@ use trace_schema::sync::Ordering;
 
 use crate::drain::described_blocks::DescribedBlocks;
 use crate::drain::device_ids::DeviceIds;
+use crate::drain::window_end::WindowEnd;
 use crate::losses::{LossLedger, LostEvents};
 use crate::write::parquet_sink::{PartSink, SinkProgress};
 use crate::write::tables::{
@@ -123,6 +125,11 @@ struct State {
     blocks_unknown: u64,
     devices_unknown: u64,
     events_unexpected: u64,
+    /// `--until-icount`, `--max-events`: the rows past it are not written.
+    window: WindowEnd,
+    /// Per vCPU: the icount of its first event drained (the least of its
+    /// chunks' first).
+    first_icount: Vec<Option<u64>>,
 }
 
 /// Drains a segment's rings into table batches and hands full batches to
@@ -162,6 +169,11 @@ pub struct DrainReport {
     pub full_ring_waits: Vec<u64>,
     pub full_ring_wait_ns: Vec<u64>,
     pub devices: Vec<String>,
+    /// Per vCPU: the icount of its first event drained, if any.
+    pub first_icount: Vec<Option<u64>>,
+    /// Per vCPU: the icount its window ended at (`--until-icount`,
+    /// `--max-events`), if it did.
+    pub window_ended_at: Vec<Option<u64>>,
 }
 
 impl Drainer {
@@ -229,8 +241,22 @@ impl Drainer {
                 blocks_unknown: 0,
                 devices_unknown: 0,
                 events_unexpected: 0,
+                window: WindowEnd::new(n as usize, events, None, None).expect("no end"),
+                first_icount: vec![None; n as usize],
             },
         }
+    }
+
+    /// The drainer writing only the rows inside `window`.
+    pub fn with_window_end(mut self, window: WindowEnd) -> Drainer {
+        self.st.window = window;
+        self
+    }
+
+    /// Whether the window's end in events has passed (`--until-icount`,
+    /// `--max-events`): the collector detaches.
+    pub fn window_over(&self) -> bool {
+        self.st.window.over()
     }
 
     /// The tables this drainer writes.
@@ -343,6 +369,8 @@ impl Drainer {
             events: st.events.clone(),
             events_skipped: st.skipped.clone(),
             devices: st.devices.names().as_ref().clone(),
+            first_icount: st.first_icount.clone(),
+            window_ended_at: st.window.ended_at().to_vec(),
             ..Default::default()
         };
         let mut stats = StatsBatch::default();
@@ -371,6 +399,11 @@ impl Drainer {
                 stat::EVENTS_ALREADY_CAPTURED.name,
                 Some(v),
                 st.skipped[v as usize],
+            );
+            stats.push(
+                stat::EVENTS_AFTER_WINDOW.name,
+                Some(v),
+                st.window.after()[v as usize],
             );
             stats.push(
                 stat::META_LOST.name,
@@ -520,6 +553,17 @@ impl State {
             )));
         }
         let first = self.next_index[v];
+        // A vCPU's chunks of accesses and of blocks each come in icount
+        // order, not with each other: its first event is the least first.
+        let chunk_first = match c {
+            Chunk::Accesses(..) => c
+                .accesses()
+                .next()
+                .map_or(h.icount, |a| h.icount.wrapping_add(a.icount_delta as u64)),
+            Chunk::Blocks(..) => h.icount,
+        };
+        let known = &mut self.first_icount[v];
+        *known = Some(known.map_or(chunk_first, |k| k.min(chunk_first)));
         match c {
             Chunk::Accesses(..) => self.on_accesses(v, &c, metas)?,
             Chunk::Blocks(..) => self.on_blocks(v, &c, metas)?,
@@ -548,7 +592,7 @@ impl State {
             self.mmio.start_run(v as u32, h.asid);
         }
         let first = self.next_index[v];
-        if self.mem_on && first >= mem_from && first >= mmio_from {
+        if self.mem_on && first >= mem_from && first >= mmio_from && self.inside_window(c) {
             // The common case: every access is a row of `mem`, and the I/O
             // ones of `mmio` too.
             let before = self.mem.devices.len();
@@ -610,12 +654,15 @@ impl State {
                 self.events_unexpected += 1;
                 continue;
             }
+            let icount = h.icount.wrapping_add(a.icount_delta as u64);
+            if !self.window.take(v, icount) {
+                continue;
+            }
             let device = if io {
                 self.device(v, a.device, metas)?
             } else {
                 NO_DEVICE
             };
-            let icount = h.icount.wrapping_add(a.icount_delta as u64);
             if self.mem_on && !held_mem {
                 self.mem.push(icount, &a, high, device);
             }
@@ -659,10 +706,13 @@ impl State {
             let id = id_at(k);
             let len = chunk::block_insns(id);
             if first + (k as u64) >= held_below {
-                if !self.blocks.contains(id) && !self.look_for_block(id, metas)? {
-                    self.blocks_unknown += 1;
+                let ran = self.window.take_insns(v, icount, len);
+                if ran > 0 {
+                    if !self.blocks.contains(id) && !self.look_for_block(id, metas)? {
+                        self.blocks_unknown += 1;
+                    }
+                    self.block_exec.push(v as u32, icount, id, ran as u32);
                 }
-                self.block_exec.push(v as u32, icount, id, len as u32);
             }
             icount = icount.wrapping_add(len);
         }
@@ -678,6 +728,22 @@ impl State {
         }
         self.flush_due[Table::BlockExec.index()] |= self.block_exec.len() >= self.part_rows;
         Ok(())
+    }
+
+    /// Whether every access of chunk `c` is inside the window
+    /// (counted in if so); else they are taken one at a time.
+    #[inline]
+    fn inside_window(&mut self, c: &Chunk) -> bool {
+        if self.window.is_open_ended() {
+            return true;
+        }
+        let base = c.header().icount;
+        let (mut n, mut last) = (0, base);
+        for a in c.accesses().filter(|a| !a.is_high_half()) {
+            n += 1;
+            last = base.wrapping_add(a.icount_delta as u64);
+        }
+        self.window.take_all(n, last)
     }
 
     /// Per vCPU: the index of its first record whose rows of table `t` may
@@ -726,15 +792,20 @@ impl State {
         if p.index < self.skip_below[v][Table::BlockExec.index()] {
             return Ok(()); // its row is in the capture already
         }
-        if !self.blocks.contains(p.id) && !self.look_for_block(p.id, metas)? {
-            self.blocks_unknown += 1;
-        }
         let len = chunk::block_insns(p.id);
         let n = match end {
             Some(end) => len.min(end.saturating_sub(p.icount)),
             None => len,
         };
+        let n = if n > 0 {
+            self.window.take_insns(v, p.icount, n)
+        } else {
+            0
+        };
         if n > 0 {
+            if !self.blocks.contains(p.id) && !self.look_for_block(p.id, metas)? {
+                self.blocks_unknown += 1;
+            }
             self.block_exec.push(v as u32, p.icount, p.id, n as u32);
         }
         self.flush_due[Table::BlockExec.index()] |= self.block_exec.len() >= self.part_rows;

@@ -138,6 +138,10 @@ pub struct AttachArgs {
     /// End the capture after the first access to this device (a name of the
     /// `device` column; needs `qmp` for QEMU's memory map).
     pub until_device: Option<String>,
+    /// Each vCPU's events before this instruction index (icount).
+    pub until_icount: Option<u64>,
+    /// The first this many events (accesses, or instructions for insn).
+    pub max_events: Option<u64>,
 }
 
 /// Captures the running QEMU `args.pid` until it exits, dies, or we get
@@ -198,6 +202,8 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
         duration: args.duration,
         until_pc: args.until_pc,
         until_ranges,
+        until_icount: args.until_icount,
+        max_events: args.max_events,
     };
     let mut captured = session::capture(&seg, &setup, session::Owner::Attach, signals)?;
     match fetch {

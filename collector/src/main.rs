@@ -98,6 +98,16 @@ enum Cmd {
         /// the mmio table's device column, e.g. systick); needs --qmp.
         #[arg(long, value_name = "NAME")]
         until_device: Option<String>,
+        /// End each vCPU's window at its instruction N (icount, as the
+        /// capture's rows number them): its events before it, exactly; the
+        /// collector detaches once every vCPU has reached it.
+        #[arg(long, value_name = "N", value_parser = parse_icount)]
+        until_icount: Option<u64>,
+        /// End the capture after its first N events: memory accesses (an
+        /// MMIO access counts once), or executed instructions with
+        /// --events insn (not both kinds together).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_events: Option<u64>,
         #[command(flatten)]
         output: Output,
     },
@@ -163,7 +173,10 @@ Examples:
   trace-collector attach --pid $! --out b/ --events mem,mmio,insn
   # Until the guest first touches SysTick, or reaches an address:
   trace-collector attach --pid $! --qmp /tmp/q.sock --out c/ --until-device systick
-  trace-collector attach --pid $! --out d/ --until-pc 0x400134";
+  trace-collector attach --pid $! --out d/ --until-pc 0x400134
+  # The first million accesses; each vCPU's events before its instruction 10^9:
+  trace-collector attach --pid $! --out e/ --events mem,mmio --max-events 1000000
+  trace-collector attach --pid $! --out f/ --until-icount 1000000000";
 
 fn main() -> ExitCode {
     trace_collector::keep_freed_memory();
@@ -194,6 +207,8 @@ fn main() -> ExitCode {
             duration,
             until_pc,
             until_device,
+            until_icount,
+            max_events,
             output,
         } => trace_collector::attach(&AttachArgs {
             pid,
@@ -210,6 +225,8 @@ fn main() -> ExitCode {
             duration,
             until_pc,
             until_device,
+            until_icount,
+            max_events,
         }),
         Cmd::Run {
             events,
@@ -262,12 +279,21 @@ fn parse_events(text: &str) -> Result<EventSet, String> {
 
 /// `attach --until-pc`: an address, hex with 0x or decimal.
 fn parse_address(text: &str) -> Result<u64, String> {
+    parse_u64(text).map_err(|_| format!("'{text}' is not an address (hex with 0x, or decimal)"))
+}
+
+/// `attach --until-icount`: an instruction index, decimal or hex with 0x.
+fn parse_icount(text: &str) -> Result<u64, String> {
+    parse_u64(text)
+        .map_err(|_| format!("'{text}' is not an instruction index (decimal, or hex with 0x)"))
+}
+
+fn parse_u64(text: &str) -> Result<u64, std::num::ParseIntError> {
     let t = text.trim();
     match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
         Some(hex) => u64::from_str_radix(hex, 16),
         None => t.parse(),
     }
-    .map_err(|_| format!("'{text}' is not an address (hex with 0x, or decimal)"))
 }
 
 /// `attach --duration`: a period, not 0.

@@ -30,6 +30,8 @@ fn setup(out: &Path, part_rows: usize) -> CaptureSetup {
         duration: None,
         until_pc: None,
         until_ranges: Vec::new(),
+        until_icount: None,
+        max_events: None,
     }
 }
 

@@ -90,6 +90,12 @@ pub struct Window {
     pub attached_at: f64,
     pub instrumented_at: Option<f64>,
     pub ended_at: Option<f64>,
+    /// Per vCPU: the icount of its first event in the capture (null: none).
+    pub first_icount: Vec<Option<u64>>,
+    /// Per vCPU: the icount its window ended at, when it ended on an
+    /// instruction (`--until-icount`, `--max-events`): its events are
+    /// those before it.
+    pub end_icount: Vec<Option<u64>>,
 }
 
 impl Window {

@@ -114,6 +114,12 @@ pub const EVENTS_ALREADY_CAPTURED: Stat = stat(
     Info,
     "events drained again that the appended capture already holds (not written twice)",
 );
+pub const EVENTS_AFTER_WINDOW: Stat = stat(
+    "events_after_window",
+    PerVcpu,
+    Info,
+    "events drained after the window's end (attach --until-icount, --max-events), not written",
+);
 pub const META_LOST: Stat = stat(
     "meta_lost",
     PerVcpu,
@@ -172,6 +178,7 @@ pub const ALL: &[Stat] = &[
     EVENTS_LOST_BEFORE_ATTACH,
     EVENTS_LOST_COLLECTOR_DIED,
     EVENTS_ALREADY_CAPTURED,
+    EVENTS_AFTER_WINDOW,
     META_LOST,
     FULL_RING_WAITS,
     FULL_RING_WAIT_NS,

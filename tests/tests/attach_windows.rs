@@ -442,3 +442,127 @@ fn until_device_ends_the_window_after_its_first_access() {
     }
     assert_runs_free(qemu.pid());
 }
+
+/// `attach --until-icount N` and `--max-events N` on m3loop-0 held from its
+/// first instruction (`wait=on`), so icount counts from it: the window is
+/// exactly the guest's events before instruction N, or its first N
+/// accesses (tests/firmware/README.md: the SysTick setup stores at 3 and 5,
+/// then iteration n's accesses at 11 + 10n + {0, 1, 2, 4, 6}, the last the
+/// CVR load), or its first N instructions; the collector then detaches and
+/// QEMU runs on.
+#[test]
+fn until_icount_and_max_events_end_the_window_exactly() {
+    let base = capture_dir("window-ends");
+    // The guest's accesses, in order: (icount, paddr, type).
+    let accesses = || {
+        let setup = [(3, SYST_CVR - 4, "W"), (5, SYST_CVR - 8, "W")];
+        let per_iteration = [
+            (0, BUF0, "W"),
+            (1, BUF0 + 4, "W"),
+            (2, BUF0, "R"),
+            (4, BUF0 + 4, "R"),
+            (6, SYST_CVR, "R"),
+        ];
+        setup.into_iter().chain(
+            (0u64..).flat_map(move |n| per_iteration.map(|(off, a, t)| (11 + 10 * n + off, a, t))),
+        )
+    };
+    let rows_of = |dir: &Path| -> Vec<(u64, u64, String)> {
+        mem_rows(dir)
+            .into_iter()
+            .map(|(i, a, t, _)| (i, a, t))
+            .collect()
+    };
+    let expected = |v: Vec<(u64, u64, &str)>| -> Vec<(u64, u64, String)> {
+        v.into_iter()
+            .map(|(i, a, t)| (i, a, t.to_string()))
+            .collect()
+    };
+    let held = |name: &str| free_qemu(&format!("window-ends-{name}"), ",wait=on");
+
+    // Every table cut at instruction 1000.
+    let (qemu, _r1) = held("icount");
+    let dir = base.join("icount");
+    window(
+        qemu.pid(),
+        &dir,
+        &["--events", "mem,mmio,insn", "--until-icount", "1000"],
+    );
+    let j = capture_json(&dir);
+    assert_eq!(j["end"], "window_ended");
+    assert_eq!(j["window"]["end_icount"], serde_json::json!([1000]));
+    assert_eq!(j["window"]["first_icount"], serde_json::json!([0]));
+    let want: Vec<_> = accesses().take_while(|a| a.0 < 1000).collect();
+    assert_eq!(want.len(), 2 + 99 * 5);
+    assert_eq!(rows_of(&dir), expected(want));
+    assert_eq!(j["tables"]["mmio"], 2 + 99);
+    let mut insn = u64s(&table(&dir, "insn").unwrap(), "icount");
+    insn.sort_unstable();
+    assert_eq!(
+        insn,
+        (0..1000).collect::<Vec<u64>>(),
+        "instructions 0..1000, each once"
+    );
+    assert!(stat(&dir, "events_after_window", Some(0)) > 0);
+    assert_runs_free(qemu.pid());
+
+    // The first 100 accesses: iteration 19 cut after its third.
+    let (qemu, _r2) = held("accesses");
+    let dir = base.join("accesses");
+    window(
+        qemu.pid(),
+        &dir,
+        &["--events", "mem,mmio", "--max-events", "100"],
+    );
+    let j = capture_json(&dir);
+    assert_eq!(j["end"], "window_ended");
+    let want: Vec<_> = accesses().take(100).collect();
+    assert_eq!(want.last().unwrap().0, 11 + 190 + 2);
+    assert_eq!(rows_of(&dir), expected(want));
+    assert_eq!(j["tables"]["mmio"], 2 + 19);
+    assert_eq!(j["window"]["end_icount"], serde_json::json!([11 + 190 + 4]));
+    assert_runs_free(qemu.pid());
+
+    // The first 1234 instructions.
+    let (qemu, _r3) = held("insns");
+    let dir = base.join("insns");
+    window(
+        qemu.pid(),
+        &dir,
+        &["--events", "insn", "--max-events", "1234"],
+    );
+    let mut insn = u64s(&table(&dir, "insn").unwrap(), "icount");
+    insn.sort_unstable();
+    assert_eq!(insn, (0..1234).collect::<Vec<u64>>());
+    assert_eq!(
+        capture_json(&dir)["window"]["end_icount"],
+        serde_json::json!([1234])
+    );
+
+    // What cannot be cut exactly, and bad numbers: clear errors.
+    for (args, says) in [
+        (
+            &["--events", "mem,insn", "--max-events", "5"][..],
+            "--max-events needs one kind of event",
+        ),
+        (
+            &["--max-events", "0"][..],
+            "invalid value '0' for '--max-events <N>'",
+        ),
+        (
+            &["--until-icount", "soon"][..],
+            "'soon' is not an instruction index",
+        ),
+    ] {
+        let o = Command::new(collector())
+            .args(["attach", "--pid", &qemu.pid().to_string(), "--out"])
+            .arg(base.join("bad"))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert_runs_free(qemu.pid());
+}

@@ -17,6 +17,7 @@ use trace_schema::ring::Consumer;
 
 use crate::capture::append::{self, AppendPlan};
 use crate::capture::directory::{self, CaptureJson, WriteCaptureJson, FORMAT_VERSION};
+use crate::drain::window_end::WindowEnd;
 use crate::drain::{DrainReport, Drainer, Resume};
 use crate::losses::{LossLedger, LostEvents};
 use crate::progress::{Progress, TICK};
@@ -59,6 +60,10 @@ pub struct CaptureSetup {
     /// `attach --until-device`: the shim stops the recording after the first
     /// I/O access inside these (first, last) physical address ranges.
     pub until_ranges: Vec<(u64, u64)>,
+    /// `attach --until-icount`: each vCPU's events before this instruction.
+    pub until_icount: Option<u64>,
+    /// `attach --max-events`: the first this many events.
+    pub max_events: Option<u64>,
 }
 
 /// How the capture ended.
@@ -71,7 +76,9 @@ pub enum Ending {
     /// SIGINT/SIGTERM: we detached (`attach`), or QEMU did not exit in time
     /// after we forwarded the signal (`run`).
     Interrupted,
-    /// `attach --duration` ran out: we detached.
+    /// `attach --duration` ran out, or a window's end (`--until-pc`,
+    /// `--until-device`, `--until-icount`, `--max-events`) was reached: we
+    /// detached.
     WindowEnded,
 }
 
@@ -158,6 +165,16 @@ pub fn capture(
         },
     );
     let n_vcpus = seg.view().geometry.n_vcpus;
+    let window_end = WindowEnd::new(
+        n_vcpus as usize,
+        events,
+        setup.until_icount,
+        setup.max_events,
+    )
+    .map_err(|e| anyhow!(e))?;
+    if setup.append.is_some() && !window_end.is_open_ended() {
+        bail!("--append continues a capture whole: it takes no --until-icount or --max-events");
+    }
     let pid = seg.pid();
     let command = directory::qemu_command(pid);
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
@@ -249,7 +266,8 @@ pub fn capture(
         skip_below: plan.skip_below.clone(),
         known_blocks: std::mem::take(&mut plan.blocks),
     };
-    let mut drainer = Drainer::new(*seg.view(), events, setup.part_rows, sink, resume);
+    let mut drainer = Drainer::new(*seg.view(), events, setup.part_rows, sink, resume)
+        .with_window_end(window_end);
     let mut progress = Progress::new(setup.show_progress);
     or_detach(seg, json.lock().unwrap().write(&setup.out))?;
     let mut reserve = directory::SpaceReserve::new(&setup.out);
@@ -383,6 +401,8 @@ fn record_end(
     }
     json.end = Some(ending.end());
     json.window.ended_at = Some(trace_format::Window::now());
+    json.window.first_icount = report.first_icount.clone();
+    json.window.end_icount = report.window_ended_at.clone();
     let (during, before_attach, collector_died) = report.lost.totals();
     json.events_lost = previous.events_lost + during;
     json.events_lost_before_attach = previous.events_lost_before_attach + before_attach;
@@ -453,7 +473,10 @@ impl Watch<'_> {
             if stop {
                 return self.detach(drainer);
             }
-            if self.deadline.is_some_and(|d| now >= d) || seg.stopped_by_shim() {
+            if self.deadline.is_some_and(|d| now >= d)
+                || seg.stopped_by_shim()
+                || drainer.window_over()
+            {
                 self.detach(drainer)?;
                 return Ok(Ending::WindowEnded);
             }

@@ -270,6 +270,8 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
             duration: None,
             until_pc: None,
             until_ranges: Vec::new(),
+            until_icount: None,
+            max_events: None,
         };
         let captured = session::capture(&seg, &setup, Owner::Run { child: pid }, signals)?;
         Ok((captured, mtree))
