@@ -234,10 +234,7 @@ impl<'a> TraceWriter<'a> {
     ) -> Result<()> {
         self.begin_packet(true);
         self.packet.uint(field::packet::TIMESTAMP, ts);
-        let name_iid = match name {
-            Some(n) => Some(self.intern_event_name(n)),
-            None => None,
-        };
+        let name_iid = name.map(|n| self.intern_event_name(n));
         let mut ann = Vec::with_capacity(annotations.len());
         for (n, v) in annotations {
             let Some(&iid) = self.annotation_names.get(n) else {

@@ -250,10 +250,7 @@ fn every_mmio_access_is_an_instant_on_its_device_track() {
         assert_eq!(e["type"], "instant");
         assert_eq!(e["ts"], num(&r[1]), "{r:?}: {e}");
         let kind = if r[2] == "W" { "write" } else { "read" };
-        assert!(
-            e["name"].as_str().unwrap().starts_with(kind),
-            "{r:?}: {e}"
-        );
+        assert!(e["name"].as_str().unwrap().starts_with(kind), "{r:?}: {e}");
         let args = &e["args"];
         assert_eq!(args["paddr"], num(&r[3]), "{r:?}: {e}");
         assert_eq!(args["value"], num(&r[4]), "{r:?}: {e}");
@@ -360,7 +357,10 @@ fn every_call_is_a_slice_on_its_vcpu_track() {
         .iter()
         .filter(|l| l.2 == "blocks" || l.2.starts_with("blocks+"))
         .count();
-    assert_eq!(entries, 4, "calls to blocks, by the instructions at its start");
+    assert_eq!(
+        entries, 4,
+        "calls to blocks, by the instructions at its start"
+    );
     assert_eq!(in_blocks, 4 * 911, "the firmware README's count");
 
     for (symbols, name) in [
@@ -369,7 +369,8 @@ fn every_call_is_a_slice_on_its_vcpu_track() {
     ] {
         let (file, stderr) = export(&capture, symbols, &format!("{name}.perfetto-trace"));
         assert!(
-            stderr.contains("(0 MMIO events on 0 device tracks, 4 function slices on 1 vCPU tracks"),
+            stderr
+                .contains("(0 MMIO events on 0 device tracks, 4 function slices on 1 vCPU tracks"),
             "{stderr}"
         );
         let d = Decoded::read(&file);
@@ -405,12 +406,18 @@ fn each_vcpu_has_its_own_track_and_clock() {
     let (file, _) = export(&capture, Some(&elf), "perfetto-trace");
     let d = Decoded::read(&file);
     check_the_timestamps_are_stated(&d, &capture, "mem+mmio+insn");
-    for (vcpu, main, call_site) in [(0u32, "cpu0_main", 0x4008001cu64), (1, "cpu1_main", 0x40080034)] {
+    for (vcpu, main, call_site) in [
+        (0u32, "cpu0_main", 0x4008001cu64),
+        (1, "cpu1_main", 0x40080034),
+    ] {
         let slices = d.slices_on(d.track(&format!("vCPU {vcpu} functions")));
         assert_eq!(slices.len(), 1, "vCPU {vcpu}: {slices:?}");
         let s = slices[0];
         assert_eq!(s["name"], main);
-        assert_eq!(s["args"]["entry"], nm_address("aarch64-linux-gnu-nm", &elf, main));
+        assert_eq!(
+            s["args"]["entry"],
+            nm_address("aarch64-linux-gnu-nm", &elf, main)
+        );
         assert_eq!(s["args"]["call_site"], call_site);
         // Begins after the call: the instruction after the `bl` of
         // `_start` (icount 7) or `secondary_entry` (icount 4).

@@ -147,7 +147,11 @@ fn nested_calls_are_nested_slices() {
     let named = export(&cap, Some(&symbols), 1_000_000);
     let plain = export(&cap, None, 1_000_000);
     for rows in 1..=5 {
-        assert_eq!(export(&cap, Some(&symbols), rows), named, "windows of {rows}");
+        assert_eq!(
+            export(&cap, Some(&symbols), rows),
+            named,
+            "windows of {rows}"
+        );
     }
 
     let s = |track: &str, name: &str, begin, end, depth| {
