@@ -176,13 +176,12 @@ pub fn perfetto_windowed(
         return Ok(report);
     };
 
-    let device_tracks: HashMap<&str, u64> = devices
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (d.as_str(), device_track(i)))
-        .collect();
     let mut mmio = MmioEvents {
-        tracks: device_tracks,
+        tracks: devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.as_str(), device_track(i)))
+            .collect(),
         offsets: offsets.as_ref(),
         symbols,
         digits: cap.ptr_digits(),
@@ -191,34 +190,15 @@ pub fn perfetto_windowed(
     let mut calls = sites
         .as_ref()
         .map(|s| FunctionSlices::new(s, symbols, cap.ptr_digits()));
-    let mmio_cols = [
-        col("vcpu").cast(DataType::UInt32),
-        col("icount").cast(DataType::UInt64),
-        col("pc").cast(DataType::UInt64),
-        col("type"),
-        col("paddr").cast(DataType::UInt64),
-        col("size").cast(DataType::UInt8),
-        col("value").cast(DataType::UInt64),
-        col("value_hi").cast(DataType::UInt64),
-        col("device"),
-    ];
-    let insn_cols = [
-        col("vcpu").cast(DataType::UInt32),
-        col("icount").cast(DataType::UInt64),
-        col("pc").cast(DataType::UInt64),
-        col("block").cast(DataType::UInt64),
-    ];
     for win in windows(range, window_rows) {
+        // Both tables' rows of the window, merged by (icount, vcpu).
         let accesses = match mmio_range {
-            Some(_) => Some(sorted_window(cap, "mmio", win, None, &mmio_cols)?),
+            Some(_) => Some(sorted_window(cap, "mmio", win, None, &mmio_cols())?),
             None => None,
         };
-        let insns = match (&calls, insn_range) {
-            (Some(_), Some(_)) => Some(sorted_window(cap, "insn", win, None, &insn_cols)?),
-            _ => None,
-        };
         let mut acc = AccessCursor::new(accesses.as_ref())?;
-        if let (Some(df), Some(calls)) = (&insns, calls.as_mut()) {
+        if let (Some(calls), Some(_)) = (calls.as_mut(), insn_range) {
+            let df = sorted_window(cap, "insn", win, None, &insn_cols())?;
             let vcpu = df.column("vcpu")?.u32()?;
             let icount = df.column("icount")?.u64()?;
             let pc = df.column("pc")?.u64()?;
@@ -227,8 +207,6 @@ pub fn perfetto_windowed(
                 let (Some(v), Some(ic)) = (vcpu.get(i), icount.get(i)) else {
                     continue;
                 };
-                // The accesses of earlier instructions (and of other vCPUs'
-                // instructions at the same or a lower icount) first.
                 acc.write_before((ic, v), &mut mmio, &mut trace)?;
                 calls.instruction(&mut trace, v, ic, pc.get(i), block.get(i))?;
             }
@@ -247,6 +225,29 @@ pub fn perfetto_windowed(
     report.packets = trace.packets();
     trace.flush()?;
     Ok(report)
+}
+
+fn mmio_cols() -> [Expr; 9] {
+    [
+        col("vcpu").cast(DataType::UInt32),
+        col("icount").cast(DataType::UInt64),
+        col("pc").cast(DataType::UInt64),
+        col("type"),
+        col("paddr").cast(DataType::UInt64),
+        col("size").cast(DataType::UInt8),
+        col("value").cast(DataType::UInt64),
+        col("value_hi").cast(DataType::UInt64),
+        col("device"),
+    ]
+}
+
+fn insn_cols() -> [Expr; 4] {
+    [
+        col("vcpu").cast(DataType::UInt32),
+        col("icount").cast(DataType::UInt64),
+        col("pc").cast(DataType::UInt64),
+        col("block").cast(DataType::UInt64),
+    ]
 }
 
 /// The devices of the `mmio` table (`unknown` for a null device),
