@@ -254,13 +254,30 @@ fn run(cli: Cli) -> Result<()> {
         }) => {
             let symbols = symbols.as_deref().map(symbols::Symbols::load).transpose()?;
             let cap = open(&trace)?;
-            let f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            // Written under a temporary name, renamed when complete: a
+            // failed export leaves no truncated trace behind.
+            let mut partial = path.clone().into_os_string();
+            partial.push(".partial");
+            let partial = PathBuf::from(partial);
+            let f = File::create(&partial)
+                .with_context(|| format!("creating {}", partial.display()))?;
             let mut w = BufWriter::with_capacity(1 << 16, f);
-            let r = perfetto::perfetto(&cap, &mut w, symbols.as_ref())
-                .with_context(|| format!("writing {}", path.display()))?;
-            w.flush()
-                .with_context(|| format!("writing {}", path.display()))?;
-            report_perfetto(&path, &r);
+            let written = perfetto::perfetto(&cap, &mut w, symbols.as_ref()).and_then(|r| {
+                w.flush()
+                    .with_context(|| format!("writing {}", partial.display()))?;
+                drop(w);
+                std::fs::rename(&partial, &path).with_context(|| {
+                    format!("renaming {} to {}", partial.display(), path.display())
+                })?;
+                Ok(r)
+            });
+            match written {
+                Ok(r) => report_perfetto(&path, &r),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(e);
+                }
+            }
         }
     }
     out.flush()?;

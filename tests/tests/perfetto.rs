@@ -477,8 +477,8 @@ fn each_vcpu_has_its_own_track_and_clock() {
     );
 }
 
-/// A capture with neither `mmio` nor `insn` is an error naming both, and a
-/// file that cannot be written is named.
+/// A capture with neither `mmio` nor `insn` is an error naming both (and
+/// leaves no file), and a file that cannot be written is named.
 #[test]
 fn what_cannot_be_exported_is_a_clear_error() {
     let capture = capture_dir("perfetto/empty");
@@ -490,6 +490,7 @@ fn what_cannot_be_exported_is_a_clear_error() {
         std::fs::copy(&part, capture.join("stats").join(part.file_name().unwrap())).unwrap();
     }
     let out = capture.with_extension("perfetto-trace");
+    let _ = std::fs::remove_file(&out); // an earlier run's
     let (ok, _, err) = run_query(&[
         "perfetto",
         "--trace",
@@ -503,6 +504,9 @@ fn what_cannot_be_exported_is_a_clear_error() {
             && err.contains("has neither (tables: stats)"),
         "{err}"
     );
+    // No trace, not even an empty or partial one.
+    assert!(!out.exists());
+    assert!(!capture.with_extension("perfetto-trace.partial").exists());
 
     let (ok, _, err) = run_query(&[
         "perfetto",
@@ -513,7 +517,7 @@ fn what_cannot_be_exported_is_a_clear_error() {
     ]);
     assert!(!ok);
     assert!(
-        err.contains("creating /nonexistent-dir/x.perfetto-trace"),
+        err.contains("creating /nonexistent-dir/x.perfetto-trace.partial: No such file"),
         "{err}"
     );
 }
