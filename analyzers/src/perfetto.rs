@@ -187,8 +187,11 @@ pub fn perfetto_windowed(
         digits: cap.ptr_digits(),
         counts: HashMap::new(),
     };
+    // Without a call instruction in `code` there is no slice to make: the
+    // instructions are not read.
     let mut calls = sites
         .as_ref()
+        .filter(|s| !s.is_empty())
         .map(|s| FunctionSlices::new(s, symbols, cap.ptr_digits()));
     for win in windows(range, window_rows) {
         // Both tables' rows of the window, merged by (icount, vcpu).
