@@ -5,6 +5,9 @@
 #   - the bare-metal cross toolchains for the test firmware
 #   - capnproto (the Cap'n Proto schema compiler used by schema/build.rs)
 #   - QEMU's execlog plugin, built from the installed QEMU's source (qemu-execlog.sh)
+#   - Perfetto's compiled trace protos (the `perfetto` Python package, pinned
+#     with its protobuf runtime by version and sha256 in
+#     tests/perfetto/requirements.txt), in ~/.cache/trace-collector/python
 # Run as root (or with sudo available).
 set -euo pipefail
 
@@ -53,6 +56,16 @@ fi
 # DuckDB (Python), for the tests that cross-check trace-query's SQL answers.
 if ! python3 -c "import duckdb" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check duckdb
+fi
+
+# Perfetto's trace protos (Python), for the test that reads
+# `trace-query perfetto`'s output back (tests/perfetto/check_trace.py), in
+# a directory of their own, outside the repository and the system's Python.
+PERFETTO_PY="$HOME/.cache/trace-collector/python/perfetto-0.59.1"
+if ! PYTHONPATH="$PERFETTO_PY" python3 -c "from perfetto.protos.perfetto.trace import perfetto_trace_pb2" 2>/dev/null; then
+    rm -rf "$PERFETTO_PY"
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
+        --target "$PERFETTO_PY" -r "$(dirname "$0")/../tests/perfetto/requirements.txt"
 fi
 
 # QEMU's own execlog plugin, built from the installed QEMU's source, for the

@@ -12,7 +12,6 @@
 //! in hex zero-padded to the guest pointer width; then every byte of the
 //! access as ` %02x` in memory order. See `analyzers/README.md`.
 
-use std::collections::{HashMap, HashSet};
 use std::io::Write;
 
 use anyhow::{bail, Result};
@@ -20,6 +19,7 @@ use polars::prelude::*;
 
 use crate::capture_dir::Capture;
 use crate::hex::{access_bytes, hex_pad};
+use crate::shadow_stack::{CallSites, ShadowStacks};
 use crate::stream::{icount_range, sorted_window, window_rows, windows};
 use crate::symbols::Symbols;
 
@@ -113,127 +113,6 @@ fn overlaps(b: &Buffer) -> Expr {
     e
 }
 
-/// True when `disas` is a call instruction: `bl`, `blx`, `bl<cond>`,
-/// `blx<cond>` (ARM/Thumb), `blr`/`blraa`... (AArch64), `call*`/`lcall`
-/// (x86), `jal`/`jalr` linking `ra`/`x1` and `c.jal`/`c.jalr` (RISC-V; MIPS
-/// `jal`/`jalr` too).
-pub fn is_call(disas: &str) -> bool {
-    const COND: [&str; 17] = [
-        "eq", "ne", "cs", "hs", "cc", "lo", "mi", "pl", "vs", "vc", "hi", "ls", "ge", "lt", "gt",
-        "le", "al",
-    ];
-    let d = disas.trim();
-    let (mnem, ops) = match d.find(char::is_whitespace) {
-        Some(i) => (&d[..i], d[i..].trim()),
-        None => (d, ""),
-    };
-    let mnem = mnem.to_ascii_lowercase();
-    let m = mnem
-        .strip_suffix(".w")
-        .or_else(|| mnem.strip_suffix(".n"))
-        .unwrap_or(&mnem);
-    if m.starts_with("call") || m == "lcall" {
-        return true;
-    }
-    if m == "bl" || m == "blx" || m == "blr" || m.starts_with("blra") {
-        return true;
-    }
-    let cond = |rest: Option<&str>| rest.is_some_and(|c| COND.contains(&c));
-    if cond(m.strip_prefix("blx")) || cond(m.strip_prefix("bl")) {
-        return true;
-    }
-    if m == "c.jal" || m == "c.jalr" {
-        return true;
-    }
-    if m == "jal" || m == "jalr" {
-        let operands: Vec<&str> = ops.split(',').map(str::trim).collect();
-        return match operands.as_slice() {
-            [""] => false,
-            // pseudo-instruction `jal offset` / `jalr rs`: links ra
-            [_] => true,
-            [link, ..] => matches!(*link, "ra" | "x1" | "$ra" | "$31"),
-            [] => false,
-        };
-    }
-    false
-}
-
-/// Per-(block, pc) call sites found in `code`: their return address.
-struct CallSites {
-    calls: HashMap<(u64, u64), u64>,
-    returns: HashSet<u64>,
-}
-
-fn call_sites(cap: &Capture) -> Result<CallSites> {
-    let lf = cap.scan("code")?.select([
-        col("block").cast(DataType::UInt64),
-        col("pc").cast(DataType::UInt64),
-        col("size").cast(DataType::UInt64),
-        col("disas"),
-    ]);
-    let df = cap.collect(lf)?;
-    let block = df.column("block")?.u64()?;
-    let pc = df.column("pc")?.u64()?;
-    let size = df.column("size")?.u64()?;
-    let disas = df.column("disas")?.str()?;
-    let mut calls = HashMap::new();
-    let mut returns = HashSet::new();
-    for i in 0..df.height() {
-        let (Some(b), Some(p), Some(s), Some(d)) =
-            (block.get(i), pc.get(i), size.get(i), disas.get(i))
-        else {
-            continue;
-        };
-        if is_call(d) {
-            let ret = p.wrapping_add(s);
-            calls.insert((b, p), ret);
-            returns.insert(ret);
-        }
-    }
-    Ok(CallSites { calls, returns })
-}
-
-/// Entries of the shadow stack searched for a return address (like PANDA's
-/// callstack_instr, which tolerates a few missed returns).
-const RETURN_SEARCH_DEPTH: usize = 16;
-/// Deepest shadow stack kept; older entries are dropped beyond it.
-const MAX_STACK: usize = 1 << 16;
-
-#[derive(Default)]
-struct ShadowStacks {
-    stacks: HashMap<u32, Vec<u64>>,
-}
-
-impl ShadowStacks {
-    /// Execution reached `pc`: when it is one of the top return addresses,
-    /// the calls above it (and it) have returned.
-    fn reach(&mut self, vcpu: u32, pc: u64) {
-        let s = self.stacks.entry(vcpu).or_default();
-        let n = s.len();
-        for i in (n.saturating_sub(RETURN_SEARCH_DEPTH)..n).rev() {
-            if s[i] == pc {
-                s.truncate(i);
-                return;
-            }
-        }
-    }
-
-    fn call(&mut self, vcpu: u32, ret: u64) {
-        let s = self.stacks.entry(vcpu).or_default();
-        if s.len() >= MAX_STACK {
-            s.remove(0);
-        }
-        s.push(ret);
-    }
-
-    fn top(&self, vcpu: u32) -> u64 {
-        self.stacks
-            .get(&vcpu)
-            .and_then(|s| s.last().copied())
-            .unwrap_or(0)
-    }
-}
-
 /// A matching access, as read from `mem`.
 struct Access {
     vcpu: u32,
@@ -320,14 +199,14 @@ fn walk(
             out[next] = stacks.top(acc[next].vcpu);
             next += 1;
         }
-        if sites.returns.contains(&p) {
+        if sites.is_return_address(p) {
             stacks.reach(v, p);
         }
         while next < acc.len() && key(&acc[next]) == (ic, v) {
             out[next] = stacks.top(v);
             next += 1;
         }
-        if let Some(&ret) = block.get(i).and_then(|b| sites.calls.get(&(b, p))) {
+        if let Some(ret) = block.get(i).and_then(|b| sites.return_address(b, p)) {
             stacks.call(v, ret);
         }
     }
@@ -394,13 +273,9 @@ fn write_bufmon(
     // calls and the instructions at a return address, up to the last match.
     let mut tracker = None;
     if callers == Callers::ShadowStack {
-        let sites = call_sites(cap)?;
-        if !sites.calls.is_empty() {
-            let mut pcs: Vec<u64> = sites.calls.keys().map(|&(_, pc)| pc).collect();
-            pcs.extend(sites.returns.iter().copied());
-            pcs.sort_unstable();
-            pcs.dedup();
-            let pcs = Series::new("pcs".into(), pcs);
+        let sites = CallSites::read(cap)?;
+        if !sites.is_empty() {
+            let pcs = Series::new("pcs".into(), sites.pcs());
             let events = col("icount")
                 .lt_eq(lit(last))
                 .and(col("pc").is_in(lit(pcs).implode(false), false));
@@ -495,52 +370,5 @@ mod tests {
         assert!(e.to_string().starts_with("b line 1:"), "{e}");
         let e = parse_buffers("10 0 0\n", "b").unwrap_err();
         assert!(e.to_string().contains("size is 0"), "{e}");
-    }
-
-    #[test]
-    fn calls() {
-        for d in [
-            "bl #0x1234",
-            "blx r3",
-            "bleq #0x100",
-            "bl.w #0x10",
-            "blr x8",
-            "call 0x401000",
-            "callq *%rax",
-            "jal ra,0x80000010",
-            "jalr ra,a5,0",
-            "jalr ra,0(a5)",
-            "jal 0x100",
-            "c.jalr a5",
-        ] {
-            assert!(is_call(d), "{d}");
-        }
-        for d in [
-            "b #0x10",
-            "bls #0x10",
-            "blt #0x10",
-            "ble #0x10",
-            "blo #0x10",
-            "bx lr",
-            "jal zero,0x80000010",
-            "jalr zero,0(ra)",
-            "ret",
-            "jmp 0x10",
-            "mov r0, r1",
-            "",
-        ] {
-            assert!(!is_call(d), "{d}");
-        }
-    }
-
-    #[test]
-    fn shadow_stack() {
-        let mut s = ShadowStacks::default();
-        s.call(0, 0x104);
-        s.call(0, 0x204);
-        assert_eq!(s.top(0), 0x204);
-        s.reach(0, 0x104); // returned through both
-        assert_eq!(s.top(0), 0);
-        assert_eq!(s.top(1), 0);
     }
 }

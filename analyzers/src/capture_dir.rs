@@ -24,6 +24,7 @@ pub use trace_format::STANDARD_TABLES;
 /// The view rebuilt from `block_exec` rather than read from files.
 const INSN: &str = trace_format::INSN_VIEW;
 
+use trace_format::memory_map::MemoryMap;
 use trace_format::{stats as stat, CaptureJson, Table, MAX_BLOCK_INSNS};
 
 /// An open capture directory.
@@ -142,6 +143,20 @@ impl Capture {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// QEMU's memory map the collector saved (`mtree.txt`), if it did (not
+    /// `attach` without `--qmp`); an error names the file that does not read.
+    pub fn memory_map(&self) -> Result<Option<MemoryMap>> {
+        let path = self.dir.join("mtree.txt");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        MemoryMap::parse(&text)
+            .map(Some)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))
     }
 
     /// The parsed `capture.json`, if there is one.

@@ -9,8 +9,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use polars::prelude::*;
 use trace_analyzers::{
-    bufmon, dataset, execlog, line_prefix, mmio_json, output, sql, stream, symbols, timeline,
-    Capture,
+    bufmon, dataset, execlog, line_prefix, mmio_json, output, perfetto, sql, stream, symbols,
+    timeline, Capture,
 };
 
 #[derive(Parser)]
@@ -21,7 +21,7 @@ use trace_analyzers::{
     long_about = "SQL over a trace-collector capture directory, and analyzers.\n\n\
         trace-query --trace DIR [--format table|csv|json] \"SQL\"\n\
         trace-query --trace DIR --tables\n\
-        trace-query bufmon|mmio-json|execlog|timeline --trace DIR ...\n\n\
+        trace-query bufmon|mmio-json|execlog|timeline|perfetto --trace DIR ...\n\n\
         Every table directory of DIR (mem, mmio, insn, code, stats, ...) is a SQL table.",
     after_help = QUERY_EXAMPLES,
     args_conflicts_with_subcommands = true
@@ -130,6 +130,34 @@ enum Command {
         /// The SVG file to write.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+    },
+    /// A Perfetto trace to open in ui.perfetto.dev: a track per MMIO device
+    /// (an instant per access), a track per vCPU (a slice per function
+    /// call, with insn). Timestamps: 1 ns = 1 guest instruction (icount).
+    #[command(long_about = "A Perfetto trace (protobuf) of the capture, to open in \
+        ui.perfetto.dev (Open trace file) or Perfetto's trace processor.\n\n\
+        Timestamps are instruction counts: an event at icount N of its vCPU is at N ns \
+        (1 ns = 1 guest instruction; each vCPU counts its own).\n\n\
+        Under one track for the capture:\n\
+        - capture: an instant saying so, with the capture's directory and QEMU command;\n\
+        - vCPU N functions (needs insn): a slice per function call, from the callee's \
+        first instruction to the instruction at the return address, nested, from the \
+        shadow call stack bufmon uses; named after the function with --symbols, else \
+        its address;\n\
+        - MMIO DEVICE (needs mmio): an instant per access, `read 0x8` / `write 0x0` after \
+        the register's offset in the device's region (from mtree.txt; `@PADDR` without \
+        it), with offset, paddr, value, size, pc, vcpu (and symbol) as arguments.")]
+    Perfetto {
+        /// Capture directory.
+        #[arg(long, value_name = "DIR")]
+        trace: PathBuf,
+        /// The trace file to write (e.g. capture.perfetto-trace).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// An ELF or System.map-style file: slices are named after the
+        /// functions, and MMIO events get a `symbol` argument.
+        #[arg(long, value_name = "FILE")]
+        symbols: Option<PathBuf>,
     },
     /// Print a shell completion script (bash: `source <(trace-query completions bash)`).
     Completions {
@@ -328,9 +356,71 @@ fn run(cli: Cli) -> Result<()> {
                 r.lanes.len()
             );
         }
+        Some(Command::Perfetto {
+            trace,
+            out: path,
+            symbols,
+        }) => {
+            let symbols = symbols.as_deref().map(symbols::Symbols::load).transpose()?;
+            let cap = open(&trace)?;
+            // Written under a temporary name, renamed when complete: a
+            // failed export leaves no truncated trace behind.
+            let mut partial = path.clone().into_os_string();
+            partial.push(".partial");
+            let partial = PathBuf::from(partial);
+            let f = File::create(&partial)
+                .with_context(|| format!("creating {}", partial.display()))?;
+            let mut w = BufWriter::with_capacity(1 << 16, f);
+            let written = perfetto::perfetto(&cap, &mut w, symbols.as_ref()).and_then(|r| {
+                w.flush()
+                    .with_context(|| format!("writing {}", partial.display()))?;
+                drop(w);
+                std::fs::rename(&partial, &path).with_context(|| {
+                    format!("renaming {} to {}", partial.display(), path.display())
+                })?;
+                Ok(r)
+            });
+            match written {
+                Ok(r) => report_perfetto(&path, &r),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(e);
+                }
+            }
+        }
     }
     out.flush()?;
     Ok(())
+}
+
+/// What `perfetto` wrote, and what it could not do, on stderr.
+fn report_perfetto(path: &std::path::Path, r: &perfetto::PerfettoReport) {
+    if let Some(problem) = &r.mtree_problem {
+        eprintln!("trace-query: warning: {problem}: MMIO events are named by physical address");
+    } else if !r.register_offsets && !r.devices.is_empty() {
+        eprintln!(
+            "trace-query: note: no mtree.txt in the capture, so MMIO events are named by \
+             physical address, not register offset"
+        );
+    }
+    match r.functions {
+        perfetto::Functions::ShadowStack => {}
+        perfetto::Functions::NoInsnTable => eprintln!(
+            "trace-query: note: no insn table, so no vCPU tracks (record insn to get function slices)"
+        ),
+        perfetto::Functions::NoCodeTable => eprintln!(
+            "trace-query: note: no code table, so the vCPU tracks have no function slices"
+        ),
+    }
+    eprintln!(
+        "trace-query: wrote {} ({} MMIO events on {} device tracks, {} function slices on {} \
+         vCPU tracks; timestamps: 1 ns = 1 guest instruction)",
+        path.display(),
+        r.devices.values().sum::<u64>(),
+        r.devices.len(),
+        r.vcpus.values().sum::<u64>(),
+        r.vcpus.len()
+    );
 }
 
 /// Prints a query result in `format` (with a note when the table format

@@ -18,7 +18,7 @@
 
 use std::io::Write;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, Result};
 use polars::prelude::*;
 use trace_format::memory_map::MemoryMap;
 
@@ -60,17 +60,13 @@ pub fn mmio_json_with(cap: &Capture, w: &mut dyn Write, phys: PhysAddr) -> Resul
 
 /// The capture's memory map, for offsets into regions.
 fn memory_map(cap: &Capture) -> Result<MemoryMap> {
-    let path = cap.dir().join("mtree.txt");
-    if !path.exists() {
-        bail!(
+    cap.memory_map()?.ok_or_else(|| {
+        anyhow!(
             "--phys offset needs the capture's memory map, {}, which it does not have \
              (captured by `attach` without --qmp?)",
-            path.display()
-        );
-    }
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    MemoryMap::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+            cap.dir().join("mtree.txt").display()
+        )
+    })
 }
 
 /// [`mmio_json_with`] reading about `window_rows` accesses at a time.

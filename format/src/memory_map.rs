@@ -88,6 +88,12 @@ impl MemoryMap {
     pub fn regions(&self) -> &[Region] {
         &self.regions
     }
+
+    /// The offset of `addr` into its region ([`Region::offset_of`]); None
+    /// outside the map.
+    pub fn offset(&self, addr: u64) -> Option<u64> {
+        self.region(addr).map(|r| r.offset_of(addr))
+    }
 }
 
 /// `0000000040028000-0000000040028fff (prio -1000, i/o): PWM`, or with the
@@ -167,6 +173,8 @@ FlatView #2
             "nvic_sysregs after SysTick: CPUID, past the @offset"
         );
         assert_eq!(at(0x4000c000), 0, "the UART's data register");
+        assert_eq!(m.offset(0x4000c018), Some(0x18), "the UART's flag register");
+        assert_eq!(m.offset(0x30000000), None, "outside the map");
     }
 
     #[test]

@@ -23,10 +23,12 @@ fn dir() -> &'static str {
 }
 
 fn bufmon(buffers: &str) -> String {
-    let file = capture().with_extension(format!(
-        "buffers-{:x}",
-        buffers.len() * 31 + buffers.as_bytes()[0] as usize
-    ));
+    // One file per buffer list (tests run in parallel): named by all its
+    // bytes (FNV-1a).
+    let hash = buffers.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let file = capture().with_extension(format!("buffers-{hash:016x}"));
     std::fs::write(&file, buffers).unwrap();
     let (ok, out, err) = run_query(&[
         "bufmon",

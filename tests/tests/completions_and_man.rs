@@ -84,6 +84,7 @@ fn man_pages_one_per_subcommand() {
                 "execlog",
                 "man",
                 "mmio-json",
+                "perfetto",
                 "timeline",
             ][..],
         ),

@@ -5,4 +5,5 @@ mod common;
 mod analyzers;
 mod cli;
 mod errors;
+mod perfetto;
 mod sql;
