@@ -63,7 +63,7 @@ fn bash_completes_subcommands_and_options() {
     );
     assert_eq!(
         bash_completes(&collector(), &["trace-collector", "attach", "--until"]),
-        ["--until-device", "--until-pc"]
+        ["--until-device", "--until-icount", "--until-pc"]
     );
 }
 
