@@ -392,6 +392,8 @@ fn capture_once(w: Workload, out: &PathBuf, threads: Option<usize>) -> Cost {
             until_device: None,
             until_icount: None,
             max_events: None,
+            from_pc: None,
+            from_device: None,
         })
         .expect("attach");
         let wall = started.elapsed();

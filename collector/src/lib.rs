@@ -142,6 +142,11 @@ pub struct AttachArgs {
     pub until_icount: Option<u64>,
     /// The first this many events (accesses, or instructions for insn).
     pub max_events: Option<u64>,
+    /// Start the recording as a vCPU is about to execute the instruction at
+    /// this guest address.
+    pub from_pc: Option<u64>,
+    /// Start it with the first access to this device (needs `qmp`).
+    pub from_device: Option<String>,
 }
 
 /// Captures the running QEMU `args.pid` until it exits, dies, or we get
@@ -182,10 +187,12 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
             |_| {},
         )
     });
-    let until_ranges = match &args.until_device {
-        None => Vec::new(),
-        Some(name) => device_ranges_now(fetch.as_deref(), &args.out, &user_names, name)?,
+    let ranges_of = |device: &Option<String>, option: &str| match device {
+        None => Ok(Vec::new()),
+        Some(name) => device_ranges_now(fetch.as_deref(), &args.out, &user_names, name, option),
     };
+    let until_ranges = ranges_of(&args.until_device, "--until-device")?;
+    let from_ranges = ranges_of(&args.from_device, "--from-device")?;
     let setup = session::CaptureSetup {
         out: args.out.clone(),
         part_rows: args.part_rows,
@@ -204,6 +211,8 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
         until_ranges,
         until_icount: args.until_icount,
         max_events: args.max_events,
+        from_pc: args.from_pc,
+        from_ranges,
     };
     let mut captured = session::capture(&seg, &setup, session::Owner::Attach, signals)?;
     match fetch {
@@ -228,24 +237,25 @@ fn device_ranges_now(
     out: &std::path::Path,
     user: &memory_map::DeviceMap,
     name: &str,
+    option: &str,
 ) -> Result<Vec<(u64, u64)>> {
     let Some(fetch) = fetch else {
-        anyhow::bail!("--until-device needs --qmp: devices are named from QEMU's memory map");
+        anyhow::bail!("{option} needs --qmp: devices are named from QEMU's memory map");
     };
     if let Some(problem) = fetch.wait(DEVICE_MAP_WAIT) {
         anyhow::bail!(
-            "--until-device: {problem} (a QEMU its shim holds with wait=on answers QMP only \
+            "{option}: {problem} (a QEMU its shim holds with wait=on answers QMP only \
              once a collector has attached: start it without wait=on)"
         );
     }
     let text = std::fs::read_to_string(out.join("mtree.txt"))?;
     let map = memory_map::MemoryMap::parse(&text)
-        .map_err(|e| anyhow::anyhow!("--until-device: QEMU's memory map: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("{option}: QEMU's memory map: {e}"))?;
     let ranges = memory_map::device_ranges(&map, user, name)
-        .map_err(|e| anyhow::anyhow!("--until-device: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("{option}: {e}"))?;
     if ranges.len() > trace_schema::layout::MAX_STOP_RANGES {
         anyhow::bail!(
-            "--until-device: '{name}' has {} regions, more than the {} the shim can watch",
+            "{option}: '{name}' has {} regions, more than the {} the shim can watch",
             ranges.len(),
             trace_schema::layout::MAX_STOP_RANGES
         );
@@ -253,7 +263,7 @@ fn device_ranges_now(
     Ok(ranges)
 }
 
-/// How long `--until-device` waits for QEMU's memory map.
+/// How long `--until-device` and `--from-device` wait for QEMU's memory map.
 const DEVICE_MAP_WAIT: Duration = Duration::from_secs(5);
 
 /// Starts QEMU (`args.qemu`) with the shim and captures it until it exits.

@@ -98,6 +98,16 @@ enum Cmd {
         /// the mmio table's device column, e.g. systick); needs --qmp.
         #[arg(long, value_name = "NAME")]
         until_device: Option<String>,
+        /// Start the recording as a vCPU is about to execute the instruction
+        /// at this guest (virtual) address, hex (0x...) or decimal: its
+        /// accesses are the window's first (with insn, instructions from the
+        /// next block); until then QEMU runs instrumented, recording nothing.
+        #[arg(long, value_name = "ADDR", value_parser = parse_address)]
+        from_pc: Option<u64>,
+        /// Start the recording with the first access to this device (a name
+        /// of the mmio table's device column); needs --qmp.
+        #[arg(long, value_name = "NAME")]
+        from_device: Option<String>,
         /// End each vCPU's window at its instruction N (icount, as the
         /// capture's rows number them): its events before it, exactly; the
         /// collector detaches once every vCPU has reached it.
@@ -174,6 +184,9 @@ Examples:
   # Until the guest first touches SysTick, or reaches an address:
   trace-collector attach --pid $! --qmp /tmp/q.sock --out c/ --until-device systick
   trace-collector attach --pid $! --out d/ --until-pc 0x400134
+  # From the guest's first access to SysTick, or from an address, 10 seconds:
+  trace-collector attach --pid $! --qmp /tmp/q.sock --out g/ --from-device systick --duration 10s
+  trace-collector attach --pid $! --out h/ --from-pc 0x400200 --until-pc 0x400280
   # The first million accesses; each vCPU's events before its instruction 10^9:
   trace-collector attach --pid $! --out e/ --events mem,mmio --max-events 1000000
   trace-collector attach --pid $! --out f/ --until-icount 1000000000";
@@ -209,6 +222,8 @@ fn main() -> ExitCode {
             until_device,
             until_icount,
             max_events,
+            from_pc,
+            from_device,
             output,
         } => trace_collector::attach(&AttachArgs {
             pid,
@@ -227,6 +242,8 @@ fn main() -> ExitCode {
             until_device,
             until_icount,
             max_events,
+            from_pc,
+            from_device,
         }),
         Cmd::Run {
             events,

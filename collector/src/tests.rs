@@ -32,6 +32,8 @@ fn setup(out: &Path, part_rows: usize) -> CaptureSetup {
         until_ranges: Vec::new(),
         until_icount: None,
         max_events: None,
+        from_pc: None,
+        from_ranges: Vec::new(),
     }
 }
 

@@ -89,6 +89,9 @@ pub struct CaptureJson {
 pub struct Window {
     pub attached_at: f64,
     pub instrumented_at: Option<f64>,
+    /// When the start trigger fired (`attach --from-pc`, `--from-device`),
+    /// as the collector saw it; null without one, or if it never fired.
+    pub started_at: Option<f64>,
     pub ended_at: Option<f64>,
     /// Per vCPU: the icount of its first event in the capture (null: none).
     pub first_icount: Vec<Option<u64>>,

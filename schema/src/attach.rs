@@ -21,7 +21,11 @@
 //! Before it attaches, a collector writes what it asks of the shim
 //! ([`Request`], [`set_request`]); the attach publishes it, and the shim
 //! reads it once it sees `Attached` ([`requested_events`],
-//! [`requested_stop_pc`], [`hits_stop_range`]).
+//! [`requested_stop_pc`], [`hits_stop_range`]). A collector that asks for
+//! a start trigger attaches as `Armed` instead: the shim instruments for
+//! its events and records nothing until a vCPU meets the trigger
+//! ([`requested_start_pc`], [`hits_start_range`]); that vCPU makes it
+//! `Attached` ([`start_at_trigger`]), and the recording starts with it.
 //!
 //! The shim may stop the recording itself, when the trigger the collector
 //! set before it attached fires (`Header::stop_at_pc`): it takes the
@@ -37,7 +41,7 @@
 
 use crate::layout::Header;
 use crate::options::EventSet;
-use crate::sync::Ordering;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// The values of `Header::state`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +55,11 @@ pub enum State {
     /// The collector that was attached died: the shim counts events as
     /// lost until a collector attaches again.
     Detached = 2,
+    /// A collector is attached and waits for its start trigger (`attach
+    /// --from-pc`, `--from-device`): the shim is instrumented for its
+    /// events but records none until a vCPU meets the trigger
+    /// ([`start_at_trigger`]), which makes it `Attached`.
+    Armed = 3,
 }
 
 impl State {
@@ -67,6 +76,7 @@ impl State {
             0 => Ok(State::Waiting),
             1 => Ok(State::Attached),
             2 => Ok(State::Detached),
+            3 => Ok(State::Armed),
             other => Err(other),
         }
     }
@@ -76,7 +86,7 @@ impl State {
 
 /// The shim's question at every event: `Some(true)` record it, `Some(false)`
 /// count it lost (a collector was attached and died), `None` ignore it (no
-/// collector: none yet, or it detached).
+/// collector: none yet, or it detached; or its start trigger has not fired).
 #[inline(always)]
 pub fn recording(header: &Header) -> Option<bool> {
     // Relaxed: the hot path; what a new collector set up before attaching
@@ -107,6 +117,31 @@ pub fn stop_at_trigger(header: &Header) {
         Ordering::AcqRel,
         Ordering::Relaxed,
     );
+}
+
+/// A vCPU met the collector's start trigger (`Header::start_at_pc`,
+/// `start_ranges`): the shim starts recording, with this event (every vCPU
+/// from its next). Returns whether this call started it.
+pub fn start_at_trigger(header: &Header) -> bool {
+    // AcqRel: as `stop_at_trigger`; a failure means the recording started
+    // (another vCPU), or the collector detached or died meanwhile.
+    header
+        .state
+        .compare_exchange(
+            State::Armed as u32,
+            State::Attached as u32,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        )
+        .is_ok()
+}
+
+/// Whether the shim waits for the collector's start trigger (`Armed`).
+#[inline(always)]
+pub fn armed(header: &Header) -> bool {
+    // Relaxed: the shim's slow path, after `recording` said no; the state
+    // was published with the attach (which the shim saw with Acquire).
+    header.state.load(Ordering::Relaxed) == State::Armed as u32
 }
 
 /// The shim found its collector dead: it detaches it, so that it stops
@@ -158,7 +193,7 @@ pub fn attach(
         let holder = header.collector_pid.load(Ordering::Acquire);
         let previous = State::of(header).map_err(AttachError::BadState)?;
         if holder != 0 && holder != me && alive(holder) {
-            if previous == State::Attached || patience == 0 {
+            if matches!(previous, State::Attached | State::Armed) || patience == 0 {
                 return Err(AttachError::Held(holder));
             }
             patience -= 1;
@@ -178,7 +213,8 @@ pub fn attach(
         header.attach_count.fetch_add(1, Ordering::AcqRel);
         ensure_attached(header).map_err(AttachError::BadState)?;
         let took_over_from =
-            (previous == State::Attached && holder != 0 && holder != me).then_some(holder);
+            (matches!(previous, State::Attached | State::Armed) && holder != 0 && holder != me)
+                .then_some(holder);
         return Ok(Attached {
             previous,
             took_over_from,
@@ -187,13 +223,19 @@ pub fn attach(
 }
 
 /// Sets `state` to `Attached` if it is not (the caller holds
-/// `collector_pid`). Returns whether it had to change it (a shim that
-/// decided the collector was gone), or the value that is no state.
+/// `collector_pid`), or to `Armed` when the collector set a start trigger
+/// (`Request::start_at_pc`, `start_ranges`). Returns whether it had to
+/// change it (a shim that decided the collector was gone), or the value
+/// that is no state.
 pub fn ensure_attached(header: &Header) -> Result<bool, u32> {
+    // Relaxed: written by the caller itself, before.
+    let armed = header.start_armed.load(Ordering::Relaxed) == 1
+        || header.start_ranges_len.load(Ordering::Relaxed) > 0;
+    let target = if armed { State::Armed } else { State::Attached };
     let mut changed = false;
     loop {
         match State::of(header)? {
-            State::Attached => return Ok(changed),
+            State::Attached | State::Armed => return Ok(changed),
             st => {
                 changed = true;
                 // AcqRel: our collector_pid and attach_count stores must be
@@ -202,7 +244,7 @@ pub fn ensure_attached(header: &Header) -> Result<bool, u32> {
                     .state
                     .compare_exchange(
                         st as u32,
-                        State::Attached as u32,
+                        target as u32,
                         Ordering::AcqRel,
                         Ordering::Acquire,
                     )
@@ -238,8 +280,11 @@ pub fn reclaim(header: &Header) -> Result<bool, u32> {
 /// irreversible.
 pub fn held_by_other(header: &Header, me: u32, alive: impl Fn(u32) -> bool) -> Option<u32> {
     let holder = header.collector_pid.load(Ordering::Acquire);
-    (State::of(header) == Ok(State::Attached) && holder != 0 && holder != me && alive(holder))
-        .then_some(holder)
+    (matches!(State::of(header), Ok(State::Attached | State::Armed))
+        && holder != 0
+        && holder != me
+        && alive(holder))
+    .then_some(holder)
 }
 
 /// Collector `me` stops the recording: the shim records nothing from now
@@ -251,12 +296,15 @@ pub fn detach(header: &Header, me: u32) {
         return; // not ours (any more)
     }
     // AcqRel: everything we did happens before a next collector's attach.
-    let _ = header.state.compare_exchange(
-        State::Attached as u32,
-        State::Waiting as u32,
-        Ordering::AcqRel,
-        Ordering::Acquire,
-    );
+    // From Armed too: a window whose start trigger never fired.
+    for from in [State::Attached, State::Armed] {
+        let _ = header.state.compare_exchange(
+            from as u32,
+            State::Waiting as u32,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
 }
 
 /// What a collector asks of the shim for its capture.
@@ -271,6 +319,13 @@ pub struct Request<'a> {
     /// physical ranges (`attach --until-device`); at most
     /// `layout::MAX_STOP_RANGES` are kept.
     pub stop_ranges: &'a [(u64, u64)],
+    /// Start the recording only as a vCPU is about to execute the
+    /// instruction at this address (`attach --from-pc`).
+    pub start_at_pc: Option<u64>,
+    /// Start it with the first I/O access inside one of these (first, last)
+    /// physical ranges (`attach --from-device`); at most
+    /// `layout::MAX_STOP_RANGES` are kept.
+    pub start_ranges: &'a [(u64, u64)],
 }
 
 /// The collector, before it attaches: writes its `Request` (every field,
@@ -287,14 +342,33 @@ pub fn set_request(header: &Header, request: &Request) {
     header
         .stop_armed
         .store(request.stop_at_pc.is_some() as u32, Ordering::Relaxed);
-    let ranges = &request.stop_ranges[..request.stop_ranges.len().min(header.stop_ranges.len())];
-    for (slot, &(first, last)) in header.stop_ranges.iter().zip(ranges) {
+    store_ranges(
+        &header.stop_ranges,
+        &header.stop_ranges_len,
+        request.stop_ranges,
+    );
+    header
+        .start_at_pc
+        .store(request.start_at_pc.unwrap_or(0), Ordering::Relaxed);
+    header
+        .start_armed
+        .store(request.start_at_pc.is_some() as u32, Ordering::Relaxed);
+    store_ranges(
+        &header.start_ranges,
+        &header.start_ranges_len,
+        request.start_ranges,
+    );
+}
+
+/// `set_request`'s ranges: as many as fit, then their number.
+fn store_ranges(slots: &[[AtomicU64; 2]], len: &AtomicU32, ranges: &[(u64, u64)]) {
+    let ranges = &ranges[..ranges.len().min(slots.len())];
+    for (slot, &(first, last)) in slots.iter().zip(ranges) {
+        // Relaxed: as in `set_request`.
         slot[0].store(first, Ordering::Relaxed);
         slot[1].store(last, Ordering::Relaxed);
     }
-    header
-        .stop_ranges_len
-        .store(ranges.len() as u32, Ordering::Relaxed);
+    len.store(ranges.len() as u32, Ordering::Relaxed);
 }
 
 /// The shim: the events the collector asked for (`None`: its own option).
@@ -311,17 +385,39 @@ pub fn requested_stop_pc(header: &Header) -> Option<u64> {
         .then(|| header.stop_at_pc.load(Ordering::Relaxed))
 }
 
+/// The shim: the address the collector wants the recording started at.
+pub fn requested_start_pc(header: &Header) -> Option<u64> {
+    // Relaxed: as `requested_events`.
+    (header.start_armed.load(Ordering::Relaxed) == 1)
+        .then(|| header.start_at_pc.load(Ordering::Relaxed))
+}
+
 /// Whether an I/O access at `paddr` is one the collector wants the
 /// recording stopped after (`Header::stop_ranges`, `attach --until-device`).
 #[inline(always)]
 pub fn hits_stop_range(header: &Header, paddr: u64) -> bool {
+    in_ranges(&header.stop_ranges, &header.stop_ranges_len, paddr)
+}
+
+/// Whether an I/O access at `paddr` is one the collector wants the
+/// recording started with (`Header::start_ranges`, `attach --from-device`).
+pub fn hits_start_range(header: &Header, paddr: u64) -> bool {
+    in_ranges(&header.start_ranges, &header.start_ranges_len, paddr)
+}
+
+/// Whether the collector wants the recording started by an I/O access.
+pub fn start_by_access(header: &Header) -> bool {
     // Relaxed: written before the attach, which the shim saw with Acquire.
-    let n = header.stop_ranges_len.load(Ordering::Relaxed) as usize;
-    header.stop_ranges[..n.min(header.stop_ranges.len())]
-        .iter()
-        .any(|[first, last]| {
-            (first.load(Ordering::Relaxed)..=last.load(Ordering::Relaxed)).contains(&paddr)
-        })
+    header.start_ranges_len.load(Ordering::Relaxed) > 0
+}
+
+#[inline(always)]
+fn in_ranges(slots: &[[AtomicU64; 2]], len: &AtomicU32, paddr: u64) -> bool {
+    // Relaxed: written before the attach, which the shim saw with Acquire.
+    let n = len.load(Ordering::Relaxed) as usize;
+    slots[..n.min(slots.len())].iter().any(|[first, last]| {
+        (first.load(Ordering::Relaxed)..=last.load(Ordering::Relaxed)).contains(&paddr)
+    })
 }
 
 /// Whether the shim stopped the recording of collector `me` at its trigger
@@ -345,7 +441,7 @@ pub fn release(header: &Header, me: u32) {
 pub fn draining(header: &Header) -> bool {
     // Acquire (both): as `State::of`.
     match State::of(header) {
-        Ok(State::Attached) => true,
+        Ok(State::Attached | State::Armed) => true,
         Ok(State::Waiting) => header.collector_pid.load(Ordering::Acquire) != 0,
         _ => false,
     }
@@ -441,15 +537,59 @@ mod tests {
                 events: Some(events),
                 stop_at_pc: Some(0),
                 stop_ranges: &[(0x10, 0x1f), (0x40, 0x40)],
+                start_at_pc: Some(0x80),
+                start_ranges: &[(0x100, 0x1ff)],
             },
         );
         assert_eq!(requested_events(h), Some(events));
         assert_eq!(requested_stop_pc(h), Some(0), "address 0 is an address");
         assert!(hits_stop_range(h, 0x1f) && hits_stop_range(h, 0x40));
         assert!(!hits_stop_range(h, 0x20));
+        assert_eq!(requested_start_pc(h), Some(0x80));
+        assert!(start_by_access(h) && hits_start_range(h, 0x100) && !hits_start_range(h, 0x10));
         set_request(h, &Request::default());
         assert_eq!((requested_events(h), requested_stop_pc(h)), (None, None));
         assert!(!hits_stop_range(h, 0x10));
+        assert_eq!(requested_start_pc(h), None);
+        assert!(!start_by_access(h));
+    }
+
+    #[test]
+    fn a_start_trigger_arms_the_attach_and_the_shim_starts_the_recording() {
+        let mut mem = segment();
+        let h = header(&mut mem);
+        set_request(
+            h,
+            &Request {
+                start_at_pc: Some(0x80),
+                ..Request::default()
+            },
+        );
+        attach(h, 10, |_| true, 0, || {}).unwrap();
+        assert_eq!(State::of(h), Ok(State::Armed));
+        assert_eq!(recording(h), None, "nothing recorded before the trigger");
+        assert!(armed(h) && draining(h) && !stopped_by_shim(h, 10));
+        assert_eq!(held_by_other(h, 11, |_| true), Some(10));
+        stop_at_trigger(h);
+        assert_eq!(State::of(h), Ok(State::Armed), "no stop before the start");
+        assert!(start_at_trigger(h));
+        assert!(!start_at_trigger(h), "once");
+        assert_eq!(recording(h), Some(true));
+        assert_eq!(ensure_attached(h), Ok(false));
+        // A window whose trigger never fired detaches all the same.
+        let mut mem = segment();
+        let h = header(&mut mem);
+        set_request(
+            h,
+            &Request {
+                start_ranges: &[(0x100, 0x1ff)],
+                ..Request::default()
+            },
+        );
+        attach(h, 10, |_| true, 0, || {}).unwrap();
+        assert!(armed(h));
+        detach(h, 10);
+        assert_eq!(State::of(h), Ok(State::Waiting));
     }
 
     #[test]

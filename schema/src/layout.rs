@@ -22,7 +22,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TRCQEMU1");
 /// Bumped on any change to this file, to `chunk.rs`'s offsets or to
 /// `events.capnp`'s `Chunk`.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 pub const HEADER_BYTES: usize = 4096;
 pub const RING_CONTROL_BYTES: usize = 256;
@@ -36,7 +36,7 @@ pub const COMMIT_SLOTS: usize = 2;
 pub const COMMIT_STREAMS: usize = crate::commit::STREAMS.len();
 
 pub const MAX_VCPUS: u32 = 4096;
-/// Most address ranges of `Header::stop_ranges`.
+/// Most address ranges of `Header::stop_ranges` and `Header::start_ranges`.
 pub const MAX_STOP_RANGES: usize = 8;
 /// Most memory ranges `Header::publish_memory_ranges` keeps.
 pub const MAX_MEMORY_RANGES: usize = 16;
@@ -122,6 +122,19 @@ pub struct Header {
     pub stop_ranges_len: AtomicU32,
     /// (first, last) physical address of each.
     pub stop_ranges: [[AtomicU64; 2]; MAX_STOP_RANGES],
+    /// Written by a collector before it attaches: 1 when the recording is
+    /// to start only as a vCPU is about to execute the instruction at
+    /// `start_at_pc` (`attach --from-pc`; see `attach::start_at_trigger`),
+    /// else 0.
+    pub start_armed: AtomicU32,
+    pub start_at_pc: AtomicU64,
+    /// Written by a collector before it attaches (`attach --from-device`):
+    /// how many of `start_ranges` hold, 0 for none. The recording starts
+    /// with the first I/O access inside one of them
+    /// (`attach::hits_start_range`).
+    pub start_ranges_len: AtomicU32,
+    /// (first, last) physical address of each.
+    pub start_ranges: [[AtomicU64; 2]; MAX_STOP_RANGES],
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_BYTES);

@@ -92,6 +92,9 @@ struct Shim {
     /// The address whose instruction stops the recording (`attach
     /// --until-pc`) in the translations of `instrumented`, `NO_STOP` if none.
     instrumented_stop: AtomicU64,
+    /// The address whose instruction starts it (`attach --from-pc`),
+    /// likewise.
+    instrumented_start: AtomicU64,
     /// `idle=lazy`, or `idle=auto` on a core with an MMU (decided at the
     /// first vCPU's init): see `options::Idle`.
     lazy: AtomicBool,
@@ -226,6 +229,7 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
         instrumented: AtomicU32::new(0),
         resetting: AtomicBool::new(false),
         instrumented_stop: AtomicU64::new(NO_STOP),
+        instrumented_start: AtomicU64::new(NO_STOP),
         lazy: AtomicBool::new(matches!(options_idle, Idle::Lazy | Idle::Auto)),
     });
     SHIM.store(Box::into_raw(built), Ordering::Release);
@@ -235,12 +239,12 @@ unsafe fn install(id: qemu_plugin_id_t, info: &qemu_info_t, args: &[String]) -> 
     }
     // What the first translations instrument for; later changes come from
     // `watch_for_attach`.
-    let (events, stop) = shim().wanted_instrumentation();
-    shim().set_instrumentation(events, stop);
+    let wanted = shim().wanted_instrumentation();
+    shim().set_instrumentation(wanted);
     shim()
         .header()
         .instrumented_events
-        .store(events, Ordering::Release);
+        .store(wanted.0, Ordering::Release);
     std::thread::Builder::new()
         .name("trace-shim watch".into())
         .spawn(|| watch_for_attach(shim()))
@@ -340,8 +344,25 @@ unsafe extern "C" fn on_reset(id: qemu_plugin_id_t) {
 
 // ------------------------------------------------ attached and detached
 
-/// `Shim::instrumented_stop` when there is no stop address.
+/// `Shim::instrumented_stop` (and `instrumented_start`) when there is no
+/// such address.
 const NO_STOP: u64 = u64::MAX;
+
+/// The instruction at the collector's start address (`attach --from-pc`)
+/// is about to run: start the recording (with this instruction's
+/// accesses; other vCPUs from their next event). It stays instrumented
+/// while the window lasts, so that it costs no second reset: then the state
+/// is not `Armed` and this returns.
+///
+/// # Safety
+/// Only called by QEMU, as the instruction callback `on_translate`
+/// registers, on vCPU `vcpu`'s thread.
+unsafe extern "C" fn on_start_pc(_vcpu: c_uint, _udata: *mut c_void) {
+    let header = shim().header();
+    if attach::armed(header) {
+        attach::start_at_trigger(header);
+    }
+}
 
 /// The instruction at the collector's stop address (`attach --until-pc`)
 /// is about to run: stop the recording (its accesses and everything after
@@ -429,7 +450,10 @@ impl Shim {
     /// (`idle=count`, which keeps `icount` exact).
     fn wanted(&self) -> EventSet {
         let header = self.header();
-        let collector = matches!(State::of(header), Ok(State::Attached | State::Detached));
+        let collector = matches!(
+            State::of(header),
+            Ok(State::Attached | State::Armed | State::Detached)
+        );
         if !collector && self.options.idle != Idle::Count {
             return EventSet::default();
         }
@@ -441,7 +465,22 @@ impl Shim {
     fn wanted_stop(&self) -> u64 {
         let header = self.header();
         match State::of(header) {
-            Ok(State::Attached) => attach::requested_stop_pc(header).unwrap_or(NO_STOP),
+            Ok(State::Attached | State::Armed) => {
+                attach::requested_stop_pc(header).unwrap_or(NO_STOP)
+            }
+            _ => NO_STOP,
+        }
+    }
+
+    /// The address the attached collector wants the recording started at
+    /// (`Header::start_at_pc`), `NO_STOP` if none; kept once it started
+    /// (`on_start_pc`).
+    fn wanted_start(&self) -> u64 {
+        let header = self.header();
+        match State::of(header) {
+            Ok(State::Attached | State::Armed) => {
+                attach::requested_start_pc(header).unwrap_or(NO_STOP)
+            }
             _ => NO_STOP,
         }
     }
@@ -450,34 +489,39 @@ impl Shim {
     /// translated again for what is wanted now (`on_reset` completes it).
     /// From a vCPU only (see `watch_for_attach`).
     fn reinstrument(&self) {
-        let (events, stop) = self.wanted_instrumentation();
-        if (events, stop) == self.instrumentation() || self.resetting.swap(true, Ordering::Relaxed)
-        {
+        let wanted = self.wanted_instrumentation();
+        if wanted == self.instrumentation() || self.resetting.swap(true, Ordering::Relaxed) {
             return; // nothing to change, or a reset under way (the watcher comes back)
         }
-        self.set_instrumentation(events, stop);
+        self.set_instrumentation(wanted);
         // Safety: `self.id` is ours; QEMU allows a reset from a callback, and
         // `on_reset` registers our callbacks again once it is done.
         unsafe { qemu_plugin_reset(self.id, Some(on_reset)) };
     }
 
     /// What QEMU's code should be instrumented for: (`EventSet::bits`, stop
-    /// address).
-    fn wanted_instrumentation(&self) -> (u32, u64) {
-        (self.wanted().bits(), self.wanted_stop())
-    }
-
-    /// What the translations since the last reset are instrumented for.
-    fn instrumentation(&self) -> (u32, u64) {
+    /// address, start address).
+    fn wanted_instrumentation(&self) -> (u32, u64, u64) {
         (
-            self.instrumented.load(Ordering::Relaxed),
-            self.instrumented_stop.load(Ordering::Relaxed),
+            self.wanted().bits(),
+            self.wanted_stop(),
+            self.wanted_start(),
         )
     }
 
-    fn set_instrumentation(&self, events: u32, stop: u64) {
+    /// What the translations since the last reset are instrumented for.
+    fn instrumentation(&self) -> (u32, u64, u64) {
+        (
+            self.instrumented.load(Ordering::Relaxed),
+            self.instrumented_stop.load(Ordering::Relaxed),
+            self.instrumented_start.load(Ordering::Relaxed),
+        )
+    }
+
+    fn set_instrumentation(&self, (events, stop, start): (u32, u64, u64)) {
         self.instrumented.store(events, Ordering::Relaxed);
         self.instrumented_stop.store(stop, Ordering::Relaxed);
+        self.instrumented_start.store(start, Ordering::Relaxed);
     }
 
     /// Raises every vCPU's `wake` flag (see `watch_for_attach`).
@@ -723,9 +767,23 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
         );
     }
     let stop = shim.instrumented_stop.load(Ordering::Relaxed);
+    let start = shim.instrumented_start.load(Ordering::Relaxed);
     for i in 0..n {
         // Safety: `i < n`, the instruction count of `tb`, which is being translated.
         let insn = unsafe { qemu_plugin_tb_get_insn(tb, i) };
+        // Safety: `insn` is an instruction of the block being translated.
+        if start != NO_STOP && unsafe { qemu_plugin_insn_vaddr(insn) } == start {
+            // Safety: as above; `on_start_pc` has the instruction callback's
+            // type and ignores its null `udata`.
+            unsafe {
+                qemu_plugin_register_vcpu_insn_exec_cb(
+                    insn,
+                    Some(on_start_pc),
+                    qemu_plugin_cb_flags::QEMU_PLUGIN_CB_NO_REGS,
+                    std::ptr::null_mut(),
+                );
+            }
+        }
         // Safety: `insn` is an instruction of the block being translated.
         if stop != NO_STOP && unsafe { qemu_plugin_insn_vaddr(insn) } == stop {
             // Safety: as above; `on_stop_pc` has the instruction callback's
@@ -853,7 +911,8 @@ unsafe extern "C" fn on_memory_access(
     udata: *mut c_void,
 ) {
     let shim = shim();
-    let Some((slot, attached)) = memory_callback_start(shim, vcpu) else {
+    // Safety: this memory callback's `info` and `vaddr`.
+    let Some((slot, attached)) = (unsafe { memory_callback_start(shim, vcpu, info, vaddr) }) else {
         return;
     };
     // Safety: `info` and `vaddr` are this memory callback's.
@@ -874,16 +933,55 @@ unsafe extern "C" fn on_memory_access(
 /// What both memory callbacks do first: nothing more when the shim does not
 /// record (`None`); else publish what the collector asked for, and say
 /// whether a collector is attached.
+///
+/// # Safety
+/// Only from a memory callback of vCPU `vcpu`, with its `info` and `vaddr`.
 #[inline(always)]
-fn memory_callback_start(shim: &Shim, vcpu: c_uint) -> Option<(&VcpuSlot, bool)> {
+unsafe fn memory_callback_start(
+    shim: &Shim,
+    vcpu: c_uint,
+    info: qemu_plugin_meminfo_t,
+    vaddr: u64,
+) -> Option<(&VcpuSlot, bool)> {
     let header = shim.header();
     let slot = shim.slot(vcpu);
     // First: a collector that detaches asks for a flush and then stops us.
     if slot.flush_asked(header) {
         slot.flush(header, shim.options.overflow);
     }
-    let attached = attach::recording(header)?;
-    Some((slot, attached))
+    match attach::recording(header) {
+        Some(attached) => Some((slot, attached)),
+        // Safety: as this function's.
+        None if attach::armed(header) && unsafe { starts_recording(header, info, vaddr) } => {
+            Some((slot, true))
+        }
+        None => None,
+    }
+}
+
+/// While the collector waits for its start trigger (`Armed`): whether this
+/// access is an I/O access it starts the recording with (`attach
+/// --from-device`), and if so, starts it.
+///
+/// # Safety
+/// Only from a memory callback, with its `info` and `vaddr`.
+#[cold]
+#[inline(never)]
+unsafe fn starts_recording(header: &Header, info: qemu_plugin_meminfo_t, vaddr: u64) -> bool {
+    if !attach::start_by_access(header) {
+        return false;
+    }
+    // Safety: `info` and `vaddr` are a memory callback's (as required).
+    let hwaddr = unsafe { qemu_plugin_get_hwaddr(info, vaddr) };
+    // Safety: `hwaddr` is non-null (checked first), QEMU's for this access.
+    if hwaddr.is_null() || !unsafe { qemu_plugin_hwaddr_is_io(hwaddr) } {
+        return false;
+    }
+    // Safety: non-null, QEMU's for this access.
+    let paddr = unsafe { qemu_plugin_hwaddr_phys_addr(hwaddr) };
+    // A race with another vCPU's trigger: whichever wins, both record.
+    attach::hits_start_range(header, paddr)
+        && (attach::start_at_trigger(header) || attach::recording(header) == Some(true))
 }
 
 impl Shim {
@@ -912,7 +1010,8 @@ unsafe extern "C" fn on_memory_access_fixed_map(
 ) {
     let shim = shim();
     let header = shim.header();
-    let Some((slot, attached)) = memory_callback_start(shim, vcpu) else {
+    // Safety: this memory callback's `info` and `vaddr`.
+    let Some((slot, attached)) = (unsafe { memory_callback_start(shim, vcpu, info, vaddr) }) else {
         return;
     };
     // Safety: a vCPU's memory callbacks run on its thread only.

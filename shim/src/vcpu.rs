@@ -316,7 +316,9 @@ impl VcpuSlot {
         let delivered = fits
             && (ring.push(message)
                 || (overflow == Overflow::Block
-                    && State::of(header) == Ok(State::Attached)
+                    // Armed too: blocks and devices met before the start
+                    // trigger are described for the window after it.
+                    && matches!(State::of(header), Ok(State::Attached | State::Armed))
                     && self.wait_for_room(header, || ring.push(message))));
         if !delivered {
             let lost = &self.control().counters.meta_lost;

@@ -301,6 +301,27 @@ fn idle_lazy_waits_for_a_translation_and_says_so() {
     assert_runs_free(qemu.pid());
 }
 
+/// The address of m3loop-0's SysTick CVR load, its one MMIO instruction in
+/// the loop, found by a window of MMIO accesses on a QEMU of its own.
+fn cvr_load_pc(test: &str) -> u64 {
+    let (probe, _r1) = free_qemu(&format!("{test}-probe"), "");
+    let dir = capture_dir(&format!("{test}-probe"));
+    window(
+        probe.pid(),
+        &dir,
+        &["--events", "mmio", "--duration", "300ms"],
+    );
+    let probe_mmio = table(&dir, "mmio").unwrap();
+    let pcs: Vec<u64> = u64s(&probe_mmio, "pc")
+        .into_iter()
+        .zip(u64s(&probe_mmio, "paddr"))
+        .filter(|&(_, paddr)| paddr == SYST_CVR)
+        .map(|(pc, _)| pc)
+        .collect();
+    assert!(pcs.iter().all(|&p| p == pcs[0]), "one load instruction");
+    pcs[0]
+}
+
 /// `attach --until-pc`: the shim stops the recording as the guest is about
 /// to execute that instruction. m3loop-0, held from its first instruction
 /// (`wait=on`), stopped at its SysTick CVR load (whose address an earlier
@@ -310,23 +331,8 @@ fn idle_lazy_waits_for_a_translation_and_says_so() {
 /// 12, 13 and 15), and QEMU runs on, free.
 #[test]
 fn until_pc_ends_the_window_before_that_instruction() {
-    let (probe, _r1) = free_qemu("until-pc-probe", "");
     let base = capture_dir("until-pc");
-    window(
-        probe.pid(),
-        &base.join("probe"),
-        &["--events", "mmio", "--duration", "300ms"],
-    );
-    let probe_mmio = table(&base.join("probe"), "mmio").unwrap();
-    let pcs: Vec<u64> = u64s(&probe_mmio, "pc")
-        .into_iter()
-        .zip(u64s(&probe_mmio, "paddr"))
-        .filter(|&(_, paddr)| paddr == SYST_CVR)
-        .map(|(pc, _)| pc)
-        .collect();
-    let cvr_load = pcs[0];
-    assert!(pcs.iter().all(|&p| p == cvr_load), "one load instruction");
-    drop(probe);
+    let cvr_load = cvr_load_pc("until-pc");
 
     let (qemu, _r2) = free_qemu("until-pc", ",wait=on");
     let dir = base.join("w");
@@ -563,6 +569,132 @@ fn until_icount_and_max_events_end_the_window_exactly() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{args:?}");
         assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert_runs_free(qemu.pid());
+}
+
+/// `attach --from-pc ADDR` and `--from-device NAME`: QEMU runs
+/// instrumented, recording nothing, until a vCPU meets the trigger; the
+/// window starts with it. m3loop-0 held from its first instruction
+/// (`wait=on`), from its SysTick CVR load: the first is instruction 17
+/// (tests/firmware/README.md), so the first 11 accesses are that load and
+/// the next two iterations'. Running, from the first SysTick access the
+/// window sees: it is a CVR load, and the rows go on from it in the
+/// firmware's order, the stored counter going up by one per iteration.
+#[test]
+fn from_pc_and_from_device_start_the_window_at_the_trigger() {
+    let cvr_load = cvr_load_pc("from-pc");
+    let base = capture_dir("from-trigger");
+
+    let (qemu, _r1) = free_qemu("from-pc", ",wait=on");
+    let dir = base.join("pc");
+    let pc = format!("{cvr_load:#x}");
+    window(
+        qemu.pid(),
+        &dir,
+        &[
+            "--events",
+            "mem,mmio",
+            "--from-pc",
+            &pc,
+            "--max-events",
+            "11",
+        ],
+    );
+    let rows: Vec<(u64, u64, String)> = mem_rows(&dir)
+        .into_iter()
+        .map(|(icount, paddr, ty, _)| (icount, paddr, ty))
+        .collect();
+    let w = |i: u64, a: u64, t: &str| (i, a, t.to_string());
+    let mut want = vec![w(17, SYST_CVR, "R")];
+    for n in 1..=2 {
+        let s = 11 + 10 * n;
+        want.extend([
+            w(s, BUF0, "W"),
+            w(s + 1, BUF0 + 4, "W"),
+            w(s + 2, BUF0, "R"),
+            w(s + 4, BUF0 + 4, "R"),
+            w(s + 6, SYST_CVR, "R"),
+        ]);
+    }
+    assert_eq!(rows, want);
+    let j = capture_json(&dir);
+    assert_eq!(j["window"]["first_icount"], serde_json::json!([17]));
+    let (attached, started) = (
+        j["window"]["attached_at"].as_f64().unwrap(),
+        j["window"]["started_at"].as_f64().unwrap(),
+    );
+    assert!(attached <= started, "{}", j["window"]);
+    assert_runs_free(qemu.pid());
+
+    // Running, from the first access to SysTick (needs --qmp).
+    let sock = base.join("qmp.sock");
+    let qmp_option = format!("unix:{},server=on,wait=off", sock.display());
+    let (qemu, _r2) = free_qemu_with("from-device", "", &["-qmp", &qmp_option]);
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = base.join("device");
+    let qmp = sock.display().to_string();
+    window(
+        qemu.pid(),
+        &dir,
+        &[
+            "--qmp",
+            &qmp,
+            "--events",
+            "mem,mmio",
+            "--from-device",
+            "systick",
+            "--max-events",
+            "11",
+        ],
+    );
+    let rows = mem_rows(&dir);
+    assert_eq!(rows.len(), 11);
+    let c = rows[0].0;
+    assert_eq!((rows[0].1, rows[0].2.as_str()), (SYST_CVR, "R"), "{rows:?}");
+    let offsets: Vec<(u64, u64, &str)> =
+        rows.iter().map(|r| (r.0 - c, r.1, r.2.as_str())).collect();
+    let mut want = vec![(0, SYST_CVR, "R")];
+    for k in 0..2 {
+        let s = 4 + 10 * k;
+        want.extend([
+            (s, BUF0, "W"),
+            (s + 1, BUF0 + 4, "W"),
+            (s + 2, BUF0, "R"),
+            (s + 4, BUF0 + 4, "R"),
+            (s + 6, SYST_CVR, "R"),
+        ]);
+    }
+    assert_eq!(offsets, want);
+    let stored: Vec<u64> = rows
+        .iter()
+        .filter(|r| r.1 == BUF0 && r.2 == "W")
+        .map(|r| r.3)
+        .collect();
+    assert_eq!(stored[1], stored[0] + 1, "consecutive iterations");
+    assert_runs_free(qemu.pid());
+
+    // Without --qmp, or a device the map does not have: clear errors.
+    for (extra, says) in [
+        (
+            &["--from-device", "systick"][..],
+            "--from-device needs --qmp",
+        ),
+        (
+            &["--qmp", &qmp, "--from-device", "uart9"][..],
+            "no device named 'uart9'",
+        ),
+        (&["--from-pc", "main"][..], "'main' is not an address"),
+    ] {
+        let o = Command::new(collector())
+            .args(["attach", "--pid", &qemu.pid().to_string(), "--out"])
+            .arg(base.join("bad"))
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{extra:?}");
+        assert!(err.contains(says), "{extra:?}: {err}");
     }
     assert_runs_free(qemu.pid());
 }

@@ -305,7 +305,7 @@ fn attach_to_a_process_without_the_shim() {
 }
 
 // Writing segments by hand. The offsets are those of schema/src/layout.rs's
-// #[repr(C)] Header, VcpuControl and RingControl (layout version 5).
+// #[repr(C)] Header, VcpuControl and RingControl (layout version 6).
 const MAGIC: &[u8; 8] = b"TRCQEMU1";
 const RING: u64 = 8192;
 /// Header + one vCPU block (control + event ring + meta ring).
@@ -323,7 +323,7 @@ fn put(b: &mut [u8], at: usize, v: u64, len: usize) {
 fn valid_segment(pid: u32) -> Vec<u8> {
     let mut b = vec![0u8; SEGMENT_BYTES as usize];
     b[0..8].copy_from_slice(MAGIC);
-    put(&mut b, 8, 5, 4); // layout_version
+    put(&mut b, 8, 6, 4); // layout_version
     put(&mut b, 12, 4096, 4); // header_bytes
     put(&mut b, 16, 4096, 4); // chunk_bytes
     put(&mut b, 20, 1, 4); // n_vcpus
@@ -412,7 +412,7 @@ fn bad_segments_are_refused() {
         (
             "version",
             Box::new(|b| put(b, 8, 7, 4)),
-            "segment layout version 7, this collector reads version 5".into(),
+            "segment layout version 7, this collector reads version 6".into(),
         ),
         (
             "header size",

@@ -64,6 +64,12 @@ pub struct CaptureSetup {
     pub until_icount: Option<u64>,
     /// `attach --max-events`: the first this many events.
     pub max_events: Option<u64>,
+    /// `attach --from-pc`: the shim starts the recording as a vCPU is about
+    /// to execute the instruction at this address.
+    pub from_pc: Option<u64>,
+    /// `attach --from-device`: the shim starts the recording with the first
+    /// I/O access inside these (first, last) physical address ranges.
+    pub from_ranges: Vec<(u64, u64)>,
 }
 
 /// How the capture ended.
@@ -162,6 +168,8 @@ pub fn capture(
             events: setup.events,
             stop_at_pc: setup.until_pc,
             stop_ranges: &setup.until_ranges,
+            start_at_pc: setup.from_pc,
+            start_ranges: &setup.from_ranges,
         },
     );
     let n_vcpus = seg.view().geometry.n_vcpus;
@@ -279,6 +287,8 @@ pub fn capture(
         json: &json,
         flush_every: setup.flush_every,
         deadline: setup.duration.map(|d| started + d),
+        duration: setup.duration,
+        armed: setup.from_pc.is_some() || !setup.from_ranges.is_empty(),
         events,
         warned_not_instrumented: false,
         progress: &mut progress,
@@ -420,6 +430,11 @@ struct Watch<'a> {
     flush_every: Option<Duration>,
     /// `--duration`: when to detach.
     deadline: Option<Instant>,
+    /// `--duration` itself: with a start trigger, it counts from the start.
+    duration: Option<Duration>,
+    /// The recording waits for a start trigger (`--from-pc`,
+    /// `--from-device`) that has not been seen to fire yet.
+    armed: bool,
     /// What we asked the shim to record.
     events: EventSet,
     warned_not_instrumented: bool,
@@ -472,6 +487,9 @@ impl Watch<'_> {
             }
             if stop {
                 return self.detach(drainer);
+            }
+            if self.armed {
+                self.check_started(now);
             }
             if self.deadline.is_some_and(|d| now >= d)
                 || seg.stopped_by_shim()
@@ -527,6 +545,21 @@ impl Watch<'_> {
         })();
         seg.detach();
         drained.map(|()| Ending::Interrupted)
+    }
+
+    /// The start trigger fired (the shim went from `Armed` to `Attached`):
+    /// notes when in capture.json, and `--duration` counts from there.
+    fn check_started(&mut self, now: Instant) {
+        if trace_schema::attach::State::of(self.seg.header())
+            != Ok(trace_schema::attach::State::Attached)
+        {
+            return;
+        }
+        self.armed = false;
+        self.json.lock().unwrap().window.started_at = Some(trace_format::Window::now());
+        if let Some(d) = self.duration {
+            self.deadline = Some(now + d);
+        }
     }
 
     /// Notes in capture.json when the shim's code is instrumented for our

@@ -272,6 +272,8 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
             until_ranges: Vec::new(),
             until_icount: None,
             max_events: None,
+            from_pc: None,
+            from_ranges: Vec::new(),
         };
         let captured = session::capture(&seg, &setup, Owner::Run { child: pid }, signals)?;
         Ok((captured, mtree))
