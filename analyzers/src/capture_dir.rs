@@ -539,9 +539,15 @@ impl Capture {
         let sessions = self.meta.as_ref().map_or(1, |m| m.collector_pids.len());
         let mut lost = 0;
         for s in stat::ALL {
-            if s.severity == stat::Severity::Info
-                || (*s == stat::EVENTS_LOST_BEFORE_ATTACH && sessions <= 1)
-            {
+            let before_start = [stat::EVENTS_LOST_BEFORE_ATTACH, stat::EVENTS_LOST_UNCOUNTED];
+            if s.severity == stat::Severity::Info || (before_start.contains(s) && sessions <= 1) {
+                continue;
+            }
+            if *s == stat::EVENTS_LOST_UNCOUNTED {
+                // A flag, not a count of events.
+                if stats.iter().any(|r| s.names(&r.0) && r.2 > 0) {
+                    w.push(format!("{} (stats: {})", &s.meaning[3..], s.name));
+                }
                 continue;
             }
             let names: std::collections::BTreeSet<&str> = stats

@@ -428,6 +428,11 @@ impl Drainer {
                 );
             }
         }
+        stats.push(
+            stat::EVENTS_LOST_UNCOUNTED.name,
+            None,
+            losses.uncounted() as u64,
+        );
         stats.push(stat::META_RECORDS.name, None, st.metas);
         stats.push(stat::BLOCKS_UNKNOWN.name, None, st.blocks_unknown);
         stats.push(stat::DEVICES_UNKNOWN.name, None, st.devices_unknown);

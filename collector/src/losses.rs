@@ -24,6 +24,10 @@ pub struct LossLedger {
     /// the detach's, not the capture's. `None`: still running, or QEMU
     /// ended (then every loss until now is the capture's).
     at_stop: Option<Vec<u64>>,
+    /// The shim stopped counting losses after a collector before us died
+    /// (`attach::Attached::losses_uncounted`): `before_attach` is a lower
+    /// bound.
+    uncounted: bool,
 }
 
 /// What a session lost, per vCPU, by cause.
@@ -63,7 +67,18 @@ impl LossLedger {
             before_attach,
             collector_died,
             at_stop: None,
+            uncounted: false,
         }
+    }
+
+    /// The shim stopped counting losses before we attached.
+    pub fn set_uncounted(&mut self) {
+        self.uncounted = true;
+    }
+
+    /// Whether `before_attach` is only a lower bound (`set_uncounted`).
+    pub fn uncounted(&self) -> bool {
+        self.uncounted
     }
 
     /// The capture stops by detaching: losses from now on are not its own.

@@ -102,6 +102,14 @@ pub const EVENTS_LOST_BEFORE_ATTACH: Stat = stat(
     DataLoss,
     "no collector was attached (the capture was continued with --append)",
 );
+pub const EVENTS_LOST_UNCOUNTED: Stat = stat(
+    "events_lost_uncounted",
+    Capture,
+    // As events_lost_before_attach: a gap inside the capture only when it
+    // was continued with --append.
+    DataLoss,
+    "1: after the collector before this session died, the shim stopped counting the events it could not deliver (its idle option is not count), so more are missing before this session than events_lost_before_attach says",
+);
 pub const EVENTS_LOST_COLLECTOR_DIED: Stat = stat(
     "events_lost_collector_died",
     PerVcpuPerTable,
@@ -176,6 +184,7 @@ pub const ALL: &[Stat] = &[
     EVENTS,
     EVENTS_LOST,
     EVENTS_LOST_BEFORE_ATTACH,
+    EVENTS_LOST_UNCOUNTED,
     EVENTS_LOST_COLLECTOR_DIED,
     EVENTS_ALREADY_CAPTURED,
     EVENTS_AFTER_WINDOW,

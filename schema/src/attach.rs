@@ -145,16 +145,30 @@ pub fn armed(header: &Header) -> bool {
 }
 
 /// The shim found its collector dead: it detaches it, so that it stops
-/// waiting for it and counts its events lost until a collector attaches.
+/// waiting for it and counts its events lost until a collector attaches
+/// (one that waited for its start trigger had nothing recorded: the shim
+/// just waits for the next).
 pub fn give_up_on_dead_collector(header: &Header) {
     // AcqRel: as the collector's own detach; a failure means a collector
     // attached or detached meanwhile, which stands.
-    let _ = header.state.compare_exchange(
-        State::Attached as u32,
-        State::Detached as u32,
-        Ordering::AcqRel,
-        Ordering::Relaxed,
-    );
+    for (from, to) in [
+        (State::Attached, State::Detached),
+        (State::Armed, State::Waiting),
+    ] {
+        let _ = header.state.compare_exchange(
+            from as u32,
+            to as u32,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// The shim, its collector dead, drops its instrumentation: the events
+/// lost from now on are not counted ([`Attached::losses_uncounted`]).
+pub fn stop_counting_losses(header: &Header) {
+    // Release: pairs with the next attach's swap (AcqRel).
+    header.losses_uncounted.store(1, Ordering::Release);
 }
 
 // ------------------------------------------------------- the collector
@@ -175,6 +189,10 @@ pub struct Attached {
     pub previous: State,
     /// The collector that held the segment and had died, if one did.
     pub took_over_from: Option<u32>,
+    /// Since a collector died, the shim stopped counting the events it
+    /// could not deliver (`stop_counting_losses`): the vCPUs'
+    /// `events_lost` are a lower bound of what was missed.
+    pub losses_uncounted: bool,
 }
 
 /// Makes collector `me` the segment's: the shim starts recording. A live
@@ -211,6 +229,9 @@ pub fn attach(
         }
         // AcqRel: ordered after the claim, before the state.
         header.attach_count.fetch_add(1, Ordering::AcqRel);
+        // AcqRel: after the shim's store (Release); before our state, after
+        // which the shim counts again.
+        let losses_uncounted = header.losses_uncounted.swap(0, Ordering::AcqRel) == 1;
         ensure_attached(header).map_err(AttachError::BadState)?;
         let took_over_from =
             (matches!(previous, State::Attached | State::Armed) && holder != 0 && holder != me)
@@ -218,6 +239,7 @@ pub fn attach(
         return Ok(Attached {
             previous,
             took_over_from,
+            losses_uncounted,
         });
     }
 }

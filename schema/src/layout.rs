@@ -135,6 +135,11 @@ pub struct Header {
     pub start_ranges_len: AtomicU32,
     /// (first, last) physical address of each.
     pub start_ranges: [[AtomicU64; 2]; MAX_STOP_RANGES],
+    /// Set to 1 by the shim when, its collector dead, it dropped its
+    /// instrumentation (`idle` other than `count`): from then on the
+    /// vCPUs' `events_lost` no longer count what QEMU did. Taken (and
+    /// cleared) by the next collector's attach (`attach::attach`).
+    pub losses_uncounted: AtomicU32,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_BYTES);

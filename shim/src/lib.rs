@@ -379,6 +379,21 @@ unsafe extern "C" fn on_stop_pc(vcpu: c_uint, _udata: *mut c_void) {
 
 /// How often `watch_for_attach` looks at the segment's state.
 const WATCH_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
+/// Every how many periods it checks that the collector is alive (a
+/// syscall and a read of /proc: every 100 ms).
+const LIVENESS_PERIODS: u64 = 10;
+
+/// A collector that is attached (or waits for its start trigger) and died
+/// (killed): detach it. A vCPU waiting on a full ring finds that out
+/// itself; this finds it when no ring is full, so that QEMU does not stay
+/// instrumented for a dead collector (see `Shim::wanted`).
+fn check_collector_alive(header: &Header) {
+    if matches!(State::of(header), Ok(State::Attached | State::Armed))
+        && !attach::collector_alive(header)
+    {
+        attach::give_up_on_dead_collector(header);
+    }
+}
 
 /// The shim's own thread: when what QEMU's code should be instrumented for
 /// changes (a collector attached or detached, see `Shim::wanted`), it
@@ -391,8 +406,11 @@ const WATCH_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
 /// request: the watcher wakes it for that too (a detaching collector asks
 /// for one after it stopped the recording).
 fn watch_for_attach(shim: &'static Shim) {
-    loop {
+    for period in 0u64.. {
         std::thread::sleep(WATCH_PERIOD);
+        if period.is_multiple_of(LIVENESS_PERIODS) {
+            check_collector_alive(shim.header());
+        }
         let current = shim.instrumentation();
         let instrumented = current.0;
         let change = shim.wanted_instrumentation() != current;
@@ -445,15 +463,14 @@ impl Shim {
 
     /// What QEMU's code should be instrumented for: what the collector asked
     /// for (`Header::requested_events`, else our `events` option) while one
-    /// is attached, or died (its successor gets an exact count of what it
-    /// missed); while none is, nothing (`idle=free`) or the same
-    /// (`idle=count`, which keeps `icount` exact).
+    /// is attached; while none is, nothing (`idle=free`, `lazy`) or the same
+    /// (`idle=count`, which keeps `icount` exact). A collector that died
+    /// (`Detached`) is none: QEMU runs free, and the events lost from then
+    /// on are not counted (`reinstrument` says so to the next collector),
+    /// unless `idle=count`, which counts them exactly.
     fn wanted(&self) -> EventSet {
         let header = self.header();
-        let collector = matches!(
-            State::of(header),
-            Ok(State::Attached | State::Armed | State::Detached)
-        );
+        let collector = matches!(State::of(header), Ok(State::Attached | State::Armed));
         if !collector && self.options.idle != Idle::Count {
             return EventSet::default();
         }
@@ -492,6 +509,10 @@ impl Shim {
         let wanted = self.wanted_instrumentation();
         if wanted == self.instrumentation() || self.resetting.swap(true, Ordering::Relaxed) {
             return; // nothing to change, or a reset under way (the watcher comes back)
+        }
+        if wanted.0 == 0 && State::of(self.header()) == Ok(State::Detached) {
+            // Its collector died: what QEMU does from now on is not counted.
+            attach::stop_counting_losses(self.header());
         }
         self.set_instrumentation(wanted);
         // Safety: `self.id` is ours; QEMU allows a reset from a callback, and

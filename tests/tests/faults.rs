@@ -49,12 +49,21 @@ fn start_qemu(elf: &Path, marker: &str, dir: &Path) -> Proc {
     start_qemu_recording(elf, marker, dir, "mem+mmio")
 }
 
-/// `start_qemu` with the shim recording `events`.
+/// `start_qemu` with the shim recording `events`, and `idle=count`: after a
+/// collector dies the shim stays instrumented and counts every event it
+/// cannot deliver, so that these tests can check the gaps exactly (by
+/// default it drops its instrumentation instead:
+/// `collector_killed_leaves_qemu_free_and_says_the_gap_is_uncounted`).
 fn start_qemu_recording(elf: &Path, marker: &str, dir: &Path, events: &str) -> Proc {
+    start_qemu_with(elf, marker, dir, &format!("events={events},idle=count"))
+}
+
+/// A QEMU running `elf` with the shim's `options` and `overflow=block,wait=on`.
+fn start_qemu_with(elf: &Path, marker: &str, dir: &Path, options: &str) -> Proc {
     let mut cmd = loop_qemu(elf, marker, "null");
     cmd.push("-plugin".into());
     cmd.push(format!(
-        "{},events={events},overflow=block,wait=on",
+        "{},{options},overflow=block,wait=on",
         shim().display()
     ));
     spawn(&cmd, &dir.with_extension("qemu.log"), None, true)
@@ -597,6 +606,64 @@ fn collector_killed_then_capture_appended() {
     );
 }
 
+/// By default (`idle` not `count`) a QEMU whose collector is killed runs
+/// free again: the shim notices, detaches it and drops its
+/// instrumentation, and stops counting what it cannot deliver. The next
+/// collector, appending, says so (stderr, `stats`' `events_lost_uncounted`,
+/// trace-query's warning), and the capture still holds each access at most
+/// once, from the first.
+#[test]
+fn collector_killed_leaves_qemu_free_and_says_the_gap_is_uncounted() {
+    let _one = serial();
+    let m = marker("collector-killed-free");
+    let _reaper = Reaper(m.clone());
+    let d = capture_dir("faults-collector-killed-free");
+    let mut qemu = start_qemu_with(&m3loop(0), &m, &d, "events=mem+mmio");
+    let c1 = collector_killed_after_parts(&qemu, &d, "mem");
+    // Detached, then free: nothing instrumented, nothing counted.
+    wait_until(
+        Duration::from_secs(10),
+        "the shim to drop its instrumentation",
+        || shm_read(qemu.pid(), INSTRUMENTED_EVENTS, 4) == 0,
+    );
+    assert_eq!(shm_read(qemu.pid(), STATE, 4), DETACHED);
+    assert_eq!(shm_read(qemu.pid(), COLLECTOR_PID, 4), c1.pid() as u64);
+    let lost = shm_read(qemu.pid(), EVENTS_LOST_0, 8);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        shm_read(qemu.pid(), EVENTS_LOST_0, 8),
+        lost,
+        "not counted any more"
+    );
+
+    let first_parts = parts(&d, "mem").len();
+    let rows = PART_ROWS.to_string();
+    let mut c2 = start_attach(
+        qemu.pid(),
+        &d,
+        &d.with_extension("append.log"),
+        &["--part-rows", &rows, "--append"],
+    );
+    wait_for_parts(&mut c2, &d, first_parts + 2);
+    let stderr = interrupt_collector_of_running_qemu(&mut c2, &mut qemu);
+    assert!(
+        stderr.contains("the shim stopped counting the events it could not deliver"),
+        "{stderr}"
+    );
+    finished_capture(&d, "interrupted");
+    assert_eq!(stat(&d, "events_lost_uncounted", None), 1);
+    let seqs = mem_seqs(&d);
+    runs(&seqs); // fails on an access captured twice
+    assert_eq!(seqs[0], 0);
+    let (ok, _, warnings) = run_query(&["--trace", d.to_str().unwrap(), "select 1"]);
+    assert!(ok);
+    assert!(
+        warnings.contains("(stats: events_lost_uncounted)"),
+        "{warnings}"
+    );
+    assert_runs_free(qemu.pid());
+}
+
 /// The same with instructions: after a kill and `--append`, every
 /// instruction is in `insn` at most once, from the first.
 #[test]
@@ -765,7 +832,8 @@ fn signal_attach(sig: Signal) {
     let m = marker(&format!("signal-attach-{sig}"));
     let _reaper = Reaper(m.clone());
     let dir = capture_dir(&format!("faults-signal-attach-{sig}"));
-    let mut qemu = start_qemu(&m3loop(0), &m, &dir);
+    // The default idle: once detached, QEMU runs free.
+    let mut qemu = start_qemu_with(&m3loop(0), &m, &dir, "events=mem+mmio");
     let rows = PART_ROWS.to_string();
     let mut c = start_attach(qemu.pid(), &dir, &log(&dir), &["--part-rows", &rows]);
     wait_for_parts(&mut c, &dir, 1);

@@ -210,6 +210,18 @@ pub fn capture(
         mut plan,
     } = resumed;
     let mut losses = LossLedger::new(lost_at_attach, &plan.lost_accounted, lost_collector_died);
+    if attached.losses_uncounted {
+        losses.set_uncounted();
+        if setup.append.is_some() {
+            warnings.push(
+                "after the collector before us died, the shim stopped counting the events it \
+                 could not deliver (start QEMU's shim with idle=count to have them counted): \
+                 the capture misses more before this session than events_lost_before_attach \
+                 says"
+                    .into(),
+            );
+        }
+    }
     if !plan.removed.is_empty() {
         warnings.push(format!(
             "removed {} part(s) the previous collector wrote but had not recorded as written",

@@ -418,7 +418,8 @@ mod tests {
             a,
             Attached {
                 previous: State::Waiting,
-                took_over_from: None
+                took_over_from: None,
+                losses_uncounted: false,
             }
         );
         assert_eq!(State::of(shim.header()), Ok(State::Attached));
