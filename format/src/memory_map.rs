@@ -3,6 +3,46 @@
 //! readers take the offset of an access into its region from it
 //! (`trace-query mmio-json --phys offset`).
 
+/// QEMU region names whose well-known short name the `device` column
+/// gives instead (where QEMU's name says little: a model number, an
+/// internal name), per board. docs/capture-format.md lists them (a test
+/// checks it).
+pub const SHORT_NAMES: &[(&str, &str)] = &[
+    // Cortex-M (lm3s6965evb, mps2-*): the core's own devices.
+    ("v7m_systick", "systick"),
+    ("nvic_sysregs", "nvic"),
+    ("nvic-default", "nvic"),
+    ("cmsdk-apb-watchdog", "watchdog"),
+    // lm3s6965evb
+    ("ssys", "sysctl"),
+    ("gptm", "timer"),
+    // mps2-*
+    ("mps2-fpgaio", "fpgaio"),
+    ("mps2-scc", "scc"),
+    ("cmsdk-apb-timer", "timer"),
+    ("cmsdk-apb-dualtimer", "dualtimer"),
+    // virt (Arm)
+    ("gicv3_dist", "gic_dist"),
+    ("gicv3_redist_region[0]", "gic_redist"),
+    ("pl031", "rtc"),
+    ("fwcfg.ctl", "fw_cfg"),
+    ("fwcfg.data", "fw_cfg"),
+    ("fwcfg.dma", "fw_cfg"),
+    // virt, q35: PCI Express configuration space (ECAM, MMCONFIG on x86).
+    ("pcie-mmcfg-mmio", "pcie_ecam"),
+    ("gpex_ioport_window", "pcie_pio"),
+    // q35, pc
+    ("apic-msi", "msi"),
+];
+
+/// The well-known short name of QEMU's region `name`, if it has one.
+pub fn short_name(name: &str) -> Option<&'static str> {
+    SHORT_NAMES
+        .iter()
+        .find(|(q, _)| *q == name)
+        .map(|(_, s)| *s)
+}
+
 /// One range of QEMU's flat view: the most specific region at each address
 /// in `start..=end`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,14 +146,16 @@ fn parse_region(line: &str) -> Option<Region> {
     let rest = rest.trim().strip_prefix('(')?;
     let (attrs, name) = rest.split_once("): ")?;
     let kind = attrs.rsplit(", ").next()?.trim().to_string();
-    let (name, offset) = match name.split_once(" @") {
-        Some((name, at)) => {
-            // QEMU may follow the offset with more (` [disabled]`).
-            let hex = at.split_whitespace().next().unwrap_or("");
-            (name, u64::from_str_radix(hex, 16).ok()?)
-        }
-        None => (name, 0),
-    };
+    // The offset is QEMU's last ` @` and 16 hex digits (a region's own name
+    // may hold ` @0x40010000`, as mps2's "CMSDK AHB peripheral region
+    // @0x40010000 @0000000000004000" does); QEMU may follow it with more
+    // (` [disabled]`).
+    let offset_at = name.rsplit_once(" @").and_then(|(name, at)| {
+        let hex = at.split_whitespace().next()?;
+        let offset = (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok())??;
+        Some((name, offset))
+    });
+    let (name, offset) = offset_at.unwrap_or((name, 0));
     (start <= end).then_some(Region {
         start,
         end,
@@ -175,6 +217,53 @@ FlatView #2
         assert_eq!(at(0x4000c000), 0, "the UART's data register");
         assert_eq!(m.offset(0x4000c018), Some(0x18), "the UART's flag register");
         assert_eq!(m.offset(0x30000000), None, "outside the map");
+    }
+
+    #[test]
+    fn a_region_name_may_hold_an_at_sign() {
+        let m = MemoryMap::parse(
+            "FlatView #0\n AS \"memory\", root: system\n  \
+             0000000040010000-0000000040010fff (prio -1000, i/o): CMSDK AHB peripheral region @0x40010000 @0000000000004000\n  \
+             0000000040020000-0000000040020fff (prio -1000, i/o): Extra peripheral region @0x40020000\n",
+        )
+        .unwrap();
+        let r = m.region(0x40010010).unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.offset),
+            ("CMSDK AHB peripheral region @0x40010000", 0x4000)
+        );
+        let r = m.region(0x40020000).unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.offset),
+            ("Extra peripheral region @0x40020000", 0)
+        );
+    }
+
+    #[test]
+    fn the_format_doc_lists_the_short_names() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/capture-format.md"
+        ))
+        .unwrap();
+        // Rows `| `qemu` | `short` | boards |`.
+        let listed: Vec<(String, String)> = doc
+            .lines()
+            .filter_map(|l| {
+                let (q, rest) = l.strip_prefix("| `")?.split_once("` | `")?;
+                Some((q.to_string(), rest.split('`').next()?.to_string()))
+            })
+            .collect();
+        let declared: Vec<(String, String)> = SHORT_NAMES
+            .iter()
+            .map(|(q, s)| (q.to_string(), s.to_string()))
+            .collect();
+        for d in &declared {
+            assert!(
+                listed.contains(d),
+                "docs/capture-format.md does not list {d:?}"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!
 //! 1. a user map (`--device-map FILE`) entry for the address range, else
 //! 2. a user map entry for QEMU's region name, else
-//! 3. the well-known short name of QEMU's region (`SHORT_NAMES`), else
+//! 3. the well-known short name of QEMU's region (trace-format's
+//!    `SHORT_NAMES`), else
 //! 4. QEMU's region name itself (without any `@offset`), else
 //! 5. without a memory map, or for an address outside it: the plugin's name.
 
@@ -20,20 +21,10 @@ use std::time::Duration;
 
 use trace_schema::layout::{SegmentView, MAX_MEMORY_RANGES};
 
-pub use trace_format::memory_map::{MemoryMap, Region};
+pub use trace_format::memory_map::{short_name, MemoryMap, Region, SHORT_NAMES};
 
 use crate::qemu::qmp::MtreeFetch;
 use crate::write::tables::DeviceNames;
-
-/// QEMU region names whose well-known short name differs.
-pub const SHORT_NAMES: &[(&str, &str)] = &[
-    ("v7m_systick", "systick"),
-    ("nvic_sysregs", "nvic"),
-    ("nvic-default", "nvic"),
-    ("cmsdk-apb-watchdog", "watchdog"),
-    ("gicv3_dist", "gic_dist"),
-    ("gicv3_redist_region[0]", "gic_redist"),
-];
 
 /// The RAM and ROM regions of `map`, `(first, last address, RAM?)`, the
 /// largest `MAX_MEMORY_RANGES` (most boards have a few), by address.
@@ -148,12 +139,7 @@ impl DeviceResolver {
                 .regions
                 .get(&r.name)
                 .map(String::as_str)
-                .or_else(|| {
-                    SHORT_NAMES
-                        .iter()
-                        .find(|(q, _)| *q == r.name)
-                        .map(|(_, s)| *s)
-                })
+                .or_else(|| short_name(&r.name))
                 .unwrap_or(&r.name),
         };
         Resolved {
