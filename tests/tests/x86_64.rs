@@ -34,8 +34,8 @@ fn guest() -> PathBuf {
 }
 
 /// The QEMU command line of the guest, tagged with `marker` (`-name`),
-/// with a QMP socket for the test at `qmp`, then `extra`.
-fn x86_qemu(marker: &str, qmp: &Path, extra: &[String]) -> Vec<String> {
+/// with a QMP socket for the test at `qmp` if any, then `extra`.
+fn x86_qemu(marker: &str, qmp: Option<&Path>, extra: &[String]) -> Vec<String> {
     let g = guest();
     let mut cmd: Vec<String> = [
         "qemu-system-x86_64",
@@ -64,9 +64,13 @@ fn x86_qemu(marker: &str, qmp: &Path, extra: &[String]) -> Vec<String> {
         g.join("vmlinux").display().to_string(),
         "-initrd".to_string(),
         g.join("initrd.cpio.gz").display().to_string(),
-        "-qmp".to_string(),
-        format!("unix:{},server=on,wait=off", qmp.display()),
     ]);
+    if let Some(qmp) = qmp {
+        cmd.extend([
+            "-qmp".to_string(),
+            format!("unix:{},server=on,wait=off", qmp.display()),
+        ]);
+    }
     cmd.extend(extra.iter().cloned());
     cmd
 }
@@ -217,7 +221,7 @@ fn execlog_and_cr3_match_qemus_from_the_reset_vector_into_the_64_bit_kernel() {
     let _reaper = Reaper(marker.clone());
     let qemu = x86_qemu(
         &marker,
-        &sock,
+        Some(&sock),
         &[
             "-plugin".into(),
             format!("{},reg=cr3", qemu_plugin("execlog").display()),
@@ -397,7 +401,7 @@ fn boot_counts_cr3_and_mmio_match_qemus() {
     let _reaper = Reaper(marker.clone());
     let qemu = x86_qemu(
         &marker,
-        &sock,
+        Some(&sock),
         &[
             "-no-shutdown".into(),
             "-plugin".into(),
@@ -534,4 +538,65 @@ fn boot_counts_cr3_and_mmio_match_qemus() {
         ["ahci", "apic-msi", "hpet", "ioapic", "pcie-mmcfg-mmio"]
     );
     assert_eq!(fixed.len(), 3, "{fixed:x?}");
+}
+
+/// Every distinct (pc, bytes, disas) of a capture's `code` table.
+fn code_rows(capture: &Path) -> std::collections::BTreeSet<(u64, Vec<u8>, String)> {
+    let code = columns(capture, "code", &["pc", "bytes", "disas"]).unwrap();
+    let pc = u64s(&code, "pc");
+    let bytes = code.column("bytes").unwrap().binary().unwrap();
+    let disas = code.column("disas").unwrap().str().unwrap();
+    (0..code.height())
+        .map(|i| {
+            (
+                pc[i],
+                bytes.get(i).unwrap().to_vec(),
+                disas.get(i).unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The whole boot's `code.disas` (BIOS, kernel and user space; 16-, 32-
+/// and 64-bit code) is QEMU's text whether the shim reads it from its own
+/// capstone handles (`--disas fast`) or asks QEMU for every instruction
+/// (`--disas qemu`): two boots translate mostly the same instructions (the
+/// rest depends on timing), and every (pc, bytes) both translated has the
+/// same texts in both.
+#[test]
+fn whole_boot_disassembly_is_qemus_both_ways() {
+    let marker = processes::marker("x86-disas");
+    let _reaper = Reaper(marker.clone());
+    let qemu = x86_qemu(&marker, None, &[]);
+    let [fast, slow] = ["fast", "qemu"].map(|how| {
+        let dir = capture_dir(&format!("x86-disas-{how}"));
+        run_capture(&dir, &["--events", "insn", "--disas", how], &qemu);
+        let rows = code_rows(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        rows
+    });
+    let texts = |rows: &std::collections::BTreeSet<(u64, Vec<u8>, String)>| {
+        let mut by_insn = std::collections::BTreeMap::<(u64, Vec<u8>), Vec<String>>::new();
+        for (pc, bytes, text) in rows {
+            by_insn
+                .entry((*pc, bytes.clone()))
+                .or_default()
+                .push(text.clone());
+        }
+        by_insn
+    };
+    let (fast, slow) = (texts(&fast), texts(&slow));
+    let mut shared = 0;
+    for (insn, text) in &fast {
+        if let Some(other) = slow.get(insn) {
+            assert_eq!(text, other, "{:#x} {:02x?}", insn.0, insn.1);
+            shared += 1;
+        }
+    }
+    assert!(
+        shared > 300_000 && shared * 100 > fast.len().max(slow.len()) * 99,
+        "{shared} shared of {} and {}",
+        fast.len(),
+        slow.len()
+    );
 }
