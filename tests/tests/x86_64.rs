@@ -148,7 +148,7 @@ struct LogWatch {
     file: Option<std::fs::File>,
     path: PathBuf,
     tail: Vec<u8>,
-    /// Lines since the kernel's first, once seen.
+    /// execlog's lines since the kernel's first, once seen.
     kernel_lines: Option<u64>,
 }
 
@@ -162,8 +162,8 @@ impl LogWatch {
         }
     }
 
-    /// Reads what was appended; true once the log holds `lines` lines from
-    /// the kernel's first on.
+    /// Reads what was appended; true once the log holds about `lines` of
+    /// execlog's lines from the kernel's first on.
     fn kernel_lines_at_least(&mut self, lines: u64) -> bool {
         if self.file.is_none() {
             self.file = std::fs::File::open(&self.path).ok();
@@ -173,7 +173,8 @@ impl LogWatch {
         };
         let mut new = Vec::new();
         f.read_to_end(&mut new).unwrap();
-        let newlines = |b: &[u8]| b.iter().filter(|&&c| c == b'\n').count() as u64;
+        // execlog's lines (vCPU 0's), not the mem plugin's.
+        let newlines = |b: &[u8]| b.windows(4).filter(|w| w == b"\n0, ").count() as u64;
         match self.kernel_lines.as_mut() {
             Some(n) => *n += newlines(&new),
             None => {
@@ -207,9 +208,12 @@ impl LogWatch {
 ///
 /// Every `mem` row's `asid` is the CR3 QEMU's execlog read before that
 /// instruction (it reports each change), and the last one is the CR3 that
-/// `info registers` shows once QEMU is stopped.
+/// `info registers` shows once QEMU is stopped. And every `mem` row, in
+/// order, is the access QEMU's mem plugin (`print-accesses=true`, in the
+/// same run) printed: pc, virtual and physical address, size, load or
+/// store, and the value loaded or stored.
 #[test]
-fn execlog_and_cr3_match_qemus_from_the_reset_vector_into_the_64_bit_kernel() {
+fn execlog_cr3_and_accesses_match_qemus_from_the_reset_vector_into_the_64_bit_kernel() {
     let dir = capture_dir("x86-execlog");
     let log = dir.with_extension("qemu-execlog.log");
     let ours = dir.with_extension("ours.log");
@@ -225,6 +229,8 @@ fn execlog_and_cr3_match_qemus_from_the_reset_vector_into_the_64_bit_kernel() {
         &[
             "-plugin".into(),
             format!("{},reg=cr3", qemu_plugin("execlog").display()),
+            "-plugin".into(),
+            format!("{},print-accesses=true", qemu_plugin("mem").display()),
             "-d".into(),
             "plugin".into(),
             "-D".into(),
@@ -251,8 +257,37 @@ fn execlog_and_cr3_match_qemus_from_the_reset_vector_into_the_64_bit_kernel() {
 
     // Line for line; QEMU's lines may end with `, cr3 -> 0x<16 digits>`
     // (the register changed during that instruction).
-    let mut theirs_lines = BufReader::new(std::fs::File::open(&log).unwrap()).lines();
-    let mut ours_lines = BufReader::new(std::fs::File::open(&ours).unwrap()).lines();
+    // Both of QEMU's plugins write to the log: the mem plugin's lines (a
+    // header, then `0x<pc>,<symbol>,0x<vaddr>,0x<paddr>,<bits>,<load or
+    // store>,0x<value>` per access, as it happens) are taken out first.
+    let mut accesses_theirs: Vec<(u64, u64, u64, u8, bool, u128)> = Vec::new();
+    let mut theirs_lines = BufReader::new(std::fs::File::open(&log).unwrap())
+        .lines()
+        .map(|l| l.unwrap())
+        .filter(|l| {
+            if l.starts_with("insn_vaddr,") {
+                return false;
+            }
+            if !l.starts_with("0x") {
+                return true;
+            }
+            let f: Vec<&str> = l.split(',').collect();
+            assert_eq!(f.len(), 7, "{l}");
+            let hex = |s: &str| u128::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+            let bits: u8 = f[4].parse().unwrap();
+            accesses_theirs.push((
+                hex(f[0]) as u64,
+                hex(f[2]) as u64,
+                hex(f[3]) as u64,
+                bits / 8,
+                f[5] == "store",
+                hex(f[6]),
+            ));
+            false
+        });
+    let mut ours_lines = BufReader::new(std::fs::File::open(&ours).unwrap())
+        .lines()
+        .map(|l| l.unwrap());
     let mut cr3_changes: Vec<(u64, u64)> = Vec::new(); // (icount, value after it)
     let (mut n, mut kernel, mut ints, mut irets) = (0u64, 0u64, 0u64, 0u64);
     let mut seen = std::collections::BTreeSet::new();
@@ -261,12 +296,8 @@ fn execlog_and_cr3_match_qemus_from_the_reset_vector_into_the_64_bit_kernel() {
         let (t, o) = (theirs_lines.next(), ours_lines.next());
         let (t, o) = match (t, o) {
             (None, None) => break,
-            (Some(t), Some(o)) => (t.unwrap(), o.unwrap()),
-            (t, o) => panic!(
-                "after {n} equal lines, QEMU's log has {:?}, ours {:?}",
-                t.map(|l| l.unwrap()),
-                o.map(|l| l.unwrap())
-            ),
+            (Some(t), Some(o)) => (t, o),
+            (t, o) => panic!("after {n} equal lines, QEMU's log has {t:?}, ours {o:?}"),
         };
         let t = match t.rsplit_once(", cr3 -> 0x") {
             Some((line, value)) => {
@@ -300,6 +331,7 @@ fn execlog_and_cr3_match_qemus_from_the_reset_vector_into_the_64_bit_kernel() {
         }
         n += 1;
     }
+    drop(theirs_lines);
     // The x86 reset vector, in 16-bit real mode.
     assert_eq!(
         first.as_deref(),
@@ -337,6 +369,37 @@ fn execlog_and_cr3_match_qemus_from_the_reset_vector_into_the_64_bit_kernel() {
     assert!(last.0 > cr3_changes.last().unwrap().0);
     assert_eq!((last.1, final_cr3), (cr3_at_stop, cr3_at_stop));
     assert_eq!(stat(&dir, "events_lost", Some(0)), 0);
+
+    // Every access, in order, as QEMU's mem plugin printed it: pc, virtual
+    // and physical address, size, load or store, and the value.
+    let mem = columns(
+        &dir,
+        "mem",
+        &["pc", "type", "vaddr", "paddr", "size", "value", "value_hi"],
+    )
+    .unwrap();
+    let (pc, vaddr, paddr) = (u64s(&mem, "pc"), u64s(&mem, "vaddr"), u64s(&mem, "paddr"));
+    let size = mem.column("size").unwrap().u8().unwrap();
+    let ty = mem.column("type").unwrap().str().unwrap();
+    let value = mem.column("value").unwrap().u64().unwrap();
+    let value_hi = mem.column("value_hi").unwrap().u64().unwrap();
+    assert_eq!(accesses_theirs.len(), mem.height(), "accesses");
+    for (i, theirs) in accesses_theirs.iter().enumerate() {
+        let value =
+            u128::from(value.get(i).unwrap()) | u128::from(value_hi.get(i).unwrap_or(0)) << 64;
+        let ours = (
+            pc[i],
+            vaddr[i],
+            paddr[i],
+            size.get(i).unwrap(),
+            ty.get(i) == Some("W"),
+            value,
+        );
+        assert_eq!(
+            &ours, theirs,
+            "access {i} (pc, vaddr, paddr, size, store, value)"
+        );
+    }
     for p in [&log, &ours] {
         let _ = std::fs::remove_file(p);
     }
