@@ -5,11 +5,13 @@
 //! (QEMU's pvh.bin option ROM), so a boot is SeaBIOS (16- and 32-bit code),
 //! then the kernel (32-bit PVH entry, then 64-bit), then user space.
 //!
-//! Each test checks the capture against QEMU itself, in the same QEMU run:
+//! The captures are checked against QEMU itself, in the same QEMU run:
 //! QEMU's execlog plugin (every instruction, its accesses, and CR3, from
-//! the reset vector into the 64-bit kernel), QEMU's mem plugin (how many
-//! accesses the whole boot made, RAM and I/O apart), and QEMU's monitor
-//! (CR3 and the memory map once the guest has powered off).
+//! the reset vector into the 64-bit kernel), QEMU's mem plugin (every
+//! access of that window with its value; how many accesses the whole boot
+//! made, RAM and I/O apart), and QEMU's monitor (CR3, and the memory map
+//! once the guest has powered off); and the disassembly against QEMU's
+//! own call, over a whole boot.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
