@@ -432,6 +432,71 @@ fn kernel_physical_range(vmlinux: &Path) -> (u64, u64) {
 const WORKLOAD_LINE: &str =
     "trace-collector x86 guest: x86_64 2000 lines, md5 ea4d0a24dabcaa11f9aa979b872d162b";
 
+/// A whole boot, to the guest's power-off, captured (`mem`, `mmio`) with
+/// QEMU's mem plugin counting in the same run.
+struct Boot {
+    dir: PathBuf,
+    /// QEMU's mem plugin's counts: RAM and I/O accesses.
+    ram: u64,
+    io: u64,
+    /// `info registers` and `info mtree -f` once the guest powered off.
+    registers: String,
+    mtree: String,
+}
+
+/// Boots the guest (with `extra` QEMU options), kept after its power-off
+/// (`-no-shutdown`) to ask QEMU's monitor, then ended; checks the
+/// workload's line on the console.
+fn boot(name: &str, extra: &[&str]) -> Boot {
+    let dir = capture_dir(name);
+    let counts = dir.with_extension("qemu-mem.log");
+    let sock = dir.with_extension("qmp");
+    for p in [&counts, &sock] {
+        let _ = std::fs::remove_file(p);
+    }
+    let marker = processes::marker(name);
+    let _reaper = Reaper(marker.clone());
+    let mut options: Vec<String> = vec![
+        "-no-shutdown".into(),
+        "-plugin".into(),
+        format!("{},callback=true,haddr=true", qemu_plugin("mem").display()),
+        "-d".into(),
+        "plugin".into(),
+        "-D".into(),
+        counts.display().to_string(),
+    ];
+    options.extend(extra.iter().map(|s| s.to_string()));
+    let qemu = x86_qemu(&marker, Some(&sock), &options);
+    let mut run = start_run(&dir, "mem,mmio", &qemu);
+    let mut qmp = Qmp::connect(&sock, Duration::from_secs(30));
+    wait_until(Duration::from_secs(900), "the guest's power-off", || {
+        std::thread::sleep(Duration::from_millis(200));
+        qmp.status() == "shutdown"
+    });
+    let registers = qmp.hmp("info registers");
+    let mtree = qmp.hmp("info mtree -f");
+    qmp.quit();
+    finish(&mut run);
+    let console = std::fs::read_to_string(dir.with_extension("stdout")).unwrap();
+    assert!(console.contains(WORKLOAD_LINE), "{console}");
+    // QEMU's mem plugin prints `mem accesses: N` (RAM) and `io accesses: M`.
+    let text = std::fs::read_to_string(&counts).unwrap();
+    let count = |what: &str| -> u64 {
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix(what))
+            .unwrap_or_else(|| panic!("no {what:?} in {text}"));
+        line.trim().parse().unwrap()
+    };
+    Boot {
+        ram: count("mem accesses:"),
+        io: count("io accesses:"),
+        dir,
+        registers,
+        mtree,
+    }
+}
+
 /// The whole boot, to the guest's own `poweroff -f`, captured with `mem`
 /// and `mmio`, with QEMU's mem plugin (tests/tcg/plugins/mem.c,
 /// `callback=true,haddr=true`) counting in the same run; QEMU is kept
@@ -456,51 +521,15 @@ const WORKLOAD_LINE: &str =
 ///   capabilities and period, the LAPIC's version.
 #[test]
 fn boot_counts_cr3_and_mmio_match_qemus() {
-    let dir = capture_dir("x86-boot");
-    let counts = dir.with_extension("qemu-mem.log");
-    let sock = dir.with_extension("qmp");
-    for p in [&counts, &sock] {
-        let _ = std::fs::remove_file(p);
-    }
-    let marker = processes::marker("x86-boot");
-    let _reaper = Reaper(marker.clone());
-    let qemu = x86_qemu(
-        &marker,
-        Some(&sock),
-        &[
-            "-no-shutdown".into(),
-            "-plugin".into(),
-            format!("{},callback=true,haddr=true", qemu_plugin("mem").display()),
-            "-d".into(),
-            "plugin".into(),
-            "-D".into(),
-            counts.display().to_string(),
-        ],
-    );
-    let mut run = start_run(&dir, "mem,mmio", &qemu);
-    let mut qmp = Qmp::connect(&sock, Duration::from_secs(30));
-    wait_until(Duration::from_secs(900), "the guest's power-off", || {
-        std::thread::sleep(Duration::from_millis(200));
-        qmp.status() == "shutdown"
-    });
-    let cr3_at_poweroff = cr3_of(&qmp.hmp("info registers"));
-    let map_after = MemoryMap::parse(&qmp.hmp("info mtree -f")).unwrap();
-    qmp.quit();
-    finish(&mut run);
-    let console = std::fs::read_to_string(dir.with_extension("stdout")).unwrap();
-    assert!(console.contains(WORKLOAD_LINE), "{console}");
-
-    // Counts: QEMU's mem plugin prints `mem accesses: N` (RAM) and `io
-    // accesses: M`.
-    let text = std::fs::read_to_string(&counts).unwrap();
-    let count = |what: &str| -> u64 {
-        let line = text
-            .lines()
-            .find_map(|l| l.strip_prefix(what))
-            .unwrap_or_else(|| panic!("no {what:?} in {text}"));
-        line.trim().parse().unwrap()
-    };
-    let (ram, io) = (count("mem accesses:"), count("io accesses:"));
+    let Boot {
+        dir,
+        ram,
+        io,
+        registers,
+        mtree,
+    } = boot("x86-boot", &[]);
+    let cr3_at_poweroff = cr3_of(&registers);
+    let map_after = MemoryMap::parse(&mtree).unwrap();
     assert!(ram > 100_000_000 && io > 1_000, "{ram} RAM, {io} I/O");
     assert_eq!(stat(&dir, "rows.mem", None), ram + io);
     assert_eq!(stat(&dir, "rows.mmio", None), io);
@@ -603,6 +632,39 @@ fn boot_counts_cr3_and_mmio_match_qemus() {
         ["ahci", "apic-msi", "hpet", "ioapic", "pcie-mmcfg-mmio"]
     );
     assert_eq!(fixed.len(), 3, "{fixed:x?}");
+    let _ = std::fs::remove_dir_all(&dir); // 600 MB
+}
+
+/// Two vCPUs (`-smp 2`, a thread each): the second starts in real mode at
+/// the kernel's INIT/SIPI, from CR3 0. The boot's `mem` rows, both vCPUs'
+/// together, are exactly the accesses QEMU's mem plugin counted (RAM and
+/// I/O), each vCPU's stream has its own rows and lost none, and every CR3
+/// recorded is page-aligned, the second vCPU's first one 0.
+#[test]
+fn two_vcpus_boot_counts_match_qemus() {
+    let Boot { dir, ram, io, .. } = boot("x86-boot-smp2", &["-smp", "2"]);
+    assert!(ram > 100_000_000 && io > 1_000, "{ram} RAM, {io} I/O");
+    assert_eq!(stat(&dir, "rows.mem", None), ram + io);
+    assert_eq!(stat(&dir, "rows.mmio", None), io);
+    let events = [0, 1].map(|v| stat(&dir, "events", Some(v)));
+    assert_eq!(events[0] + events[1], ram + io);
+    assert!(events.iter().all(|&e| e > 1_000_000), "{events:?}");
+    for v in [0, 1] {
+        assert_eq!(stat(&dir, "events_lost", Some(v)), 0, "vcpu {v}");
+    }
+    let per_vcpu = query_u64s(
+        &dir,
+        "select count(*) as n from mem group by vcpu order by vcpu",
+    );
+    assert_eq!(per_vcpu, events);
+    let asids = query_u64s(&dir, "select distinct asid from mem order by asid");
+    assert!(asids.iter().all(|a| a % 4096 == 0), "{asids:x?}");
+    let first = query_u64s(
+        &dir,
+        "select asid from mem where vcpu = 1 order by icount limit 1",
+    );
+    assert_eq!(first, [0]);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Every distinct (pc, bytes, disas) of a capture's `code` table.
