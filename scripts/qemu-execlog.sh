@@ -4,10 +4,15 @@
 # it in the same QEMU run as a capture and compares its log line by line
 # with `trace-query execlog`. Prints the plugin's path.
 #
+# `qemu-execlog.sh mem` builds and prints QEMU's test plugin that counts
+# memory accesses (tests/tcg/plugins/mem.c) instead, from the same source,
+# for tests/tests/x86_64.rs (`callback=true,haddr=true`: RAM and I/O
+# accesses, counted apart).
+#
 # The source is Debian's: the upstream tarball of the installed
 # qemu-system-arm's source package, found in the signed Sources index of
 # the suite it came from and checked against that index's SHA-256. Only
-# execlog.c and the plugin header are taken from it, as released upstream
+# the plugin's source and the headers it includes are taken from it, as released upstream
 # (Debian's packaging patches are not applied).
 # Cached in $HOME/.cache/trace-collector/qemu-execlog/<version>/, so this is
 # a no-op once built. Needs gcc, pkg-config and libglib2.0-dev (setup.sh
@@ -18,8 +23,14 @@ version=$(dpkg-query -W -f='${source:Version}' qemu-system-arm 2>/dev/null) || {
     echo "qemu-execlog.sh: qemu-system-arm is not installed (run scripts/setup.sh)" >&2
     exit 1
 }
+case "${1:-execlog}" in
+    execlog) plugin_source=contrib/plugins/execlog.c; headers=(qemu-plugin.h) ;;
+    # mem.c also takes two of QEMU's headers (macros only).
+    mem) plugin_source=tests/tcg/plugins/mem.c; headers=(qemu-plugin.h compiler.h bswap.h) ;;
+    *) echo "usage: qemu-execlog.sh [execlog|mem]" >&2; exit 2 ;;
+esac
 cache="$HOME/.cache/trace-collector/qemu-execlog/${version//:/_}"
-plugin="$cache/libexeclog.so"
+plugin="$cache/lib${1:-execlog}.so"
 if [ -f "$plugin" ]; then
     echo "$plugin"
     exit 0
@@ -57,12 +68,12 @@ read -r sha tarball < <(/usr/lib/apt/apt-helper cat-file "$index" | awk -v want=
 
 curl -fsSL -o "$work/$tarball" "$uri/pool/main/q/qemu/$tarball"
 echo "$sha  $work/$tarball" | sha256sum -c --quiet -
-tar -xf "$work/$tarball" -C "$work" --wildcards '*/contrib/plugins/execlog.c' '*/include/qemu/qemu-plugin.h'
-src=$(dirname "$(dirname "$(find "$work" -path '*/contrib/plugins/execlog.c')")")
-src=$(dirname "$src")
+tar -xf "$work/$tarball" -C "$work" --wildcards "*/$plugin_source" "${headers[@]/#/*/include/qemu/}"
+src=$(find "$work" -path "*/include/qemu/qemu-plugin.h")
+src=$(dirname "$(dirname "$(dirname "$src")")")
 
 # shellcheck disable=SC2046 # pkg-config's flags are words
 gcc -shared -fPIC -O2 -I"$src/include/qemu" $(pkg-config --cflags glib-2.0) \
-    "$src/contrib/plugins/execlog.c" -o "$plugin.tmp" $(pkg-config --libs glib-2.0)
+    "$src/$plugin_source" -o "$plugin.tmp" $(pkg-config --libs glib-2.0)
 mv "$plugin.tmp" "$plugin"
 echo "$plugin"

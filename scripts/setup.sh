@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs everything trace-collector needs on Debian 12 (bookworm), idempotently:
 #   - the bookworm-backports suite (for QEMU 10.0.2 with TCG plugin support)
-#   - qemu-system-arm (lm3s6965evb, virt) and qemu-system-aarch64
+#   - qemu-system-arm (lm3s6965evb, virt), qemu-system-aarch64 and
+#     qemu-system-x86 (q35, for the x86-64 guest)
 #   - the bare-metal cross toolchains for the test firmware
 #   - capnproto (the Cap'n Proto schema compiler used by schema/build.rs)
-#   - QEMU's execlog plugin, built from the installed QEMU's source (qemu-execlog.sh)
+#   - QEMU's execlog and mem plugins, built from the installed QEMU's source (qemu-execlog.sh)
+#   - the x86-64 test guest: Debian's amd64 kernel and a busybox initramfs (x86-guest.sh)
 #   - Perfetto's compiled trace protos (the `perfetto` Python package, pinned
 #     with its protobuf runtime by version and sha256 in
 #     tests/perfetto/requirements.txt), in ~/.cache/trace-collector/python
@@ -14,8 +16,8 @@ set -euo pipefail
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-PACKAGES_MAIN=(capnproto gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu pkg-config libclang-dev libglib2.0-dev curl)
-PACKAGES_BACKPORTS=(qemu-system-arm qemu-system-aarch64 qemu-utils)
+PACKAGES_MAIN=(capnproto gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu pkg-config libclang-dev libglib2.0-dev curl cpio xz-utils)
+PACKAGES_BACKPORTS=(qemu-system-arm qemu-system-aarch64 qemu-system-x86 qemu-utils)
 
 have_backports() {
     grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null
@@ -43,7 +45,9 @@ add_backports() {
 need_install=0
 for p in "${PACKAGES_MAIN[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need_install=1; done
 for p in "${PACKAGES_BACKPORTS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need_install=1; done
-if ! qemu-system-arm --version 2>/dev/null | grep -q "version 10\."; then need_install=1; fi
+for q in qemu-system-arm qemu-system-x86_64; do
+    if ! "$q" --version 2>/dev/null | grep -q "version 10\."; then need_install=1; fi
+done
 
 if [ "$need_install" -eq 1 ]; then
     have_backports || add_backports
@@ -69,9 +73,15 @@ if ! PYTHONPATH="$PERFETTO_PY" python3 -c "from perfetto.protos.perfetto.trace i
 fi
 
 # QEMU's own execlog plugin, built from the installed QEMU's source, for the
-# test that compares `trace-query execlog` with it.
+# tests that compare `trace-query execlog` with it, and its mem plugin, for
+# the x86-64 test's count of accesses.
 bash "$(dirname "$0")/qemu-execlog.sh" >/dev/null
+bash "$(dirname "$0")/qemu-execlog.sh" mem >/dev/null
+
+# The x86-64 test guest (Debian's kernel and busybox, cached).
+bash "$(dirname "$0")/x86-guest.sh" >/dev/null
 
 qemu-system-arm --version | head -n1
+qemu-system-x86_64 --version | head -n1
 capnp --version
 arm-none-eabi-gcc --version | head -n1

@@ -17,14 +17,14 @@
 //! (`cs_disasm_iter` does not), so we decode with it.
 //!
 //! The plugin API does not say which mode QEMU disassembles a block in (A64,
-//! A32 or T32, M-profile, v8), so QEMU says it: its text for a block's first
+//! A32 or T32, M-profile, v8; x86's 64-, 32- or 16-bit code), so QEMU says it: its text for a block's first
 //! instruction keeps the modes that give the same text. A later instruction
 //! on which the modes kept disagree is asked of QEMU again, which narrows
 //! them. A block never mixes modes (QEMU ends a block where the mode
 //! changes), so every text is the one QEMU would have given. On that boot
 //! QEMU is asked about once per block (64.5k) instead of once per
 //! instruction (336k). With no mode
-//! left, no capstone in the process, a target other than ARM, or
+//! left, no capstone in the process, a target other than ARM and x86, or
 //! `disas=qemu`, every instruction is QEMU's call.
 
 use qemu_plugin_sys::{qemu_plugin_insn, qemu_plugin_insn_disas};
@@ -43,10 +43,16 @@ struct Mode {
 
 const CS_ARCH_ARM: c_int = 0;
 const CS_ARCH_ARM64: c_int = 1;
+const CS_ARCH_X86: c_int = 3;
 const CS_MODE_ARM: c_int = 0;
+const CS_MODE_16: c_int = 1 << 1;
+const CS_MODE_32: c_int = 1 << 2;
+const CS_MODE_64: c_int = 1 << 3;
 const CS_MODE_THUMB: c_int = 1 << 4;
 const CS_MODE_MCLASS: c_int = 1 << 5;
 const CS_MODE_V8: c_int = 1 << 6;
+const CS_OPT_SYNTAX: c_int = 1;
+const CS_OPT_SYNTAX_ATT: usize = 2;
 const CS_OPT_SKIPDATA: c_int = 5;
 const CS_OPT_ON: usize = 3;
 const CS_MNEMONIC_SIZE: usize = 32;
@@ -68,11 +74,20 @@ const fn t32(extra: c_int) -> Mode {
         mode: CS_MODE_THUMB | extra,
     }
 }
+const fn x86(mode: c_int) -> Mode {
+    Mode {
+        arch: CS_ARCH_X86,
+        mode,
+    }
+}
 
 /// The modes QEMU may disassemble a block of this target in (target/arm
 /// `arm_disas_set_info`: A64; or A32/T32, plus v8 on a v8 core, plus
 /// M-class on an M-profile one; little-endian: a big-endian block matches
-/// none and is left to QEMU).
+/// none and is left to QEMU), or, on x86 (target/i386
+/// `x86_disas_set_info`), the code segment's: 64-bit (long mode), 32-bit or
+/// 16-bit (real mode, and 16-bit protected mode), as a PC passes through
+/// them while it boots.
 fn modes_of(target: &str) -> &'static [Mode] {
     const AARCH64: [Mode; 3] = [A64, a32(CS_MODE_V8), t32(CS_MODE_V8)];
     const ARM: [Mode; 6] = [
@@ -83,9 +98,13 @@ fn modes_of(target: &str) -> &'static [Mode] {
         t32(CS_MODE_V8),
         a32(CS_MODE_V8),
     ];
+    const X86_64: [Mode; 3] = [x86(CS_MODE_64), x86(CS_MODE_32), x86(CS_MODE_16)];
+    const I386: [Mode; 2] = [x86(CS_MODE_32), x86(CS_MODE_16)];
     match target {
         "aarch64" => &AARCH64,
         "arm" => &ARM,
+        "x86_64" => &X86_64,
+        "i386" => &I386,
         _ => &[],
     }
 }
@@ -158,6 +177,11 @@ impl Capstone {
             }
             // "Disassemble" unknown instructions as ".byte", as QEMU does.
             (self.option)(csh, CS_OPT_SKIPDATA, CS_OPT_ON);
+            if mode.arch == CS_ARCH_X86 {
+                // QEMU prints x86 in AT&T syntax (and ignores a capstone
+                // built without it, as we do: then both print Intel's).
+                (self.option)(csh, CS_OPT_SYNTAX, CS_OPT_SYNTAX_ATT);
+            }
         }
         Some(Handle { csh })
     }

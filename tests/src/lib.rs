@@ -7,6 +7,7 @@
 //! `cargo build --release --workspace` (`scripts/test.sh` does).
 
 pub mod processes;
+pub mod qmp;
 
 use anyhow::{bail, Result};
 use polars::prelude::*;
@@ -75,6 +76,24 @@ pub fn firmware(name: &str) -> PathBuf {
         out
     });
     dir.join(name)
+}
+
+/// One of QEMU's own plugins (`execlog`, `mem`), built once (cached) from
+/// the installed QEMU's source by scripts/qemu-execlog.sh.
+pub fn qemu_plugin(which: &str) -> PathBuf {
+    let script = firmware_sources().join("../../scripts/qemu-execlog.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(which)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} {which} failed (it needs what scripts/setup.sh installs):\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 /// A fresh, empty directory for one test's capture.
@@ -239,6 +258,17 @@ pub fn table(capture: &Path, name: &str) -> Result<DataFrame> {
     anyhow::Context::with_context(df, || format!("reading table {name}"))
 }
 
+/// Only the columns `names` of a table (all its parts): for tables too
+/// large to read whole.
+pub fn columns(capture: &Path, name: &str, names: &[&str]) -> Result<DataFrame> {
+    let glob = format!("{}/{name}/*.parquet", capture.display());
+    let columns: Vec<Expr> = names.iter().map(|n| col(*n)).collect();
+    let df = LazyFrame::scan_parquet(PlRefPath::new(glob.as_str()), ScanArgsParquet::default())?
+        .select(columns)
+        .collect();
+    anyhow::Context::with_context(df, || format!("reading table {name}"))
+}
+
 /// The values of `df`'s UInt64 column `name` (a column without nulls).
 pub fn u64s(df: &DataFrame, name: &str) -> Vec<u64> {
     df.column(name)
@@ -325,4 +355,43 @@ pub fn stat(capture: &Path, name: &str, vcpu: Option<u32>) -> u64 {
         .find(|(n, v, _)| n == name && *v == vcpu)
         .map(|(_, _, value)| *value)
         .unwrap_or_else(|| panic!("no stat {name} for vcpu {vcpu:?} in {all:?}"))
+}
+
+/// One line of QEMU's execlog: what it says before its accesses, and each
+/// access as (load or store, physical address, device).
+pub type ExeclogLine = (String, Vec<(String, String, String)>);
+
+pub fn parse_execlog_line(line: &str) -> ExeclogLine {
+    let close = line
+        .match_indices('"')
+        .nth(1)
+        .unwrap_or_else(|| panic!("not an execlog line: {line:?}"))
+        .0;
+    let (insn, rest) = line.split_at(close + 1);
+    let fields: Vec<&str> = rest.split(", ").skip(1).collect();
+    assert_eq!(fields.len() % 3, 0, "{line:?}");
+    let accesses = fields
+        .chunks(3)
+        .map(|a| (a[0].to_string(), a[1].to_string(), a[2].to_string()))
+        .collect();
+    (insn.to_string(), accesses)
+}
+
+/// Whether `ours` (`trace-query execlog`) says what QEMU's execlog line
+/// `theirs` says: the same but for the device names, which ours takes from
+/// the capture's `device` column: named from QEMU's memory map where the
+/// plugin API cannot name a region (`anonXXXXXXXX`), and the well-known
+/// short name where QEMU's says little (`apic-msi` is `msi`,
+/// `trace_format::memory_map::SHORT_NAMES`).
+pub fn same_execlog_line(theirs: &str, ours: &str) -> bool {
+    let ((t_insn, t_acc), (o_insn, o_acc)) = (parse_execlog_line(theirs), parse_execlog_line(ours));
+    let same_device = |t: &str, o: &str| {
+        t == o || t.starts_with("anon") || trace_format::memory_map::short_name(t) == Some(o)
+    };
+    t_insn == o_insn
+        && t_acc.len() == o_acc.len()
+        && t_acc
+            .iter()
+            .zip(&o_acc)
+            .all(|(t, o)| t.0 == o.0 && t.1 == o.1 && same_device(&t.2, &o.2))
 }

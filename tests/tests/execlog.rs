@@ -6,22 +6,8 @@
 //! instruction included. Device names are ours (from QEMU's memory map),
 //! where QEMU's plugin API says `anonXXXXXXXX`: only there may they differ.
 
-use std::path::PathBuf;
 use std::process::Command;
 use trace_tests::*;
-
-/// QEMU's execlog plugin, built once (cached) by scripts/qemu-execlog.sh.
-fn execlog_plugin() -> PathBuf {
-    let script = firmware_sources().join("../../scripts/qemu-execlog.sh");
-    let out = Command::new("bash").arg(&script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{} failed (it needs what scripts/setup.sh installs):\n{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
 
 /// Captures `qemu` (mem, mmio and insn) with QEMU's execlog loaded in the
 /// same run; returns QEMU's log and `trace-query execlog`'s output.
@@ -32,7 +18,7 @@ fn both_logs(name: &str, qemu: &[String]) -> (String, String) {
     let mut qemu = qemu.to_vec();
     qemu.extend([
         "-plugin".into(),
-        execlog_plugin().display().to_string(),
+        qemu_plugin("execlog").display().to_string(),
         "-d".into(),
         "plugin".into(),
         "-D".into(),
@@ -55,39 +41,16 @@ fn both_logs(name: &str, qemu: &[String]) -> (String, String) {
     )
 }
 
-/// One line: what it says before its accesses, and each access as (load or
-/// store, physical address, device).
-type Line = (String, Vec<(String, String, String)>);
-
-fn parse(line: &str) -> Line {
-    let close = line
-        .match_indices('"')
-        .nth(1)
-        .unwrap_or_else(|| panic!("not an execlog line: {line:?}"))
-        .0;
-    let (insn, rest) = line.split_at(close + 1);
-    let fields: Vec<&str> = rest.split(", ").skip(1).collect();
-    assert_eq!(fields.len() % 3, 0, "{line:?}");
-    let accesses = fields
-        .chunks(3)
-        .map(|a| (a[0].to_string(), a[1].to_string(), a[2].to_string()))
-        .collect();
-    (insn.to_string(), accesses)
-}
-
 /// Checks `ours` line for line against QEMU's `theirs` (both per vCPU, in
 /// order): equal but for the devices QEMU cannot name.
 fn assert_same(what: &str, theirs: &[&str], ours: &[&str]) {
     assert_eq!(theirs.len(), ours.len(), "{what}: number of lines");
     for (i, (t, o)) in theirs.iter().zip(ours).enumerate() {
-        let ((t_insn, t_acc), (o_insn, o_acc)) = (parse(t), parse(o));
-        let same = t_insn == o_insn
-            && t_acc.len() == o_acc.len()
-            && t_acc
-                .iter()
-                .zip(&o_acc)
-                .all(|(t, o)| t.0 == o.0 && t.1 == o.1 && (t.2 == o.2 || t.2.starts_with("anon")));
-        assert!(same, "{what}, line {}:\n QEMU: {t}\n ours: {o}", i + 1);
+        assert!(
+            same_execlog_line(t, o),
+            "{what}, line {}:\n QEMU: {t}\n ours: {o}",
+            i + 1
+        );
     }
 }
 

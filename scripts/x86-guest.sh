@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Fetches and prepares the x86-64 test guest (tests/tests/x86_64.rs),
+# idempotently, under $X86_GUEST (default $HOME/.cache/trace-collector/x86-guest),
+# and prints the directory:
+#
+#   vmlinuz          Debian bookworm's amd64 kernel (linux-image-<abi>-amd64's bzImage)
+#   vmlinux          the same kernel decompressed (the bzImage's xz payload): an ELF
+#                    QEMU boots through its PVH entry point, without the 1.2 billion
+#                    instructions of the bzImage's own decompression under TCG
+#   initrd.cpio.gz   a tiny initramfs: Debian bookworm's busybox-static (amd64) and an
+#                    /init that runs a small known workload and powers the machine
+#                    off by itself (`poweroff -f`)
+#   versions         the two packages they came from
+#
+# Boot it with (vmlinuz works too, slower):
+#   qemu-system-x86_64 -M q35 -m 256 -nographic -no-reboot -nic none -vga none \
+#       -kernel DIR/vmlinux -initrd DIR/initrd.cpio.gz \
+#       -append 'console=ttyS0 quiet panic=-1 rdinit=/init'
+#
+# Nothing is installed: bookworm's package lists live in a private apt state
+# under the cache (signed by Debian's archive key, as apt checks them), and
+# `apt-get download` only downloads the two .deb files, like
+# benches/fetch-inputs.sh does for arm64. Needs apt-get, dpkg-deb, gzip and
+# cpio and xz (installed with apt-get when missing; root or sudo), and, the first
+# time, the network. A no-op once cached.
+set -euo pipefail
+
+GUEST="${X86_GUEST:-$HOME/.cache/trace-collector/x86-guest}"
+mkdir -p "$GUEST"
+cd "$GUEST"
+
+# Bump when the initramfs's /init changes: a cached guest of another
+# version is rebuilt.
+INIT_VERSION=1
+
+if [ -s vmlinuz ] && [ -s vmlinux ] && [ -s initrd.cpio.gz ] && [ -s versions ] \
+    && [ "$(cat init-version 2>/dev/null)" = "$INIT_VERSION" ]; then
+    echo "$GUEST"
+    exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+if ! command -v cpio >/dev/null || ! command -v xz >/dev/null; then
+    echo "x86-guest: installing cpio and xz-utils" >&2
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends cpio xz-utils >/dev/null \
+        || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends cpio xz-utils >/dev/null; }
+fi
+
+# The mirror this machine installs bookworm from (else Debian's).
+uri=$(apt-get indextargets --format '$(REPO_URI)' "Release: bookworm" 2>/dev/null | head -n1 || true)
+uri=${uri:-http://deb.debian.org/debian/}
+
+# A private apt state for bookworm's amd64 packages: its own sources list,
+# lists and archives in the cache, no dpkg state.
+APT_DIR="$GUEST/apt"
+mkdir -p "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial"
+echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri bookworm main" >"$APT_DIR/sources.list"
+APT_OPTS=(
+    -o APT::Architecture=amd64 -o APT::Architectures::=amd64
+    -o "Dir::Etc::SourceList=$APT_DIR/sources.list" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$APT_DIR/lists" -o "Dir::Cache=$APT_DIR/cache"
+    -o Dir::State::status=/dev/null -o Debug::NoLocking=1
+    -o APT::Sandbox::User=root
+)
+echo "x86-guest: updating bookworm's package lists (private, under $APT_DIR)" >&2
+apt-get "${APT_OPTS[@]}" update -qq >/dev/null
+
+work=$(mktemp -d "$GUEST/.work.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+# ---------------------------------------------------------------- the kernel
+pkg=$(apt-cache "${APT_OPTS[@]}" depends linux-image-amd64 \
+    | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+[ -n "$pkg" ] || { echo "x86-guest: cannot resolve linux-image-amd64's kernel package" >&2; exit 1; }
+echo "x86-guest: downloading $pkg and busybox-static" >&2
+(cd "$work" && apt-get "${APT_OPTS[@]}" download -qq "$pkg:amd64" busybox-static:amd64 >/dev/null)
+dpkg-deb --fsys-tarfile "$work"/linux-image-*.deb \
+    | tar -x -C "$work" --wildcards './boot/vmlinuz-*'
+cp "$(ls "$work"/boot/vmlinuz-* | head -n1)" "$work/vmlinuz"
+# The bzImage's compressed kernel (Documentation/arch/x86/boot.rst): it
+# starts payload_offset (header field at 0x248) bytes into the protected-mode
+# code, which follows the (setup_sects + 1) * 512 bytes of the real-mode part
+# (setup_sects at 0x1f1), and is payload_length (0x24c) bytes long.
+field() { od -An -t"u$2" -j "$1" -N "$2" "$work/vmlinuz" | tr -d ' '; }
+setup_sects=$(field $((0x1f1)) 1)
+payload_offset=$(field $((0x248)) 4)
+payload_length=$(field $((0x24c)) 4)
+start=$(( (setup_sects + 1) * 512 + payload_offset ))
+if [ "$(od -An -tx1 -j "$start" -N 6 "$work/vmlinuz" | tr -d ' ')" != "fd377a585a00" ]; then
+    echo "x86-guest: the kernel's payload is not xz-compressed" >&2
+    exit 1
+fi
+head -c $((start + payload_length)) "$work/vmlinuz" | tail -c +$((start + 1)) | xz -dc --single-stream > "$work/vmlinux"
+
+# ------------------------------------------------------------- the initramfs
+dpkg-deb -x "$work"/busybox-static_*.deb "$work/deb"
+root="$work/root"
+mkdir -p "$root/bin" "$root/dev" "$root/proc" "$root/sys" "$root/tmp"
+cp "$work/deb/bin/busybox" "$root/bin/busybox"
+ln -s busybox "$root/bin/sh"
+# The workload: a file written and read back in user space (tmpfs), its
+# checksum printed, then the machine powered off by the kernel.
+cat > "$root/init" <<'EOF'
+#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t tmpfs tmpfs /tmp
+/bin/busybox seq 1 2000 > /tmp/numbers
+/bin/busybox echo "trace-collector x86 guest: $(/bin/busybox uname -m) $(/bin/busybox wc -l < /tmp/numbers) lines, md5 $(/bin/busybox md5sum < /tmp/numbers | /bin/busybox cut -d' ' -f1)"
+/bin/busybox poweroff -f
+EOF
+chmod 755 "$root/init"
+(cd "$root" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --owner=0:0 --quiet) \
+    | gzip -9n > "$work/initrd.cpio.gz"
+
+for deb in "$work"/linux-image-*.deb "$work"/busybox-static_*.deb; do
+    dpkg-deb --showformat='${Package}:${Architecture} ${Version}\n' -W "$deb"
+done > "$work/versions"
+mv "$work/vmlinuz" vmlinuz
+mv "$work/vmlinux" vmlinux
+mv "$work/initrd.cpio.gz" initrd.cpio.gz
+mv "$work/versions" versions
+echo "$INIT_VERSION" > init-version
+echo "x86-guest: $GUEST: $(tr '\n' ' ' < versions)" >&2
+echo "$GUEST"

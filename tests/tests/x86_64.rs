@@ -1,0 +1,734 @@
+//! x86-64 guests (issue 18): `qemu-system-x86_64 -M q35` booting Debian
+//! bookworm's amd64 kernel with a busybox initramfs whose /init runs a
+//! small workload and powers off (scripts/x86-guest.sh fetches and caches
+//! them). The kernel is the bzImage's payload, booted through its PVH entry
+//! (QEMU's pvh.bin option ROM), so a boot is SeaBIOS (16- and 32-bit code),
+//! then the kernel (32-bit PVH entry, then 64-bit), then user space.
+//!
+//! The captures are checked against QEMU itself, in the same QEMU run:
+//! QEMU's execlog plugin (every instruction, its accesses, and CR3, from
+//! the reset vector into the 64-bit kernel), QEMU's mem plugin (every
+//! access of that window with its value; how many accesses the whole boot
+//! made, RAM and I/O apart), and QEMU's monitor (CR3, and the memory map
+//! once the guest has powered off); and the disassembly against QEMU's
+//! own call, over a whole boot.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use trace_format::memory_map::{short_name, MemoryMap};
+use trace_tests::processes::{self, wait_until, Reaper};
+use trace_tests::qmp::Qmp;
+use trace_tests::*;
+
+/// The guest's files (scripts/x86-guest.sh: fetched once, then cached).
+fn guest() -> PathBuf {
+    let script = firmware_sources().join("../../scripts/x86-guest.sh");
+    let out = Command::new("bash").arg(&script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} failed (it needs apt-get and the network the first time):\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// The QEMU command line of the guest, tagged with `marker` (`-name`),
+/// with a QMP socket for the test at `qmp` if any, then `extra`.
+fn x86_qemu(marker: &str, qmp: Option<&Path>, extra: &[String]) -> Vec<String> {
+    let g = guest();
+    let mut cmd: Vec<String> = [
+        "qemu-system-x86_64",
+        "-name",
+        marker,
+        "-M",
+        "q35",
+        "-m",
+        "256",
+        "-nographic",
+        "-no-reboot",
+        "-nic",
+        "none",
+        "-vga",
+        "none",
+        "-monitor",
+        "none",
+        "-append",
+        "console=ttyS0 quiet panic=-1 rdinit=/init",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    cmd.extend([
+        "-kernel".to_string(),
+        g.join("vmlinux").display().to_string(),
+        "-initrd".to_string(),
+        g.join("initrd.cpio.gz").display().to_string(),
+    ]);
+    if let Some(qmp) = qmp {
+        cmd.extend([
+            "-qmp".to_string(),
+            format!("unix:{},server=on,wait=off", qmp.display()),
+        ]);
+    }
+    cmd.extend(extra.iter().cloned());
+    cmd
+}
+
+/// `trace-collector run --out DIR --events EVENTS -- QEMU` as a child, its
+/// stdout (QEMU's console) to `DIR.stdout`.
+fn start_run(dir: &Path, events: &str, qemu: &[String]) -> processes::Proc {
+    let mut cmd = vec![
+        collector().display().to_string(),
+        "run".to_string(),
+        "--out".to_string(),
+        dir.display().to_string(),
+        "--events".to_string(),
+        events.to_string(),
+        "--".to_string(),
+    ];
+    cmd.extend(qemu.iter().cloned());
+    processes::spawn(
+        &cmd,
+        &processes::log(dir),
+        Some(&dir.with_extension("stdout")),
+        false,
+    )
+}
+
+/// Waits for the collector `run` to finish; fails the test unless it
+/// exited 0.
+fn finish(run: &mut processes::Proc) {
+    let status = run.wait(Duration::from_secs(600));
+    assert!(
+        status.success(),
+        "trace-collector run: {status}\n{}",
+        run.stderr()
+    );
+}
+
+/// CR3 in `info registers`' output (`... CR3=0000000002a10000 ...`).
+fn cr3_of(registers: &str) -> u64 {
+    let at = registers
+        .find("CR3=")
+        .unwrap_or_else(|| panic!("no CR3 in {registers}"));
+    let hex: String = registers[at + 4..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect();
+    u64::from_str_radix(&hex, 16).unwrap()
+}
+
+/// `trace-query ARGS` with its stdout into `out` (outputs too large for a
+/// String); fails the test if it fails.
+fn query_to_file(args: &[&str], out: &Path) {
+    let status = Command::new(query())
+        .args(args)
+        .stdout(std::fs::File::create(out).unwrap())
+        .stderr(std::process::Stdio::inherit())
+        .status()
+        .unwrap();
+    assert!(status.success(), "trace-query {args:?}: {status}");
+}
+
+/// A one-column SQL answer of `trace-query` (CSV, header dropped), as u64s.
+fn query_u64s(dir: &Path, sql: &str) -> Vec<u64> {
+    let d = dir.display().to_string();
+    let (ok, out, err) = run_query(&["--trace", &d, "--format", "csv", sql]);
+    assert!(ok, "{sql}: {err}");
+    out.lines()
+        .skip(1)
+        .map(|l| l.parse().unwrap_or_else(|_| panic!("{sql}: {l:?}")))
+        .collect()
+}
+
+/// Follows QEMU's execlog log as it grows: whether it reached a line of
+/// the 64-bit kernel (`0, 0xffffffff8...`), and how many lines came after.
+struct LogWatch {
+    file: Option<std::fs::File>,
+    path: PathBuf,
+    tail: Vec<u8>,
+    /// execlog's lines since the kernel's first, once seen.
+    kernel_lines: Option<u64>,
+}
+
+impl LogWatch {
+    fn new(path: &Path) -> LogWatch {
+        LogWatch {
+            file: None,
+            path: path.to_path_buf(),
+            tail: Vec::new(),
+            kernel_lines: None,
+        }
+    }
+
+    /// Reads what was appended; true once the log holds about `lines` of
+    /// execlog's lines from the kernel's first on.
+    fn kernel_lines_at_least(&mut self, lines: u64) -> bool {
+        if self.file.is_none() {
+            self.file = std::fs::File::open(&self.path).ok();
+        }
+        let Some(f) = self.file.as_mut() else {
+            return false;
+        };
+        let mut new = Vec::new();
+        f.read_to_end(&mut new).unwrap();
+        // execlog's lines (vCPU 0's), not the mem plugin's.
+        let newlines = |b: &[u8]| b.windows(4).filter(|w| w == b"\n0, ").count() as u64;
+        match self.kernel_lines.as_mut() {
+            Some(n) => *n += newlines(&new),
+            None => {
+                const NEEDLE: &[u8] = b"\n0, 0xffffffff8";
+                let mut window = std::mem::take(&mut self.tail);
+                window.extend_from_slice(&new);
+                match window.windows(NEEDLE.len()).position(|w| w == NEEDLE) {
+                    Some(at) => self.kernel_lines = Some(newlines(&window[at + 1..])),
+                    None => {
+                        self.tail = window[window.len().saturating_sub(NEEDLE.len())..].to_vec()
+                    }
+                }
+            }
+        }
+        self.kernel_lines.is_some_and(|n| n >= lines)
+    }
+}
+
+/// `trace-query execlog` equals QEMU's own execlog plugin (contrib/plugins/
+/// execlog.c, `reg=cr3`), run in the same QEMU, line for line, from the
+/// x86 reset vector (16-bit real mode: SeaBIOS, its hardware interrupts
+/// and `int` calls) through 32-bit code (SeaBIOS, the PVH entry) into the
+/// 64-bit kernel (its first exceptions, `rep stos`): every instruction's
+/// vCPU, pc, opcode, QEMU's AT&T text (the shim's capstone handles in 64-,
+/// 32- and 16-bit mode), and each access's type and physical address.
+/// A whole boot is over a billion instructions, too many for a text log, so
+/// the test ends QEMU (QMP `quit`) once its log holds 200k lines from the
+/// kernel's first 64-bit instruction on (about 6M instructions, 400 MB of
+/// text): both logs end with the same last instruction, as QEMU ends both
+/// plugins the same way.
+///
+/// Every `mem` row's `asid` is the CR3 QEMU's execlog read before that
+/// instruction (it reports each change), and the last one is the CR3 that
+/// `info registers` shows once QEMU is stopped. And every `mem` row, in
+/// order, is the access QEMU's mem plugin (`print-accesses=true`, in the
+/// same run) printed: pc, virtual and physical address, size, load or
+/// store, and the value loaded or stored.
+#[test]
+fn execlog_cr3_and_accesses_match_qemus_from_the_reset_vector_into_the_64_bit_kernel() {
+    let dir = capture_dir("x86-execlog");
+    let log = dir.with_extension("qemu-execlog.log");
+    let ours = dir.with_extension("ours.log");
+    let sock = dir.with_extension("qmp");
+    for p in [&log, &ours, &sock] {
+        let _ = std::fs::remove_file(p);
+    }
+    let marker = processes::marker("x86-execlog");
+    let _reaper = Reaper(marker.clone());
+    let qemu = x86_qemu(
+        &marker,
+        Some(&sock),
+        &[
+            "-plugin".into(),
+            format!("{},reg=cr3", qemu_plugin("execlog").display()),
+            "-plugin".into(),
+            format!("{},print-accesses=true", qemu_plugin("mem").display()),
+            "-d".into(),
+            "plugin".into(),
+            "-D".into(),
+            log.display().to_string(),
+        ],
+    );
+    let mut run = start_run(&dir, "mem,mmio,insn", &qemu);
+    let mut qmp = Qmp::connect(&sock, Duration::from_secs(30));
+    let mut watch = LogWatch::new(&log);
+    wait_until(
+        Duration::from_secs(600),
+        "QEMU's execlog to reach the 64-bit kernel",
+        || {
+            std::thread::sleep(Duration::from_millis(100));
+            watch.kernel_lines_at_least(200_000)
+        },
+    );
+    qmp.execute("stop", serde_json::json!({}));
+    let cr3_at_stop = cr3_of(&qmp.hmp("info registers"));
+    qmp.quit();
+    finish(&mut run);
+    let d = dir.display().to_string();
+    query_to_file(&["execlog", "--trace", &d], &ours);
+
+    // Line for line; QEMU's lines may end with `, cr3 -> 0x<16 digits>`
+    // (the register changed during that instruction).
+    // Both of QEMU's plugins write to the log: the mem plugin's lines (a
+    // header, then `0x<pc>,<symbol>,0x<vaddr>,0x<paddr>,<bits>,<load or
+    // store>,0x<value>` per access, as it happens) are taken out first.
+    let mut accesses_theirs: Vec<(u64, u64, u64, u8, bool, u128)> = Vec::new();
+    let mut theirs_lines = BufReader::new(std::fs::File::open(&log).unwrap())
+        .lines()
+        .map(|l| l.unwrap())
+        .filter(|l| {
+            if l.starts_with("insn_vaddr,") {
+                return false;
+            }
+            if !l.starts_with("0x") {
+                return true;
+            }
+            let f: Vec<&str> = l.split(',').collect();
+            assert_eq!(f.len(), 7, "{l}");
+            let hex = |s: &str| u128::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+            let bits: u8 = f[4].parse().unwrap();
+            accesses_theirs.push((
+                hex(f[0]) as u64,
+                hex(f[2]) as u64,
+                hex(f[3]) as u64,
+                bits / 8,
+                f[5] == "store",
+                hex(f[6]),
+            ));
+            false
+        });
+    let mut ours_lines = BufReader::new(std::fs::File::open(&ours).unwrap())
+        .lines()
+        .map(|l| l.unwrap());
+    let mut cr3_changes: Vec<(u64, u64)> = Vec::new(); // (icount, value after it)
+    let (mut n, mut kernel, mut ints, mut irets) = (0u64, 0u64, 0u64, 0u64);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut first = None;
+    loop {
+        let (t, o) = (theirs_lines.next(), ours_lines.next());
+        let (t, o) = match (t, o) {
+            (None, None) => break,
+            (Some(t), Some(o)) => (t, o),
+            (t, o) => panic!("after {n} equal lines, QEMU's log has {t:?}, ours {o:?}"),
+        };
+        let t = match t.rsplit_once(", cr3 -> 0x") {
+            Some((line, value)) => {
+                cr3_changes.push((n, u64::from_str_radix(value, 16).unwrap()));
+                line.to_string()
+            }
+            None => t,
+        };
+        assert!(
+            same_execlog_line(&t, &o),
+            "line {}:\n QEMU: {t}\n ours: {o}",
+            n + 1
+        );
+        if first.is_none() {
+            first = Some(t.clone());
+        }
+        let (insn, accesses) = parse_execlog_line(&t);
+        let text = insn.rsplit_once(", \"").unwrap().1.trim_end_matches('"');
+        kernel += u64::from(insn.starts_with("0, 0xffffffff8"));
+        ints += u64::from(text.starts_with("int "));
+        irets += u64::from(text.starts_with("iret"));
+        for want in [
+            "iretw ",                       // real mode
+            "rep movsl (%esi), %es:(%edi)", // 32-bit addressing
+            "rep stosl %eax, (%rdi)",       // 64-bit addressing
+            "iretq ",                       // the kernel's early exceptions
+        ] {
+            if text == want && (want.starts_with("iret") || accesses.len() > 2) {
+                seen.insert(want);
+            }
+        }
+        n += 1;
+    }
+    drop(theirs_lines);
+    // The x86 reset vector, in 16-bit real mode.
+    assert_eq!(
+        first.as_deref(),
+        Some("0, 0xfffffff0, 0xe05bea, \"ljmpw $0xf000:$0xe05b\"")
+    );
+    assert!(
+        n > 2_000_000 && kernel >= 200_000,
+        "{n} lines, {kernel} of the kernel"
+    );
+    assert_eq!(seen.len(), 4, "only {seen:?}");
+    // More returns from interrupts than `int` instructions: hardware
+    // interrupts (SeaBIOS's timer) and exceptions were taken in the window.
+    assert!(irets > ints, "{irets} iret, {ints} int");
+
+    // The ASID is CR3: the value QEMU's execlog read before each access's
+    // instruction (0 from reset, then each change it reported).
+    assert!(cr3_changes.len() >= 2, "{cr3_changes:?}");
+    let cr3_at = |icount: u64| {
+        let i = cr3_changes.partition_point(|&(at, _)| at < icount);
+        if i == 0 {
+            0
+        } else {
+            cr3_changes[i - 1].1
+        }
+    };
+    let mem = columns(&dir, "mem", &["icount", "asid"]).unwrap();
+    let (icounts, asids) = (u64s(&mem, "icount"), u64s(&mem, "asid"));
+    assert!(icounts.len() > 1_000_000, "{} mem rows", icounts.len());
+    let mut last = (0, 0);
+    for (&icount, &asid) in icounts.iter().zip(&asids) {
+        assert_eq!(asid, cr3_at(icount), "the access at icount {icount}");
+        last = last.max((icount, asid));
+    }
+    let final_cr3 = cr3_changes.last().unwrap().1;
+    assert!(last.0 > cr3_changes.last().unwrap().0);
+    assert_eq!((last.1, final_cr3), (cr3_at_stop, cr3_at_stop));
+    assert_eq!(stat(&dir, "events_lost", Some(0)), 0);
+
+    // Every access, in order, as QEMU's mem plugin printed it: pc, virtual
+    // and physical address, size, load or store, and the value.
+    let mem = columns(
+        &dir,
+        "mem",
+        &["pc", "type", "vaddr", "paddr", "size", "value", "value_hi"],
+    )
+    .unwrap();
+    let (pc, vaddr, paddr) = (u64s(&mem, "pc"), u64s(&mem, "vaddr"), u64s(&mem, "paddr"));
+    let size = mem.column("size").unwrap().u8().unwrap();
+    let ty = mem.column("type").unwrap().str().unwrap();
+    let value = mem.column("value").unwrap().u64().unwrap();
+    let value_hi = mem.column("value_hi").unwrap().u64().unwrap();
+    assert_eq!(accesses_theirs.len(), mem.height(), "accesses");
+    for (i, theirs) in accesses_theirs.iter().enumerate() {
+        let value =
+            u128::from(value.get(i).unwrap()) | u128::from(value_hi.get(i).unwrap_or(0)) << 64;
+        let ours = (
+            pc[i],
+            vaddr[i],
+            paddr[i],
+            size.get(i).unwrap(),
+            ty.get(i) == Some("W"),
+            value,
+        );
+        assert_eq!(
+            &ours, theirs,
+            "access {i} (pc, vaddr, paddr, size, store, value)"
+        );
+    }
+    for p in [&log, &ours] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// The physical addresses the kernel ELF loads into: [first, end) of its
+/// LOAD program headers' `p_paddr .. p_paddr + p_memsz`.
+fn kernel_physical_range(vmlinux: &Path) -> (u64, u64) {
+    let elf = std::fs::read(vmlinux).unwrap();
+    assert_eq!(&elf[..5], b"\x7fELF\x02", "not a 64-bit ELF");
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap());
+    let (phoff, phentsize, phnum) = (u64_at(0x20) as usize, u16_at(0x36), u16_at(0x38));
+    let (mut lo, mut hi) = (u64::MAX, 0);
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if u32::from_le_bytes(elf[ph..ph + 4].try_into().unwrap()) == 1 {
+            lo = lo.min(u64_at(ph + 0x18));
+            hi = hi.max(u64_at(ph + 0x18) + u64_at(ph + 0x28));
+        }
+    }
+    assert!(lo < hi, "no LOAD segment in {}", vmlinux.display());
+    (lo, hi)
+}
+
+/// The workload's line on the console: `seq 1 2000` written to a tmpfs
+/// file, counted and checksummed in user space (`seq 1 2000 | md5sum`).
+const WORKLOAD_LINE: &str =
+    "trace-collector x86 guest: x86_64 2000 lines, md5 ea4d0a24dabcaa11f9aa979b872d162b";
+
+/// A whole boot, to the guest's power-off, captured (`mem`, `mmio`) with
+/// QEMU's mem plugin counting in the same run.
+struct Boot {
+    dir: PathBuf,
+    /// QEMU's mem plugin's counts: RAM and I/O accesses.
+    ram: u64,
+    io: u64,
+    /// `info registers` and `info mtree -f` once the guest powered off.
+    registers: String,
+    mtree: String,
+}
+
+/// Boots the guest (with `extra` QEMU options), kept after its power-off
+/// (`-no-shutdown`) to ask QEMU's monitor, then ended; checks the
+/// workload's line on the console.
+fn boot(name: &str, extra: &[&str]) -> Boot {
+    let dir = capture_dir(name);
+    let counts = dir.with_extension("qemu-mem.log");
+    let sock = dir.with_extension("qmp");
+    for p in [&counts, &sock] {
+        let _ = std::fs::remove_file(p);
+    }
+    let marker = processes::marker(name);
+    let _reaper = Reaper(marker.clone());
+    let mut options: Vec<String> = vec![
+        "-no-shutdown".into(),
+        "-plugin".into(),
+        format!("{},callback=true,haddr=true", qemu_plugin("mem").display()),
+        "-d".into(),
+        "plugin".into(),
+        "-D".into(),
+        counts.display().to_string(),
+    ];
+    options.extend(extra.iter().map(|s| s.to_string()));
+    let qemu = x86_qemu(&marker, Some(&sock), &options);
+    let mut run = start_run(&dir, "mem,mmio", &qemu);
+    let mut qmp = Qmp::connect(&sock, Duration::from_secs(30));
+    wait_until(Duration::from_secs(900), "the guest's power-off", || {
+        std::thread::sleep(Duration::from_millis(200));
+        qmp.status() == "shutdown"
+    });
+    let registers = qmp.hmp("info registers");
+    let mtree = qmp.hmp("info mtree -f");
+    qmp.quit();
+    finish(&mut run);
+    let console = std::fs::read_to_string(dir.with_extension("stdout")).unwrap();
+    assert!(console.contains(WORKLOAD_LINE), "{console}");
+    // QEMU's mem plugin prints `mem accesses: N` (RAM) and `io accesses: M`.
+    let text = std::fs::read_to_string(&counts).unwrap();
+    let count = |what: &str| -> u64 {
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix(what))
+            .unwrap_or_else(|| panic!("no {what:?} in {text}"));
+        line.trim().parse().unwrap()
+    };
+    Boot {
+        ram: count("mem accesses:"),
+        io: count("io accesses:"),
+        dir,
+        registers,
+        mtree,
+    }
+}
+
+/// The whole boot, to the guest's own `poweroff -f`, captured with `mem`
+/// and `mmio`, with QEMU's mem plugin (tests/tcg/plugins/mem.c,
+/// `callback=true,haddr=true`) counting in the same run; QEMU is kept
+/// (`-no-shutdown`) so that its monitor can be asked about the end state.
+///
+/// - `mem` holds exactly as many rows as QEMU's plugin counted accesses, and
+///   `mmio` (and `mem`'s `io` rows) as many as it counted I/O ones; nothing
+///   lost.
+/// - `asid` is CR3: every value is page-aligned (no PCID); the first
+///   non-zero one (the kernel's PVH entry loads init_top_pgt) is inside the
+///   kernel image; the user-space accesses (pc and address below 2^47,
+///   after the kernel started, outside the kernel image's boot code) carry
+///   other CR3s, at least two (init and its children); the last access
+///   carries the CR3 that `info registers` shows after the power-off, that
+///   of the process that powered off.
+/// - `mmio`: every row's address is an I/O region of QEMU's memory map read
+///   after the boot; a row the map the collector read before the boot
+///   (`mtree.txt`) covers has that region's name as `region` and `device`,
+///   the others (the BARs and PCIe MMCONFIG the firmware maps later) keep
+///   the plugin API's name; the devices are the LAPIC, HPET, IOAPIC, AHCI
+///   and MMCONFIG; the registers with fixed values read them: the HPET's
+///   capabilities and period, the LAPIC's version.
+#[test]
+fn boot_counts_cr3_and_mmio_match_qemus() {
+    let Boot {
+        dir,
+        ram,
+        io,
+        registers,
+        mtree,
+    } = boot("x86-boot", &[]);
+    let cr3_at_poweroff = cr3_of(&registers);
+    let map_after = MemoryMap::parse(&mtree).unwrap();
+    assert!(ram > 100_000_000 && io > 1_000, "{ram} RAM, {io} I/O");
+    assert_eq!(stat(&dir, "rows.mem", None), ram + io);
+    assert_eq!(stat(&dir, "rows.mmio", None), io);
+    assert_eq!(stat(&dir, "events", Some(0)), ram + io);
+    assert_eq!(stat(&dir, "events_lost", Some(0)), 0);
+    assert_eq!(query_u64s(&dir, "select count(*) from mem where io"), [io]);
+
+    // ASIDs.
+    let asids = query_u64s(&dir, "select distinct asid from mem order by asid");
+    assert!(asids.iter().all(|a| a % 4096 == 0), "{asids:x?}");
+    let kernel_start = query_u64s(
+        &dir,
+        "select min(icount) from mem where pc >= 0xffff800000000000",
+    )[0];
+    // User space: lower-half code after the kernel started, outside the
+    // kernel image's physical range (its boot code runs identity-mapped
+    // there for a while after its first 64-bit instruction).
+    let (lo, hi) = kernel_physical_range(&guest().join("vmlinux"));
+    let user = format!(
+        "icount > {kernel_start} and pc < 0x800000000000 and vaddr < 0x800000000000 \
+         and (pc < {lo} or pc >= {hi})"
+    );
+    let user_asids = query_u64s(&dir, &format!("select distinct asid from mem where {user}"));
+    // The kernel's own top page table (init_top_pgt, in its image's data,
+    // never freed), the first CR3 it sets (its PVH entry, in 32-bit code),
+    // is no process's.
+    let init_top_pgt = query_u64s(
+        &dir,
+        &format!(
+            "select asid from mem where icount < {kernel_start} and asid <> 0 \
+             order by icount limit 1"
+        ),
+    )[0];
+    assert!((lo..hi).contains(&init_top_pgt), "{init_top_pgt:#x}");
+    assert!(user_asids.len() >= 2, "{user_asids:x?}");
+    assert!(
+        !user_asids.contains(&init_top_pgt),
+        "{init_top_pgt:#x} in {user_asids:x?}"
+    );
+    assert!(
+        user_asids.contains(&cr3_at_poweroff),
+        "{cr3_at_poweroff:x} not in {user_asids:x?}"
+    );
+    let last = query_u64s(
+        &dir,
+        "select asid from mem where icount in (select max(icount) from mem)",
+    );
+    assert!(
+        !last.is_empty() && last.iter().all(|&a| a == cr3_at_poweroff),
+        "{last:x?}"
+    );
+
+    // MMIO: regions and devices against QEMU's memory maps.
+    let map_before =
+        MemoryMap::parse(&std::fs::read_to_string(dir.join("mtree.txt")).unwrap()).unwrap();
+    let mmio = table(&dir, "mmio").unwrap();
+    let paddr = mmio.column("paddr").unwrap().u64().unwrap().clone();
+    let region = mmio.column("region").unwrap().str().unwrap().clone();
+    let device = mmio.column("device").unwrap().str().unwrap().clone();
+    let plugin = mmio.column("plugin_device").unwrap().str().unwrap().clone();
+    let size = mmio.column("size").unwrap().u8().unwrap().clone();
+    let ty = mmio.column("type").unwrap().str().unwrap().clone();
+    let value = mmio.column("value").unwrap().u64().unwrap().clone();
+    let mut devices = std::collections::BTreeSet::new();
+    let mut fixed = std::collections::BTreeMap::new();
+    for i in 0..mmio.height() {
+        let a = paddr.get(i).unwrap();
+        let after = map_after
+            .region(a)
+            .unwrap_or_else(|| panic!("{a:#x} is in no region of {map_after:?}"));
+        assert_eq!(after.kind, "i/o", "{a:#x}: {after:?}");
+        devices.insert(after.name.clone());
+        match map_before.region(a) {
+            Some(before) => {
+                assert_eq!(region.get(i), Some(before.name.as_str()), "{a:#x}");
+                assert_eq!(region.get(i), Some(after.name.as_str()), "{a:#x}");
+                let name = before.name.as_str();
+                assert_eq!(
+                    device.get(i),
+                    Some(short_name(name).unwrap_or(name)),
+                    "{a:#x}"
+                );
+            }
+            None => {
+                assert_eq!(region.get(i), None, "{a:#x}");
+                assert_eq!(device.get(i), plugin.get(i), "{a:#x}");
+            }
+        }
+        if ty.get(i) == Some("R") && size.get(i) == Some(4) {
+            let want = match a {
+                0xfed0_0000 => Some(0x8086_a201), // HPET capabilities: QEMU's vendor, 3 timers, 64-bit
+                0xfed0_0004 => Some(10_000_000),  // HPET period: 10 ns, in fs
+                0xfee0_0030 => Some(0x0005_0014), // LAPIC version 0x14, 6 LVT entries
+                _ => None,
+            };
+            if let Some(want) = want {
+                assert_eq!(value.get(i), Some(want), "{a:#x}");
+                *fixed.entry(a).or_insert(0) += 1;
+            }
+        }
+    }
+    let names: Vec<&str> = devices.iter().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["ahci", "apic-msi", "hpet", "ioapic", "pcie-mmcfg-mmio"]
+    );
+    assert_eq!(fixed.len(), 3, "{fixed:x?}");
+    let _ = std::fs::remove_dir_all(&dir); // 600 MB
+}
+
+/// Two vCPUs (`-smp 2`, a thread each): the second starts in real mode at
+/// the kernel's INIT/SIPI, from CR3 0. The boot's `mem` rows, both vCPUs'
+/// together, are exactly the accesses QEMU's mem plugin counted (RAM and
+/// I/O), each vCPU's stream has its own rows and lost none, and every CR3
+/// recorded is page-aligned, the second vCPU's first one 0.
+#[test]
+fn two_vcpus_boot_counts_match_qemus() {
+    let Boot { dir, ram, io, .. } = boot("x86-boot-smp2", &["-smp", "2"]);
+    assert!(ram > 100_000_000 && io > 1_000, "{ram} RAM, {io} I/O");
+    assert_eq!(stat(&dir, "rows.mem", None), ram + io);
+    assert_eq!(stat(&dir, "rows.mmio", None), io);
+    let events = [0, 1].map(|v| stat(&dir, "events", Some(v)));
+    assert_eq!(events[0] + events[1], ram + io);
+    assert!(events.iter().all(|&e| e > 1_000_000), "{events:?}");
+    for v in [0, 1] {
+        assert_eq!(stat(&dir, "events_lost", Some(v)), 0, "vcpu {v}");
+    }
+    let per_vcpu = query_u64s(
+        &dir,
+        "select count(*) as n from mem group by vcpu order by vcpu",
+    );
+    assert_eq!(per_vcpu, events);
+    let asids = query_u64s(&dir, "select distinct asid from mem order by asid");
+    assert!(asids.iter().all(|a| a % 4096 == 0), "{asids:x?}");
+    let first = query_u64s(
+        &dir,
+        "select asid from mem where vcpu = 1 order by icount limit 1",
+    );
+    assert_eq!(first, [0]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every distinct (pc, bytes, disas) of a capture's `code` table.
+fn code_rows(capture: &Path) -> std::collections::BTreeSet<(u64, Vec<u8>, String)> {
+    let code = columns(capture, "code", &["pc", "bytes", "disas"]).unwrap();
+    let pc = u64s(&code, "pc");
+    let bytes = code.column("bytes").unwrap().binary().unwrap();
+    let disas = code.column("disas").unwrap().str().unwrap();
+    (0..code.height())
+        .map(|i| {
+            (
+                pc[i],
+                bytes.get(i).unwrap().to_vec(),
+                disas.get(i).unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The whole boot's `code.disas` (BIOS, kernel and user space; 16-, 32-
+/// and 64-bit code) is QEMU's text whether the shim reads it from its own
+/// capstone handles (`--disas fast`) or asks QEMU for every instruction
+/// (`--disas qemu`): two boots translate mostly the same instructions (the
+/// rest depends on timing), and every (pc, bytes) both translated has the
+/// same texts in both.
+#[test]
+fn whole_boot_disassembly_is_qemus_both_ways() {
+    let marker = processes::marker("x86-disas");
+    let _reaper = Reaper(marker.clone());
+    let qemu = x86_qemu(&marker, None, &[]);
+    let [fast, slow] = ["fast", "qemu"].map(|how| {
+        let dir = capture_dir(&format!("x86-disas-{how}"));
+        run_capture(&dir, &["--events", "insn", "--disas", how], &qemu);
+        let rows = code_rows(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        rows
+    });
+    let texts = |rows: &std::collections::BTreeSet<(u64, Vec<u8>, String)>| {
+        let mut by_insn = std::collections::BTreeMap::<(u64, Vec<u8>), Vec<String>>::new();
+        for (pc, bytes, text) in rows {
+            by_insn
+                .entry((*pc, bytes.clone()))
+                .or_default()
+                .push(text.clone());
+        }
+        by_insn
+    };
+    let (fast, slow) = (texts(&fast), texts(&slow));
+    let mut shared = 0;
+    for (insn, text) in &fast {
+        if let Some(other) = slow.get(insn) {
+            assert_eq!(text, other, "{:#x} {:02x?}", insn.0, insn.1);
+            shared += 1;
+        }
+    }
+    assert!(
+        shared > 300_000 && shared * 100 > fast.len().max(slow.len()) * 99,
+        "{shared} shared of {} and {}",
+        fast.len(),
+        slow.len()
+    );
+}
