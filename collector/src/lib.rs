@@ -201,6 +201,7 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
         names: Arc::new(memory_map::MapDeviceNames::new(
             args.out.join("mtree.txt"),
             fetch.clone(),
+            args.qmp.clone(),
             user_names,
         )),
         show_progress: args.show_progress,

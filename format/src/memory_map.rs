@@ -2,6 +2,41 @@
 //! it, read back. The collector names each MMIO access's device from it;
 //! readers take the offset of an access into its region from it
 //! (`trace-query mmio-json --phys offset`).
+//!
+//! The map changes while a guest runs (firmware and the OS assign PCI
+//! BARs, enable windows such as x86's MMCONFIG): when the collector meets
+//! an I/O access at an address that is not I/O in the map it has, it reads
+//! the map again and appends it to mtree.txt after a [`VERSION_MARK`] line
+//! saying when and why. [`MemoryMap::parse`] reads the last version (every
+//! region mapped so far); [`versions`] lists them all.
+
+/// The line that starts each version of the map after the first in
+/// mtree.txt: `#### trace-collector memory map version N: <why>`.
+pub const VERSION_MARK: &str = "#### trace-collector memory map version ";
+
+/// The versions of the map in mtree.txt's `text`: (the marker line's
+/// text after [`VERSION_MARK`], or "" for the first; that version's text).
+pub fn versions(text: &str) -> Vec<(&str, &str)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut header = "";
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if let Some(rest) = line.strip_prefix(VERSION_MARK) {
+            out.push((header, &text[start..at]));
+            header = rest.trim_end();
+            start = at + line.len();
+        }
+        at += line.len();
+    }
+    out.push((header, &text[start..]));
+    out
+}
+
+/// The marker line of version `n` (2 and up), read because of `why`.
+pub fn version_line(n: usize, why: &str) -> String {
+    format!("{VERSION_MARK}{n}: {why}\n")
+}
 
 /// QEMU region names whose well-known short name the `device` column
 /// gives instead (where QEMU's name says little: a model number, an
@@ -77,9 +112,16 @@ pub struct MemoryMap {
 }
 
 impl MemoryMap {
-    /// Parses `info mtree -f`, keeping the flat view of vCPU 0's address space
-    /// (`cpu-memory-0`; the system `memory` view when there is none).
+    /// Parses `info mtree -f` (mtree.txt: its last version), keeping the
+    /// flat view of vCPU 0's address space (`cpu-memory-0`; the system
+    /// `memory` view when there is none).
     pub fn parse(text: &str) -> Result<MemoryMap, String> {
+        let last = versions(text).last().map_or(text, |v| v.1);
+        MemoryMap::parse_one(last)
+    }
+
+    /// Parses one `info mtree -f` output.
+    fn parse_one(text: &str) -> Result<MemoryMap, String> {
         let mut views: Vec<(Vec<String>, Vec<Region>)> = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let t = line.trim();
@@ -127,6 +169,11 @@ impl MemoryMap {
 
     pub fn regions(&self) -> &[Region] {
         &self.regions
+    }
+
+    /// Whether `addr` is in an I/O region (a device's, not RAM or ROM).
+    pub fn is_io(&self, addr: u64) -> bool {
+        self.region(addr).is_some_and(|r| r.kind == "i/o")
     }
 
     /// The offset of `addr` into its region ([`Region::offset_of`]); None
@@ -217,6 +264,27 @@ FlatView #2
         assert_eq!(at(0x4000c000), 0, "the UART's data register");
         assert_eq!(m.offset(0x4000c018), Some(0x18), "the UART's flag register");
         assert_eq!(m.offset(0x30000000), None, "outside the map");
+    }
+
+    #[test]
+    fn later_versions_of_the_map_are_appended_and_the_last_one_read() {
+        let v2 = LM3S.replace(
+            "(prio 0, i/o): pl011\n",
+            "(prio 0, i/o): pl011\n  0000000050000000-0000000050000fff (prio 1, i/o): ahci\n",
+        );
+        let text = format!(
+            "{LM3S}{}{v2}",
+            version_line(2, "an I/O access at 0x50000010")
+        );
+        let all = versions(&text);
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0], ("", LM3S));
+        assert_eq!(all[1].0, "2: an I/O access at 0x50000010");
+        let m = MemoryMap::parse(&text).unwrap();
+        assert!(m.is_io(0x50000010) && m.is_io(0x4000c000) && !m.is_io(0x20000000));
+        assert_eq!(m.region(0x50000010).unwrap().name, "ahci");
+        assert!(!MemoryMap::parse(LM3S).unwrap().is_io(0x50000010));
+        assert_eq!(versions(LM3S), vec![("", LM3S)]);
     }
 
     #[test]

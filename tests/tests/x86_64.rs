@@ -17,7 +17,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use trace_format::memory_map::{short_name, MemoryMap};
+use trace_format::memory_map::{short_name, versions, MemoryMap};
 use trace_tests::processes::{self, wait_until, Reaper};
 use trace_tests::qmp::Qmp;
 use trace_tests::*;
@@ -513,11 +513,12 @@ fn boot(name: &str, extra: &[&str]) -> Boot {
 ///   carries the CR3 that `info registers` shows after the power-off, that
 ///   of the process that powered off.
 /// - `mmio`: every row's address is an I/O region of QEMU's memory map read
-///   after the boot; a row the map the collector read before the boot
-///   (`mtree.txt`) covers has that region's name as `region` and `device`,
-///   the others (the BARs and PCIe MMCONFIG the firmware maps later) keep
-///   the plugin API's name; the devices are the LAPIC, HPET, IOAPIC, AHCI
-///   and MMCONFIG; the registers with fixed values read them: the HPET's
+///   after the boot, whose name is the row's `region` and (or its short
+///   name) `device`, also for the regions the firmware maps during the boot
+///   (the AHCI BAR and PCIe MMCONFIG, in no region of the map the collector
+///   read before it): the collector read the map again, and mtree.txt holds
+///   its versions; the devices are the LAPIC, HPET, IOAPIC, AHCI and
+///   MMCONFIG; the registers with fixed values read them: the HPET's
 ///   capabilities and period, the LAPIC's version.
 #[test]
 fn boot_counts_cr3_and_mmio_match_qemus() {
@@ -583,8 +584,20 @@ fn boot_counts_cr3_and_mmio_match_qemus() {
     );
 
     // MMIO: regions and devices against QEMU's memory maps.
-    let map_before =
-        MemoryMap::parse(&std::fs::read_to_string(dir.join("mtree.txt")).unwrap()).unwrap();
+    // mtree.txt: the map before the boot, then the versions read when an
+    // access met a region mapped since.
+    let mtree_txt = std::fs::read_to_string(dir.join("mtree.txt")).unwrap();
+    let versions = versions(&mtree_txt);
+    assert!(versions.len() >= 2, "{} versions", versions.len());
+    for (n, (why, _)) in versions.iter().enumerate().skip(1) {
+        assert!(
+            why.starts_with(&format!("{}: read at ", n + 1))
+                && why.contains("for an I/O access at 0x"),
+            "{why}"
+        );
+    }
+    let map_first = MemoryMap::parse(versions[0].1).unwrap();
+    let mut mapped_later = std::collections::BTreeSet::new();
     let mmio = table(&dir, "mmio").unwrap();
     let paddr = mmio.column("paddr").unwrap().u64().unwrap().clone();
     let region = mmio.column("region").unwrap().str().unwrap().clone();
@@ -602,22 +615,19 @@ fn boot_counts_cr3_and_mmio_match_qemus() {
             .unwrap_or_else(|| panic!("{a:#x} is in no region of {map_after:?}"));
         assert_eq!(after.kind, "i/o", "{a:#x}: {after:?}");
         devices.insert(after.name.clone());
-        match map_before.region(a) {
-            Some(before) => {
-                assert_eq!(region.get(i), Some(before.name.as_str()), "{a:#x}");
-                assert_eq!(region.get(i), Some(after.name.as_str()), "{a:#x}");
-                let name = before.name.as_str();
-                assert_eq!(
-                    device.get(i),
-                    Some(short_name(name).unwrap_or(name)),
-                    "{a:#x}"
-                );
-            }
-            None => {
-                assert_eq!(region.get(i), None, "{a:#x}");
-                assert_eq!(device.get(i), plugin.get(i), "{a:#x}");
-            }
+        // Regions the firmware mapped after the collector's first read (the
+        // AHCI BAR, MMCONFIG) too: it read the map again.
+        assert_eq!(region.get(i), Some(after.name.as_str()), "{a:#x}");
+        let name = after.name.as_str();
+        assert_eq!(
+            device.get(i),
+            Some(short_name(name).unwrap_or(name)),
+            "{a:#x}"
+        );
+        if map_first.region(a).is_none() {
+            mapped_later.insert(name.to_string());
         }
+        assert!(plugin.get(i).is_some(), "{a:#x}");
         if ty.get(i) == Some("R") && size.get(i) == Some(4) {
             let want = match a {
                 0xfed0_0000 => Some(0x8086_a201), // HPET capabilities: QEMU's vendor, 3 timers, 64-bit
@@ -637,6 +647,11 @@ fn boot_counts_cr3_and_mmio_match_qemus() {
         ["ahci", "apic-msi", "hpet", "ioapic", "pcie-mmcfg-mmio"]
     );
     assert_eq!(fixed.len(), 3, "{fixed:x?}");
+    assert_eq!(
+        mapped_later.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["ahci", "pcie-mmcfg-mmio"],
+        "the regions the firmware mapped during the boot"
+    );
     let _ = std::fs::remove_dir_all(&dir); // 600 MB
 }
 

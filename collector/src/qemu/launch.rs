@@ -262,6 +262,7 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
             names: std::sync::Arc::new(crate::qemu::memory_map::MapDeviceNames::new(
                 args.out.join("mtree.txt"),
                 Some(mtree.clone()),
+                Some(qmp.clone()),
                 user_names,
             )),
             show_progress: args.show_progress,

@@ -14,16 +14,16 @@
 //! 5. without a memory map, or for an address outside it: the plugin's name.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use trace_schema::layout::{SegmentView, MAX_MEMORY_RANGES};
 
 pub use trace_format::memory_map::{short_name, MemoryMap, Region, SHORT_NAMES};
 
-use crate::qemu::qmp::MtreeFetch;
+use crate::qemu::qmp::{MtreeFetch, Qmp};
 use crate::write::tables::DeviceNames;
 
 /// The RAM and ROM regions of `map`, `(first, last address, RAM?)`, the
@@ -189,45 +189,152 @@ const MAP_WAIT: Duration = Duration::from_secs(15);
 /// `fetch`, when there is one) and the user's map. Resolution happens when a
 /// part is written, on the writer thread, so the first part waits for the
 /// fetch instead of the drain.
+///
+/// The map changes while the guest runs (PCI BARs, MMCONFIG). An I/O
+/// access at an address that is not I/O in the map we have means it did:
+/// with a QMP socket, the map is read again (at most once per page of such
+/// addresses), appended to mtree.txt as its next version
+/// (`trace_format::memory_map::VERSION_MARK`), and names come from it from
+/// then on.
 pub struct MapDeviceNames {
     fetch: Option<Arc<MtreeFetch>>,
+    /// QEMU's QMP socket, to read the map again.
+    qmp: Option<PathBuf>,
     mtree: PathBuf,
     user: DeviceMap,
-    resolver: OnceLock<DeviceResolver>,
+    state: Mutex<Option<Versions>>,
+}
+
+/// The map versions read so far.
+struct Versions {
+    /// The last version's names.
+    current: Arc<DeviceResolver>,
+    /// How many versions mtree.txt holds.
+    count: usize,
+    /// Pages of addresses a new version was read for already.
+    reread_pages: HashSet<u64>,
+    /// A read failed (QEMU gone, QMP refused): no more are tried.
+    gave_up: bool,
 }
 
 impl MapDeviceNames {
-    pub fn new(mtree: PathBuf, fetch: Option<Arc<MtreeFetch>>, user: DeviceMap) -> MapDeviceNames {
+    pub fn new(
+        mtree: PathBuf,
+        fetch: Option<Arc<MtreeFetch>>,
+        qmp: Option<PathBuf>,
+        user: DeviceMap,
+    ) -> MapDeviceNames {
         MapDeviceNames {
             fetch,
+            qmp,
             mtree,
             user,
-            resolver: OnceLock::new(),
+            state: Mutex::new(None),
         }
     }
 
-    fn resolver(&self) -> &DeviceResolver {
-        self.resolver.get_or_init(|| {
-            if let Some(f) = &self.fetch {
-                f.wait_done(MAP_WAIT);
+    /// The names `paddr` gets now: from the last version of the map, read
+    /// again first if `paddr` is not I/O in it.
+    fn resolver_for(&self, paddr: u64) -> Arc<DeviceResolver> {
+        let mut state = self.state.lock().unwrap();
+        let versions = state.get_or_insert_with(|| self.first_version());
+        let covered = versions.current.map.as_ref().is_none_or(|m| m.is_io(paddr));
+        if !covered
+            && self.qmp.is_some()
+            && !versions.gave_up
+            && versions.reread_pages.insert(paddr >> 12)
+        {
+            self.read_again(versions, paddr);
+        }
+        versions.current.clone()
+    }
+
+    fn first_version(&self) -> Versions {
+        if let Some(f) = &self.fetch {
+            f.wait_done(MAP_WAIT);
+        }
+        let map = match std::fs::read_to_string(&self.mtree) {
+            Ok(text) => match MemoryMap::parse(&text) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    eprintln!(
+                        "trace-collector: warning: {}: {e}; MMIO devices keep the plugin's names",
+                        self.mtree.display()
+                    );
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        Versions {
+            current: Arc::new(DeviceResolver {
+                map,
+                user: self.user.clone(),
+            }),
+            count: 1,
+            reread_pages: HashSet::new(),
+            gave_up: false,
+        }
+    }
+
+    /// Reads the map again over QMP because of an I/O access at `paddr`;
+    /// appends it to mtree.txt and makes it current if it differs. A failure
+    /// is a warning: names stay those of the version before.
+    fn read_again(&self, versions: &mut Versions, paddr: u64) {
+        let Some(socket) = &self.qmp else { return };
+        let read = Qmp::connect(socket, REREAD_CONNECT)
+            .and_then(|mut qmp| qmp.human("info mtree -f"))
+            .and_then(|text| {
+                let map = MemoryMap::parse(&text).map_err(|e| anyhow::anyhow!(e))?;
+                Ok((text, map))
+            });
+        let (text, map) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                // QEMU has probably exited (its last parts are written after).
+                versions.gave_up = true;
+                eprintln!(
+                    "trace-collector: warning: could not read QEMU's memory map again for an \
+                     I/O access at {paddr:#x} it does not cover (MMIO rows there keep the \
+                     plugin's device name and no region): {e:#}"
+                );
+                return;
             }
-            let map = match std::fs::read_to_string(&self.mtree) {
-                Ok(text) => match MemoryMap::parse(&text) {
-                    Ok(m) => Some(m),
-                    Err(e) => {
-                        eprintln!(
-                            "trace-collector: warning: {}: {e}; MMIO devices keep the plugin's names",
-                            self.mtree.display()
-                        );
-                        None
-                    }
-                },
-                Err(_) => None,
-            };
-            DeviceResolver { map, user: self.user.clone() }
-        })
+        };
+        if versions.current.map.as_ref().map(MemoryMap::regions) == Some(map.regions()) {
+            return;
+        }
+        let n = versions.count + 1;
+        let why = format!(
+            "read at {:.3} (seconds since the Unix epoch), for an I/O access at {paddr:#x} \
+             that version {} did not cover",
+            trace_format::Window::now(),
+            versions.count
+        );
+        let appended = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.mtree)
+            .and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(trace_format::memory_map::version_line(n, &why).as_bytes())?;
+                f.write_all(text.as_bytes())
+            });
+        if let Err(e) = appended {
+            eprintln!(
+                "trace-collector: warning: cannot append QEMU's memory map to {}: {e}",
+                self.mtree.display()
+            );
+        }
+        versions.count = n;
+        versions.current = Arc::new(DeviceResolver {
+            map: Some(map),
+            user: self.user.clone(),
+        });
     }
 }
+
+/// How long a new read of the map waits to connect to QMP.
+const REREAD_CONNECT: Duration = Duration::from_secs(2);
 
 impl DeviceNames for MapDeviceNames {
     fn resolve<'a>(
@@ -235,8 +342,12 @@ impl DeviceNames for MapDeviceNames {
         paddr: u64,
         plugin_name: &'a str,
     ) -> (Cow<'a, str>, Option<Cow<'a, str>>) {
-        let r = self.resolver().resolve(paddr, plugin_name);
-        (Cow::Borrowed(r.device), r.region.map(Cow::Borrowed))
+        let resolver = self.resolver_for(paddr);
+        let r = resolver.resolve(paddr, plugin_name);
+        (
+            Cow::Owned(r.device.to_string()),
+            r.region.map(|r| Cow::Owned(r.to_string())),
+        )
     }
 }
 
