@@ -67,7 +67,7 @@ pub const SHORT_NAMES: &[(&str, &str)] = &[
     ("pcie-mmcfg-mmio", "pcie_ecam"),
     ("gpex_ioport_window", "pcie_pio"),
     // q35, pc
-    ("apic-msi", "msi"),
+    ("apic-msi", "lapic"),
 ];
 
 /// The well-known short name of QEMU's region `name`, if it has one.

@@ -381,7 +381,7 @@ pub fn parse_execlog_line(line: &str) -> ExeclogLine {
 /// `theirs` says: the same but for the device names, which ours takes from
 /// the capture's `device` column: named from QEMU's memory map where the
 /// plugin API cannot name a region (`anonXXXXXXXX`), and the well-known
-/// short name where QEMU's says little (`apic-msi` is `msi`,
+/// short name where QEMU's says little (`apic-msi` is `lapic`,
 /// `trace_format::memory_map::SHORT_NAMES`).
 pub fn same_execlog_line(theirs: &str, ours: &str) -> bool {
     let ((t_insn, t_acc), (o_insn, o_acc)) = (parse_execlog_line(theirs), parse_execlog_line(ours));
