@@ -387,6 +387,7 @@ fn capture_once(w: Workload, out: &PathBuf, threads: Option<usize>) -> Cost {
             threads,
             show_progress: false,
             events: None,
+            overflow: None,
             duration: None,
             until_pc: None,
             until_device: None,

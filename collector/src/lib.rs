@@ -130,6 +130,8 @@ pub struct AttachArgs {
     pub show_progress: bool,
     /// What to record (`None`: the shim's `events` option).
     pub events: Option<EventSet>,
+    /// What a full ring does (`None`: the shim's `overflow` option).
+    pub overflow: Option<trace_schema::options::Overflow>,
     /// Detach after this long (`None`: at SIGINT/SIGTERM or QEMU's end).
     pub duration: Option<Duration>,
     /// End the capture as a vCPU is about to execute the instruction at
@@ -207,6 +209,7 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
         show_progress: args.show_progress,
         append,
         events: args.events,
+        overflow: args.overflow,
         duration: args.duration,
         until_pc: args.until_pc,
         until_ranges,

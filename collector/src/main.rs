@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use trace_collector::{AttachArgs, RunArgs, DEFAULT_PART_ROWS};
-use trace_schema::options::EventSet;
+use trace_schema::options::{EventSet, Overflow};
 
 const LONG_ABOUT: &str = "\
 Captures what a QEMU running the trace shim (libtrace_shim.so) records -- memory \
@@ -86,6 +86,11 @@ enum Cmd {
         /// the shim's events option (its -plugin ...,events=).
         #[arg(long, value_parser = parse_events)]
         events: Option<EventSet>,
+        /// When a ring is full during this capture: block (QEMU waits;
+        /// lossless) or drop (events are counted as lost). Default: the
+        /// shim's overflow option.
+        #[arg(long, value_parser = parse_overflow)]
+        overflow: Option<Overflow>,
         /// Detach after this long (e.g. 10s, 500ms, 2m); QEMU runs on.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         duration: Option<std::time::Duration>,
@@ -217,6 +222,7 @@ fn main() -> ExitCode {
             qmp,
             append,
             events,
+            overflow,
             duration,
             until_pc,
             until_device,
@@ -237,6 +243,7 @@ fn main() -> ExitCode {
             threads: output.threads.map(|t| t as usize),
             show_progress: !output.quiet,
             events,
+            overflow,
             duration,
             until_pc,
             until_device,
@@ -292,6 +299,11 @@ fn parse_events(text: &str) -> Result<EventSet, String> {
         Ok(e) => Ok(e),
         Err(e) => Err(e.message),
     }
+}
+
+/// `attach --overflow`.
+fn parse_overflow(text: &str) -> Result<Overflow, String> {
+    Overflow::parse(text).ok_or_else(|| format!("'{text}': block or drop"))
 }
 
 /// `attach --until-pc`: an address, hex with 0x or decimal.

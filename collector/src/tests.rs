@@ -27,6 +27,7 @@ fn setup(out: &Path, part_rows: usize) -> CaptureSetup {
         show_progress: false,
         append: None,
         events: None,
+        overflow: None,
         duration: None,
         until_pc: None,
         until_ranges: Vec::new(),

@@ -58,6 +58,10 @@ pub struct CaptureJson {
     /// What was recorded (`mem+mmio+insn`, as the shim's `events` option):
     /// `attach --events`, else the shim's option.
     pub events: String,
+    /// What a full ring did (`block`: the guest waited, nothing lost;
+    /// `drop`: events were counted lost): `attach --overflow`, else the
+    /// shim's option.
+    pub overflow: String,
     /// The host times (seconds since the Unix epoch) at which the collector
     /// attached, saw the shim instrumented for its events (the window's
     /// first events come after it), and detached or saw QEMU end.

@@ -40,7 +40,7 @@
 //! finds itself detached attaches again ([`ensure_attached`]).
 
 use crate::layout::Header;
-use crate::options::EventSet;
+use crate::options::{EventSet, Overflow};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// The values of `Header::state`.
@@ -334,6 +334,8 @@ pub fn detach(header: &Header, me: u32) {
 pub struct Request<'a> {
     /// What to record (`None`: the shim's `events` option).
     pub events: Option<EventSet>,
+    /// What a full ring does (`None`: the shim's `overflow` option).
+    pub overflow: Option<Overflow>,
     /// Stop the recording as a vCPU is about to execute the instruction at
     /// this address (`attach --until-pc`).
     pub stop_at_pc: Option<u64>,
@@ -358,6 +360,12 @@ pub fn set_request(header: &Header, request: &Request) {
     header
         .requested_events
         .store(request.events.map_or(0, |e| e.bits()), Ordering::Relaxed);
+    let overflow = match request.overflow {
+        None => 0,
+        Some(Overflow::Block) => 1,
+        Some(Overflow::Drop) => 2,
+    };
+    header.requested_overflow.store(overflow, Ordering::Relaxed);
     header
         .stop_at_pc
         .store(request.stop_at_pc.unwrap_or(0), Ordering::Relaxed);
@@ -398,6 +406,18 @@ pub fn requested_events(header: &Header) -> Option<EventSet> {
     // Relaxed: written before the attach, which the shim saw with Acquire.
     let events = EventSet::from_bits(header.requested_events.load(Ordering::Relaxed));
     (!events.is_empty()).then_some(events)
+}
+
+/// The shim: what the collector wants a full ring to do (`None`: its own
+/// option). Read at every event: a plain load of a header word.
+#[inline(always)]
+pub fn requested_overflow(header: &Header) -> Option<Overflow> {
+    // Relaxed: as `requested_events`.
+    match header.requested_overflow.load(Ordering::Relaxed) {
+        1 => Some(Overflow::Block),
+        2 => Some(Overflow::Drop),
+        _ => None,
+    }
 }
 
 /// The shim: the address the collector wants the recording stopped at.
@@ -557,6 +577,7 @@ mod tests {
             h,
             &Request {
                 events: Some(events),
+                overflow: Some(Overflow::Drop),
                 stop_at_pc: Some(0),
                 stop_ranges: &[(0x10, 0x1f), (0x40, 0x40)],
                 start_at_pc: Some(0x80),
@@ -564,6 +585,7 @@ mod tests {
             },
         );
         assert_eq!(requested_events(h), Some(events));
+        assert_eq!(requested_overflow(h), Some(Overflow::Drop));
         assert_eq!(requested_stop_pc(h), Some(0), "address 0 is an address");
         assert!(hits_stop_range(h, 0x1f) && hits_stop_range(h, 0x40));
         assert!(!hits_stop_range(h, 0x20));
@@ -571,6 +593,7 @@ mod tests {
         assert!(start_by_access(h) && hits_start_range(h, 0x100) && !hits_start_range(h, 0x10));
         set_request(h, &Request::default());
         assert_eq!((requested_events(h), requested_stop_pc(h)), (None, None));
+        assert_eq!(requested_overflow(h), None);
         assert!(!hits_stop_range(h, 0x10));
         assert_eq!(requested_start_pc(h), None);
         assert!(!start_by_access(h));

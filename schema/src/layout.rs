@@ -140,6 +140,9 @@ pub struct Header {
     /// vCPUs' `events_lost` no longer count what QEMU did. Taken (and
     /// cleared) by the next collector's attach (`attach::attach`).
     pub losses_uncounted: AtomicU32,
+    /// Written by a collector before it attaches: what a full ring does
+    /// during its capture, 1 block, 2 drop, 0 the shim's `overflow` option.
+    pub requested_overflow: AtomicU32,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_BYTES);

@@ -108,6 +108,24 @@ pub enum Overflow {
     Drop,
 }
 
+impl Overflow {
+    /// `block` or `drop`, as the shim's option and `attach --overflow` say it.
+    pub fn parse(value: &str) -> Option<Overflow> {
+        match value {
+            "block" => Some(Overflow::Block),
+            "drop" => Some(Overflow::Drop),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overflow::Block => "block",
+            Overflow::Drop => "drop",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShimOptions {
     pub events: EventSet,
@@ -223,11 +241,8 @@ impl ShimOptions {
                 "ring_kib" => o.ring_bytes = ring_kib(key, value)?,
                 "meta_kib" => o.meta_ring_bytes = ring_kib(key, value)?,
                 "overflow" => {
-                    o.overflow = match value {
-                        "block" => Overflow::Block,
-                        "drop" => Overflow::Drop,
-                        _ => return Err(OptionError::new(key, value, "expected block or drop")),
-                    }
+                    o.overflow = Overflow::parse(value)
+                        .ok_or_else(|| OptionError::new(key, value, "expected block or drop"))?
                 }
                 "wait" => {
                     o.wait = match value {

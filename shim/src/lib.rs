@@ -24,7 +24,7 @@ use trace_schema::attach::{self, State};
 use trace_schema::chunk::{self, MemAccess};
 use trace_schema::events_capnp::meta;
 use trace_schema::layout::{Geometry, Header};
-use trace_schema::options::{Disas, EventSet, Idle, ShimOptions};
+use trace_schema::options::{Disas, EventSet, Idle, Overflow, ShimOptions};
 use trace_schema::sync::Ordering;
 
 use asid::{AsidSlot, Staleness};
@@ -374,7 +374,7 @@ unsafe extern "C" fn on_start_pc(_vcpu: c_uint, _udata: *mut c_void) {
 unsafe extern "C" fn on_stop_pc(vcpu: c_uint, _udata: *mut c_void) {
     let shim = shim();
     attach::stop_at_trigger(shim.header());
-    shim.slot(vcpu).flush(shim.header(), shim.options.overflow);
+    shim.slot(vcpu).flush(shim.header(), shim.overflow());
 }
 
 /// How often `watch_for_attach` looks at the segment's state.
@@ -444,11 +444,18 @@ unsafe extern "C" fn on_wake(vcpu: c_uint, _udata: *mut c_void) {
     // Safety: a translated block's callback (`Shim::score`); the watcher
     // only ever stores 1 (atomically, `wake_vcpus`).
     unsafe { AtomicU64::from_ptr(&raw mut (*shim.score(vcpu)).wake) }.store(0, Ordering::Relaxed);
-    shim.slot(vcpu).flush(shim.header(), shim.options.overflow);
+    shim.slot(vcpu).flush(shim.header(), shim.overflow());
     shim.reinstrument();
 }
 
 impl Shim {
+    /// What a full ring does: what the attached collector asked for
+    /// (`attach --overflow`), else our `overflow` option.
+    #[inline(always)]
+    fn overflow(&self) -> Overflow {
+        attach::requested_overflow(self.header()).unwrap_or(self.options.overflow)
+    }
+
     /// Whether the shim is lazy while detached (the field's comment).
     #[inline(always)]
     fn lazy(&self) -> bool {
@@ -662,7 +669,7 @@ unsafe extern "C" fn on_vcpu_resume(_id: qemu_plugin_id_t, vcpu: c_uint) {
 unsafe extern "C" fn on_vcpu_idle(_id: qemu_plugin_id_t, vcpu: c_uint) {
     let shim = shim();
     if let Some(slot) = shim.vcpus.get(vcpu as usize) {
-        slot.flush(shim.header(), shim.options.overflow);
+        slot.flush(shim.header(), shim.overflow());
         slot.went_idle();
     }
     // A vCPU context with nothing in flight: where `idle=lazy` notices an
@@ -750,8 +757,7 @@ unsafe extern "C" fn on_translate(_id: qemu_plugin_id_t, tb: *mut qemu_plugin_tb
         let vcpu = THREAD_VCPU
             .with(|v| v.get())
             .min(shim.vcpus.len() as u32 - 1);
-        shim.slot(vcpu)
-            .push_meta(header, shim.options.overflow, &message);
+        shim.slot(vcpu).push_meta(header, shim.overflow(), &message);
         // Safety: `tb` is being translated; `block` travels as `udata`, an
         // integer never dereferenced.
         unsafe {
@@ -968,7 +974,7 @@ unsafe fn memory_callback_start(
     let slot = shim.slot(vcpu);
     // First: a collector that detaches asks for a flush and then stops us.
     if slot.flush_asked(header) {
-        slot.flush(header, shim.options.overflow);
+        slot.flush(header, shim.overflow());
     }
     match attach::recording(header) {
         Some(attached) => Some((slot, attached)),
@@ -1064,7 +1070,7 @@ unsafe extern "C" fn on_memory_access_fixed_map(
 #[cold]
 #[inline(never)]
 fn detached(shim: &Shim, slot: &VcpuSlot) {
-    slot.flush(shim.header(), shim.options.overflow);
+    slot.flush(shim.header(), shim.overflow());
     slot.count_lost(1);
 }
 
@@ -1099,13 +1105,13 @@ unsafe fn record_access(
     let device = if is_io && shim.fixed_map() {
         // Safety: `is_io`: `hwaddr` is non-null and QEMU's; the closure runs
         // within this callback.
-        slot.device_at(header, shim.options.overflow, paddr, || unsafe {
+        slot.device_at(header, shim.overflow(), paddr, || unsafe {
             qemu_plugin_hwaddr_device_name(hwaddr)
         })
     } else if is_io {
         // Safety: `is_io`: `hwaddr` is non-null and QEMU's for this access.
         let name = unsafe { qemu_plugin_hwaddr_device_name(hwaddr) };
-        slot.device_id(header, shim.options.overflow, name)
+        slot.device_id(header, shim.overflow(), name)
     } else {
         chunk::NO_DEVICE
     };
@@ -1129,7 +1135,7 @@ unsafe fn record_access(
     };
     slot.record_access(
         header,
-        shim.options.overflow,
+        shim.overflow(),
         // Safety: `score` is this vCPU's entry (`Shim::score`), only touched on
         // its thread, which this is.
         unsafe { (*score).icount_of_current() },
@@ -1141,7 +1147,7 @@ unsafe fn record_access(
     if is_io && attach::hits_stop_range(header, paddr) {
         // `attach --until-device`: this access is the window's last.
         attach::stop_at_trigger(header);
-        slot.flush(header, shim.options.overflow);
+        slot.flush(header, shim.overflow());
     }
 }
 
@@ -1322,7 +1328,7 @@ unsafe extern "C" fn on_block_exec(vcpu: c_uint, udata: *mut c_void) {
     let slot = shim.slot(vcpu);
     // First: a collector that detaches asks for a flush and then stops us.
     if slot.flush_asked(header) {
-        slot.flush(header, shim.options.overflow);
+        slot.flush(header, shim.overflow());
     }
     match attach::recording(header) {
         Some(true) => {}
@@ -1335,7 +1341,7 @@ unsafe extern "C" fn on_block_exec(vcpu: c_uint, udata: *mut c_void) {
     }
     slot.record_block(
         header,
-        shim.options.overflow,
+        shim.overflow(),
         // This callback runs before the block adds its length.
         // Safety: the same entry, on the same thread.
         unsafe { (*score).icount },
@@ -1382,7 +1388,7 @@ unsafe extern "C" fn on_exit(_id: qemu_plugin_id_t, _udata: *mut c_void) {
         // Safety: the slot's chunks and scoreboard entry are still: its vCPU
         // runs this callback, or waits (idle, or in its resume callback).
         let icount = unsafe { (*shim.score_looked_up(slot.index())).started() };
-        slot.publish_final(shim.header(), shim.options.overflow, icount);
+        slot.publish_final(shim.header(), shim.overflow(), icount);
     }
     // Release: the counters and every event published before are visible to a
     // collector that sees `qemu_exited` with Acquire.

@@ -698,3 +698,61 @@ fn from_pc_and_from_device_start_the_window_at_the_trigger() {
     }
     assert_runs_free(qemu.pid());
 }
+
+/// `attach --overflow`: what a full ring does is the attaching collector's
+/// choice, the shim's option its default. With the smallest ring, a window
+/// with `drop` loses events (QEMU never waits) and says so; the next, with
+/// the shim's `block`, loses none and holds every access of its span.
+#[test]
+fn overflow_is_chosen_per_window() {
+    let (qemu, _reaper) = free_qemu("overflow", ",ring_kib=8,meta_kib=8");
+    let base = capture_dir("overflow");
+    let drop = base.join("drop");
+    window(
+        qemu.pid(),
+        &drop,
+        &[
+            "--events",
+            "mem,mmio",
+            "--overflow",
+            "drop",
+            "--duration",
+            "500ms",
+        ],
+    );
+    let j = capture_json(&drop);
+    assert_eq!(j["overflow"], "drop");
+    assert!(j["events_lost"].as_u64().unwrap() > 0, "{j}");
+    assert_eq!(
+        stat(&drop, "full_ring_waits", Some(0)),
+        0,
+        "QEMU never waited"
+    );
+
+    let block = base.join("block");
+    window(
+        qemu.pid(),
+        &block,
+        &["--events", "mem,mmio", "--duration", "500ms"],
+    );
+    let j = capture_json(&block);
+    assert_eq!(j["overflow"], "block");
+    assert_eq!(j["events_lost"], 0);
+    assert_exact_iterations(&block);
+
+    let o = Command::new(collector())
+        .args([
+            "attach",
+            "--pid",
+            &qemu.pid().to_string(),
+            "--overflow",
+            "later",
+            "--out",
+        ])
+        .arg(base.join("bad"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("'later': block or drop"));
+    assert_runs_free(qemu.pid());
+}

@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use trace_format::End;
 use trace_schema::commit;
 use trace_schema::layout::COMMIT_STREAMS;
-use trace_schema::options::{EventSet, ShimOptions};
+use trace_schema::options::{EventSet, Overflow, ShimOptions};
 use trace_schema::ring::Consumer;
 
 use crate::capture::append::{self, AppendPlan};
@@ -52,6 +52,9 @@ pub struct CaptureSetup {
     /// `attach --events`: what the shim is to record (`None`: its `events`
     /// option).
     pub events: Option<EventSet>,
+    /// `attach --overflow`: what a full ring does (`None`: the shim's
+    /// `overflow` option).
+    pub overflow: Option<Overflow>,
     /// `attach --duration`: detach this long after attaching.
     pub duration: Option<Duration>,
     /// `attach --until-pc`: the shim stops the recording as a vCPU is about
@@ -125,6 +128,16 @@ pub fn shim_events(options: &str) -> Result<EventSet> {
     }
 }
 
+/// What a full ring does in the shim's option string (`block` unless it
+/// says `overflow=drop`).
+pub fn shim_overflow(options: &str) -> Overflow {
+    options
+        .split(',')
+        .find_map(|a| a.strip_prefix("overflow="))
+        .and_then(Overflow::parse)
+        .unwrap_or(ShimOptions::default().overflow)
+}
+
 /// A finished drain, before QEMU's exit status is known.
 pub struct Captured {
     pub json: CaptureJson,
@@ -166,6 +179,7 @@ pub fn capture(
         header,
         &trace_schema::attach::Request {
             events: setup.events,
+            overflow: setup.overflow,
             stop_at_pc: setup.until_pc,
             stop_ranges: &setup.until_ranges,
             start_at_pc: setup.from_pc,
@@ -245,6 +259,11 @@ pub fn capture(
         qemu_command: command,
         shim_options: options.clone(),
         events: events.to_option(),
+        overflow: setup
+            .overflow
+            .unwrap_or_else(|| shim_overflow(&options))
+            .as_str()
+            .to_string(),
         window: trace_format::Window {
             attached_at: trace_format::Window::now(),
             ..Default::default()

@@ -268,6 +268,7 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
             show_progress: args.show_progress,
             append: None,
             events: None,
+            overflow: None,
             duration: None,
             until_pc: None,
             until_ranges: Vec::new(),
