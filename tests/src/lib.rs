@@ -384,14 +384,40 @@ pub fn parse_execlog_line(line: &str) -> ExeclogLine {
 /// short name where QEMU's says little (`apic-msi` is `lapic`,
 /// `trace_format::memory_map::SHORT_NAMES`).
 pub fn same_execlog_line(theirs: &str, ours: &str) -> bool {
+    same_execlog_line_with(theirs, ours, |_, _| false)
+}
+
+/// [`same_execlog_line`], where ours may also name a device as QEMU's memory
+/// map `map` names the address (read from QEMU when the log was): QEMU's
+/// plugin API can name a region the guest mapped since its translation
+/// wrongly (x86's MMCONFIG as `pc.ram`), the collector names it from the
+/// map.
+pub fn same_execlog_line_by_map(
+    theirs: &str,
+    ours: &str,
+    map: &trace_format::memory_map::MemoryMap,
+) -> bool {
+    same_execlog_line_with(theirs, ours, |paddr, o| {
+        let addr = u64::from_str_radix(paddr.trim_start_matches("0x"), 16).ok();
+        addr.and_then(|a| map.region(a))
+            .is_some_and(|r| o == trace_format::memory_map::short_name(&r.name).unwrap_or(&r.name))
+    })
+}
+
+/// The comparison, with `named_by_map(paddr, ours)`: another name ours may
+/// give the access at `paddr`.
+fn same_execlog_line_with(
+    theirs: &str,
+    ours: &str,
+    named_by_map: impl Fn(&str, &str) -> bool,
+) -> bool {
     let ((t_insn, t_acc), (o_insn, o_acc)) = (parse_execlog_line(theirs), parse_execlog_line(ours));
     let same_device = |t: &str, o: &str| {
         t == o || t.starts_with("anon") || trace_format::memory_map::short_name(t) == Some(o)
     };
     t_insn == o_insn
         && t_acc.len() == o_acc.len()
-        && t_acc
-            .iter()
-            .zip(&o_acc)
-            .all(|(t, o)| t.0 == o.0 && t.1 == o.1 && same_device(&t.2, &o.2))
+        && t_acc.iter().zip(&o_acc).all(|(t, o)| {
+            t.0 == o.0 && t.1 == o.1 && (same_device(&t.2, &o.2) || named_by_map(&t.1, &o.2))
+        })
 }
