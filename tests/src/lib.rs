@@ -269,6 +269,23 @@ pub fn columns(capture: &Path, name: &str, names: &[&str]) -> Result<DataFrame> 
     anyhow::Context::with_context(df, || format!("reading table {name}"))
 }
 
+/// Every distinct (pc, bytes, disas) of a capture's `code` table.
+pub fn code_rows(capture: &Path) -> std::collections::BTreeSet<(u64, Vec<u8>, String)> {
+    let code = columns(capture, "code", &["pc", "bytes", "disas"]).unwrap();
+    let pc = u64s(&code, "pc");
+    let bytes = code.column("bytes").unwrap().binary().unwrap();
+    let disas = code.column("disas").unwrap().str().unwrap();
+    (0..code.height())
+        .map(|i| {
+            (
+                pc[i],
+                bytes.get(i).unwrap().to_vec(),
+                disas.get(i).unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
 /// The values of `df`'s UInt64 column `name` (a column without nulls).
 pub fn u64s(df: &DataFrame, name: &str) -> Vec<u64> {
     df.column(name)

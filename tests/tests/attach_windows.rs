@@ -52,6 +52,19 @@ fn window(pid: u32, dir: &Path, extra: &[&str]) -> String {
     stderr
 }
 
+/// `attach --pid PID --out OUT <args>`, which must be refused: its stderr.
+fn refused_attach(pid: u32, out: &Path, args: &[&str]) -> String {
+    let o = Command::new(collector())
+        .args(["attach", "--pid", &pid.to_string(), "--out"])
+        .arg(out)
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{args:?} was not refused");
+    err
+}
+
 fn capture_json(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("capture.json")).unwrap()).unwrap()
 }
@@ -364,20 +377,8 @@ fn until_pc_ends_the_window_before_that_instruction() {
     assert_runs_free(qemu.pid());
 
     // Not an address: a clear error.
-    let o = Command::new(collector())
-        .args([
-            "attach",
-            "--pid",
-            &qemu.pid().to_string(),
-            "--until-pc",
-            "main",
-        ])
-        .arg("--out")
-        .arg(base.join("bad"))
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("'main' is not an address"));
+    let err = refused_attach(qemu.pid(), &base.join("bad"), &["--until-pc", "main"]);
+    assert!(err.contains("'main' is not an address"), "{err}");
 }
 
 /// `attach --until-device NAME` (with `--qmp`, for QEMU's memory map): the
@@ -560,14 +561,7 @@ fn until_icount_and_max_events_end_the_window_exactly() {
             "'soon' is not an instruction index",
         ),
     ] {
-        let o = Command::new(collector())
-            .args(["attach", "--pid", &qemu.pid().to_string(), "--out"])
-            .arg(base.join("bad"))
-            .args(args)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success(), "{args:?}");
+        let err = refused_attach(qemu.pid(), &base.join("bad"), args);
         assert!(err.contains(says), "{args:?}: {err}");
     }
     assert_runs_free(qemu.pid());
@@ -686,14 +680,7 @@ fn from_pc_and_from_device_start_the_window_at_the_trigger() {
         ),
         (&["--from-pc", "main"][..], "'main' is not an address"),
     ] {
-        let o = Command::new(collector())
-            .args(["attach", "--pid", &qemu.pid().to_string(), "--out"])
-            .arg(base.join("bad"))
-            .args(extra)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success(), "{extra:?}");
+        let err = refused_attach(qemu.pid(), &base.join("bad"), extra);
         assert!(err.contains(says), "{extra:?}: {err}");
     }
     assert_runs_free(qemu.pid());
@@ -740,19 +727,7 @@ fn overflow_is_chosen_per_window() {
     assert_eq!(j["events_lost"], 0);
     assert_exact_iterations(&block);
 
-    let o = Command::new(collector())
-        .args([
-            "attach",
-            "--pid",
-            &qemu.pid().to_string(),
-            "--overflow",
-            "later",
-            "--out",
-        ])
-        .arg(base.join("bad"))
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("'later': block or drop"));
+    let err = refused_attach(qemu.pid(), &base.join("bad"), &["--overflow", "later"]);
+    assert!(err.contains("'later': block or drop"), "{err}");
     assert_runs_free(qemu.pid());
 }

@@ -4,25 +4,7 @@
 //! shim/src/disas.rs) or asks QEMU for every instruction (`--disas qemu`).
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use trace_tests::*;
-
-/// Every distinct (pc, bytes, disas) of the capture's `code` table.
-fn code_rows(capture: &Path) -> BTreeSet<(u64, Vec<u8>, String)> {
-    let code = table(capture, "code").unwrap();
-    let pc = u64s(&code, "pc");
-    let bytes = code.column("bytes").unwrap().binary().unwrap();
-    let disas = code.column("disas").unwrap().str().unwrap();
-    (0..code.height())
-        .map(|i| {
-            (
-                pc[i],
-                bytes.get(i).unwrap().to_vec(),
-                disas.get(i).unwrap_or("").to_string(),
-            )
-        })
-        .collect()
-}
 
 /// Captures `qemu` both ways; returns the rows of the fast one, checked
 /// equal to the other's but for `racy` (instructions translated or not

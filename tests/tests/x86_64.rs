@@ -688,23 +688,6 @@ fn two_vcpus_boot_counts_match_qemus() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Every distinct (pc, bytes, disas) of a capture's `code` table.
-fn code_rows(capture: &Path) -> std::collections::BTreeSet<(u64, Vec<u8>, String)> {
-    let code = columns(capture, "code", &["pc", "bytes", "disas"]).unwrap();
-    let pc = u64s(&code, "pc");
-    let bytes = code.column("bytes").unwrap().binary().unwrap();
-    let disas = code.column("disas").unwrap().str().unwrap();
-    (0..code.height())
-        .map(|i| {
-            (
-                pc[i],
-                bytes.get(i).unwrap().to_vec(),
-                disas.get(i).unwrap_or("").to_string(),
-            )
-        })
-        .collect()
-}
-
 /// The whole boot's `code.disas` (BIOS, kernel and user space; 16-, 32-
 /// and 64-bit code) is QEMU's text whether the shim reads it from its own
 /// capstone handles (`--disas fast`) or asks QEMU for every instruction
