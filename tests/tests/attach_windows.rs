@@ -21,6 +21,30 @@ const INSNS_PER_ITERATION: u64 = 10;
 const BUF0: u64 = 0x2000_0000;
 const SYST_CVR: u64 = 0xe000_e018;
 
+/// Every access m3loop-0 makes from its first instruction, in order, as
+/// (icount, physical address, type): the SysTick setup stores at 3 and 5,
+/// then iteration n's five at 11 + 10n + `ITERATION_ACCESSES`.
+fn m3loop0_accesses() -> impl Iterator<Item = (u64, u64, String)> {
+    let setup = [(3, SYST_CVR - 4, "W"), (5, SYST_CVR - 8, "W")];
+    let per_iteration = [
+        (BUF0, "W"),
+        (BUF0 + 4, "W"),
+        (BUF0, "R"),
+        (BUF0 + 4, "R"),
+        (SYST_CVR, "R"),
+    ];
+    let iterations = (0u64..).flat_map(move |n| {
+        ITERATION_ACCESSES
+            .iter()
+            .zip(per_iteration)
+            .map(move |(off, (a, t))| (11 + INSNS_PER_ITERATION * n + off, a, t))
+    });
+    setup
+        .into_iter()
+        .chain(iterations)
+        .map(|(i, a, t)| (i, a, t.to_string()))
+}
+
 /// The m3loop-0 QEMU with the shim loaded, no collector (`wait=off`).
 fn free_qemu(test: &str, shim_options: &str) -> (Proc, Reaper) {
     free_qemu_with(test, shim_options, &[])
@@ -361,17 +385,10 @@ fn until_pc_ends_the_window_before_that_instruction() {
         .into_iter()
         .map(|(icount, paddr, ty, _)| (icount, paddr, ty))
         .collect();
-    let w = |i: u64, a: u64, t: &str| (i, a, t.to_string());
+    let before: Vec<_> = m3loop0_accesses().take_while(|a| a.0 < 17).collect();
     assert_eq!(
-        rows,
-        vec![
-            w(3, SYST_CVR - 4, "W"),
-            w(5, SYST_CVR - 8, "W"),
-            w(11, BUF0, "W"),
-            w(12, BUF0 + 4, "W"),
-            w(13, BUF0, "R"),
-            w(15, BUF0 + 4, "R"),
-        ]
+        rows, before,
+        "the accesses before the first CVR load's instruction, 17"
     );
     assert_eq!(j["tables"]["mmio"], 2);
     assert_runs_free(qemu.pid());
@@ -461,28 +478,10 @@ fn until_device_ends_the_window_after_its_first_access() {
 fn until_icount_and_max_events_end_the_window_exactly() {
     let base = capture_dir("window-ends");
     // The guest's accesses, in order: (icount, paddr, type).
-    let accesses = || {
-        let setup = [(3, SYST_CVR - 4, "W"), (5, SYST_CVR - 8, "W")];
-        let per_iteration = [
-            (0, BUF0, "W"),
-            (1, BUF0 + 4, "W"),
-            (2, BUF0, "R"),
-            (4, BUF0 + 4, "R"),
-            (6, SYST_CVR, "R"),
-        ];
-        setup.into_iter().chain(
-            (0u64..).flat_map(move |n| per_iteration.map(|(off, a, t)| (11 + 10 * n + off, a, t))),
-        )
-    };
     let rows_of = |dir: &Path| -> Vec<(u64, u64, String)> {
         mem_rows(dir)
             .into_iter()
             .map(|(i, a, t, _)| (i, a, t))
-            .collect()
-    };
-    let expected = |v: Vec<(u64, u64, &str)>| -> Vec<(u64, u64, String)> {
-        v.into_iter()
-            .map(|(i, a, t)| (i, a, t.to_string()))
             .collect()
     };
     let held = |name: &str| free_qemu(&format!("window-ends-{name}"), ",wait=on");
@@ -499,9 +498,9 @@ fn until_icount_and_max_events_end_the_window_exactly() {
     assert_eq!(j["end"], "window_ended");
     assert_eq!(j["window"]["end_icount"], serde_json::json!([1000]));
     assert_eq!(j["window"]["first_icount"], serde_json::json!([0]));
-    let want: Vec<_> = accesses().take_while(|a| a.0 < 1000).collect();
+    let want: Vec<_> = m3loop0_accesses().take_while(|a| a.0 < 1000).collect();
     assert_eq!(want.len(), 2 + 99 * 5);
-    assert_eq!(rows_of(&dir), expected(want));
+    assert_eq!(rows_of(&dir), want);
     assert_eq!(j["tables"]["mmio"], 2 + 99);
     let mut insn = u64s(&table(&dir, "insn").unwrap(), "icount");
     insn.sort_unstable();
@@ -523,9 +522,9 @@ fn until_icount_and_max_events_end_the_window_exactly() {
     );
     let j = capture_json(&dir);
     assert_eq!(j["end"], "window_ended");
-    let want: Vec<_> = accesses().take(100).collect();
+    let want: Vec<_> = m3loop0_accesses().take(100).collect();
     assert_eq!(want.last().unwrap().0, 11 + 190 + 2);
-    assert_eq!(rows_of(&dir), expected(want));
+    assert_eq!(rows_of(&dir), want);
     assert_eq!(j["tables"]["mmio"], 2 + 19);
     assert_eq!(j["window"]["end_icount"], serde_json::json!([11 + 190 + 4]));
     assert_runs_free(qemu.pid());
@@ -599,18 +598,10 @@ fn from_pc_and_from_device_start_the_window_at_the_trigger() {
         .into_iter()
         .map(|(icount, paddr, ty, _)| (icount, paddr, ty))
         .collect();
-    let w = |i: u64, a: u64, t: &str| (i, a, t.to_string());
-    let mut want = vec![w(17, SYST_CVR, "R")];
-    for n in 1..=2 {
-        let s = 11 + 10 * n;
-        want.extend([
-            w(s, BUF0, "W"),
-            w(s + 1, BUF0 + 4, "W"),
-            w(s + 2, BUF0, "R"),
-            w(s + 4, BUF0 + 4, "R"),
-            w(s + 6, SYST_CVR, "R"),
-        ]);
-    }
+    let want: Vec<_> = m3loop0_accesses()
+        .skip_while(|a| a.0 < 17)
+        .take(11)
+        .collect();
     assert_eq!(rows, want);
     let j = capture_json(&dir);
     assert_eq!(j["window"]["first_icount"], serde_json::json!([17]));
