@@ -16,7 +16,7 @@ set -euo pipefail
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-PACKAGES_MAIN=(capnproto gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu pkg-config libclang-dev libglib2.0-dev curl cpio xz-utils)
+PACKAGES_MAIN=(capnproto gcc libc6-dev gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu pkg-config libclang-dev libglib2.0-dev curl cpio xz-utils)
 PACKAGES_BACKPORTS=(qemu-system-arm qemu-system-aarch64 qemu-system-x86 qemu-utils)
 
 have_backports() {

@@ -8,8 +8,9 @@
 #                    QEMU boots through its PVH entry point, without the 1.2 billion
 #                    instructions of the bzImage's own decompression under TCG
 #   initrd.cpio.gz   a tiny initramfs: Debian bookworm's busybox-static (amd64) and an
-#                    /init that runs a small known workload and powers the machine
-#                    off by itself (`poweroff -f`)
+#                    /init that runs a small known workload and tests/guest/fill.c
+#                    (built here, static), and powers the machine off by itself
+#                    (`poweroff -f`)
 #   versions         the two packages they came from
 #
 # Boot it with (vmlinuz works too, slower):
@@ -21,17 +22,19 @@
 # under the cache (signed by Debian's archive key, as apt checks them), and
 # `apt-get download` only downloads the two .deb files, like
 # benches/fetch-inputs.sh does for arm64. Needs apt-get, dpkg-deb, gzip and
-# cpio and xz (installed with apt-get when missing; root or sudo), and, the first
-# time, the network. A no-op once cached.
+# cpio and xz (installed with apt-get when missing; root or sudo), gcc with a
+# static libc (libc6-dev; setup.sh installs it) for tests/guest/fill.c, and,
+# the first time, the network. A no-op once cached.
 set -euo pipefail
 
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
 GUEST="${X86_GUEST:-$HOME/.cache/trace-collector/x86-guest}"
 mkdir -p "$GUEST"
 cd "$GUEST"
 
 # Bump when the initramfs's /init changes: a cached guest of another
 # version is rebuilt.
-INIT_VERSION=1
+INIT_VERSION=2
 
 if [ -s vmlinuz ] && [ -s vmlinux ] && [ -s initrd.cpio.gz ] && [ -s versions ] \
     && [ "$(cat init-version 2>/dev/null)" = "$INIT_VERSION" ]; then
@@ -98,6 +101,9 @@ dpkg-deb -x "$work"/busybox-static_*.deb "$work/deb"
 root="$work/root"
 mkdir -p "$root/bin" "$root/dev" "$root/proc" "$root/sys" "$root/tmp"
 cp "$work/deb/bin/busybox" "$root/bin/busybox"
+# A process whose buffer a test asks bufmon for (its address is fixed: static,
+# not position-independent).
+gcc -static -no-pie -O1 -o "$root/bin/fill" "$REPO/tests/guest/fill.c"
 ln -s busybox "$root/bin/sh"
 # The workload: a file written and read back in user space (tmpfs), its
 # checksum printed, then the machine powered off by the kernel.
@@ -107,6 +113,7 @@ cat > "$root/init" <<'EOF'
 /bin/busybox mount -t tmpfs tmpfs /tmp
 /bin/busybox seq 1 2000 > /tmp/numbers
 /bin/busybox echo "trace-collector x86 guest: $(/bin/busybox uname -m) $(/bin/busybox wc -l < /tmp/numbers) lines, md5 $(/bin/busybox md5sum < /tmp/numbers | /bin/busybox cut -d' ' -f1)"
+/bin/fill
 /bin/busybox poweroff -f
 EOF
 chmod 755 "$root/init"

@@ -653,7 +653,73 @@ fn boot_counts_cr3_and_mmio_match_qemus() {
         ["ahci", "pcie-mmcfg-mmio"],
         "the regions the firmware mapped during the boot"
     );
+    bufmon_finds_the_fill_process_buffer_in_its_own_address_space(&dir, &user_asids);
     let _ = std::fs::remove_dir_all(&dir); // 600 MB
+}
+
+/// bufmon on a user-space buffer of a guest process, in its address space:
+/// /bin/fill (tests/guest/fill.c) writes 0xa0..0xaf into its 16-byte buffer
+/// a byte at a time, then reads them back, and prints the buffer's address.
+/// Its ASID is the CR3 of the rows that wrote 0xa0 there (one value, a
+/// user-space one). bufmon with that ASID prints exactly those 32 accesses,
+/// in order; with any other process's ASID, none: other processes' accesses
+/// at the same virtual address are not this buffer's.
+fn bufmon_finds_the_fill_process_buffer_in_its_own_address_space(dir: &Path, user_asids: &[u64]) {
+    let console = std::fs::read_to_string(dir.with_extension("stdout")).unwrap();
+    let line = console
+        .lines()
+        .find_map(|l| {
+            l.split_once("trace-collector fill: buf 0x")
+                .map(|(_, rest)| rest)
+        })
+        .unwrap_or_else(|| panic!("no fill line in {console}"));
+    let buf = u64::from_str_radix(line.split(' ').next().unwrap(), 16).unwrap();
+    assert!(
+        line.ends_with(&format!("sum {}", (0xa0..=0xafu32).sum::<u32>())),
+        "{line}"
+    );
+    let asids = query_u64s(
+        dir,
+        &format!("select distinct asid from mem where vaddr = {buf} and type = 'W' and size = 1 and value = 160"),
+    );
+    assert_eq!(asids.len(), 1, "{asids:x?}");
+    let asid = asids[0];
+    assert!(user_asids.contains(&asid), "{asid:#x} in {user_asids:x?}");
+    let bufmon = |asid: u64| {
+        let file = dir.with_extension(format!("buffers-{asid:x}"));
+        std::fs::write(&file, format!("{buf:x} 10 {asid:x}\n")).unwrap();
+        let d = dir.display().to_string();
+        let (ok, out, err) =
+            run_query(&["bufmon", "--trace", &d, "--buffers", file.to_str().unwrap()]);
+        assert!(ok, "{err}");
+        out
+    };
+    let out = bufmon(asid);
+    let lines: Vec<Vec<&str>> = out.lines().map(|l| l.split(' ').collect()).collect();
+    let hex = |f: &str| u64::from_str_radix(f, 16).unwrap();
+    // First the kernel, loading the program, zeroes the end of its data
+    // page through the process's own mapping (clear_user of the BSS): two
+    // 8-byte stores of 0 at the buffer. Then the program's 16 byte stores
+    // and 16 byte loads, in order.
+    assert_eq!(lines.len(), 2 + 32, "{out}");
+    for (l, at) in lines[..2].iter().zip([buf, buf + 8]) {
+        assert_eq!((l[0], hex(l[5]), hex(l[6])), ("WRITE", at, 8), "{out}");
+        assert!(hex(l[3]) >= 0xffff_8000_0000_0000, "kernel code: {out}");
+        assert!(l[7..].iter().all(|b| *b == "00"), "{out}");
+    }
+    for (i, l) in lines[2..].iter().enumerate() {
+        let k = (i % 16) as u64;
+        let kind = if i < 16 { "WRITE" } else { "READ" };
+        assert_eq!(
+            (l[0], hex(l[4]), hex(l[5]), hex(l[6]), hex(l[7])),
+            (kind, asid, buf + k, 1, 0xa0 + k),
+            "{out}"
+        );
+        assert!(hex(l[3]) < 0x8000_0000_0000, "the program's code: {out}");
+    }
+    for other in user_asids.iter().filter(|&&a| a != asid) {
+        assert_eq!(bufmon(*other), "", "ASID {other:#x}");
+    }
 }
 
 /// Two vCPUs (`-smp 2`, a thread each): the second starts in real mode at
