@@ -754,6 +754,41 @@ fn two_vcpus_boot_counts_match_qemus() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The older PC machine (`-M pc`: i440FX, no PCI Express): the boot's
+/// `mem` and `mmio` rows are exactly the accesses and I/O accesses QEMU's
+/// mem plugin counted, and every MMIO row's `region` is QEMU's region at its
+/// address in the map after the boot: the LAPIC, HPET and IOAPIC (its disk
+/// is IDE, reached by port I/O, and it has no MMCONFIG).
+#[test]
+fn pc_machine_boot_counts_and_devices_match_qemus() {
+    let Boot {
+        dir,
+        ram,
+        io,
+        mtree,
+        ..
+    } = boot("x86-boot-pc", &["-M", "pc"]);
+    assert!(ram > 100_000_000 && io > 1_000, "{ram} RAM, {io} I/O");
+    assert_eq!(stat(&dir, "rows.mem", None), ram + io);
+    assert_eq!(stat(&dir, "rows.mmio", None), io);
+    assert_eq!(stat(&dir, "events_lost", Some(0)), 0);
+    let map_after = MemoryMap::parse(&mtree).unwrap();
+    let mmio = columns(&dir, "mmio", &["paddr", "region"]).unwrap();
+    let paddr = u64s(&mmio, "paddr");
+    let region = mmio.column("region").unwrap().str().unwrap();
+    let mut regions = std::collections::BTreeSet::new();
+    for (i, a) in paddr.iter().enumerate() {
+        let after = map_after.region(*a).unwrap();
+        assert_eq!(region.get(i), Some(after.name.as_str()), "{a:#x}");
+        regions.insert(after.name.clone());
+    }
+    assert_eq!(
+        regions.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["apic-msi", "hpet", "ioapic"]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The whole boot's `code.disas` (BIOS, kernel and user space; 16-, 32-
 /// and 64-bit code) is QEMU's text whether the shim reads it from its own
 /// capstone handles (`--disas fast`) or asks QEMU for every instruction
