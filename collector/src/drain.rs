@@ -46,7 +46,8 @@ use crate::drain::window_end::WindowEnd;
 use crate::losses::{LossLedger, LostEvents};
 use crate::write::parquet_sink::{PartSink, SinkProgress};
 use crate::write::tables::{
-    AccessBatch, Batch, BlockExecBatch, CodeBatch, DeviceList, StatsBatch, Table, NO_DEVICE,
+    AccessBatch, Batch, BlockExecBatch, CodeBatch, DeviceList, DeviceNames, StatsBatch, Table,
+    NO_DEVICE,
 };
 
 /// Rows a fresh batch has room for before it grows.
@@ -130,6 +131,10 @@ struct State {
     /// Per vCPU: the icount of its first event drained (the least of its
     /// chunks' first).
     first_icount: Vec<Option<u64>>,
+    /// Told of each device name's first access (`DeviceNames::noticed`).
+    names: Option<Arc<dyn DeviceNames>>,
+    /// By device index: its first access was told to `names`.
+    noticed: Vec<bool>,
 }
 
 /// Drains a segment's rings into table batches and hands full batches to
@@ -243,8 +248,16 @@ impl Drainer {
                 events_unexpected: 0,
                 window: WindowEnd::new(n as usize, events, None, None).expect("no end"),
                 first_icount: vec![None; n as usize],
+                names: None,
+                noticed: Vec::new(),
             },
         }
+    }
+
+    /// The drainer telling `names` of each device name's first access.
+    pub fn with_device_names(mut self, names: Arc<dyn DeviceNames>) -> Drainer {
+        self.st.names = Some(names);
+        self
     }
 
     /// The drainer writing only the rows inside `window`.
@@ -610,6 +623,7 @@ impl State {
             for i in before..self.mem.devices.len() {
                 let (row, id) = self.mem.devices[i];
                 let device = self.device(v, id as u16, metas)?;
+                self.notice(device, self.mem.paddr[row as usize]);
                 self.mem.devices[i].1 = device;
                 if self.mmio_on {
                     self.mmio.push_row_of(&self.mem, row as usize, device);
@@ -664,7 +678,9 @@ impl State {
                 continue;
             }
             let device = if io {
-                self.device(v, a.device, metas)?
+                let device = self.device(v, a.device, metas)?;
+                self.notice(device, a.paddr);
+                device
             } else {
                 NO_DEVICE
             };
@@ -761,6 +777,28 @@ impl State {
                 _ => self.next_index[v],
             })
             .collect()
+    }
+
+    /// Tells `names` of the first access to capture-wide device `device`.
+    #[inline]
+    fn notice(&mut self, device: u32, paddr: u64) {
+        if device == NO_DEVICE || self.noticed.get(device as usize) == Some(&true) {
+            return;
+        }
+        self.notice_first(device, paddr);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn notice_first(&mut self, device: u32, paddr: u64) {
+        let i = device as usize;
+        if self.noticed.len() <= i {
+            self.noticed.resize(i + 1, false);
+        }
+        self.noticed[i] = true;
+        if let (Some(names), Some(name)) = (&self.names, self.devices.names().get(i)) {
+            names.noticed(paddr, name);
+        }
     }
 
     /// The capture-wide index of vCPU `v`'s device `id`.

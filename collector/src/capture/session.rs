@@ -306,7 +306,8 @@ pub fn capture(
         known_blocks: std::mem::take(&mut plan.blocks),
     };
     let mut drainer = Drainer::new(*seg.view(), events, setup.part_rows, sink, resume)
-        .with_window_end(window_end);
+        .with_window_end(window_end)
+        .with_device_names(setup.names.clone());
     let mut progress = Progress::new(setup.show_progress);
     or_detach(seg, json.lock().unwrap().write(&setup.out))?;
     let mut reserve = directory::SpaceReserve::new(&setup.out);

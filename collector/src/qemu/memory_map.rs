@@ -191,11 +191,12 @@ const MAP_WAIT: Duration = Duration::from_secs(15);
 /// fetch instead of the drain.
 ///
 /// The map changes while the guest runs (PCI BARs, MMCONFIG). An I/O
-/// access at an address that is not I/O in the map we have means it did:
-/// with a QMP socket, the map is read again (at most once per page of such
-/// addresses), appended to mtree.txt as its next version
-/// (`trace_format::memory_map::VERSION_MARK`), and names come from it from
-/// then on.
+/// access at an address that is not I/O in the map we have means it did;
+/// one whose region the plugin API names otherwise may mean it did (a BAR
+/// mapped into a PCI window the map shows whole). With a QMP socket, the
+/// map is then read again (at most once per page of such addresses), and
+/// if it changed, appended to mtree.txt as its next version
+/// (`trace_format::memory_map::VERSION_MARK`); names come from the newest.
 pub struct MapDeviceNames {
     fetch: Option<Arc<MtreeFetch>>,
     /// QEMU's QMP socket, to read the map again.
@@ -203,6 +204,17 @@ pub struct MapDeviceNames {
     mtree: PathBuf,
     user: DeviceMap,
     state: Mutex<Option<Versions>>,
+}
+
+/// Why the map is read again for an access.
+enum Reread {
+    /// Its address is not I/O in the map: a region was mapped since.
+    NotCovered,
+    /// The map has a region there (this one), but the plugin API names the
+    /// access's region otherwise: maybe a window the guest has since mapped
+    /// a device into (a PCI BAR in a PCI I/O or memory window), maybe only
+    /// a name the plugin API gives an unnamed region (`anonXXXXXXXX`).
+    Disagrees(String),
 }
 
 /// The map versions read so far.
@@ -235,16 +247,20 @@ impl MapDeviceNames {
 
     /// The names `paddr` gets now: from the last version of the map, read
     /// again first if `paddr` is not I/O in it.
-    fn resolver_for(&self, paddr: u64) -> Arc<DeviceResolver> {
+    fn resolver_for(&self, paddr: u64, plugin_name: &str) -> Arc<DeviceResolver> {
         let mut state = self.state.lock().unwrap();
         let versions = state.get_or_insert_with(|| self.first_version());
-        let covered = versions.current.map.as_ref().is_none_or(|m| m.is_io(paddr));
-        if !covered
-            && self.qmp.is_some()
-            && !versions.gave_up
-            && versions.reread_pages.insert(paddr >> 12)
-        {
-            self.read_again(versions, paddr);
+        let why = match versions.current.map.as_ref().and_then(|m| m.region(paddr)) {
+            _ if versions.current.map.is_none() => None,
+            Some(r) if r.kind == "i/o" && r.name == plugin_name => None,
+            Some(r) if r.kind == "i/o" => Some(Reread::Disagrees(r.name.clone())),
+            _ => Some(Reread::NotCovered),
+        };
+        if let Some(why) = why {
+            if self.qmp.is_some() && !versions.gave_up && versions.reread_pages.insert(paddr >> 12)
+            {
+                self.read_again(versions, paddr, plugin_name, why);
+            }
         }
         versions.current.clone()
     }
@@ -280,7 +296,7 @@ impl MapDeviceNames {
     /// Reads the map again over QMP because of an I/O access at `paddr`;
     /// appends it to mtree.txt and makes it current if it differs. A failure
     /// is a warning: names stay those of the version before.
-    fn read_again(&self, versions: &mut Versions, paddr: u64) {
+    fn read_again(&self, versions: &mut Versions, paddr: u64, plugin_name: &str, why: Reread) {
         let Some(socket) = &self.qmp else { return };
         let read = Qmp::connect(socket, REREAD_CONNECT)
             .and_then(|mut qmp| qmp.human("info mtree -f"))
@@ -291,13 +307,17 @@ impl MapDeviceNames {
         let (text, map) = match read {
             Ok(r) => r,
             Err(e) => {
-                // QEMU has probably exited (its last parts are written after).
+                // QEMU has probably exited (its last parts are written
+                // after): no more tries. Only an access the map does not
+                // cover at all loses something (its region).
                 versions.gave_up = true;
-                eprintln!(
-                    "trace-collector: warning: could not read QEMU's memory map again for an \
-                     I/O access at {paddr:#x} it does not cover (MMIO rows there keep the \
-                     plugin's device name and no region): {e:#}"
-                );
+                if let Reread::NotCovered = why {
+                    eprintln!(
+                        "trace-collector: warning: could not read QEMU's memory map again for \
+                         an I/O access at {paddr:#x} it does not cover (MMIO rows there keep \
+                         the plugin's device name and no region): {e:#}"
+                    );
+                }
                 return;
             }
         };
@@ -305,11 +325,17 @@ impl MapDeviceNames {
             return;
         }
         let n = versions.count + 1;
+        let because = match why {
+            Reread::NotCovered => format!("that version {} did not cover", versions.count),
+            Reread::Disagrees(region) => format!(
+                "whose region the plugin API named {plugin_name}, version {} {region}",
+                versions.count
+            ),
+        };
         let why = format!(
             "read at {:.3} (seconds since the Unix epoch), for an I/O access at {paddr:#x} \
-             that version {} did not cover",
+             {because}",
             trace_format::Window::now(),
-            versions.count
         );
         let appended = std::fs::OpenOptions::new()
             .append(true)
@@ -333,8 +359,9 @@ impl MapDeviceNames {
     }
 }
 
-/// How long a new read of the map waits to connect to QMP.
-const REREAD_CONNECT: Duration = Duration::from_secs(2);
+/// How long a new read of the map waits to connect to QMP: QEMU listens
+/// already, or has exited (then the read must not hold the writer up).
+const REREAD_CONNECT: Duration = Duration::ZERO;
 
 impl DeviceNames for MapDeviceNames {
     fn resolve<'a>(
@@ -342,12 +369,16 @@ impl DeviceNames for MapDeviceNames {
         paddr: u64,
         plugin_name: &'a str,
     ) -> (Cow<'a, str>, Option<Cow<'a, str>>) {
-        let resolver = self.resolver_for(paddr);
+        let resolver = self.resolver_for(paddr, plugin_name);
         let r = resolver.resolve(paddr, plugin_name);
         (
             Cow::Owned(r.device.to_string()),
             r.region.map(|r| Cow::Owned(r.to_string())),
         )
+    }
+
+    fn noticed(&self, paddr: u64, plugin_name: &str) {
+        self.resolver_for(paddr, plugin_name);
     }
 }
 
