@@ -7,6 +7,7 @@
 //! `cargo build --release --workspace` (`scripts/test.sh` does).
 
 pub mod processes;
+pub mod guest;
 pub mod qmp;
 
 use anyhow::{bail, Result};
