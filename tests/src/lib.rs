@@ -6,8 +6,8 @@
 //! wrote, read back with polars. Build everything first with
 //! `cargo build --release --workspace` (`scripts/test.sh` does).
 
-pub mod processes;
 pub mod guest;
+pub mod processes;
 pub mod qmp;
 
 use anyhow::{bail, Result};

@@ -70,7 +70,9 @@ fn satp_of(registers: &str) -> u64 {
         .lines()
         .find_map(|l| {
             let mut words = l.split_whitespace();
-            (words.next() == Some("satp")).then(|| words.next()).flatten()
+            (words.next() == Some("satp"))
+                .then(|| words.next())
+                .flatten()
         })
         .unwrap_or_else(|| panic!("no satp in {registers}"));
     u64::from_str_radix(hex, 16).unwrap()
@@ -149,7 +151,11 @@ fn execlog_satp_and_accesses_match_qemus_from_reset_into_the_kernel() {
     let (mut kernel, mut compressed, mut mrets) = (0u64, 0u64, 0u64);
     let window = compare_execlogs(&log, &ours, "satp", |insn, _| {
         let mut fields = insn.splitn(4, ", ");
-        let (_, pc, opcode) = (fields.next(), fields.next().unwrap(), fields.next().unwrap());
+        let (_, pc, opcode) = (
+            fields.next(),
+            fields.next().unwrap(),
+            fields.next().unwrap(),
+        );
         let opcode = u32::from_str_radix(opcode.trim_start_matches("0x"), 16).unwrap();
         kernel += u64::from(pc.starts_with("0xffffffff8"));
         // A compressed instruction's low two bits are not 0b11.
