@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Installs everything trace-collector needs on Debian 12 (bookworm), idempotently:
 #   - the bookworm-backports suite (for QEMU 10.0.2 with TCG plugin support)
-#   - qemu-system-arm (lm3s6965evb, virt), qemu-system-aarch64 and
-#     qemu-system-x86 (q35, for the x86-64 guest)
+#   - qemu-system-arm (lm3s6965evb, virt), qemu-system-aarch64,
+#     qemu-system-x86 (q35, for the x86-64 guest) and qemu-system-riscv
+#     (qemu-system-riscv64's virt machine, for the RISC-V 64 guest; it
+#     depends on opensbi >> 1.5.1, QEMU's default firmware for virt,
+#     /usr/share/qemu/opensbi-riscv64-generic-fw_dynamic.bin, which
+#     bookworm-backports has and bookworm's 1.1 is not)
 #   - the bare-metal cross toolchains for the test firmware
 #   - capnproto (the Cap'n Proto schema compiler used by schema/build.rs)
 #   - QEMU's execlog and mem plugins, built from the installed QEMU's source (qemu-execlog.sh)
 #   - the x86-64 test guest: Debian's amd64 kernel and a busybox initramfs (x86-guest.sh)
+#   - the RISC-V 64 test guest: Debian trixie's riscv64 kernel and a busybox
+#     initramfs (riscv-guest.sh)
 #   - Perfetto's compiled trace protos (the `perfetto` Python package, pinned
 #     with its protobuf runtime by version and sha256 in
 #     tests/perfetto/requirements.txt), in ~/.cache/trace-collector/python
@@ -17,7 +23,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 PACKAGES_MAIN=(capnproto gcc libc6-dev gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu pkg-config libclang-dev libglib2.0-dev curl cpio xz-utils)
-PACKAGES_BACKPORTS=(qemu-system-arm qemu-system-aarch64 qemu-system-x86 qemu-utils)
+PACKAGES_BACKPORTS=(qemu-system-arm qemu-system-aarch64 qemu-system-x86 qemu-system-riscv opensbi qemu-utils)
 
 have_backports() {
     grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null
@@ -45,7 +51,7 @@ add_backports() {
 need_install=0
 for p in "${PACKAGES_MAIN[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need_install=1; done
 for p in "${PACKAGES_BACKPORTS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need_install=1; done
-for q in qemu-system-arm qemu-system-x86_64; do
+for q in qemu-system-arm qemu-system-x86_64 qemu-system-riscv64; do
     if ! "$q" --version 2>/dev/null | grep -q "version 10\."; then need_install=1; fi
 done
 
@@ -80,8 +86,11 @@ bash "$(dirname "$0")/qemu-execlog.sh" mem >/dev/null
 
 # The x86-64 test guest (Debian's kernel and busybox, cached).
 bash "$(dirname "$0")/x86-guest.sh" >/dev/null
+# The RISC-V 64 test guest (Debian trixie's kernel and busybox, cached).
+bash "$(dirname "$0")/riscv-guest.sh" >/dev/null
 
 qemu-system-arm --version | head -n1
 qemu-system-x86_64 --version | head -n1
+qemu-system-riscv64 --version | head -n1
 capnp --version
 arm-none-eabi-gcc --version | head -n1

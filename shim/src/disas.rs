@@ -24,8 +24,10 @@
 //! changes), so every text is the one QEMU would have given. On that boot
 //! QEMU is asked about once per block (64.5k) instead of once per
 //! instruction (336k). With no mode
-//! left, no capstone in the process, a target other than ARM and x86, or
-//! `disas=qemu`, every instruction is QEMU's call.
+//! left, no capstone in the process, a target other than ARM and x86 (RISC-V:
+//! QEMU disassembles it with its own disassembler, disas/riscv.c, not
+//! capstone, so no handle of ours could give its text), or `disas=qemu`,
+//! every instruction is QEMU's call.
 
 use qemu_plugin_sys::{qemu_plugin_insn, qemu_plugin_insn_disas};
 use std::cell::RefCell;

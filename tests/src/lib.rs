@@ -6,6 +6,7 @@
 //! wrote, read back with polars. Build everything first with
 //! `cargo build --release --workspace` (`scripts/test.sh` does).
 
+pub mod guest;
 pub mod processes;
 pub mod qmp;
 

@@ -13,32 +13,18 @@
 //! once the guest has powered off); and the disassembly against QEMU's
 //! own call, over a whole boot.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 use trace_format::memory_map::{short_name, versions, MemoryMap};
+use trace_tests::guest::*;
 use trace_tests::processes::{self, wait_until, Reaper};
 use trace_tests::qmp::Qmp;
 use trace_tests::*;
 
-/// The guest's files (scripts/x86-guest.sh: fetched once, then cached).
-fn guest() -> PathBuf {
-    let script = firmware_sources().join("../../scripts/x86-guest.sh");
-    let out = Command::new("bash").arg(&script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{} failed (it needs apt-get and the network the first time):\n{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
 /// The QEMU command line of the guest, tagged with `marker` (`-name`),
 /// with a QMP socket for the test at `qmp` if any, then `extra`.
 fn x86_qemu(marker: &str, qmp: Option<&Path>, extra: &[String]) -> Vec<String> {
-    let g = guest();
+    let g = guest("x86-guest.sh");
     let mut cmd: Vec<String> = [
         "qemu-system-x86_64",
         "-name",
@@ -77,38 +63,6 @@ fn x86_qemu(marker: &str, qmp: Option<&Path>, extra: &[String]) -> Vec<String> {
     cmd
 }
 
-/// `trace-collector run --out DIR --events EVENTS -- QEMU` as a child, its
-/// stdout (QEMU's console) to `DIR.stdout`.
-fn start_run(dir: &Path, events: &str, qemu: &[String]) -> processes::Proc {
-    let mut cmd = vec![
-        collector().display().to_string(),
-        "run".to_string(),
-        "--out".to_string(),
-        dir.display().to_string(),
-        "--events".to_string(),
-        events.to_string(),
-        "--".to_string(),
-    ];
-    cmd.extend(qemu.iter().cloned());
-    processes::spawn(
-        &cmd,
-        &processes::log(dir),
-        Some(&dir.with_extension("stdout")),
-        false,
-    )
-}
-
-/// Waits for the collector `run` to finish; fails the test unless it
-/// exited 0.
-fn finish(run: &mut processes::Proc) {
-    let status = run.wait(Duration::from_secs(600));
-    assert!(
-        status.success(),
-        "trace-collector run: {status}\n{}",
-        run.stderr()
-    );
-}
-
 /// CR3 in `info registers`' output (`... CR3=0000000002a10000 ...`).
 fn cr3_of(registers: &str) -> u64 {
     let at = registers
@@ -119,80 +73,6 @@ fn cr3_of(registers: &str) -> u64 {
         .take_while(char::is_ascii_hexdigit)
         .collect();
     u64::from_str_radix(&hex, 16).unwrap()
-}
-
-/// `trace-query ARGS` with its stdout into `out` (outputs too large for a
-/// String); fails the test if it fails.
-fn query_to_file(args: &[&str], out: &Path) {
-    let status = Command::new(query())
-        .args(args)
-        .stdout(std::fs::File::create(out).unwrap())
-        .stderr(std::process::Stdio::inherit())
-        .status()
-        .unwrap();
-    assert!(status.success(), "trace-query {args:?}: {status}");
-}
-
-/// A one-column SQL answer of `trace-query` (CSV, header dropped), as u64s.
-fn query_u64s(dir: &Path, sql: &str) -> Vec<u64> {
-    let d = dir.display().to_string();
-    let (ok, out, err) = run_query(&["--trace", &d, "--format", "csv", sql]);
-    assert!(ok, "{sql}: {err}");
-    out.lines()
-        .skip(1)
-        .map(|l| l.parse().unwrap_or_else(|_| panic!("{sql}: {l:?}")))
-        .collect()
-}
-
-/// Follows QEMU's execlog log as it grows: whether it reached a line of
-/// the 64-bit kernel (`0, 0xffffffff8...`), and how many lines came after.
-struct LogWatch {
-    file: Option<std::fs::File>,
-    path: PathBuf,
-    tail: Vec<u8>,
-    /// execlog's lines since the kernel's first, once seen.
-    kernel_lines: Option<u64>,
-}
-
-impl LogWatch {
-    fn new(path: &Path) -> LogWatch {
-        LogWatch {
-            file: None,
-            path: path.to_path_buf(),
-            tail: Vec::new(),
-            kernel_lines: None,
-        }
-    }
-
-    /// Reads what was appended; true once the log holds about `lines` of
-    /// execlog's lines from the kernel's first on.
-    fn kernel_lines_at_least(&mut self, lines: u64) -> bool {
-        if self.file.is_none() {
-            self.file = std::fs::File::open(&self.path).ok();
-        }
-        let Some(f) = self.file.as_mut() else {
-            return false;
-        };
-        let mut new = Vec::new();
-        f.read_to_end(&mut new).unwrap();
-        // execlog's lines (vCPU 0's), not the mem plugin's.
-        let newlines = |b: &[u8]| b.windows(4).filter(|w| w == b"\n0, ").count() as u64;
-        match self.kernel_lines.as_mut() {
-            Some(n) => *n += newlines(&new),
-            None => {
-                const NEEDLE: &[u8] = b"\n0, 0xffffffff8";
-                let mut window = std::mem::take(&mut self.tail);
-                window.extend_from_slice(&new);
-                match window.windows(NEEDLE.len()).position(|w| w == NEEDLE) {
-                    Some(at) => self.kernel_lines = Some(newlines(&window[at + 1..])),
-                    None => {
-                        self.tail = window[window.len().saturating_sub(NEEDLE.len())..].to_vec()
-                    }
-                }
-            }
-        }
-        self.kernel_lines.is_some_and(|n| n >= lines)
-    }
 }
 
 /// `trace-query execlog` equals QEMU's own execlog plugin (contrib/plugins/
@@ -260,64 +140,9 @@ fn execlog_cr3_and_accesses_match_qemus_from_the_reset_vector_into_the_64_bit_ke
 
     // Line for line; QEMU's lines may end with `, cr3 -> 0x<16 digits>`
     // (the register changed during that instruction).
-    // Both of QEMU's plugins write to the log: the mem plugin's lines (a
-    // header, then `0x<pc>,<symbol>,0x<vaddr>,0x<paddr>,<bits>,<load or
-    // store>,0x<value>` per access, as it happens) are taken out first.
-    let mut accesses_theirs: Vec<(u64, u64, u64, u8, bool, u128)> = Vec::new();
-    let mut theirs_lines = BufReader::new(std::fs::File::open(&log).unwrap())
-        .lines()
-        .map(|l| l.unwrap())
-        .filter(|l| {
-            if l.starts_with("insn_vaddr,") {
-                return false;
-            }
-            if !l.starts_with("0x") {
-                return true;
-            }
-            let f: Vec<&str> = l.split(',').collect();
-            assert_eq!(f.len(), 7, "{l}");
-            let hex = |s: &str| u128::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
-            let bits: u8 = f[4].parse().unwrap();
-            accesses_theirs.push((
-                hex(f[0]) as u64,
-                hex(f[2]) as u64,
-                hex(f[3]) as u64,
-                bits / 8,
-                f[5] == "store",
-                hex(f[6]),
-            ));
-            false
-        });
-    let mut ours_lines = BufReader::new(std::fs::File::open(&ours).unwrap())
-        .lines()
-        .map(|l| l.unwrap());
-    let mut cr3_changes: Vec<(u64, u64)> = Vec::new(); // (icount, value after it)
-    let (mut n, mut kernel, mut ints, mut irets) = (0u64, 0u64, 0u64, 0u64);
+    let (mut kernel, mut ints, mut irets) = (0u64, 0u64, 0u64);
     let mut seen = std::collections::BTreeSet::new();
-    let mut first = None;
-    loop {
-        let (t, o) = (theirs_lines.next(), ours_lines.next());
-        let (t, o) = match (t, o) {
-            (None, None) => break,
-            (Some(t), Some(o)) => (t, o),
-            (t, o) => panic!("after {n} equal lines, QEMU's log has {t:?}, ours {o:?}"),
-        };
-        let t = match t.rsplit_once(", cr3 -> 0x") {
-            Some((line, value)) => {
-                cr3_changes.push((n, u64::from_str_radix(value, 16).unwrap()));
-                line.to_string()
-            }
-            None => t,
-        };
-        assert!(
-            same_execlog_line_by_map(&t, &o, &map_at_stop),
-            "line {}:\n QEMU: {t}\n ours: {o}",
-            n + 1
-        );
-        if first.is_none() {
-            first = Some(t.clone());
-        }
-        let (insn, accesses) = parse_execlog_line(&t);
+    let window = compare_execlogs(&log, &ours, "cr3", &map_at_stop, |insn, accesses| {
         let text = insn.rsplit_once(", \"").unwrap().1.trim_end_matches('"');
         kernel += u64::from(insn.starts_with("0, 0xffffffff8"));
         ints += u64::from(text.starts_with("int "));
@@ -332,12 +157,11 @@ fn execlog_cr3_and_accesses_match_qemus_from_the_reset_vector_into_the_64_bit_ke
                 seen.insert(want);
             }
         }
-        n += 1;
-    }
-    drop(theirs_lines);
+    });
+    let n = window.lines;
     // The x86 reset vector, in 16-bit real mode.
     assert_eq!(
-        first.as_deref(),
+        window.first.as_deref(),
         Some("0, 0xfffffff0, 0xe05bea, \"ljmpw $0xf000:$0xe05b\"")
     );
     assert!(
@@ -350,59 +174,11 @@ fn execlog_cr3_and_accesses_match_qemus_from_the_reset_vector_into_the_64_bit_ke
     assert!(irets > ints, "{irets} iret, {ints} int");
 
     // The ASID is CR3: the value QEMU's execlog read before each access's
-    // instruction (0 from reset, then each change it reported).
-    assert!(cr3_changes.len() >= 2, "{cr3_changes:?}");
-    let cr3_at = |icount: u64| {
-        let i = cr3_changes.partition_point(|&(at, _)| at < icount);
-        if i == 0 {
-            0
-        } else {
-            cr3_changes[i - 1].1
-        }
-    };
-    let mem = columns(&dir, "mem", &["icount", "asid"]).unwrap();
-    let (icounts, asids) = (u64s(&mem, "icount"), u64s(&mem, "asid"));
-    assert!(icounts.len() > 1_000_000, "{} mem rows", icounts.len());
-    let mut last = (0, 0);
-    for (&icount, &asid) in icounts.iter().zip(&asids) {
-        assert_eq!(asid, cr3_at(icount), "the access at icount {icount}");
-        last = last.max((icount, asid));
-    }
-    let final_cr3 = cr3_changes.last().unwrap().1;
-    assert!(last.0 > cr3_changes.last().unwrap().0);
-    assert_eq!((last.1, final_cr3), (cr3_at_stop, cr3_at_stop));
-    assert_eq!(stat(&dir, "events_lost", Some(0)), 0);
-
-    // Every access, in order, as QEMU's mem plugin printed it: pc, virtual
-    // and physical address, size, load or store, and the value.
-    let mem = columns(
-        &dir,
-        "mem",
-        &["pc", "type", "vaddr", "paddr", "size", "value", "value_hi"],
-    )
-    .unwrap();
-    let (pc, vaddr, paddr) = (u64s(&mem, "pc"), u64s(&mem, "vaddr"), u64s(&mem, "paddr"));
-    let size = mem.column("size").unwrap().u8().unwrap();
-    let ty = mem.column("type").unwrap().str().unwrap();
-    let value = mem.column("value").unwrap().u64().unwrap();
-    let value_hi = mem.column("value_hi").unwrap().u64().unwrap();
-    assert_eq!(accesses_theirs.len(), mem.height(), "accesses");
-    for (i, theirs) in accesses_theirs.iter().enumerate() {
-        let value =
-            u128::from(value.get(i).unwrap()) | u128::from(value_hi.get(i).unwrap_or(0)) << 64;
-        let ours = (
-            pc[i],
-            vaddr[i],
-            paddr[i],
-            size.get(i).unwrap(),
-            ty.get(i) == Some("W"),
-            value,
-        );
-        assert_eq!(
-            &ours, theirs,
-            "access {i} (pc, vaddr, paddr, size, store, value)"
-        );
-    }
+    // instruction (0 from reset, then each change it reported), the last
+    // one `info registers`'; and every access, in order, as QEMU's mem
+    // plugin printed it: pc, virtual and physical address, size, load or
+    // store, and the value.
+    check_window_accesses(&dir, &window, cr3_at_stop);
     for p in [&log, &ours] {
         let _ = std::fs::remove_file(p);
     }
@@ -432,71 +208,6 @@ fn kernel_physical_range(vmlinux: &Path) -> (u64, u64) {
 /// file, counted and checksummed in user space (`seq 1 2000 | md5sum`).
 const WORKLOAD_LINE: &str =
     "trace-collector x86 guest: x86_64 2000 lines, md5 ea4d0a24dabcaa11f9aa979b872d162b";
-
-/// A whole boot, to the guest's power-off, captured (`mem`, `mmio`) with
-/// QEMU's mem plugin counting in the same run.
-struct Boot {
-    dir: PathBuf,
-    /// QEMU's mem plugin's counts: RAM and I/O accesses.
-    ram: u64,
-    io: u64,
-    /// `info registers` and `info mtree -f` once the guest powered off.
-    registers: String,
-    mtree: String,
-}
-
-/// Boots the guest (with `extra` QEMU options), kept after its power-off
-/// (`-no-shutdown`) to ask QEMU's monitor, then ended; checks the
-/// workload's line on the console.
-fn boot(name: &str, extra: &[&str]) -> Boot {
-    let dir = capture_dir(name);
-    let counts = dir.with_extension("qemu-mem.log");
-    let sock = dir.with_extension("qmp");
-    for p in [&counts, &sock] {
-        let _ = std::fs::remove_file(p);
-    }
-    let marker = processes::marker(name);
-    let _reaper = Reaper(marker.clone());
-    let mut options: Vec<String> = vec![
-        "-no-shutdown".into(),
-        "-plugin".into(),
-        format!("{},callback=true,haddr=true", qemu_plugin("mem").display()),
-        "-d".into(),
-        "plugin".into(),
-        "-D".into(),
-        counts.display().to_string(),
-    ];
-    options.extend(extra.iter().map(|s| s.to_string()));
-    let qemu = x86_qemu(&marker, Some(&sock), &options);
-    let mut run = start_run(&dir, "mem,mmio", &qemu);
-    let mut qmp = Qmp::connect(&sock, Duration::from_secs(30));
-    wait_until(Duration::from_secs(900), "the guest's power-off", || {
-        std::thread::sleep(Duration::from_millis(200));
-        qmp.status() == "shutdown"
-    });
-    let registers = qmp.hmp("info registers");
-    let mtree = qmp.hmp("info mtree -f");
-    qmp.quit();
-    finish(&mut run);
-    let console = std::fs::read_to_string(dir.with_extension("stdout")).unwrap();
-    assert!(console.contains(WORKLOAD_LINE), "{console}");
-    // QEMU's mem plugin prints `mem accesses: N` (RAM) and `io accesses: M`.
-    let text = std::fs::read_to_string(&counts).unwrap();
-    let count = |what: &str| -> u64 {
-        let line = text
-            .lines()
-            .find_map(|l| l.strip_prefix(what))
-            .unwrap_or_else(|| panic!("no {what:?} in {text}"));
-        line.trim().parse().unwrap()
-    };
-    Boot {
-        ram: count("mem accesses:"),
-        io: count("io accesses:"),
-        dir,
-        registers,
-        mtree,
-    }
-}
 
 /// The whole boot, to the guest's own `poweroff -f`, captured with `mem`
 /// and `mmio`, with QEMU's mem plugin (tests/tcg/plugins/mem.c,
@@ -529,7 +240,7 @@ fn boot_counts_cr3_and_mmio_match_qemus() {
         io,
         registers,
         mtree,
-    } = boot("x86-boot", &[]);
+    } = boot("x86-boot", x86_qemu, &[], WORKLOAD_LINE);
     let cr3_at_poweroff = cr3_of(&registers);
     let map_after = MemoryMap::parse(&mtree).unwrap();
     assert!(ram > 100_000_000 && io > 1_000, "{ram} RAM, {io} I/O");
@@ -549,7 +260,7 @@ fn boot_counts_cr3_and_mmio_match_qemus() {
     // User space: lower-half code after the kernel started, outside the
     // kernel image's physical range (its boot code runs identity-mapped
     // there for a while after its first 64-bit instruction).
-    let (lo, hi) = kernel_physical_range(&guest().join("vmlinux"));
+    let (lo, hi) = kernel_physical_range(&guest("x86-guest.sh").join("vmlinux"));
     let user = format!(
         "icount > {kernel_start} and pc < 0x800000000000 and vaddr < 0x800000000000 \
          and (pc < {lo} or pc >= {hi})"
@@ -729,7 +440,7 @@ fn bufmon_finds_the_fill_process_buffer_in_its_own_address_space(dir: &Path, use
 /// recorded is page-aligned, the second vCPU's first one 0.
 #[test]
 fn two_vcpus_boot_counts_match_qemus() {
-    let Boot { dir, ram, io, .. } = boot("x86-boot-smp2", &["-smp", "2"]);
+    let Boot { dir, ram, io, .. } = boot("x86-boot-smp2", x86_qemu, &["-smp", "2"], WORKLOAD_LINE);
     assert!(ram > 100_000_000 && io > 1_000, "{ram} RAM, {io} I/O");
     assert_eq!(stat(&dir, "rows.mem", None), ram + io);
     assert_eq!(stat(&dir, "rows.mmio", None), io);
@@ -767,7 +478,7 @@ fn pc_machine_boot_counts_and_devices_match_qemus() {
         io,
         mtree,
         ..
-    } = boot("x86-boot-pc", &["-M", "pc"]);
+    } = boot("x86-boot-pc", x86_qemu, &["-M", "pc"], WORKLOAD_LINE);
     assert!(ram > 100_000_000 && io > 1_000, "{ram} RAM, {io} I/O");
     assert_eq!(stat(&dir, "rows.mem", None), ram + io);
     assert_eq!(stat(&dir, "rows.mmio", None), io);
