@@ -11,6 +11,8 @@
 #   - capnproto (the Cap'n Proto schema compiler used by schema/build.rs)
 #   - QEMU's execlog and mem plugins, built from the installed QEMU's source (qemu-execlog.sh)
 #   - the x86-64 test guest: Debian's amd64 kernel and a busybox initramfs (x86-guest.sh)
+#   - the arm64 test guest: Debian's arm64 kernel and a busybox initramfs
+#     (arm64-guest.sh, the benchmark's inputs)
 #   - the RISC-V 64 test guest: Debian trixie's riscv64 kernel and a busybox
 #     initramfs (riscv-guest.sh)
 #   - Perfetto's compiled trace protos (the `perfetto` Python package, pinned
@@ -86,6 +88,7 @@ bash "$(dirname "$0")/qemu-execlog.sh" mem >/dev/null
 
 # The x86-64 test guest (Debian's kernel and busybox, cached).
 bash "$(dirname "$0")/x86-guest.sh" >/dev/null
+bash "$(dirname "$0")/arm64-guest.sh" >/dev/null
 # The RISC-V 64 test guest (Debian trixie's kernel and busybox, cached).
 bash "$(dirname "$0")/riscv-guest.sh" >/dev/null
 

@@ -1,0 +1,111 @@
+//! An arm64 Linux guest on Arm's `virt` board with a PCI device whose BAR
+//! the guest assigns (issue 18): Debian's arm64 kernel (scripts/arm64-guest.sh)
+//! boots with `-device pci-serial`, whose 8-byte I/O BAR Linux places in
+//! the PCI I/O window, and whose driver (8250_pci, built in) then talks to
+//! it. Before the boot, QEMU's memory map shows the window whole
+//! (`gpex_ioport_window`); the collector, meeting accesses the plugin API
+//! names otherwise, reads the map again, and names them `serial`.
+
+use std::path::Path;
+use trace_format::memory_map::{short_name, versions, MemoryMap};
+use trace_tests::guest::*;
+use trace_tests::*;
+
+/// The console line of the guest's /init (benches/fetch-inputs.sh).
+const WORKLOAD_LINE: &str = "trace-collector bench: booted";
+
+/// `qemu-system-aarch64 -M virt` booting the guest, with QMP at `qmp`.
+fn virt_qemu(marker: &str, qmp: Option<&Path>, extra: &[String]) -> Vec<String> {
+    let g = guest("arm64-guest.sh");
+    let mut cmd: Vec<String> = [
+        "qemu-system-aarch64",
+        "-name",
+        marker,
+        "-M",
+        "virt",
+        "-cpu",
+        "cortex-a57",
+        "-m",
+        "512",
+        "-nographic",
+        "-nic",
+        "none",
+        "-monitor",
+        "none",
+        "-append",
+        "console=ttyAMA0 panic=-1 quiet rdinit=/init",
+        "-device",
+        "pci-serial",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    cmd.extend([
+        "-kernel".to_string(),
+        g.join("Image").display().to_string(),
+        "-initrd".to_string(),
+        g.join("initrd.cpio.gz").display().to_string(),
+    ]);
+    if let Some(qmp) = qmp {
+        cmd.push("-qmp".into());
+        cmd.push(format!("unix:{},server=on,wait=off", qmp.display()));
+    }
+    cmd.extend(extra.iter().cloned());
+    cmd
+}
+
+/// The whole boot: `mem` and `mmio` rows are exactly what QEMU's mem plugin
+/// counted, and every MMIO row's `region` is QEMU's region at its address
+/// in the map after the boot, and its `device` that region's (short) name:
+/// the BAR the guest assigned included, which the map before the boot did
+/// not have (there, the window's own region): mtree.txt holds the version
+/// that has it.
+#[test]
+fn a_pci_bar_the_guest_assigns_is_named_from_the_map_in_force() {
+    let Boot {
+        dir,
+        ram,
+        io,
+        mtree,
+        ..
+    } = boot("virt-pci", virt_qemu, &[], WORKLOAD_LINE);
+    assert_eq!(stat(&dir, "rows.mem", None), ram + io);
+    assert_eq!(stat(&dir, "rows.mmio", None), io);
+    assert_eq!(stat(&dir, "events_lost", Some(0)), 0);
+
+    let map_after = MemoryMap::parse(&mtree).unwrap();
+    let mtree_txt = std::fs::read_to_string(dir.join("mtree.txt")).unwrap();
+    let versions = versions(&mtree_txt);
+    let map_first = MemoryMap::parse(versions[0].1).unwrap();
+    let mmio = columns(&dir, "mmio", &["paddr", "region", "device"]).unwrap();
+    let paddr = u64s(&mmio, "paddr");
+    let region = mmio.column("region").unwrap().str().unwrap();
+    let device = mmio.column("device").unwrap().str().unwrap();
+    let mut renamed = std::collections::BTreeMap::new();
+    for (i, &a) in paddr.iter().enumerate() {
+        let after = map_after.region(a).unwrap();
+        let name = after.name.as_str();
+        assert_eq!(region.get(i), Some(name), "{a:#x}");
+        assert_eq!(
+            device.get(i),
+            Some(short_name(name).unwrap_or(name)),
+            "{a:#x}"
+        );
+        let before = map_first.region(a).map(|r| r.name.as_str());
+        if before != Some(name) {
+            *renamed
+                .entry((before.map(str::to_string), name.to_string()))
+                .or_insert(0) += 1;
+        }
+    }
+    // The serial port's BAR, in the I/O window: QEMU's after-boot map has
+    // it there, the map before the boot only the window.
+    let serial: Vec<_> = renamed.keys().collect();
+    assert_eq!(
+        serial,
+        [&(Some("gpex_ioport_window".to_string()), "serial".to_string())],
+        "{renamed:?}"
+    );
+    assert!(versions.len() >= 2, "{} versions", versions.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}
