@@ -623,7 +623,11 @@ impl State {
             for i in before..self.mem.devices.len() {
                 let (row, id) = self.mem.devices[i];
                 let device = self.device(v, id as u16, metas)?;
-                self.notice(device, self.mem.paddr[row as usize]);
+                self.notice(
+                    device,
+                    self.mem.paddr[row as usize],
+                    (v as u32, self.mem.icount[row as usize]),
+                );
                 self.mem.devices[i].1 = device;
                 if self.mmio_on {
                     self.mmio.push_row_of(&self.mem, row as usize, device);
@@ -679,7 +683,7 @@ impl State {
             }
             let device = if io {
                 let device = self.device(v, a.device, metas)?;
-                self.notice(device, a.paddr);
+                self.notice(device, a.paddr, (v as u32, icount));
                 device
             } else {
                 NO_DEVICE
@@ -779,25 +783,26 @@ impl State {
             .collect()
     }
 
-    /// Tells `names` of the first access to capture-wide device `device`.
+    /// Tells `names` of the first access to capture-wide device `device`,
+    /// at `paddr`, made by (vCPU, icount) `at`.
     #[inline]
-    fn notice(&mut self, device: u32, paddr: u64) {
+    fn notice(&mut self, device: u32, paddr: u64, at: (u32, u64)) {
         if device == NO_DEVICE || self.noticed.get(device as usize) == Some(&true) {
             return;
         }
-        self.notice_first(device, paddr);
+        self.notice_first(device, paddr, at);
     }
 
     #[cold]
     #[inline(never)]
-    fn notice_first(&mut self, device: u32, paddr: u64) {
+    fn notice_first(&mut self, device: u32, paddr: u64, at: (u32, u64)) {
         let i = device as usize;
         if self.noticed.len() <= i {
             self.noticed.resize(i + 1, false);
         }
         self.noticed[i] = true;
         if let (Some(names), Some(name)) = (&self.names, self.devices.names().get(i)) {
-            names.noticed(paddr, name);
+            names.noticed(paddr, name, at);
         }
     }
 

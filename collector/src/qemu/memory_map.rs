@@ -247,7 +247,14 @@ impl MapDeviceNames {
 
     /// The names `paddr` gets now: from the last version of the map, read
     /// again first if `paddr` is not I/O in it.
-    fn resolver_for(&self, paddr: u64, plugin_name: &str) -> Arc<DeviceResolver> {
+    /// `at`: the (vCPU, icount) of the access, when known (the drain's;
+    /// a part being written has no single one).
+    fn resolver_for(
+        &self,
+        paddr: u64,
+        plugin_name: &str,
+        at: Option<(u32, u64)>,
+    ) -> Arc<DeviceResolver> {
         let mut state = self.state.lock().unwrap();
         let versions = state.get_or_insert_with(|| self.first_version());
         let why = match versions.current.map.as_ref().and_then(|m| m.region(paddr)) {
@@ -259,7 +266,7 @@ impl MapDeviceNames {
         if let Some(why) = why {
             if self.qmp.is_some() && !versions.gave_up && versions.reread_pages.insert(paddr >> 12)
             {
-                self.read_again(versions, paddr, plugin_name, why);
+                self.read_again(versions, paddr, plugin_name, at, why);
             }
         }
         versions.current.clone()
@@ -296,7 +303,14 @@ impl MapDeviceNames {
     /// Reads the map again over QMP because of an I/O access at `paddr`;
     /// appends it to mtree.txt and makes it current if it differs. A failure
     /// is a warning: names stay those of the version before.
-    fn read_again(&self, versions: &mut Versions, paddr: u64, plugin_name: &str, why: Reread) {
+    fn read_again(
+        &self,
+        versions: &mut Versions,
+        paddr: u64,
+        plugin_name: &str,
+        at: Option<(u32, u64)>,
+        why: Reread,
+    ) {
         let Some(socket) = &self.qmp else { return };
         let read = Qmp::connect(socket, REREAD_CONNECT)
             .and_then(|mut qmp| qmp.human("info mtree -f"))
@@ -332,8 +346,12 @@ impl MapDeviceNames {
                 versions.count
             ),
         };
+        let by = match at {
+            Some((vcpu, icount)) => format!(" (vCPU {vcpu}, icount {icount})"),
+            None => String::new(),
+        };
         let why = format!(
-            "read at {:.3} (seconds since the Unix epoch), for an I/O access at {paddr:#x} \
+            "read at {:.3} (seconds since the Unix epoch), for an I/O access at {paddr:#x}{by} \
              {because}",
             trace_format::Window::now(),
         );
@@ -369,7 +387,7 @@ impl DeviceNames for MapDeviceNames {
         paddr: u64,
         plugin_name: &'a str,
     ) -> (Cow<'a, str>, Option<Cow<'a, str>>) {
-        let resolver = self.resolver_for(paddr, plugin_name);
+        let resolver = self.resolver_for(paddr, plugin_name, None);
         let r = resolver.resolve(paddr, plugin_name);
         (
             Cow::Owned(r.device.to_string()),
@@ -377,8 +395,8 @@ impl DeviceNames for MapDeviceNames {
         )
     }
 
-    fn noticed(&self, paddr: u64, plugin_name: &str) {
-        self.resolver_for(paddr, plugin_name);
+    fn noticed(&self, paddr: u64, plugin_name: &str, at: (u32, u64)) {
+        self.resolver_for(paddr, plugin_name, Some(at));
     }
 }
 

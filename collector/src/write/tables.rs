@@ -27,9 +27,10 @@ pub trait DeviceNames: Send + Sync {
     ) -> (Cow<'a, str>, Option<Cow<'a, str>>);
 
     /// The drain met the first I/O access to a device name new to the
-    /// capture, at `paddr`, while QEMU runs (parts are resolved later, maybe
-    /// after it exited): the moment to learn of a change of its memory map.
-    fn noticed(&self, _paddr: u64, _plugin_name: &str) {}
+    /// capture, at `paddr`, made by (vCPU, icount) `at`, while QEMU runs
+    /// (parts are resolved later, maybe after it exited): the moment to
+    /// learn of a change of its memory map.
+    fn noticed(&self, _paddr: u64, _plugin_name: &str, _at: (u32, u64)) {}
 }
 
 /// The plugin API's name, as is (no memory map): for tests.
