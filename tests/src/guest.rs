@@ -29,6 +29,46 @@ pub fn guest(script: &str) -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
+/// A Linux guest: `qemu` booting `kernel` and `initrd.cpio.gz` of `files`
+/// (a guest script's directory) with the board options `board`, its console
+/// on `console`, no network, no monitor.
+pub struct LinuxGuest<'a> {
+    pub qemu: &'a str,
+    pub board: &'a [&'a str],
+    pub console: &'a str,
+    pub files: PathBuf,
+    pub kernel: &'a str,
+}
+
+impl LinuxGuest<'_> {
+    /// Its QEMU command line, tagged with `marker` (`-name`), with a QMP
+    /// socket for the test at `qmp` if any, then `extra`.
+    pub fn command(&self, marker: &str, qmp: Option<&Path>, extra: &[String]) -> Vec<String> {
+        let mut cmd: Vec<String> = [self.qemu, "-name", marker]
+            .iter()
+            .chain(self.board)
+            .chain(&["-nographic", "-nic", "none", "-monitor", "none"])
+            .map(|s| s.to_string())
+            .collect();
+        cmd.extend([
+            "-append".to_string(),
+            format!("console={} quiet panic=-1 rdinit=/init", self.console),
+            "-kernel".to_string(),
+            self.files.join(self.kernel).display().to_string(),
+            "-initrd".to_string(),
+            self.files.join("initrd.cpio.gz").display().to_string(),
+        ]);
+        if let Some(qmp) = qmp {
+            cmd.extend([
+                "-qmp".to_string(),
+                format!("unix:{},server=on,wait=off", qmp.display()),
+            ]);
+        }
+        cmd.extend(extra.iter().cloned());
+        cmd
+    }
+}
+
 /// `trace-collector run --out DIR --events EVENTS -- QEMU` as a child, its
 /// stdout (QEMU's console) to `DIR.stdout`.
 pub fn start_run(dir: &Path, events: &str, qemu: &[String]) -> processes::Proc {
@@ -133,6 +173,79 @@ impl LogWatch {
             }
         }
         self.kernel_lines.is_some_and(|n| n >= lines)
+    }
+}
+
+/// A guest run under QEMU's execlog (`reg=REG`) and mem
+/// (`print-accesses=true`) plugins, logging into one file, and captured
+/// (`mem,mmio,insn`) in the same QEMU, stopped over QMP once execlog has
+/// logged about 200k lines of the kernel's virtual addresses.
+pub struct ExeclogRun {
+    pub dir: PathBuf,
+    /// QEMU's log (both plugins').
+    pub log: PathBuf,
+    /// `trace-query execlog`'s output.
+    pub ours: PathBuf,
+    /// `info registers` when QEMU stopped.
+    pub registers: String,
+    /// QEMU's memory map when it stopped.
+    pub map: trace_format::memory_map::MemoryMap,
+}
+
+/// Runs `name`'s guest (`qemu(marker, qmp socket, extra options)`) as
+/// [`ExeclogRun`] says.
+pub fn execlog_run(
+    name: &str,
+    qemu: impl Fn(&str, Option<&Path>, &[String]) -> Vec<String>,
+    reg: &str,
+) -> ExeclogRun {
+    let dir = crate::capture_dir(name);
+    let log = dir.with_extension("qemu-execlog.log");
+    let ours = dir.with_extension("ours.log");
+    let sock = dir.with_extension("qmp");
+    for p in [&log, &ours, &sock] {
+        let _ = std::fs::remove_file(p);
+    }
+    let marker = processes::marker(name);
+    let _reaper = Reaper(marker.clone());
+    let qemu = qemu(
+        &marker,
+        Some(&sock),
+        &[
+            "-plugin".into(),
+            format!("{},reg={reg}", qemu_plugin("execlog").display()),
+            "-plugin".into(),
+            format!("{},print-accesses=true", qemu_plugin("mem").display()),
+            "-d".into(),
+            "plugin".into(),
+            "-D".into(),
+            log.display().to_string(),
+        ],
+    );
+    let mut run = start_run(&dir, "mem,mmio,insn", &qemu);
+    let mut qmp = Qmp::connect(&sock, Duration::from_secs(30));
+    let mut watch = LogWatch::new(&log);
+    wait_until(
+        Duration::from_secs(600),
+        "QEMU's execlog to reach the kernel's virtual addresses",
+        || {
+            std::thread::sleep(Duration::from_millis(100));
+            watch.kernel_lines_at_least(200_000)
+        },
+    );
+    qmp.execute("stop", serde_json::json!({}));
+    let registers = qmp.hmp("info registers");
+    let map = trace_format::memory_map::MemoryMap::parse(&qmp.hmp("info mtree -f")).unwrap();
+    qmp.quit();
+    finish(&mut run);
+    let d = dir.display().to_string();
+    query_to_file(&["execlog", "--trace", &d], &ours);
+    ExeclogRun {
+        dir,
+        log,
+        ours,
+        registers,
+        map,
     }
 }
 

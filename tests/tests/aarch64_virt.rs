@@ -16,42 +16,23 @@ const WORKLOAD_LINE: &str = "trace-collector bench: booted";
 
 /// `qemu-system-aarch64 -M virt` booting the guest, with QMP at `qmp`.
 fn virt_qemu(marker: &str, qmp: Option<&Path>, extra: &[String]) -> Vec<String> {
-    let g = guest("arm64-guest.sh");
-    let mut cmd: Vec<String> = [
-        "qemu-system-aarch64",
-        "-name",
-        marker,
-        "-M",
-        "virt",
-        "-cpu",
-        "cortex-a57",
-        "-m",
-        "512",
-        "-nographic",
-        "-nic",
-        "none",
-        "-monitor",
-        "none",
-        "-append",
-        "console=ttyAMA0 panic=-1 quiet rdinit=/init",
-        "-device",
-        "pci-serial",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    cmd.extend([
-        "-kernel".to_string(),
-        g.join("Image").display().to_string(),
-        "-initrd".to_string(),
-        g.join("initrd.cpio.gz").display().to_string(),
-    ]);
-    if let Some(qmp) = qmp {
-        cmd.push("-qmp".into());
-        cmd.push(format!("unix:{},server=on,wait=off", qmp.display()));
+    LinuxGuest {
+        qemu: "qemu-system-aarch64",
+        board: &[
+            "-M",
+            "virt",
+            "-cpu",
+            "cortex-a57",
+            "-m",
+            "512",
+            "-device",
+            "pci-serial",
+        ],
+        console: "ttyAMA0",
+        files: guest("arm64-guest.sh"),
+        kernel: "Image",
     }
-    cmd.extend(extra.iter().cloned());
-    cmd
+    .command(marker, qmp, extra)
 }
 
 /// The whole boot: `mem` and `mmio` rows are exactly what QEMU's mem plugin

@@ -17,51 +17,21 @@
 //! not capstone), which the execlog comparison checks line for line.
 
 use std::path::Path;
-use std::time::Duration;
 use trace_format::memory_map::{short_name, versions, MemoryMap};
 use trace_tests::guest::*;
-use trace_tests::processes::{self, wait_until, Reaper};
-use trace_tests::qmp::Qmp;
 use trace_tests::*;
 
 /// The QEMU command line of the guest, tagged with `marker` (`-name`),
 /// with a QMP socket for the test at `qmp` if any, then `extra`.
 fn riscv_qemu(marker: &str, qmp: Option<&Path>, extra: &[String]) -> Vec<String> {
-    let g = guest("riscv-guest.sh");
-    let mut cmd: Vec<String> = [
-        "qemu-system-riscv64",
-        "-name",
-        marker,
-        "-M",
-        "virt",
-        "-m",
-        "512",
-        "-nographic",
-        "-no-reboot",
-        "-nic",
-        "none",
-        "-monitor",
-        "none",
-        "-append",
-        "console=ttyS0 quiet panic=-1 rdinit=/init",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    cmd.extend([
-        "-kernel".to_string(),
-        g.join("Image").display().to_string(),
-        "-initrd".to_string(),
-        g.join("initrd.cpio.gz").display().to_string(),
-    ]);
-    if let Some(qmp) = qmp {
-        cmd.extend([
-            "-qmp".to_string(),
-            format!("unix:{},server=on,wait=off", qmp.display()),
-        ]);
+    LinuxGuest {
+        qemu: "qemu-system-riscv64",
+        board: &["-M", "virt", "-m", "512", "-no-reboot"],
+        console: "ttyS0",
+        files: guest("riscv-guest.sh"),
+        kernel: "Image",
     }
-    cmd.extend(extra.iter().cloned());
-    cmd
+    .command(marker, qmp, extra)
 }
 
 /// `satp` in `info registers`' output (a line ` satp     a000000000081fcb`).
@@ -107,50 +77,17 @@ fn satp_asid(satp: u64) -> u64 {
 /// physical address, size, load or store, and the value.
 #[test]
 fn execlog_satp_and_accesses_match_qemus_from_reset_into_the_kernel() {
-    let dir = capture_dir("riscv-execlog");
-    let log = dir.with_extension("qemu-execlog.log");
-    let ours = dir.with_extension("ours.log");
-    let sock = dir.with_extension("qmp");
-    for p in [&log, &ours, &sock] {
-        let _ = std::fs::remove_file(p);
-    }
-    let marker = processes::marker("riscv-execlog");
-    let _reaper = Reaper(marker.clone());
-    let qemu = riscv_qemu(
-        &marker,
-        Some(&sock),
-        &[
-            "-plugin".into(),
-            format!("{},reg=satp", qemu_plugin("execlog").display()),
-            "-plugin".into(),
-            format!("{},print-accesses=true", qemu_plugin("mem").display()),
-            "-d".into(),
-            "plugin".into(),
-            "-D".into(),
-            log.display().to_string(),
-        ],
-    );
-    let mut run = start_run(&dir, "mem,mmio,insn", &qemu);
-    let mut qmp = Qmp::connect(&sock, Duration::from_secs(30));
-    let mut watch = LogWatch::new(&log);
-    wait_until(
-        Duration::from_secs(600),
-        "QEMU's execlog to reach the kernel's virtual addresses",
-        || {
-            std::thread::sleep(Duration::from_millis(100));
-            watch.kernel_lines_at_least(200_000)
-        },
-    );
-    qmp.execute("stop", serde_json::json!({}));
-    let satp_at_stop = satp_of(&qmp.hmp("info registers"));
-    let map_at_stop = MemoryMap::parse(&qmp.hmp("info mtree -f")).unwrap();
-    qmp.quit();
-    finish(&mut run);
-    let d = dir.display().to_string();
-    query_to_file(&["execlog", "--trace", &d], &ours);
+    let ExeclogRun {
+        dir,
+        log,
+        ours,
+        registers,
+        map,
+    } = execlog_run("riscv-execlog", riscv_qemu, "satp");
+    let satp_at_stop = satp_of(&registers);
 
     let (mut kernel, mut compressed, mut mrets) = (0u64, 0u64, 0u64);
-    let window = compare_execlogs(&log, &ours, "satp", &map_at_stop, |insn, _| {
+    let window = compare_execlogs(&log, &ours, "satp", &map, |insn, _| {
         let mut fields = insn.splitn(4, ", ");
         let (_, pc, opcode) = (
             fields.next(),

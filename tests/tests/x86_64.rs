@@ -14,53 +14,22 @@
 //! own call, over a whole boot.
 
 use std::path::Path;
-use std::time::Duration;
 use trace_format::memory_map::{short_name, versions, MemoryMap};
 use trace_tests::guest::*;
-use trace_tests::processes::{self, wait_until, Reaper};
-use trace_tests::qmp::Qmp;
+use trace_tests::processes::{self, Reaper};
 use trace_tests::*;
 
 /// The QEMU command line of the guest, tagged with `marker` (`-name`),
 /// with a QMP socket for the test at `qmp` if any, then `extra`.
 fn x86_qemu(marker: &str, qmp: Option<&Path>, extra: &[String]) -> Vec<String> {
-    let g = guest("x86-guest.sh");
-    let mut cmd: Vec<String> = [
-        "qemu-system-x86_64",
-        "-name",
-        marker,
-        "-M",
-        "q35",
-        "-m",
-        "256",
-        "-nographic",
-        "-no-reboot",
-        "-nic",
-        "none",
-        "-vga",
-        "none",
-        "-monitor",
-        "none",
-        "-append",
-        "console=ttyS0 quiet panic=-1 rdinit=/init",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    cmd.extend([
-        "-kernel".to_string(),
-        g.join("vmlinux").display().to_string(),
-        "-initrd".to_string(),
-        g.join("initrd.cpio.gz").display().to_string(),
-    ]);
-    if let Some(qmp) = qmp {
-        cmd.extend([
-            "-qmp".to_string(),
-            format!("unix:{},server=on,wait=off", qmp.display()),
-        ]);
+    LinuxGuest {
+        qemu: "qemu-system-x86_64",
+        board: &["-M", "q35", "-m", "256", "-no-reboot", "-vga", "none"],
+        console: "ttyS0",
+        files: guest("x86-guest.sh"),
+        kernel: "vmlinux",
     }
-    cmd.extend(extra.iter().cloned());
-    cmd
+    .command(marker, qmp, extra)
 }
 
 /// CR3 in `info registers`' output (`... CR3=0000000002a10000 ...`).
@@ -96,53 +65,20 @@ fn cr3_of(registers: &str) -> u64 {
 /// store, and the value loaded or stored.
 #[test]
 fn execlog_cr3_and_accesses_match_qemus_from_the_reset_vector_into_the_64_bit_kernel() {
-    let dir = capture_dir("x86-execlog");
-    let log = dir.with_extension("qemu-execlog.log");
-    let ours = dir.with_extension("ours.log");
-    let sock = dir.with_extension("qmp");
-    for p in [&log, &ours, &sock] {
-        let _ = std::fs::remove_file(p);
-    }
-    let marker = processes::marker("x86-execlog");
-    let _reaper = Reaper(marker.clone());
-    let qemu = x86_qemu(
-        &marker,
-        Some(&sock),
-        &[
-            "-plugin".into(),
-            format!("{},reg=cr3", qemu_plugin("execlog").display()),
-            "-plugin".into(),
-            format!("{},print-accesses=true", qemu_plugin("mem").display()),
-            "-d".into(),
-            "plugin".into(),
-            "-D".into(),
-            log.display().to_string(),
-        ],
-    );
-    let mut run = start_run(&dir, "mem,mmio,insn", &qemu);
-    let mut qmp = Qmp::connect(&sock, Duration::from_secs(30));
-    let mut watch = LogWatch::new(&log);
-    wait_until(
-        Duration::from_secs(600),
-        "QEMU's execlog to reach the 64-bit kernel",
-        || {
-            std::thread::sleep(Duration::from_millis(100));
-            watch.kernel_lines_at_least(200_000)
-        },
-    );
-    qmp.execute("stop", serde_json::json!({}));
-    let cr3_at_stop = cr3_of(&qmp.hmp("info registers"));
-    let map_at_stop = MemoryMap::parse(&qmp.hmp("info mtree -f")).unwrap();
-    qmp.quit();
-    finish(&mut run);
-    let d = dir.display().to_string();
-    query_to_file(&["execlog", "--trace", &d], &ours);
+    let ExeclogRun {
+        dir,
+        log,
+        ours,
+        registers,
+        map,
+    } = execlog_run("x86-execlog", x86_qemu, "cr3");
+    let cr3_at_stop = cr3_of(&registers);
 
     // Line for line; QEMU's lines may end with `, cr3 -> 0x<16 digits>`
     // (the register changed during that instruction).
     let (mut kernel, mut ints, mut irets) = (0u64, 0u64, 0u64);
     let mut seen = std::collections::BTreeSet::new();
-    let window = compare_execlogs(&log, &ours, "cr3", &map_at_stop, |insn, accesses| {
+    let window = compare_execlogs(&log, &ours, "cr3", &map, |insn, accesses| {
         let text = insn.rsplit_once(", \"").unwrap().1.trim_end_matches('"');
         kernel += u64::from(insn.starts_with("0, 0xffffffff8"));
         ints += u64::from(text.starts_with("int "));
