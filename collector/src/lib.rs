@@ -208,15 +208,17 @@ pub fn attach(args: &AttachArgs) -> Result<Summary> {
         )),
         show_progress: args.show_progress,
         append,
-        events: args.events,
-        overflow: args.overflow,
-        duration: args.duration,
-        until_pc: args.until_pc,
-        until_ranges,
-        until_icount: args.until_icount,
-        max_events: args.max_events,
-        from_pc: args.from_pc,
-        from_ranges,
+        window: session::WindowRequest {
+            events: args.events,
+            overflow: args.overflow,
+            duration: args.duration,
+            until_pc: args.until_pc,
+            until_ranges,
+            until_icount: args.until_icount,
+            max_events: args.max_events,
+            from_pc: args.from_pc,
+            from_ranges,
+        },
     };
     let mut captured = session::capture(&seg, &setup, session::Owner::Attach, signals)?;
     match fetch {

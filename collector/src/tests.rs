@@ -26,15 +26,7 @@ fn setup(out: &Path, part_rows: usize) -> CaptureSetup {
         names: Arc::new(PluginDeviceNames),
         show_progress: false,
         append: None,
-        events: None,
-        overflow: None,
-        duration: None,
-        until_pc: None,
-        until_ranges: Vec::new(),
-        until_icount: None,
-        max_events: None,
-        from_pc: None,
-        from_ranges: Vec::new(),
+        window: Default::default(),
     }
 }
 

@@ -49,6 +49,15 @@ pub struct CaptureSetup {
     /// `--append`: the capture.json of the capture in `out` to continue
     /// (`None`: `out` holds no capture, start one).
     pub append: Option<CaptureJson>,
+    /// What `attach` asks for this capture (`run`: the default, the
+    /// shim's own options from QEMU's first instruction to its exit).
+    pub window: WindowRequest,
+}
+
+/// What a collector that attaches asks of this capture: what to record and
+/// where its window starts and ends.
+#[derive(Clone, Debug, Default)]
+pub struct WindowRequest {
     /// `attach --events`: what the shim is to record (`None`: its `events`
     /// option).
     pub events: Option<EventSet>,
@@ -160,7 +169,7 @@ pub fn capture(
     let started = Instant::now();
     let header = seg.header();
     let options = header.options();
-    let events = match setup.events {
+    let events = match setup.window.events {
         Some(e) => e,
         None => shim_events(&options)?,
     };
@@ -178,20 +187,20 @@ pub fn capture(
     trace_schema::attach::set_request(
         header,
         &trace_schema::attach::Request {
-            events: setup.events,
-            overflow: setup.overflow,
-            stop_at_pc: setup.until_pc,
-            stop_ranges: &setup.until_ranges,
-            start_at_pc: setup.from_pc,
-            start_ranges: &setup.from_ranges,
+            events: setup.window.events,
+            overflow: setup.window.overflow,
+            stop_at_pc: setup.window.until_pc,
+            stop_ranges: &setup.window.until_ranges,
+            start_at_pc: setup.window.from_pc,
+            start_ranges: &setup.window.from_ranges,
         },
     );
     let n_vcpus = seg.view().geometry.n_vcpus;
     let window_end = WindowEnd::new(
         n_vcpus as usize,
         events,
-        setup.until_icount,
-        setup.max_events,
+        setup.window.until_icount,
+        setup.window.max_events,
     )
     .map_err(|e| anyhow!(e))?;
     if setup.append.is_some() && !window_end.is_open_ended() {
@@ -260,6 +269,7 @@ pub fn capture(
         shim_options: options.clone(),
         events: events.to_option(),
         overflow: setup
+            .window
             .overflow
             .unwrap_or_else(|| shim_overflow(&options))
             .as_str()
@@ -318,9 +328,9 @@ pub fn capture(
         signals,
         json: &json,
         flush_every: setup.flush_every,
-        deadline: setup.duration.map(|d| started + d),
-        duration: setup.duration,
-        armed: setup.from_pc.is_some() || !setup.from_ranges.is_empty(),
+        deadline: setup.window.duration.map(|d| started + d),
+        duration: setup.window.duration,
+        armed: setup.window.from_pc.is_some() || !setup.window.from_ranges.is_empty(),
         events,
         warned_not_instrumented: false,
         progress: &mut progress,

@@ -267,15 +267,7 @@ pub fn run(args: &RunArgs, signals: &AtomicU32) -> Result<Summary> {
             )),
             show_progress: args.show_progress,
             append: None,
-            events: None,
-            overflow: None,
-            duration: None,
-            until_pc: None,
-            until_ranges: Vec::new(),
-            until_icount: None,
-            max_events: None,
-            from_pc: None,
-            from_ranges: Vec::new(),
+            window: session::WindowRequest::default(),
         };
         let captured = session::capture(&seg, &setup, Owner::Run { child: pid }, signals)?;
         Ok((captured, mtree))
