@@ -29,6 +29,9 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 GUEST="${X86_GUEST:-$HOME/.cache/trace-collector/x86-guest}"
+NAME=x86-guest
+# shellcheck source=guest-lib.sh
+. "$REPO/scripts/guest-lib.sh"
 mkdir -p "$GUEST"
 cd "$GUEST"
 
@@ -42,42 +45,11 @@ if [ -s vmlinuz ] && [ -s vmlinux ] && [ -s initrd.cpio.gz ] && [ -s versions ] 
     exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-if ! command -v cpio >/dev/null || ! command -v xz >/dev/null; then
-    echo "x86-guest: installing cpio and xz-utils" >&2
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends cpio xz-utils >/dev/null \
-        || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends cpio xz-utils >/dev/null; }
-fi
-
-# The mirror this machine installs bookworm from (else Debian's).
-uri=$(apt-get indextargets --format '$(REPO_URI)' "Release: bookworm" 2>/dev/null | head -n1 || true)
-uri=${uri:-http://deb.debian.org/debian/}
-
-# A private apt state for bookworm's amd64 packages: its own sources list,
-# lists and archives in the cache, no dpkg state.
-APT_DIR="$GUEST/apt"
-mkdir -p "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial"
-echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri bookworm main" >"$APT_DIR/sources.list"
-APT_OPTS=(
-    -o APT::Architecture=amd64 -o APT::Architectures::=amd64
-    -o "Dir::Etc::SourceList=$APT_DIR/sources.list" -o Dir::Etc::SourceParts=/dev/null
-    -o "Dir::State::Lists=$APT_DIR/lists" -o "Dir::Cache=$APT_DIR/cache"
-    -o Dir::State::status=/dev/null -o Debug::NoLocking=1
-    -o APT::Sandbox::User=root
-)
-echo "x86-guest: updating bookworm's package lists (private, under $APT_DIR)" >&2
-apt-get "${APT_OPTS[@]}" update -qq >/dev/null
-
 work=$(mktemp -d "$GUEST/.work.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
 # ---------------------------------------------------------------- the kernel
-pkg=$(apt-cache "${APT_OPTS[@]}" depends linux-image-amd64 \
-    | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-[ -n "$pkg" ] || { echo "x86-guest: cannot resolve linux-image-amd64's kernel package" >&2; exit 1; }
-echo "x86-guest: downloading $pkg and busybox-static" >&2
-(cd "$work" && apt-get "${APT_OPTS[@]}" download -qq "$pkg:amd64" busybox-static:amd64 >/dev/null)
+guest_download bookworm amd64 "$work"
 dpkg-deb --fsys-tarfile "$work"/linux-image-*.deb \
     | tar -x -C "$work" --wildcards './boot/vmlinuz-*'
 cp "$(ls "$work"/boot/vmlinuz-* | head -n1)" "$work/vmlinuz"
@@ -97,32 +69,12 @@ fi
 head -c $((start + payload_length)) "$work/vmlinuz" | tail -c +$((start + 1)) | xz -dc --single-stream > "$work/vmlinux"
 
 # ------------------------------------------------------------- the initramfs
-dpkg-deb -x "$work"/busybox-static_*.deb "$work/deb"
-root="$work/root"
-mkdir -p "$root/bin" "$root/dev" "$root/proc" "$root/sys" "$root/tmp"
-cp "$work/deb/bin/busybox" "$root/bin/busybox"
+guest_root "$work"
 # A process whose buffer a test asks bufmon for (its address is fixed: static,
 # not position-independent).
-gcc -static -no-pie -O1 -o "$root/bin/fill" "$REPO/tests/guest/fill.c"
-ln -s busybox "$root/bin/sh"
-# The workload: a file written and read back in user space (tmpfs), its
-# checksum printed, then the machine powered off by the kernel.
-cat > "$root/init" <<'EOF'
-#!/bin/busybox sh
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t tmpfs tmpfs /tmp
-/bin/busybox seq 1 2000 > /tmp/numbers
-/bin/busybox echo "trace-collector x86 guest: $(/bin/busybox uname -m) $(/bin/busybox wc -l < /tmp/numbers) lines, md5 $(/bin/busybox md5sum < /tmp/numbers | /bin/busybox cut -d' ' -f1)"
-/bin/fill
-/bin/busybox poweroff -f
-EOF
-chmod 755 "$root/init"
-(cd "$root" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --owner=0:0 --quiet) \
-    | gzip -9n > "$work/initrd.cpio.gz"
+gcc -static -no-pie -O1 -o "$work/root/bin/fill" "$REPO/tests/guest/fill.c"
+guest_initramfs "$work" x86 /bin/fill
 
-for deb in "$work"/linux-image-*.deb "$work"/busybox-static_*.deb; do
-    dpkg-deb --showformat='${Package}:${Architecture} ${Version}\n' -W "$deb"
-done > "$work/versions"
 mv "$work/vmlinuz" vmlinuz
 mv "$work/vmlinux" vmlinux
 mv "$work/initrd.cpio.gz" initrd.cpio.gz
