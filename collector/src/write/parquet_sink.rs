@@ -227,18 +227,31 @@ impl PartSink {
 
     /// Waits until every part handed over is written and in place.
     pub fn finish(mut self) -> Result<()> {
-        let committer = self.committer.take().expect("finish called twice");
+        self.shut_down()?;
+        match self.progress.error.lock().unwrap().clone() {
+            Some(e) => Err(anyhow!("{e}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Lets the threads write and put in place what was handed over, and
+    /// joins them; a second call does nothing.
+    fn shut_down(&mut self) -> Result<()> {
+        let Some(committer) = self.committer.take() else {
+            return Ok(());
+        };
+        let mut panicked = None;
         for e in std::mem::take(&mut self.encoders) {
             drop(e.queue);
             e.thread.thread().unpark();
-            e.thread
-                .join()
-                .map_err(|_| anyhow!("a Parquet encoder thread panicked"))?;
+            if e.thread.join().is_err() {
+                panicked = Some(anyhow!("a Parquet encoder thread panicked"));
+            }
         }
         committer.thread().unpark();
-        committer
-            .join()
-            .map_err(|_| anyhow!("the Parquet committer thread panicked"))?;
+        if committer.join().is_err() {
+            panicked = Some(anyhow!("the Parquet committer thread panicked"));
+        }
         // After a failure, parts encoded but never put in place (the
         // committer stops at the failure, an encoder may finish one after)
         // are temporary files nobody will rename: remove them, as a failed
@@ -246,10 +259,17 @@ impl PartSink {
         if self.progress.failed() {
             remove_temporaries(&self.dir);
         }
-        match self.progress.error.lock().unwrap().clone() {
-            Some(e) => Err(anyhow!("{e}")),
-            None => Ok(()),
-        }
+        panicked.map_or(Ok(()), Err)
+    }
+}
+
+/// A sink dropped without `finish` (the drain stopped on an error, for
+/// example when a part could not be handed over because the disk is full)
+/// still ends its threads and removes the temporary files of a failure:
+/// the process may exit right after, and nothing else would.
+impl Drop for PartSink {
+    fn drop(&mut self) {
+        let _ = self.shut_down();
     }
 }
 
@@ -462,4 +482,52 @@ fn write_file(tmp: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<u64
     file.sync_all()
         .with_context(|| format!("cannot sync {}", tmp.display()))?;
     Ok(file.metadata().map(|m| m.len()).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+    use crate::write::tables::{PluginDeviceNames, StatsBatch};
+
+    /// The drain's error path drops the sink without `finish` (a part
+    /// could not be handed over: the disk is full). A part an encoder
+    /// finished after the failure must not stay behind as a temporary file
+    /// once the sink is gone, and what was put in place before stays.
+    #[test]
+    fn a_failed_sink_dropped_without_finish_removes_its_temporary_parts() {
+        let d = TempDir::new("sink-dropped");
+        let mut sink = PartSink::start(
+            d.0.clone(),
+            Arc::new(PluginDeviceNames),
+            [0; 5],
+            2,
+            Committed::default(),
+            Box::new(|_| {}),
+            Box::new(|_| {}),
+        )
+        .unwrap();
+        let devices = DeviceList::default();
+        sink.send(Batch::Stats(StatsBatch::default()), &devices, vec![])
+            .unwrap();
+        while sink.progress().parts_written[Table::Stats.index()].load(Ordering::Relaxed) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // What an encoder still busy at the failure would leave.
+        std::fs::create_dir_all(d.0.join("mem")).unwrap();
+        let late = d.0.join("mem/.part-000003.parquet.tmp");
+        std::fs::write(&late, "encoded after the failure").unwrap();
+        sink.progress.fail(&anyhow!("No space left on device"));
+        let e = sink
+            .send(Batch::Stats(StatsBatch::default()), &devices, vec![])
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("No space left on device"),
+            "{e:#}"
+        );
+
+        drop(sink);
+        assert!(!late.exists());
+        assert!(d.0.join("stats/part-000000.parquet").exists());
+    }
 }
