@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# trace-query against DuckDB, the same group-by over the same Parquet files:
+# trace-query against DuckDB, the same queries over the same Parquet files:
 #
-#   select vcpu, type, count(*), sum(size) from mem group by vcpu, type
+#   the queries of benches/query_bench.py (QUERIES): a group-by over mem, a
+#   filter and a join over mmio, count(*) from insn group by vcpu
 #
 #   bash benches/query-bench.sh                       # 100M synthetic mem rows (generated once, cached)
 #   bash benches/query-bench.sh --rows 20000000       # another size (its own cached directory)
 #   bash benches/query-bench.sh --trace DIR           # a real capture instead (e.g. one e2e.sh kept)
 #   bash benches/query-bench.sh --runs 3
+#   bash benches/query-bench.sh --trace DIR --query insn-count   # one query (repeatable)
+#   bash benches/query-bench.sh --trace DIR --device pl011       # the filter's device (systick)
 #
 # The synthetic table (benches/query_bench.py generate) is written with polars
 # in the collector's format under $BENCH_WORK/query-<rows>/ (about 0.6 GB for
@@ -21,12 +24,15 @@ WORK="${BENCH_WORK:-$HOME/.cache/trace-collector/bench-work}"
 rows=100000000
 runs=5
 trace=""
+queries=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --rows) rows="$2"; shift ;;
         --runs) runs="$2"; shift ;;
         --trace) trace="$2"; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --query) queries+=(--query "$2"); shift ;;
+        --device) queries+=(--device "$2"); shift ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "query-bench.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -54,4 +60,4 @@ if [ -z "$trace" ]; then
 fi
 
 echo "query-bench: load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-python3 "$ROOT/benches/query_bench.py" time --trace "$trace" --trace-query "$TQ" --runs "$runs"
+python3 "$ROOT/benches/query_bench.py" time --trace "$trace" --trace-query "$TQ" --runs "$runs" "${queries[@]}"

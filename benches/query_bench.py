@@ -10,10 +10,12 @@ follow a kernel boot's shape: two vCPUs drained in chunks, icount increasing
 per vCPU, ~200k distinct PCs, 2/3 loads, sizes 1/2/4/8, 1 access in 10000 to
 MMIO.
 
-`time`: runs the group-by with `trace-query --trace DIR SQL` and with DuckDB
-(its Python module, in a fresh process each time, on a view `mem` over
-DIR/mem/*.parquet), --runs times each after one warm-up run (warm page
-cache), checks that both give the same answer, and prints a Markdown table.
+`time`: runs each query of QUERIES (or those named by --query) that the
+capture has the tables for, with `trace-query --trace DIR SQL` and with
+DuckDB (its Python module, in a fresh process each time, on views over
+DIR/<table>/*.parquet and docs/capture-format.md's `insn` view), --runs
+times each after one warm-up run (warm page cache), checks that both give
+the same answer, and prints a Markdown table.
 """
 
 import argparse
@@ -27,6 +29,17 @@ from pathlib import Path
 
 PART_ROWS = 1 << 20
 QUERY = "select vcpu, type, count(*), sum(size) from mem group by vcpu, type"
+
+# The queries of issue 20, by name: (tables they need, SQL). Each runs on
+# trace-query and DuckDB with the same text.
+QUERIES = {
+    "group-by": (["mem"], QUERY),
+    "filter": (["mmio"], "select vcpu, icount, pc, paddr, value from mmio where device = '{device}'"),
+    "join": (["mmio", "code"],
+             "select m.vcpu, m.icount, m.device, m.value, c.disas from mmio m "
+             "join (select distinct pc, disas from code) c on m.pc = c.pc"),
+    "insn-count": (["block_exec", "code"], "select vcpu, count(*) from insn group by vcpu"),
+}
 
 
 def generate(out: Path, rows: int):
@@ -103,34 +116,41 @@ def measured(cmd):
 
 
 DUCKDB_SCRIPT = r"""
-import json, sys, time
+import json, os, sys, time
 import duckdb
 t0 = time.perf_counter()
 # Queries over ~2 s otherwise draw a progress bar on stdout, which is our JSON.
 con = duckdb.connect()
 con.execute("set enable_progress_bar = false")
-con.execute(f"create view mem as select * from read_parquet('{sys.argv[1]}/mem/*.parquet')")
+d = sys.argv[1]
+for t in ("mem", "mmio", "code", "block_exec"):
+    if os.path.isdir(f"{d}/{t}"):
+        con.execute(f"create view {t} as select * from read_parquet('{d}/{t}/*.parquet')")
+if os.path.isdir(f"{d}/block_exec"):
+    # docs/capture-format.md's definition of the insn view.
+    con.execute('create view insn as '
+                'select x.vcpu, x.icount + x.i as icount, c.pc, x.block '
+                'from (select vcpu, icount, block, unnest(range(insns::bigint)) as i from block_exec) x '
+                'left join (select distinct block, "index", pc from code) c '
+                'on c.block = x.block and c."index" = x.i')
 rows = con.execute(sys.argv[2]).fetchall()
 t1 = time.perf_counter()
-print(json.dumps({"query_s": t1 - t0, "rows": sorted([list(map(lambda v: v if isinstance(v, (int, str)) or v is None else int(v), r)) for r in rows], key=str)}))
+norm = lambda v: "" if v is None else str(v)
+print(json.dumps({"query_s": t1 - t0, "rows": sorted([[norm(v) for v in r] for r in rows])}))
 """
 
 
 def parse_trace_query_csv(text):
-    rows = []
-    lines = [l for l in text.strip().splitlines() if l]
-    for l in lines[1:]:
-        f = l.split(",")
-        rows.append([int(f[0]), f[1], int(f[2]), int(f[3])])
-    return sorted(rows, key=str)
+    import csv
+    import io
+    rows = list(csv.reader(io.StringIO(text)))
+    return sorted(r for r in rows[1:] if r)
 
 
-def time_both(trace: Path, trace_query: str, runs: int):
-    import duckdb
-    total_rows = json.loads((trace / "capture.json").read_text())["tables"]["mem"]
-    data_bytes = sum(p.stat().st_size for p in (trace / "mem").glob("*.parquet"))
-    tq_cmd = [trace_query, "--trace", str(trace), "--format", "csv", QUERY]
-    dd_cmd = [sys.executable, "-c", DUCKDB_SCRIPT, str(trace), QUERY]
+def time_query(trace: Path, trace_query: str, sql: str, runs: int):
+    """Times `sql` on both engines, alternating, after a warm-up each."""
+    tq_cmd = [trace_query, "--trace", str(trace), "--format", "csv", sql]
+    dd_cmd = [sys.executable, "-c", DUCKDB_SCRIPT, str(trace), sql]
     res = {"trace-query": [], "duckdb": []}
     answers = {}
     for rep in range(runs + 1):  # the first is a warm-up
@@ -138,7 +158,7 @@ def time_both(trace: Path, trace_query: str, runs: int):
             wall, rss, cpu, out = measured(cmd)
             if name == "duckdb":
                 j = json.loads(out)
-                answers[name] = sorted(j["rows"], key=str)
+                answers[name] = j["rows"]
                 inner = j["query_s"]
             else:
                 answers[name] = parse_trace_query_csv(out)
@@ -147,33 +167,45 @@ def time_both(trace: Path, trace_query: str, runs: int):
                 res[name].append({"wall": wall, "rss_kib": rss, "cpu": cpu, "inner": inner})
             print(f"query-bench: {name:11} run {rep}{' (warm-up)' if rep == 0 else ''}: "
                   f"{wall:.2f} s, {rss / 1024:.0f} MiB", file=sys.stderr)
-    same = answers["trace-query"] == answers["duckdb"]
-    med = lambda xs: statistics.median(xs)
-    tq, dd = res["trace-query"], res["duckdb"]
+    return res, answers
+
+
+def time_both(trace: Path, trace_query: str, runs: int, names, device: str):
+    import duckdb
+    tables = json.loads((trace / "capture.json").read_text())["tables"]
+    med = statistics.median
     lines = [
-        f"`{QUERY}` over {total_rows:,} `mem` rows "
-        f"({len(list((trace / 'mem').glob('*.parquet')))} parts, {data_bytes / 2**20:.0f} MiB, "
-        f"{data_bytes / total_rows:.2f} B/row) in `{trace}`; warm page cache; {runs} runs after a warm-up; "
+        f"`{trace}`: " + ", ".join(f"{t} {n:,} rows" for t, n in sorted(tables.items()) if t != "stats")
+        + f"; warm page cache; {runs} runs after a warm-up, the engines alternating; "
         f"{os.cpu_count()} CPUs; DuckDB {duckdb.__version__} (Python module, fresh process per run).",
         "",
-        "| engine | wall s, median [min–max] | CPU s | peak RSS MiB | rows/s |",
-        "|---|---|---|---|---|",
+        "| query | trace-query wall s, median [min–max] | CPU s | RSS MiB "
+        "| DuckDB wall s (query alone) [min–max] | CPU s | RSS MiB | ratio | same answer |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, rs in (("trace-query", tq), ("duckdb", dd)):
-        w = med([r["wall"] for r in rs])
-        extra = ""
-        if name == "duckdb":
-            extra = f" (query alone {med([r['inner'] for r in rs]):.2f})"
-        lines.append(f"| {name} | {w:.2f}{extra} [{min(r['wall'] for r in rs):.2f}–{max(r['wall'] for r in rs):.2f}] "
-                     f"| {med([r['cpu'] for r in rs]):.2f} | {med([r['rss_kib'] for r in rs]) / 1024:.0f} "
-                     f"| {total_rows / w / 1e6:.0f}M |")
-    ratio = med([r["wall"] for r in tq]) / med([r["wall"] for r in dd])
-    lines.append("")
-    lines.append(f"trace-query / DuckDB wall time: {ratio:.2f}×. Same answer: {'yes' if same else 'NO'}"
-                 f" ({answers['trace-query']}).")
-    if not same:
-        lines.append(f"DuckDB's answer: {answers['duckdb']}")
-    return "\n".join(lines)
+    sqls = []
+    for name in names:
+        need, sql = QUERIES[name]
+        if not all(t in tables for t in need):
+            print(f"query-bench: {name}: the capture has no {', '.join(need)}: skipped", file=sys.stderr)
+            continue
+        sql = sql.format(device=device)
+        res, answers = time_query(trace, trace_query, sql, runs)
+        tq, dd = res["trace-query"], res["duckdb"]
+
+        def wall(rs):
+            return med([r["wall"] for r in rs])
+
+        def cell(rs, inner=""):
+            return (f"{wall(rs):.2f}{inner} [{min(r['wall'] for r in rs):.2f}–{max(r['wall'] for r in rs):.2f}] "
+                    f"| {med([r['cpu'] for r in rs]):.2f} | {med([r['rss_kib'] for r in rs]) / 1024:.0f}")
+
+        same = answers["trace-query"] == answers["duckdb"]
+        inner = med([r["inner"] for r in dd])
+        lines.append(f"| {name} | {cell(tq)} | {cell(dd, f' ({inner:.2f})')} "
+                     f"| {wall(tq) / wall(dd):.2f}× | {'yes' if same else 'NO'} ({len(answers['duckdb'])} rows) |")
+        sqls.append(f"- {name}: `{sql}`")
+    return "\n".join(lines + [""] + sqls)
 
 
 def main():
@@ -186,11 +218,14 @@ def main():
     t.add_argument("--trace", required=True)
     t.add_argument("--trace-query", required=True)
     t.add_argument("--runs", type=int, default=5)
+    t.add_argument("--query", action="append", choices=sorted(QUERIES),
+                   help="a query to time (repeatable; default: each the capture has the tables for)")
+    t.add_argument("--device", default="systick", help="the device of the filter query")
     a = ap.parse_args()
     if a.cmd == "generate":
         generate(Path(a.out), a.rows)
     else:
-        print(time_both(Path(a.trace), a.trace_query, a.runs))
+        print(time_both(Path(a.trace), a.trace_query, a.runs, a.query or list(QUERIES), a.device))
 
 
 if __name__ == "__main__":
