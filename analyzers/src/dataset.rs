@@ -218,6 +218,20 @@ impl Dataset {
                     None => anyhow!("SQL error: {msg}"),
                 }
             })?;
+        let mut lf = lf;
+        if symbols.is_none() {
+            let sources: Vec<_> = self
+                .captures
+                .iter()
+                .map(|(name, cap)| crate::direct_aggregate::Source {
+                    name: Some(name),
+                    cap,
+                })
+                .collect();
+            if let Some(df) = crate::sql::direct(&sources, query, &mut lf) {
+                return Ok(df);
+            }
+        }
         self.captures[0].1.collect(lf)
     }
 }

@@ -11,6 +11,7 @@
 pub mod bufmon;
 pub mod capture_dir;
 pub mod dataset;
+pub mod direct_aggregate;
 pub mod execlog;
 pub mod hex;
 pub mod line_prefix;

@@ -508,6 +508,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn main() -> ExitCode {
+    trace_cli::keep_freed_memory();
     output::set_table_env_defaults();
     let cli = Cli::parse();
     // polars may panic on damaged data: report it as an error, not a crash.

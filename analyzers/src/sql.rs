@@ -6,6 +6,7 @@ use polars::prelude::*;
 use polars::sql::SQLContext;
 
 use crate::capture_dir::Capture;
+use crate::direct_aggregate;
 use crate::symbols::Symbols;
 
 /// A `SQLContext` with every readable table of the capture registered under
@@ -143,8 +144,25 @@ pub fn run_sql(cap: &Capture, query: &str) -> Result<DataFrame> {
 
 /// [`run_sql`], with `symbols` (see [`sql_context_with`]).
 pub fn run_sql_with(cap: &Capture, query: &str, symbols: Option<&Symbols>) -> Result<DataFrame> {
-    let lf = plan_sql_with(cap, query, symbols)?;
+    let mut lf = plan_sql_with(cap, query, symbols)?;
+    if symbols.is_none() {
+        let source = [direct_aggregate::Source { name: None, cap }];
+        if let Some(df) = direct(&source, query, &mut lf) {
+            return Ok(df);
+        }
+    }
     cap.collect(lf)
+}
+
+/// The result of `query` (planned by polars as `lf`) computed by
+/// [`direct_aggregate`], when it has the shape that module computes.
+pub(crate) fn direct(
+    sources: &[direct_aggregate::Source],
+    query: &str,
+    lf: &mut LazyFrame,
+) -> Option<DataFrame> {
+    let schema = lf.collect_schema().ok()?;
+    direct_aggregate::try_run(sources, &rewrite_literals(query), &schema)
 }
 
 fn translate_error(cap: &Capture, e: PolarsError) -> anyhow::Error {

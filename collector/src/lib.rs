@@ -60,26 +60,10 @@ pub use write::tables::Table;
 use capture::{append, directory, session};
 use qemu::{launch, qmp, segment_view, signals};
 
-/// Makes glibc's malloc keep the memory of freed batches for the next ones.
-/// Process-wide: the binary calls it first thing (and the drain benchmark,
-/// to measure what the binary does).
-///
-/// Every part is a fresh batch of column vectors (a few MiB each) that the
-/// writer thread frees after encoding. By default glibc gives such blocks
-/// back to the kernel (`munmap`, heap trimming) and the next batch faults
-/// every page in again, zeroed: about a fifth of a `mem` capture's CPU went
-/// to the kernel (m3loop, 10M iterations: 2.4 s of system time, 0.5 s with
-/// this, 11% less wall time). Peak memory is the same: freed blocks are reused.
-pub fn keep_freed_memory() {
-    // 32 MiB is the largest threshold glibc accepts (64-bit); every batch
-    // vector is below it. -1 disables trimming the heap top.
-    // Safety: mallopt only sets allocator tunables; any value is accepted
-    // or refused, never unsound.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
-    }
-}
+/// glibc's malloc keeps freed memory for the next batches (see
+/// [`trace_cli::keep_freed_memory`]); the binary calls it first thing, and
+/// so does the drain benchmark, to measure what the binary does.
+pub use trace_cli::keep_freed_memory;
 
 /// How long `attach` waits for the segment of a QEMU that has a `-plugin`
 /// option but has not created its segment yet.

@@ -379,3 +379,87 @@ fn tables_without_a_part_yet_are_empty_not_unknown() {
     assert_eq!(names, ["mem", "mmio", "insn", "block_exec", "code"]);
     assert!(cap.warnings()[0].contains("is incomplete"));
 }
+
+/// The result of `q` as sorted CSV lines (engines order groups each their
+/// own way).
+fn sorted_csv(df: &polars::prelude::DataFrame) -> Vec<String> {
+    let mut out = Vec::new();
+    write_frame(df, Format::Csv, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines[1..].sort();
+    lines
+}
+
+/// Group-by queries trace-query computes by hand (direct_aggregate.rs) give
+/// exactly what polars gives: the same names, types and values, with nulls,
+/// several vCPUs and parts, a WHERE, ORDER BY and LIMIT, and the `insn`
+/// view's counts from `block_exec` without expanding it. Shapes it does not
+/// take are left to polars (None).
+#[test]
+fn aggregations_computed_by_hand_are_polars_answers() {
+    use trace_analyzers::direct_aggregate::{try_run, Source};
+    use trace_analyzers::sql::{plan_sql, rewrite_literals};
+
+    let (_t, cap) = reference();
+    let by_hand = |q: &str| {
+        // A query polars cannot plan is none of this module's.
+        let mut lf = plan_sql(&cap, q).ok()?;
+        let schema = lf.collect_schema().ok()?;
+        let source = [Source {
+            name: None,
+            cap: &cap,
+        }];
+        try_run(&source, &rewrite_literals(q), &schema)
+    };
+    for q in [
+        "select vcpu, type, count(*), sum(size) from mem group by vcpu, type",
+        "select type, count(*) as n, min(value) as lo, max(value) as hi, sum(value_hi) as s, \
+         count(value_hi) as c, count(device) as d from mem group by type",
+        "select device, io, count(*) as n from mem group by device, io",
+        "select asid, sum(value) as s from mem where vaddr >= 0x20000000 group by asid",
+        "SELECT type, count(*) AS n FROM mem WHERE NOT io GROUP BY type ORDER BY type",
+        "select device, count(*) as n from mmio group by device order by n desc, device limit 1",
+        "select count(*), min(icount) as first, max(icount) as last from mem",
+        "select vcpu, count(*) as n from insn group by vcpu order by vcpu",
+        "select block, count(vcpu) from insn group by block",
+        "select count(*) from insn",
+        "select vcpu, count(*) from block_exec group by vcpu",
+        "select type, count(*) from mem where type = 'X' group by type",
+    ] {
+        let expected = run_sql_polars(&cap, q);
+        match by_hand(q) {
+            Some(df) if expected.height() == 0 => panic!("{q}: rows from no rows: {df}"),
+            Some(df) => {
+                assert_eq!(df.schema(), expected.schema(), "{q}");
+                assert_eq!(sorted_csv(&df), sorted_csv(&expected), "{q}");
+                if q.contains("order by") || q.contains("ORDER BY") {
+                    assert_eq!(df, expected, "{q}: the same order");
+                }
+            }
+            // Only an empty result is left to polars among these.
+            None => assert_eq!(expected.height(), 0, "{q}: not computed by hand"),
+        }
+    }
+    for q in [
+        "select type, count(distinct vcpu) from mem group by type",
+        "select type, count(*) from mem group by type having count(*) > 1",
+        "select m.type, count(*) from mem m group by m.type",
+        "select type, count(*) from mem group by type order by count(*)",
+        "select distinct type from mem",
+        "select type, avg(size) from mem group by type",
+        "select pc, count(*) from insn group by pc",
+        "select vcpu, count(*) from insn where vcpu = 0 group by vcpu",
+        "select type, count(*) from (select * from mem) group by type",
+        "select type, count(*) from mem join mmio using (vcpu) group by type",
+        "select type, sum(device) from mem group by type",
+    ] {
+        assert!(by_hand(q).is_none(), "{q} was computed by hand");
+    }
+}
+
+/// `run_sql` with polars alone (as `TRACE_QUERY_ENGINE=polars` runs it).
+fn run_sql_polars(cap: &Capture, q: &str) -> polars::prelude::DataFrame {
+    let lf = trace_analyzers::sql::plan_sql(cap, q).unwrap();
+    cap.collect(lf).unwrap()
+}
