@@ -103,16 +103,22 @@ def generate(out: Path, rows: int):
     }, indent=2))
 
 
-def measured(cmd):
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    out, err = p.stdout.read(), p.stderr.read()
+def measured(cmd, out_path):
+    """Runs `cmd` with its stdout in `out_path`: (wall s, peak RSS KiB, CPU s, stderr)."""
+    import tempfile
+    # Output to files, not pipes: a result larger than a pipe's buffer would
+    # block the engine while we wait for it to exit.
+    with open(out_path, "w") as out_f, tempfile.TemporaryFile("w+") as err_f:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, text=True)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        err_f.seek(0)
+        err = err_f.read()
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
-        sys.exit(f"query-bench: {cmd[0]} failed ({code}):\n{err}\n{out}")
-    return wall, ru.ru_maxrss, ru.ru_utime + ru.ru_stime, out
+        sys.exit(f"query-bench: {cmd[0]} failed ({code}):\n{err}")
+    return wall, ru.ru_maxrss, ru.ru_utime + ru.ru_stime, err
 
 
 DUCKDB_SCRIPT = r"""
@@ -133,40 +139,56 @@ if os.path.isdir(f"{d}/block_exec"):
                 'from (select vcpu, icount, block, unnest(range(insns::bigint)) as i from block_exec) x '
                 'left join (select distinct block, "index", pc from code) c '
                 'on c.block = x.block and c."index" = x.i')
-rows = con.execute(sys.argv[2]).fetchall()
-t1 = time.perf_counter()
-norm = lambda v: "" if v is None else str(v)
-print(json.dumps({"query_s": t1 - t0, "rows": sorted([[norm(v) for v in r] for r in rows])}))
+# The result as CSV on stdout, as trace-query --format csv writes it: the
+# same work for both (Python objects for millions of rows would cost DuckDB
+# far more than its query).
+con.execute(f"copy ({sys.argv[2]}) to '/dev/stdout' (format csv, header)")
+sys.stdout.flush()
+print(f"query_s={time.perf_counter() - t0}", file=sys.stderr)
 """
 
 
-def parse_trace_query_csv(text):
+def digest(path):
+    """(rows, an order-independent digest) of a CSV result without its
+    header, read as a stream (results may have millions of rows, and this
+    process must stay small: a child forked from it starts with its memory,
+    which would count in the child's peak RSS). A float's trailing `.0` is
+    dropped (one engine's sum may be a float)."""
     import csv
-    import io
-    rows = list(csv.reader(io.StringIO(text)))
-    return sorted(r for r in rows[1:] if r)
+    import hashlib
+    n, total = 0, 0
+    with open(path, newline="") as f:
+        rows = csv.reader(f)
+        next(rows, None)
+        for r in rows:
+            r = [v[:-2] if v.endswith(".0") and v[:-2].lstrip("-").isdigit() else v for v in r]
+            h = hashlib.blake2b("\x1f".join(r).encode(), digest_size=8).digest()
+            total = (total + int.from_bytes(h, "little")) % (1 << 64)
+            n += 1
+    return n, total
 
 
 def time_query(trace: Path, trace_query: str, sql: str, runs: int):
     """Times `sql` on both engines, alternating, after a warm-up each."""
     tq_cmd = [trace_query, "--trace", str(trace), "--format", "csv", sql]
     dd_cmd = [sys.executable, "-c", DUCKDB_SCRIPT, str(trace), sql]
+    import tempfile
     res = {"trace-query": [], "duckdb": []}
     answers = {}
+    out = tempfile.NamedTemporaryFile(prefix="query-bench-", suffix=".csv", delete=False).name
     for rep in range(runs + 1):  # the first is a warm-up
         for name, cmd in (("trace-query", tq_cmd), ("duckdb", dd_cmd)):
-            wall, rss, cpu, out = measured(cmd)
+            wall, rss, cpu, err = measured(cmd, out)
+            if rep == runs:
+                answers[name] = digest(out)
+            inner = None
             if name == "duckdb":
-                j = json.loads(out)
-                answers[name] = j["rows"]
-                inner = j["query_s"]
-            else:
-                answers[name] = parse_trace_query_csv(out)
-                inner = None
+                inner = float(err.rsplit("query_s=", 1)[1])
             if rep > 0:
                 res[name].append({"wall": wall, "rss_kib": rss, "cpu": cpu, "inner": inner})
             print(f"query-bench: {name:11} run {rep}{' (warm-up)' if rep == 0 else ''}: "
                   f"{wall:.2f} s, {rss / 1024:.0f} MiB", file=sys.stderr)
+    os.unlink(out)
     return res, answers
 
 
@@ -203,7 +225,7 @@ def time_both(trace: Path, trace_query: str, runs: int, names, device: str):
         same = answers["trace-query"] == answers["duckdb"]
         inner = med([r["inner"] for r in dd])
         lines.append(f"| {name} | {cell(tq)} | {cell(dd, f' ({inner:.2f})')} "
-                     f"| {wall(tq) / wall(dd):.2f}× | {'yes' if same else 'NO'} ({len(answers['duckdb'])} rows) |")
+                     f"| {wall(tq) / wall(dd):.2f}× | {'yes' if same else 'NO'} ({answers['duckdb'][0]:,} rows) |")
         sqls.append(f"- {name}: `{sql}`")
     return "\n".join(lines + [""] + sqls)
 
