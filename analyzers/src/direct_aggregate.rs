@@ -501,6 +501,17 @@ fn code_key(s: &Column, codes: &mut [u32]) -> Option<Vec<KeyValue>> {
             }
             Some(coder.dict)
         }
+        DataType::UInt32 => {
+            // vcpu: in runs (a chunk of one vCPU's rows), read as is.
+            let mut coder = Coder::<u64>::default();
+            for_each_value(s.u32().ok()?, |v| {
+                let v = v.map(u64::from);
+                codes[i] = coder.code(v, || v.map_or(KeyValue::Null, KeyValue::Unsigned))?;
+                i += 1;
+                Some(())
+            })?;
+            Some(coder.dict)
+        }
         d if d.is_unsigned_integer() => {
             let s = s.cast(&DataType::UInt64).ok()?;
             let mut coder = Coder::<u64>::default();
@@ -551,6 +562,8 @@ fn for_each_value<T: PolarsNumericType>(
 /// direct-mapped cache first, whose hit is a branch the CPU predicts, then
 /// in a hash map of the values themselves.
 struct Coder<T> {
+    /// The last value, for keys that come in runs ([`Slot::RUNS`]).
+    last: Option<(Option<T>, u32)>,
     cache: Vec<Option<(Option<T>, u32)>>,
     many: HashMap<KeyValue, u32>,
     dict: Vec<KeyValue>,
@@ -561,6 +574,11 @@ const SLOTS: usize = 64;
 
 /// Where a value goes in [`Coder`]'s cache.
 trait Slot: PartialEq + Copy {
+    /// Whether a column of these usually holds runs of one value (integer
+    /// keys: vcpu, asid, device ids), so the last value is tried first;
+    /// not strings (`type` alternates), where that branch would be
+    /// mispredicted at every other row.
+    const RUNS: bool = true;
     fn slot(&self) -> usize;
 }
 
@@ -569,6 +587,7 @@ fn mix(x: u64) -> usize {
 }
 
 impl Slot for u128 {
+    const RUNS: bool = false;
     fn slot(&self) -> usize {
         mix((*self as u64) ^ ((*self >> 64) as u64))
     }
@@ -584,6 +603,7 @@ impl Slot for i64 {
     }
 }
 impl Slot for bool {
+    const RUNS: bool = false;
     fn slot(&self) -> usize {
         *self as usize
     }
@@ -592,6 +612,7 @@ impl Slot for bool {
 impl<T: Copy> Default for Coder<T> {
     fn default() -> Self {
         Coder {
+            last: None,
             cache: vec![None; SLOTS],
             many: HashMap::new(),
             dict: Vec::new(),
@@ -603,6 +624,20 @@ impl<T: Slot> Coder<T> {
     /// `v`'s code; `key` is its value, asked only when `v` is not cached.
     #[inline]
     fn code(&mut self, v: Option<T>, key: impl FnOnce() -> KeyValue) -> Option<u32> {
+        if let Some((l, c)) = self.last {
+            if l == v {
+                return Some(c);
+            }
+        }
+        let c = self.cached(v, key)?;
+        if T::RUNS {
+            self.last = Some((v, c));
+        }
+        Some(c)
+    }
+
+    #[inline]
+    fn cached(&mut self, v: Option<T>, key: impl FnOnce() -> KeyValue) -> Option<u32> {
         let slot = v.map_or(SLOTS - 1, |v| v.slot());
         if let Some((c_v, c)) = self.cache[slot] {
             if c_v == v {
@@ -697,19 +732,13 @@ fn part_groups(
     } else {
         None
     };
-    let mut rows = vec![0u64; size];
-    match &weights {
-        Some(w) => {
-            for (g, w) in combined.iter().zip(w) {
-                rows[*g as usize] += w;
-            }
-        }
-        None => {
-            for g in &combined {
-                rows[*g as usize] += 1;
-            }
-        }
+    let rows: Vec<u64> = match &weights {
+        Some(w) => sum_by_group(&combined, size, |row| u128::from(w[row])),
+        None => sum_by_group(&combined, size, |_| 1),
     }
+    .into_iter()
+    .map(|n| n as u64)
+    .collect();
     let mut accs = vec![vec![Acc::default(); size]; aggs.len()];
     for (a, agg) in aggs.iter().enumerate() {
         let acc = &mut accs[a];
@@ -737,6 +766,14 @@ fn part_groups(
                     for (g, v) in combined.iter().zip(valid.iter()) {
                         acc[*g as usize].n += u64::from(v == Some(true));
                     }
+                }
+            }
+            Agg::Sum(c) if unsigned_values(df.column(c).ok()?).is_some() => {
+                let values = unsigned_values(df.column(c).ok()?)?;
+                let sums = sum_by_group(&combined, size, |row| values.get(row));
+                for (a, (sum, rows)) in acc.iter_mut().zip(sums.into_iter().zip(&rows)) {
+                    a.value = i128::try_from(sum).ok()?;
+                    a.n = *rows;
                 }
             }
             Agg::Sum(c) | Agg::Min(c) | Agg::Max(c) => {
@@ -778,6 +815,65 @@ fn part_groups(
         merge(&mut groups, BTreeMap::from([(key, group)]), aggs);
     }
     Some(groups)
+}
+
+/// Per group (`combined[row]` is each row's), the sum of `value(row)` over
+/// its rows. Four interleaved lanes: a group's consecutive rows add to
+/// different counters, so each addition does not wait for the previous
+/// one's store (one counter per group was a fifth of the group-by's time).
+fn sum_by_group(combined: &[u32], size: usize, value: impl Fn(usize) -> u128) -> Vec<u128> {
+    const LANES: usize = 4;
+    let mut lanes = vec![0u128; size * LANES];
+    let whole = combined.len() / LANES * LANES;
+    for (k, gs) in combined[..whole].chunks_exact(LANES).enumerate() {
+        let row = k * LANES;
+        for (lane, g) in gs.iter().enumerate() {
+            lanes[*g as usize * LANES + lane] += value(row + lane);
+        }
+    }
+    for (row, g) in combined.iter().enumerate().skip(whole) {
+        lanes[*g as usize * LANES] += value(row);
+    }
+    lanes.chunks_exact(LANES).map(|l| l.iter().sum()).collect()
+}
+
+/// An unsigned column without nulls, read in place (no cast to a wider
+/// type), for [`sum_by_group`]; None for other columns.
+enum UnsignedValues<'a> {
+    U8(&'a [u8]),
+    U16(&'a [u16]),
+    U32(&'a [u32]),
+    U64(&'a [u64]),
+}
+
+fn unsigned_values(c: &Column) -> Option<UnsignedValues<'_>> {
+    let s = c.as_materialized_series();
+    // One chunk without nulls (a part read at once is one chunk).
+    if s.null_count() > 0 || s.n_chunks() != 1 {
+        return None;
+    }
+    fn slice<T: PolarsNumericType>(ca: &ChunkedArray<T>) -> Option<&[T::Native]> {
+        Some(ca.downcast_iter().next()?.values().as_slice())
+    }
+    Some(match s.dtype() {
+        DataType::UInt8 => UnsignedValues::U8(slice(s.u8().ok()?)?),
+        DataType::UInt16 => UnsignedValues::U16(slice(s.u16().ok()?)?),
+        DataType::UInt32 => UnsignedValues::U32(slice(s.u32().ok()?)?),
+        DataType::UInt64 => UnsignedValues::U64(slice(s.u64().ok()?)?),
+        _ => return None,
+    })
+}
+
+impl UnsignedValues<'_> {
+    #[inline]
+    fn get(&self, row: usize) -> u128 {
+        match self {
+            UnsignedValues::U8(v) => v[row].into(),
+            UnsignedValues::U16(v) => v[row].into(),
+            UnsignedValues::U32(v) => v[row].into(),
+            UnsignedValues::U64(v) => v[row].into(),
+        }
+    }
 }
 
 /// The result, in polars' names and types (`schema`), one row per group.
