@@ -394,16 +394,74 @@ impl Capture {
             Ok(Err(e)) => e.to_string(),
             Err(panic) => format!("polars panicked: {}", panic_message(&*panic)),
         };
+        Err(self.query_failed(&err))
+    }
+
+    /// Runs `lf` as [`Capture::collect`] does, handing its result to `each`
+    /// a batch at a time, in order, as the streaming engine makes them: a
+    /// result of any size in bounded memory. `each` is called at least
+    /// once (with no rows, in the result's schema, when there are none).
+    pub fn collect_in_batches(
+        &self,
+        mut lf: LazyFrame,
+        mut each: impl FnMut(DataFrame) -> Result<()>,
+    ) -> Result<()> {
+        let schema = lf
+            .collect_schema()
+            .map_err(|e| self.query_failed(&e.to_string()))?;
+        // Two batches wait at most: the engine then waits for the writer.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<DataFrame>(2);
+        // The callback answers "stop" once nobody takes the batches.
+        let sink = lf
+            .sink_batches(
+                PlanCallback::new(move |df| Ok(tx.send(df).is_err())),
+                true,
+                None,
+            )
+            .map_err(|e| self.query_failed(&e.to_string()))?;
+        let engine = std::thread::spawn(move || {
+            catch_unwind(AssertUnwindSafe(|| {
+                sink.collect_with_engine(Engine::Streaming).map(|_| ())
+            }))
+        });
+        let mut written = Ok(());
+        let mut batches = 0;
+        for df in rx.iter() {
+            batches += 1;
+            written = each(df);
+            if written.is_err() {
+                break;
+            }
+        }
+        drop(rx);
+        let ran = engine
+            .join()
+            .unwrap_or_else(|p| Err(p))
+            .map_err(|panic| format!("polars panicked: {}", panic_message(&*panic)))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        written?;
+        if let Err(err) = ran {
+            return Err(self.query_failed(&err));
+        }
+        if batches == 0 {
+            each(DataFrame::empty_with_schema(&schema))?;
+        }
+        Ok(())
+    }
+
+    /// The error of a query that failed with polars' message `err`: which
+    /// Parquet part is damaged, when one can be found.
+    fn query_failed(&self, err: &str) -> anyhow::Error {
         let diag = self.diagnose_parts().or_else(|| {
-            if looks_like_decoding_error(&err) {
+            if looks_like_decoding_error(err) {
                 self.diagnose_data()
             } else {
                 None
             }
         });
         match diag {
-            Some(diag) => Err(anyhow!("{diag} (query failed: {err})")),
-            None => Err(anyhow!("query failed: {err}")),
+            Some(diag) => anyhow!("{diag} (query failed: {err})"),
+            None => anyhow!("query failed: {err}"),
         }
     }
 

@@ -11,6 +11,7 @@ use polars::prelude::*;
 use polars::sql::SQLContext;
 
 use crate::capture_dir::Capture;
+use crate::sql::Answer;
 use crate::symbols::Symbols;
 
 /// The column that says which capture a row is from.
@@ -198,6 +199,14 @@ impl Dataset {
 
     /// Runs `query` over the dataset and collects the result.
     pub fn run_sql(&self, query: &str, symbols: Option<&Symbols>) -> Result<DataFrame> {
+        match self.answer_sql(query, symbols)? {
+            Answer::Computed(df) => Ok(df),
+            Answer::Plan(lf) => self.captures[0].1.collect(lf),
+        }
+    }
+
+    /// Answers `query` over the dataset (see [`Answer`]).
+    pub fn answer_sql(&self, query: &str, symbols: Option<&Symbols>) -> Result<Answer> {
         let mut ctx = self.sql_context(symbols)?;
         let lf = ctx
             .execute(&crate::sql::rewrite_literals(query))
@@ -229,10 +238,10 @@ impl Dataset {
                 })
                 .collect();
             if let Some(df) = crate::sql::direct(&sources, query, &mut lf) {
-                return Ok(df);
+                return Ok(Answer::Computed(df));
             }
         }
-        self.captures[0].1.collect(lf)
+        Ok(Answer::Plan(lf))
     }
 }
 

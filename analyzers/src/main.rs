@@ -56,7 +56,7 @@ struct QueryArgs {
     sql: Option<String>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum FormatArg {
     /// polars' table (all columns; rows up to POLARS_FMT_MAX_ROWS, default 100000)
     Table,
@@ -265,8 +265,8 @@ fn run(cli: Cli) -> Result<()> {
             let Some(query) = q.sql else {
                 bail!("give a SQL query or --tables (see trace-query --help)");
             };
-            let df = sql::run_sql_with(&cap, &query, symbols.as_ref())?;
-            write_result(&df, q.format, &mut out)?;
+            let answer = sql::answer_sql_with(&cap, &query, symbols.as_ref())?;
+            write_answer(&cap, answer, q.format, &mut out)?;
         }
         Some(Command::Bufmon {
             trace,
@@ -495,8 +495,38 @@ fn run_dataset(q: &QueryArgs, out: &mut impl Write) -> Result<()> {
         bail!("give a SQL query or --tables (see trace-query --help)");
     };
     let symbols = load_symbols(q)?;
-    let df = ds.run_sql(query, symbols.as_ref())?;
-    write_result(&df, q.format, out)
+    let answer = ds.answer_sql(query, symbols.as_ref())?;
+    write_answer(&ds.captures()[0].1, answer, q.format, out)
+}
+
+/// Writes a query's answer: CSV and JSON as the engine makes the rows (a
+/// result of any size in bounded memory), a table whole (it shows the
+/// first and last rows). `cap` names a damaged part if the query fails.
+fn write_answer(
+    cap: &Capture,
+    answer: sql::Answer,
+    format: FormatArg,
+    out: &mut impl Write,
+) -> Result<()> {
+    let lf = match answer {
+        sql::Answer::Computed(df) => return write_result(&df, format, out),
+        sql::Answer::Plan(lf) if format == FormatArg::Table => {
+            return write_result(&cap.collect(lf)?, format, out);
+        }
+        sql::Answer::Plan(lf) => lf,
+    };
+    let format = match format {
+        FormatArg::Json => output::Format::Json,
+        _ => output::Format::Csv,
+    };
+    let mut first = true;
+    cap.collect_in_batches(lf, |df| {
+        output::write_batch(&df, format, first, out)?;
+        first = false;
+        Ok(())
+    })?;
+    out.flush()?;
+    Ok(())
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

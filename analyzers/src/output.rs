@@ -48,6 +48,13 @@ pub fn set_table_env_defaults() {
 /// hex strings (the csv and json writers take no binary data, and the table
 /// would show Rust byte-string escapes).
 pub fn write_frame(df: &DataFrame, format: Format, w: &mut dyn Write) -> Result<()> {
+    write_batch(df, format, true, w)
+}
+
+/// Writes `df`, one batch of a result, to `w` in `format` (as
+/// [`write_frame`]); `first`: the result's first batch, which carries the
+/// CSV header. A table is written whole: give it the whole result.
+pub fn write_batch(df: &DataFrame, format: Format, first: bool, w: &mut dyn Write) -> Result<()> {
     match format {
         Format::Table => {
             writeln!(w, "{}", binary_as_hex(df)?)?;
@@ -55,7 +62,7 @@ pub fn write_frame(df: &DataFrame, format: Format, w: &mut dyn Write) -> Result<
         Format::Csv => {
             let mut df = binary_as_hex(df)?;
             CsvWriter::new(&mut *w)
-                .include_header(true)
+                .include_header(first)
                 .finish(&mut df)
                 .map_err(|e| anyhow!("writing CSV: {e}"))?;
         }

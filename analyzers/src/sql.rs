@@ -144,14 +144,30 @@ pub fn run_sql(cap: &Capture, query: &str) -> Result<DataFrame> {
 
 /// [`run_sql`], with `symbols` (see [`sql_context_with`]).
 pub fn run_sql_with(cap: &Capture, query: &str, symbols: Option<&Symbols>) -> Result<DataFrame> {
+    match answer_sql_with(cap, query, symbols)? {
+        Answer::Computed(df) => Ok(df),
+        Answer::Plan(lf) => cap.collect(lf),
+    }
+}
+
+/// How a query is answered: computed already ([`direct_aggregate`]: a few
+/// groups), or a polars plan to run (collected, or written as it runs).
+pub enum Answer {
+    Computed(DataFrame),
+    Plan(LazyFrame),
+}
+
+/// Answers `query` over the capture, with `symbols` (see
+/// [`sql_context_with`]).
+pub fn answer_sql_with(cap: &Capture, query: &str, symbols: Option<&Symbols>) -> Result<Answer> {
     let mut lf = plan_sql_with(cap, query, symbols)?;
     if symbols.is_none() {
         let source = [direct_aggregate::Source { name: None, cap }];
         if let Some(df) = direct(&source, query, &mut lf) {
-            return Ok(df);
+            return Ok(Answer::Computed(df));
         }
     }
-    cap.collect(lf)
+    Ok(Answer::Plan(lf))
 }
 
 /// The result of `query` (planned by polars as `lf`) computed by

@@ -100,6 +100,52 @@ fn corrupt_pages_are_named() {
     let cap = Capture::open(t.path()).unwrap();
     let e = err_text(run_sql(&cap, "SELECT sum(pc) FROM insn").unwrap_err());
     assert!(e.contains("block_exec/part-000000.parquet"), "{e}");
+    // Written as it runs (trace-query's CSV and JSON): the same error.
+    let lf = trace_analyzers::sql::plan_sql(&cap, "SELECT vcpu, icount FROM insn").unwrap();
+    let e = err_text(cap.collect_in_batches(lf, |_| Ok(())).unwrap_err());
+    assert!(e.contains("block_exec/part-000000.parquet"), "{e}");
+}
+
+/// A result handed over a batch at a time holds every row once, in the
+/// query's order; an empty one is one batch of no rows in the result's
+/// columns; a writer that fails (a closed pipe) stops the query with its
+/// error.
+#[test]
+fn results_in_batches() {
+    let (_t, cap) = reference();
+    let q = "SELECT vcpu, icount, pc FROM insn ORDER BY icount DESC, vcpu";
+    let whole = run_sql(&cap, q).unwrap();
+    let mut batches = Vec::new();
+    let lf = trace_analyzers::sql::plan_sql(&cap, q).unwrap();
+    cap.collect_in_batches(lf, |df| {
+        batches.push(df);
+        Ok(())
+    })
+    .unwrap();
+    let mut joined = batches[0].clone();
+    for b in &batches[1..] {
+        joined.vstack_mut(b).unwrap();
+    }
+    assert_eq!(joined, whole);
+    assert_eq!(whole.height(), 17);
+
+    let mut batches = Vec::new();
+    let lf =
+        trace_analyzers::sql::plan_sql(&cap, "SELECT vcpu, pc FROM mem WHERE vcpu = 9").unwrap();
+    cap.collect_in_batches(lf, |df| {
+        batches.push(df);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].height(), 0);
+    assert_eq!(batches[0].get_column_names(), ["vcpu", "pc"]);
+
+    let lf = trace_analyzers::sql::plan_sql(&cap, "SELECT * FROM mem").unwrap();
+    let e = cap
+        .collect_in_batches(lf, |_| Err(anyhow::anyhow!("Broken pipe")))
+        .unwrap_err();
+    assert_eq!(e.to_string(), "Broken pipe");
 }
 
 #[test]
