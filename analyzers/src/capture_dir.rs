@@ -436,7 +436,7 @@ impl Capture {
         drop(rx);
         let ran = engine
             .join()
-            .unwrap_or_else(|p| Err(p))
+            .unwrap_or_else(Err)
             .map_err(|panic| format!("polars panicked: {}", panic_message(&*panic)))
             .and_then(|r| r.map_err(|e| e.to_string()));
         written?;

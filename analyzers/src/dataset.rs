@@ -201,7 +201,7 @@ impl Dataset {
     pub fn run_sql(&self, query: &str, symbols: Option<&Symbols>) -> Result<DataFrame> {
         match self.answer_sql(query, symbols)? {
             Answer::Computed(df) => Ok(df),
-            Answer::Plan(lf) => self.captures[0].1.collect(lf),
+            Answer::Plan(lf) => self.captures[0].1.collect(*lf),
         }
     }
 
@@ -241,7 +241,7 @@ impl Dataset {
                 return Ok(Answer::Computed(df));
             }
         }
-        Ok(Answer::Plan(lf))
+        Ok(Answer::Plan(Box::new(lf)))
     }
 }
 

@@ -511,9 +511,9 @@ fn write_answer(
     let lf = match answer {
         sql::Answer::Computed(df) => return write_result(&df, format, out),
         sql::Answer::Plan(lf) if format == FormatArg::Table => {
-            return write_result(&cap.collect(lf)?, format, out);
+            return write_result(&cap.collect(*lf)?, format, out);
         }
-        sql::Answer::Plan(lf) => lf,
+        sql::Answer::Plan(lf) => *lf,
     };
     let format = match format {
         FormatArg::Json => output::Format::Json,

@@ -146,7 +146,7 @@ pub fn run_sql(cap: &Capture, query: &str) -> Result<DataFrame> {
 pub fn run_sql_with(cap: &Capture, query: &str, symbols: Option<&Symbols>) -> Result<DataFrame> {
     match answer_sql_with(cap, query, symbols)? {
         Answer::Computed(df) => Ok(df),
-        Answer::Plan(lf) => cap.collect(lf),
+        Answer::Plan(lf) => cap.collect(*lf),
     }
 }
 
@@ -154,7 +154,7 @@ pub fn run_sql_with(cap: &Capture, query: &str, symbols: Option<&Symbols>) -> Re
 /// groups), or a polars plan to run (collected, or written as it runs).
 pub enum Answer {
     Computed(DataFrame),
-    Plan(LazyFrame),
+    Plan(Box<LazyFrame>),
 }
 
 /// Answers `query` over the capture, with `symbols` (see
@@ -167,7 +167,7 @@ pub fn answer_sql_with(cap: &Capture, query: &str, symbols: Option<&Symbols>) ->
             return Ok(Answer::Computed(df));
         }
     }
-    Ok(Answer::Plan(lf))
+    Ok(Answer::Plan(Box::new(lf)))
 }
 
 /// The result of `query` (planned by polars as `lf`) computed by
