@@ -39,8 +39,11 @@ use sqlparser::parser::Parser;
 use crate::capture_dir::Capture;
 
 /// Distinct key combinations a part may have before the query goes to
-/// polars (the arrays are indexed by the combination).
-const MAX_GROUPS: usize = 1 << 20;
+/// polars. Made for keys of few values (vcpu, type, device, asid); with many
+/// (`group by pc` on the arm64 boot: tens of thousands per part), the
+/// per-part arrays and the merge of the parts' groups made it slower than
+/// polars' hash group-by (1.87 s against 1.47 s, benches/RESULTS.md).
+const MAX_GROUPS: usize = 1 << 12;
 
 /// Set to `polars` to leave every query to polars (to compare the two).
 pub const ENGINE_VARIABLE: &str = "TRACE_QUERY_ENGINE";
@@ -565,6 +568,9 @@ struct Coder<T> {
     /// The last value, for keys that come in runs ([`Slot::RUNS`]).
     last: Option<(Option<T>, u32)>,
     cache: Vec<Option<(Option<T>, u32)>>,
+    /// Every value met, by its raw form (a key with many values, `pc`).
+    typed: PlHashMap<Option<T>, u32>,
+    /// Every value met, by its value (a long string's code, and the dict's).
     many: HashMap<KeyValue, u32>,
     dict: Vec<KeyValue>,
 }
@@ -573,7 +579,7 @@ struct Coder<T> {
 const SLOTS: usize = 64;
 
 /// Where a value goes in [`Coder`]'s cache.
-trait Slot: PartialEq + Copy {
+trait Slot: PartialEq + Eq + std::hash::Hash + Copy {
     /// Whether a column of these usually holds runs of one value (integer
     /// keys: vcpu, asid, device ids), so the last value is tried first;
     /// not strings (`type` alternates), where that branch would be
@@ -614,6 +620,7 @@ impl<T: Copy> Default for Coder<T> {
         Coder {
             last: None,
             cache: vec![None; SLOTS],
+            typed: PlHashMap::default(),
             many: HashMap::new(),
             dict: Vec::new(),
         }
@@ -644,7 +651,14 @@ impl<T: Slot> Coder<T> {
                 return Some(c);
             }
         }
-        let c = self.code_by_key(key())?;
+        let c = match self.typed.get(&v) {
+            Some(c) => *c,
+            None => {
+                let c = self.code_by_key(key())?;
+                self.typed.insert(v, c);
+                c
+            }
+        };
         self.cache[slot] = Some((v, c));
         Some(c)
     }
