@@ -115,9 +115,9 @@ pub fn try_run(sources: &[Source], sql: &str, schema: &Schema) -> Option<DataFra
     if shape.tail.is_empty() {
         return Some(df);
     }
-    let ctx = SQLContext::new();
+    // ORDER BY and LIMIT, by polars, over the groups under the table's name.
+    let mut ctx = SQLContext::new();
     ctx.register(&shape.table, df.lazy());
-    let mut ctx = ctx;
     let lf = ctx
         .execute(&format!("SELECT * FROM {}{}", shape.table, shape.tail))
         .ok()?;
@@ -386,6 +386,7 @@ fn aggregate(sources: &[Source], shape: &Shape) -> Option<BTreeMap<Vec<KeyValue>
     (!all.is_empty()).then_some(all)
 }
 
+/// Adds the groups of `from` to those of `into`.
 fn merge(
     into: &mut BTreeMap<Vec<KeyValue>, Group>,
     from: BTreeMap<Vec<KeyValue>, Group>,
@@ -446,7 +447,7 @@ fn read_part(path: &Path, shape: &Shape, aggs: &[Agg], weighted: bool) -> Option
         // from the parts' metadata.
         return None;
     }
-    if shape.filter.is_none() {
+    let Some(w) = &shape.filter else {
         // Read here, in this thread: the parts are what runs in parallel.
         let f = std::fs::File::open(path).ok()?;
         return ParquetReader::new(f)
@@ -454,20 +455,17 @@ fn read_part(path: &Path, shape: &Shape, aggs: &[Agg], weighted: bool) -> Option
             .read_parallel(ParallelStrategy::None)
             .finish()
             .ok();
-    }
+    };
+    // The `WHERE` as polars' SQL reads it, over this part alone.
     let lf =
         LazyFrame::scan_parquet(PlRefPath::try_from_path(path).ok()?, Default::default()).ok()?;
-    let lf = match &shape.filter {
-        None => unreachable!(),
-        Some(w) => {
-            let mut ctx = SQLContext::new();
-            ctx.register("part", lf);
-            let list: Vec<String> = cols.iter().map(|c| format!("\"{c}\"")).collect();
-            ctx.execute(&format!("SELECT {} FROM part WHERE {w}", list.join(", ")))
-                .ok()?
-        }
-    };
-    lf.collect().ok()
+    let mut ctx = SQLContext::new();
+    ctx.register("part", lf);
+    let list: Vec<String> = cols.iter().map(|c| format!("\"{c}\"")).collect();
+    ctx.execute(&format!("SELECT {} FROM part WHERE {w}", list.join(", ")))
+        .ok()?
+        .collect()
+        .ok()
 }
 
 /// Codes each row's value of `s` (a key column) as the index of the value
@@ -504,39 +502,37 @@ fn code_key(s: &Column, codes: &mut [u32]) -> Option<Vec<KeyValue>> {
             }
             Some(coder.dict)
         }
-        DataType::UInt32 => {
-            // vcpu: in runs (a chunk of one vCPU's rows), read as is.
-            let mut coder = Coder::<u64>::default();
-            for_each_value(s.u32().ok()?, |v| {
-                let v = v.map(u64::from);
-                codes[i] = coder.code(v, || v.map_or(KeyValue::Null, KeyValue::Unsigned))?;
-                i += 1;
-                Some(())
-            })?;
-            Some(coder.dict)
-        }
+        // vcpu: read as is, no cast.
+        DataType::UInt32 => code_numbers(s.u32().ok()?, codes, u64::from, KeyValue::Unsigned),
         d if d.is_unsigned_integer() => {
             let s = s.cast(&DataType::UInt64).ok()?;
-            let mut coder = Coder::<u64>::default();
-            for_each_value(s.u64().ok()?, |v| {
-                codes[i] = coder.code(v, || v.map_or(KeyValue::Null, KeyValue::Unsigned))?;
-                i += 1;
-                Some(())
-            })?;
-            Some(coder.dict)
+            code_numbers(s.u64().ok()?, codes, |v| v, KeyValue::Unsigned)
         }
         d if d.is_signed_integer() => {
             let s = s.cast(&DataType::Int64).ok()?;
-            let mut coder = Coder::<i64>::default();
-            for_each_value(s.i64().ok()?, |v| {
-                codes[i] = coder.code(v, || v.map_or(KeyValue::Null, KeyValue::Signed))?;
-                i += 1;
-                Some(())
-            })?;
-            Some(coder.dict)
+            code_numbers(s.i64().ok()?, codes, |v| v, KeyValue::Signed)
         }
         _ => None,
     }
+}
+
+/// [`code_key`] for a numeric column: each value made `T` by `raw`, and a
+/// key value by `key`.
+fn code_numbers<N: PolarsNumericType, T: Slot>(
+    ca: &ChunkedArray<N>,
+    codes: &mut [u32],
+    raw: impl Fn(N::Native) -> T,
+    key: impl Fn(T) -> KeyValue,
+) -> Option<Vec<KeyValue>> {
+    let mut coder = Coder::<T>::default();
+    let mut i = 0;
+    for_each_value(ca, |v| {
+        let v = v.map(&raw);
+        codes[i] = coder.code(v, || v.map_or(KeyValue::Null, &key))?;
+        i += 1;
+        Some(())
+    })?;
+    Some(coder.dict)
 }
 
 /// Calls `f` with each value of `ca` in order, reading the arrays' values
