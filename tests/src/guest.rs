@@ -8,25 +8,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use trace_format::memory_map::{short_name, MemoryMap};
+
 use crate::processes::{self, wait_until, Reaper};
 use crate::qmp::Qmp;
 use crate::{
-    collector, columns, firmware_sources, parse_execlog_line, qemu_plugin, query, run_query,
-    same_execlog_line_by_map, stat, u64s,
+    collector, columns, parse_execlog_line, qemu_plugin, query, run_query,
+    same_execlog_line_by_map, script_path, stat, u64s,
 };
 
 /// The guest's files: `scripts/<script>` fetches them once, then caches
 /// them, and prints their directory.
 pub fn guest(script: &str) -> PathBuf {
-    let script = firmware_sources().join("../../scripts").join(script);
-    let out = Command::new("bash").arg(&script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{} failed (it needs apt-get and the network the first time):\n{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    script_path(script, &[], "apt-get and the network the first time")
 }
 
 /// A Linux guest: `qemu` booting `kernel` and `initrd.cpio.gz` of `files`
@@ -189,7 +183,7 @@ pub struct ExeclogRun {
     /// `info registers` when QEMU stopped.
     pub registers: String,
     /// QEMU's memory map when it stopped.
-    pub map: trace_format::memory_map::MemoryMap,
+    pub map: MemoryMap,
 }
 
 /// Runs `name`'s guest (`qemu(marker, qmp socket, extra options)`) as
@@ -235,7 +229,7 @@ pub fn execlog_run(
     );
     qmp.execute("stop", serde_json::json!({}));
     let registers = qmp.hmp("info registers");
-    let map = trace_format::memory_map::MemoryMap::parse(&qmp.hmp("info mtree -f")).unwrap();
+    let map = MemoryMap::parse(&qmp.hmp("info mtree -f")).unwrap();
     qmp.quit();
     finish(&mut run);
     let d = dir.display().to_string();
@@ -289,7 +283,7 @@ pub fn compare_execlogs(
     log: &Path,
     ours: &Path,
     reg: &str,
-    map: &trace_format::memory_map::MemoryMap,
+    map: &MemoryMap,
     mut each: impl FnMut(&str, &[(String, String, String)]),
 ) -> ExeclogWindow {
     // Both of QEMU's plugins write to the log: the mem plugin's lines (a
@@ -423,6 +417,44 @@ pub struct Boot {
     /// `info registers` and `info mtree -f` once the guest powered off.
     pub registers: String,
     pub mtree: String,
+}
+
+/// The boot's capture `dir` holds exactly what QEMU's mem plugin counted in
+/// the same boot: `ram + io` `mem` rows and `io` `mmio` rows, and vCPU 0
+/// lost none.
+pub fn assert_rows_are_qemus(dir: &Path, ram: u64, io: u64) {
+    assert_eq!(stat(dir, "rows.mem", None), ram + io);
+    assert_eq!(stat(dir, "rows.mmio", None), io);
+    assert_eq!(stat(dir, "events_lost", Some(0)), 0);
+}
+
+/// Every `mmio` row of `dir` against QEMU's memory map after the boot,
+/// `map_after`: its address is in an I/O region, `region` is that region's
+/// name, `device` its short name (else the name), and the plugin API named
+/// it. Returns each row's region name, in row order.
+pub fn mmio_regions_from_the_map(dir: &Path, map_after: &MemoryMap) -> Vec<String> {
+    let mmio = columns(dir, "mmio", &["paddr", "region", "device", "plugin_device"]).unwrap();
+    let paddr = u64s(&mmio, "paddr");
+    let region = mmio.column("region").unwrap().str().unwrap();
+    let device = mmio.column("device").unwrap().str().unwrap();
+    let plugin = mmio.column("plugin_device").unwrap().str().unwrap();
+    let mut names = Vec::with_capacity(paddr.len());
+    for (i, &a) in paddr.iter().enumerate() {
+        let after = map_after
+            .region(a)
+            .unwrap_or_else(|| panic!("{a:#x} is in no region of {map_after:?}"));
+        assert_eq!(after.kind, "i/o", "{a:#x}: {after:?}");
+        let name = after.name.as_str();
+        assert_eq!(region.get(i), Some(name), "{a:#x}");
+        assert_eq!(
+            device.get(i),
+            Some(short_name(name).unwrap_or(name)),
+            "{a:#x}"
+        );
+        assert!(plugin.get(i).is_some(), "{a:#x}");
+        names.push(name.to_string());
+    }
+    names
 }
 
 /// Boots a guest: `qemu(marker, qmp socket, extra options)` is its QEMU

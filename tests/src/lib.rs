@@ -82,16 +82,27 @@ pub fn firmware(name: &str) -> PathBuf {
 /// One of QEMU's own plugins (`execlog`, `mem`), built once (cached) from
 /// the installed QEMU's source by scripts/qemu-execlog.sh.
 pub fn qemu_plugin(which: &str) -> PathBuf {
-    let script = firmware_sources().join("../../scripts/qemu-execlog.sh");
+    script_path(
+        "qemu-execlog.sh",
+        &[which],
+        "what scripts/setup.sh installs",
+    )
+}
+
+/// Runs the checkout's `scripts/<script> args` and returns the path it
+/// prints; `needs` says what it needs, should it fail.
+pub fn script_path(script: &str, args: &[&str], needs: &str) -> PathBuf {
+    let script = firmware_sources().join("../../scripts").join(script);
     let out = Command::new("bash")
         .arg(&script)
-        .arg(which)
+        .args(args)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "{} {which} failed (it needs what scripts/setup.sh installs):\n{}",
+        "{} {} failed (it needs {needs}):\n{}",
         script.display(),
+        args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
