@@ -366,35 +366,35 @@ pub fn set_request(header: &Header, request: &Request) {
         Some(Overflow::Drop) => 2,
     };
     header.requested_overflow.store(overflow, Ordering::Relaxed);
-    header
-        .stop_at_pc
-        .store(request.stop_at_pc.unwrap_or(0), Ordering::Relaxed);
-    header
-        .stop_armed
-        .store(request.stop_at_pc.is_some() as u32, Ordering::Relaxed);
-    store_ranges(
-        &header.stop_ranges,
-        &header.stop_ranges_len,
+    store_trigger(
+        (&header.stop_armed, &header.stop_at_pc),
+        (&header.stop_ranges, &header.stop_ranges_len),
+        request.stop_at_pc,
         request.stop_ranges,
     );
-    header
-        .start_at_pc
-        .store(request.start_at_pc.unwrap_or(0), Ordering::Relaxed);
-    header
-        .start_armed
-        .store(request.start_at_pc.is_some() as u32, Ordering::Relaxed);
-    store_ranges(
-        &header.start_ranges,
-        &header.start_ranges_len,
+    store_trigger(
+        (&header.start_armed, &header.start_at_pc),
+        (&header.start_ranges, &header.start_ranges_len),
+        request.start_at_pc,
         request.start_ranges,
     );
 }
 
-/// `set_request`'s ranges: as many as fit, then their number.
-fn store_ranges(slots: &[[AtomicU64; 2]], len: &AtomicU32, ranges: &[(u64, u64)]) {
+/// `set_request`'s writing of one trigger (where the recording stops, or
+/// where it starts): the instruction address `pc` into (armed flag,
+/// address), and the I/O `ranges`, as many as fit, into (slots, how many
+/// hold).
+fn store_trigger(
+    (armed, at_pc): (&AtomicU32, &AtomicU64),
+    (slots, len): (&[[AtomicU64; 2]], &AtomicU32),
+    pc: Option<u64>,
+    ranges: &[(u64, u64)],
+) {
+    // Relaxed (all): as in `set_request`.
+    at_pc.store(pc.unwrap_or(0), Ordering::Relaxed);
+    armed.store(pc.is_some() as u32, Ordering::Relaxed);
     let ranges = &ranges[..ranges.len().min(slots.len())];
     for (slot, &(first, last)) in slots.iter().zip(ranges) {
-        // Relaxed: as in `set_request`.
         slot[0].store(first, Ordering::Relaxed);
         slot[1].store(last, Ordering::Relaxed);
     }
