@@ -393,12 +393,17 @@ fn merge(
     aggs: &[Agg],
 ) {
     for (k, g) in from {
-        match into.get_mut(&k) {
-            None => {
-                into.insert(k, g);
-            }
-            Some(have) => have.absorb(&g, aggs),
+        add_group(into, k, g, aggs);
+    }
+}
+
+/// Adds the group `g` of key `k` to `into`'s.
+fn add_group(into: &mut BTreeMap<Vec<KeyValue>, Group>, k: Vec<KeyValue>, g: Group, aggs: &[Agg]) {
+    match into.get_mut(&k) {
+        None => {
+            into.insert(k, g);
         }
+        Some(have) => have.absorb(&g, aggs),
     }
 }
 
@@ -822,7 +827,7 @@ fn part_groups(
         }
         // A value may have two codes (a short string's view is compared
         // whole): their groups are one.
-        merge(&mut groups, BTreeMap::from([(key, group)]), aggs);
+        add_group(&mut groups, key, group, aggs);
     }
     Some(groups)
 }
