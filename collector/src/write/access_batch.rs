@@ -14,6 +14,7 @@ use polars::prelude::PlHashMap;
 use polars_arrow::datatypes::ArrowDataType;
 use trace_schema::chunk::{MemAccess, FLAG_HIGH_HALF, FLAG_IO, FLAG_STORE, MEM_ACCESS_WORDS};
 
+use crate::write::encodings::Bitmap;
 use crate::write::parquet_part::{PartBuilder, U64Layout, LEVEL, VALUE_LEVEL};
 use crate::write::tables::DeviceNames;
 
@@ -257,7 +258,7 @@ impl AccessBatch {
         )?;
         part.u64s("icount", &self.icount, U64Layout::Delta, LEVEL)?;
         part.u64s("pc", &self.pc, U64Layout::ByteStreamSplit, LEVEL)?;
-        part.two_strings("type", |i| kind[i] & KIND_STORE != 0, ["R", "W"])?;
+        part.two_strings("type", &Bitmap::of_flag(kind, KIND_STORE), ["R", "W"])?;
         part.u64s("vaddr", &self.vaddr, U64Layout::ByteStreamSplit, LEVEL)?;
         part.u64s("paddr", &self.paddr, U64Layout::ByteStreamSplit, LEVEL)?;
         part.small_integers("size", &sizes, 256, ArrowDataType::UInt8)?;
@@ -265,7 +266,7 @@ impl AccessBatch {
         part.sparse_u64s("value_hi", &self.wide, VALUE_LEVEL)?;
         part.runs("asid", &self.runs_of(|r| r.asid), ArrowDataType::UInt64)?;
         if !mmio {
-            part.bits("io", |i| kind[i] & KIND_IO != 0)?;
+            part.bits("io", &Bitmap::of_flag(kind, KIND_IO))?;
         }
         part.sparse_strings("device", &device_keys, &device_names.values())?;
         if mmio {

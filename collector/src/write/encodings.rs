@@ -202,24 +202,76 @@ pub fn bit_packed_u32s(values: &[u32], base: u32, width: u32, out: &mut Vec<u8>)
     }
 }
 
-/// Appends `n` one-bit values (`bit(i)` the i-th) bit-packed in the
-/// RLE/bit-packed hybrid, without a length prefix: for two-valued columns
-/// with no runs to speak of (loads and stores), 8 rows a byte.
-pub fn bit_packed_bits(n: usize, bit: impl Fn(usize) -> bool, out: &mut Vec<u8>) {
-    let mut row = 0;
-    while row < n {
-        let groups = (n - row).div_ceil(8).min(MAX_GROUPS_PER_RUN);
-        uleb128(out, (groups as u64) << 1 | 1);
-        for _ in 0..groups {
-            let mut byte = 0u8;
-            for k in 0..8 {
-                if row + k < n && bit(row + k) {
-                    byte |= 1 << k;
-                }
-            }
-            out.push(byte);
-            row += 8;
+/// One bit per row, least significant bit first: the bytes of PLAIN
+/// booleans, and of the bit-packed runs of 1-bit keys. With whether any
+/// row is false and any true (the column's statistics).
+pub struct Bitmap {
+    pub bytes: Vec<u8>,
+    pub any_false: bool,
+    pub any_true: bool,
+}
+
+impl Bitmap {
+    /// Row `i` is `bit(i)`, for `rows` rows.
+    #[cfg(test)]
+    pub fn from_fn(rows: usize, bit: impl Fn(usize) -> bool) -> Bitmap {
+        let mut bytes = vec![0u8; rows.div_ceil(8)];
+        for i in (0..rows).filter(|&i| bit(i)) {
+            bytes[i / 8] |= 1 << (i % 8);
         }
+        let ones: usize = bytes.iter().map(|b| b.count_ones() as usize).sum();
+        Bitmap {
+            bytes,
+            any_false: ones < rows,
+            any_true: ones > 0,
+        }
+    }
+
+    /// Row `i` is whether `flags[i]` has bit `mask` (a single bit) set.
+    /// Eight rows at a time: their bits, moved to each byte's lowest, are
+    /// gathered into the top byte of one multiplication (bit `k` of the
+    /// product's top byte can only come from byte `k`), instead of a
+    /// closure call and a shift per row.
+    pub fn of_flag(flags: &[u8], mask: u8) -> Bitmap {
+        debug_assert!(mask.is_power_of_two());
+        const LOWEST: u64 = 0x0101_0101_0101_0101;
+        const GATHER: u64 = 0x0102_0408_1020_4080;
+        let shift = mask.trailing_zeros();
+        let mut bytes = Vec::with_capacity(flags.len().div_ceil(8));
+        let (mut or, mut and) = (0u8, 0xffu8);
+        let mut eights = flags.chunks_exact(8);
+        for eight in eights.by_ref() {
+            let lowest = (u64::from_le_bytes(eight.try_into().unwrap()) >> shift) & LOWEST;
+            let byte = (lowest.wrapping_mul(GATHER) >> 56) as u8;
+            or |= byte;
+            and &= byte;
+            bytes.push(byte);
+        }
+        let rest = eights.remainder();
+        if !rest.is_empty() {
+            let mut byte = 0u8;
+            for (k, &f) in rest.iter().enumerate() {
+                byte |= ((f & mask != 0) as u8) << k;
+            }
+            let full = (1u8 << rest.len()) - 1;
+            or |= byte;
+            and &= byte | !full;
+            bytes.push(byte);
+        }
+        Bitmap {
+            bytes,
+            any_false: !flags.is_empty() && and != 0xff,
+            any_true: or != 0,
+        }
+    }
+}
+
+/// Appends `bits` as the RLE/bit-packed hybrid of width 1, without a length
+/// prefix: bit-packed runs only (no search for runs of equal values).
+pub fn bit_packed_bits(bits: &Bitmap, out: &mut Vec<u8>) {
+    for run in bits.bytes.chunks(MAX_GROUPS_PER_RUN) {
+        uleb128(out, (run.len() as u64) << 1 | 1);
+        out.extend_from_slice(run);
     }
 }
 
@@ -534,9 +586,38 @@ mod tests {
         assert_eq!(decode_hybrid(&out, 2, 8), vec![3, 3, 3, 3, 3, 1, 1, 3]);
         for n in [0, 1, 8, 9, 1000, 8 * 63 + 1] {
             let mut out = Vec::new();
-            bit_packed_bits(n, |i| i % 3 == 1, &mut out);
+            bit_packed_bits(&Bitmap::from_fn(n, |i| i % 3 == 1), &mut out);
             let expected: Vec<u32> = (0..n).map(|i| (i % 3 == 1) as u32).collect();
             assert_eq!(decode_hybrid(&out, 1, n), expected, "{n}");
+        }
+    }
+
+    #[test]
+    fn a_flag_bitmap_is_the_rows_bits() {
+        // Every byte value in every place of an 8-row group, then lengths
+        // with a partial last group, all false and all true.
+        let all: Vec<u8> = (0..=255u8)
+            .flat_map(|b| [b, !b, b, 0, b, 0xff, b, 1])
+            .collect();
+        for flags in [
+            all.clone(),
+            all[..13].to_vec(),
+            all[3..20].to_vec(),
+            vec![],
+            vec![0; 11],
+            vec![0xff; 11],
+        ] {
+            for mask in (0..8).map(|s| 1u8 << s) {
+                let got = Bitmap::of_flag(&flags, mask);
+                let expected = Bitmap::from_fn(flags.len(), |i| flags[i] & mask != 0);
+                assert_eq!(got.bytes, expected.bytes, "mask {mask:#x}");
+                assert_eq!(
+                    (got.any_false, got.any_true),
+                    (expected.any_false, expected.any_true),
+                    "mask {mask:#x}, {} rows",
+                    flags.len()
+                );
+            }
         }
     }
 

@@ -27,7 +27,7 @@ use polars_parquet::write::{
     StatisticsOptions, Version, WriteOptions,
 };
 
-use crate::write::encodings;
+use crate::write::encodings::{self, Bitmap};
 
 /// How a u64 column's values are laid out in its page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -420,19 +420,10 @@ impl<'a> PartBuilder<'a> {
 
     /// A String column of two values: row `i` is `values[bit(i) as usize]`,
     /// bit-packed (for loads and stores, which come in no runs).
-    pub fn two_strings(
-        &mut self,
-        name: &str,
-        bit: impl Fn(usize) -> bool,
-        values: [&str; 2],
-    ) -> Result<()> {
+    pub fn two_strings(&mut self, name: &str, bits: &Bitmap, values: [&str; 2]) -> Result<()> {
         self.field(name, ArrowDataType::Utf8View);
-        let mut used = [false; 2];
+        let used = [bits.any_false, bits.any_true];
         let n = self.rows;
-        if n > 0 {
-            used[0] = (0..n).any(|i| !bit(i));
-            used[1] = (0..n).any(&bit);
-        }
         let present = || values.iter().zip(used).filter(|(_, u)| *u).map(|(s, _)| *s);
         let stats = ParquetStatistics {
             null_count: Some(0),
@@ -454,34 +445,26 @@ impl<'a> PartBuilder<'a> {
         page.clear();
         encodings::all_valid_levels(n, &mut page);
         page.push(1);
-        encodings::bit_packed_bits(n, bit, &mut page);
+        encodings::bit_packed_bits(bits, &mut page);
         self.scratch = page;
         let data = self.data_page(LEVEL, FormatEncoding::RLE_DICTIONARY, stats)?;
         self.columns.push(vec![dict, data]);
         Ok(())
     }
 
-    /// A Boolean column without nulls: row `i` is `bit(i)`.
-    pub fn bits(&mut self, name: &str, bit: impl Fn(usize) -> bool) -> Result<()> {
+    /// A Boolean column without nulls: row `i` is bit `i` of `bits`.
+    pub fn bits(&mut self, name: &str, bits: &Bitmap) -> Result<()> {
         self.field(name, ArrowDataType::Boolean);
         let n = self.rows;
         let mut page = std::mem::take(&mut self.scratch);
         page.clear();
         encodings::all_valid_levels(n, &mut page);
-        let start = page.len();
-        page.resize(start + n.div_ceil(8), 0);
-        let (mut any_false, mut any_true) = (false, false);
-        for i in 0..n {
-            let b = bit(i);
-            any_true |= b;
-            any_false |= !b;
-            page[start + i / 8] |= (b as u8) << (i % 8);
-        }
+        page.extend_from_slice(&bits.bytes);
         self.scratch = page;
         let stats = ParquetStatistics {
             null_count: Some(0),
-            min_value: (n > 0).then(|| vec![!any_false as u8]),
-            max_value: (n > 0).then(|| vec![any_true as u8]),
+            min_value: (n > 0).then(|| vec![!bits.any_false as u8]),
+            max_value: (n > 0).then(|| vec![bits.any_true as u8]),
             ..empty_statistics()
         };
         let page = self.data_page(LEVEL, FormatEncoding::PLAIN, stats)?;
@@ -731,10 +714,12 @@ mod tests {
         part.small_integers("vcpu", &vcpus, 2, ArrowDataType::UInt32)
             .unwrap();
         part.runs("asid", &runs, ArrowDataType::UInt64).unwrap();
-        part.two_strings("type", |i| stores[i], ["R", "W"]).unwrap();
+        part.two_strings("type", &Bitmap::from_fn(n, |i| stores[i]), ["R", "W"])
+            .unwrap();
         part.sparse_strings("device", &devices, &["uart", "systick"])
             .unwrap();
-        part.bits("io", |i| i % 5 == 0).unwrap();
+        part.bits("io", &Bitmap::from_fn(n, |i| i % 5 == 0))
+            .unwrap();
         let insns: Vec<u32> = (0..n as u32).map(|i| 1 + (i * 13) % 512).collect();
         part.narrow_u32s("insns", &insns).unwrap();
         let mut file = Vec::new();
@@ -800,7 +785,8 @@ mod tests {
         part.u64s("icount", &[], U64Layout::Delta, LEVEL).unwrap();
         part.small_integers::<u32>("vcpu", &[], 4096, ArrowDataType::UInt32)
             .unwrap();
-        part.two_strings("type", |_| false, ["R", "W"]).unwrap();
+        part.two_strings("type", &Bitmap::from_fn(0, |_| false), ["R", "W"])
+            .unwrap();
         let mut file = Vec::new();
         part.write(&mut file).unwrap();
         let back = read(file);
