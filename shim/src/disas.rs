@@ -23,7 +23,11 @@
 //! them. A block never mixes modes (QEMU ends a block where the mode
 //! changes), so every text is the one QEMU would have given. On that boot
 //! QEMU is asked about once per block (64.5k) instead of once per
-//! instruction (336k). With no mode
+//! instruction (336k). Except where the address says the mode: an AArch32
+//! PC has 32 bits, so an aarch64 block above 4 GiB (a kernel's, all of that
+//! boot's but its /init) is A64, which QEMU disassembles with capstone's
+//! ARM64 mode and nothing else (target/arm `arm_disas_set_info`): it starts
+//! with that mode kept, and QEMU is asked only where it cannot decode. With no mode
 //! left, no capstone in the process, a target other than ARM and x86 (RISC-V:
 //! QEMU disassembles it with its own disassembler, disas/riscv.c, not
 //! capstone, so no handle of ours could give its text), or `disas=qemu`,
@@ -90,7 +94,7 @@ const fn x86(mode: c_int) -> Mode {
 /// `x86_disas_set_info`), the code segment's: 64-bit (long mode), 32-bit or
 /// 16-bit (real mode, and 16-bit protected mode), as a PC passes through
 /// them while it boots.
-fn modes_of(target: &str) -> &'static [Mode] {
+fn modes_of(target: &str) -> (&'static [Mode], Option<usize>) {
     const AARCH64: [Mode; 3] = [A64, a32(CS_MODE_V8), t32(CS_MODE_V8)];
     const ARM: [Mode; 6] = [
         t32(CS_MODE_MCLASS),
@@ -103,11 +107,11 @@ fn modes_of(target: &str) -> &'static [Mode] {
     const X86_64: [Mode; 3] = [x86(CS_MODE_64), x86(CS_MODE_32), x86(CS_MODE_16)];
     const I386: [Mode; 2] = [x86(CS_MODE_32), x86(CS_MODE_16)];
     match target {
-        "aarch64" => &AARCH64,
-        "arm" => &ARM,
-        "x86_64" => &X86_64,
-        "i386" => &I386,
-        _ => &[],
+        "aarch64" => (&AARCH64, Some(0)),
+        "arm" => (&ARM, None),
+        "x86_64" => (&X86_64, None),
+        "i386" => (&I386, None),
+        _ => (&[], None),
     }
 }
 
@@ -243,13 +247,20 @@ thread_local! {
 pub struct Disassembler {
     capstone: Option<Capstone>,
     modes: &'static [Mode],
+    /// The mode (index in `modes`) of every block above 4 GiB, if the
+    /// target says it (see the module's comment).
+    above_4g: Option<usize>,
 }
 
 impl Disassembler {
     /// For a QEMU of `target` (`qemu_info_t::target_name`); `only_qemu`:
     /// every instruction by QEMU's call (`disas=qemu`).
     pub fn new(target: &str, only_qemu: bool) -> Disassembler {
-        let modes = if only_qemu { &[] } else { modes_of(target) };
+        let (modes, above_4g) = if only_qemu {
+            (&[][..], None)
+        } else {
+            modes_of(target)
+        };
         Disassembler {
             capstone: if modes.is_empty() {
                 None
@@ -257,6 +268,7 @@ impl Disassembler {
                 Capstone::loaded()
             },
             modes,
+            above_4g,
         }
     }
 
@@ -301,6 +313,9 @@ impl BlockDisassembly<'_> {
         bytes: &[u8],
     ) -> Option<String> {
         let d = self.disassembler;
+        if let (None, Some(m), true) = (self.kept.0, d.above_4g, pc > u32::MAX as u64) {
+            self.kept = Kept(Some(1 << m));
+        }
         self.kept.next(
             d.modes.len(),
             // Safety: `insn` is an instruction of the block being translated
@@ -395,8 +410,12 @@ mod tests {
     /// The texts of a block of `n` instructions, and which of them were
     /// asked of QEMU.
     fn block(n: usize, modes: usize) -> (Vec<Option<String>>, Vec<usize>) {
+        block_from(Kept::default(), n, modes)
+    }
+
+    /// `block`, from the modes `kept`.
+    fn block_from(mut kept: Kept, n: usize, modes: usize) -> (Vec<Option<String>>, Vec<usize>) {
         let asked = std::cell::RefCell::new(Vec::new());
-        let mut kept = Kept::default();
         let texts = (0..n)
             .map(|i| {
                 let qemu_calls = Cell::new(0);
@@ -433,6 +452,23 @@ mod tests {
         assert_eq!(texts[5], text(1, 5));
         // 4: no mode decodes it, so none is kept after it.
         assert_eq!(asked, vec![0, 2, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_block_whose_mode_is_known_asks_qemu_only_what_it_cannot_decode() {
+        let (texts, asked) = block_from(Kept(Some(1 << 1)), 7, 3);
+        assert_eq!(texts[..4], (0..4).map(|i| text(1, i)).collect::<Vec<_>>());
+        assert_eq!(texts[4], Some(String::new()));
+        assert_eq!(asked, vec![4, 5, 6]);
+    }
+
+    #[test]
+    fn only_aarch64_knows_a_mode_from_the_address() {
+        assert_eq!(modes_of("aarch64").1, Some(0));
+        assert_eq!(modes_of("aarch64").0[0].arch, CS_ARCH_ARM64);
+        for t in ["arm", "x86_64", "i386", "riscv64"] {
+            assert_eq!(modes_of(t).1, None, "{t}");
+        }
     }
 
     #[test]
