@@ -26,6 +26,33 @@ pub fn zigzag_uleb128(out: &mut Vec<u8>, v: i64) {
     uleb128(out, ((v << 1) ^ (v >> 63)) as u64);
 }
 
+/// `pub fn NAME(ARGS) -> RET` that runs `HERE(ARGS)` compiled for AVX2
+/// where the CPU has it. The encoders' running minimum and maximum of u64
+/// values need 64-bit compares, which SSE2 (all that x86-64 is sure to
+/// have) lacks: with AVX2 they run in vector registers (DELTA_BINARY_PACKED
+/// of 1M icounts 2.1–2.3 → 1.5 ns a value; BYTE_STREAM_SPLIT 0.95 →
+/// 0.8–0.86). (A generic closure-taking wrapper did not carry the feature
+/// into the closure's code.)
+macro_rules! with_avx2_where_present {
+    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $here:ident;) => {
+        $(#[$doc])*
+        pub fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                /// # Safety
+                /// Only on a CPU with AVX2.
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) -> $ret {
+                    $here($($arg),*)
+                }
+                // Safety: the CPU has AVX2 (checked just above).
+                return unsafe { avx2($($arg),*) };
+            }
+            $here($($arg),*)
+        }
+    };
+}
+
 /// Bits needed for `v` (0 for 0).
 #[inline]
 pub fn bit_width(v: u64) -> u32 {
@@ -281,9 +308,15 @@ const DELTA_BLOCK: usize = 128;
 const DELTA_MINIBLOCKS: usize = 4;
 const DELTA_MINIBLOCK: usize = DELTA_BLOCK / DELTA_MINIBLOCKS;
 
-/// Appends `values` in DELTA_BINARY_PACKED, as 64-bit integers (the
-/// differences wrap, so u64 values read back exactly as the same bits).
-pub fn delta_binary_packed(values: &[u64], out: &mut Vec<u8>) -> MinMax {
+with_avx2_where_present! {
+    /// Appends `values` in DELTA_BINARY_PACKED, as 64-bit integers (the
+    /// differences wrap, so u64 values read back exactly as the same bits).
+    pub fn delta_binary_packed(values: &[u64], out: &mut Vec<u8>) -> MinMax
+        = delta_binary_packed_here;
+}
+
+#[inline(always)]
+fn delta_binary_packed_here(values: &[u64], out: &mut Vec<u8>) -> MinMax {
     let mut range = values.first().map_or(NO_VALUES, |&v| (v, v));
     uleb128(out, DELTA_BLOCK as u64);
     uleb128(out, DELTA_MINIBLOCKS as u64);
@@ -346,14 +379,20 @@ fn widen((lo, hi): MinMax, v: u64) -> MinMax {
 /// Values `byte_stream_split` transposes into its staging block at a time.
 const SPLIT_BLOCK: usize = 512;
 
-/// Appends `values` as BYTE_STREAM_SPLIT: byte 0 of every value, then byte
-/// 1, ... Sixteen values at a time, as a 16×8 byte matrix transposed in
-/// registers (`transpose16`), into a staging block of 512 values' streams
-/// that is then copied to the 8 streams of the page. Written straight to the
-/// page, the 8 streams' stores (a page's length apart, so the same address
-/// modulo 4 KiB) made each next load wait on them (4K aliasing): 5.4 ns a
-/// value, against ~1 with the staging block.
-pub fn byte_stream_split(values: &[u64], out: &mut Vec<u8>) -> MinMax {
+with_avx2_where_present! {
+    /// Appends `values` as BYTE_STREAM_SPLIT: byte 0 of every value, then byte
+    /// 1, ... Sixteen values at a time, as a 16×8 byte matrix transposed in
+    /// registers (`transpose16`), into a staging block of 512 values' streams
+    /// that is then copied to the 8 streams of the page. Written straight to the
+    /// page, the 8 streams' stores (a page's length apart, so the same address
+    /// modulo 4 KiB) made each next load wait on them (4K aliasing): 5.4 ns a
+    /// value, against ~1 with the staging block.
+    pub fn byte_stream_split(values: &[u64], out: &mut Vec<u8>) -> MinMax
+        = byte_stream_split_here;
+}
+
+#[inline(always)]
+fn byte_stream_split_here(values: &[u64], out: &mut Vec<u8>) -> MinMax {
     let n = values.len();
     out.reserve(n * 8);
     // Every byte of the spare room below is written before `set_len`: no
@@ -480,8 +519,14 @@ pub fn plain_u64(values: impl Iterator<Item = u64>, out: &mut Vec<u8>) -> MinMax
     range
 }
 
-/// Appends `values` PLAIN, as `plain_u64` does, from a slice: one copy.
-pub fn plain_u64_slice(values: &[u64], out: &mut Vec<u8>) -> MinMax {
+with_avx2_where_present! {
+    /// Appends `values` PLAIN, as `plain_u64` does, from a slice: one copy.
+    pub fn plain_u64_slice(values: &[u64], out: &mut Vec<u8>) -> MinMax
+        = plain_u64_slice_here;
+}
+
+#[inline(always)]
+fn plain_u64_slice_here(values: &[u64], out: &mut Vec<u8>) -> MinMax {
     let (mut lo, mut hi) = NO_VALUES;
     for &v in values {
         lo = lo.min(v);
