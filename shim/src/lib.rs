@@ -1045,6 +1045,12 @@ unsafe extern "C" fn on_memory_access_fixed_map(
     let (flags, _) = unsafe { slot.access_kinds.of(info) };
     let (hwaddr, is_io) = if header.is_memory(vaddr, flags & chunk::FLAG_STORE != 0) {
         (std::ptr::null_mut(), false)
+    } else if let (Some(device), true) = (slot.device_met(header, vaddr), attached) {
+        // An address this vCPU met as I/O under this attach: the fixed map
+        // keeps it I/O, and without an MMU its physical address is `vaddr`:
+        // QEMU is not asked (about 15 ns of lookups an MMIO access).
+        // Safety: vCPU `vcpu`'s memory callback, with its `info` and `vaddr`.
+        return unsafe { record_io_met(shim, vcpu, info, vaddr, device, udata as u64) };
     } else {
         // Safety: `info` and `vaddr` are this memory callback's.
         let hwaddr = unsafe { qemu_plugin_get_hwaddr(info, vaddr) };
@@ -1063,6 +1069,35 @@ unsafe extern "C" fn on_memory_access_fixed_map(
     // Safety: vCPU `vcpu`'s memory callback, with its `info` and `vaddr`, and
     // a `hwaddr` that is null or QEMU's for them.
     unsafe { record_access(shim, vcpu, info, vaddr, hwaddr, is_io, udata as u64) };
+}
+
+/// `record_access` for an I/O access at an address met before as I/O on
+/// a fixed map (`VcpuSlot::device_met`), whose device is `device`.
+///
+/// # Safety
+/// As `record_access`'s.
+#[inline(never)]
+unsafe fn record_io_met(
+    shim: &Shim,
+    vcpu: c_uint,
+    info: qemu_plugin_meminfo_t,
+    vaddr: u64,
+    device: u16,
+    pc: u64,
+) {
+    // Safety: as required above; a null `hwaddr`: the physical address is
+    // `vaddr`.
+    unsafe {
+        record_access_to(
+            shim,
+            vcpu,
+            info,
+            vaddr,
+            std::ptr::null_mut(),
+            Some(Some(device)),
+            pc,
+        )
+    }
 }
 
 /// An event while no collector is attached: it is lost; what was gathered
@@ -1094,15 +1129,38 @@ unsafe fn record_access(
     is_io: bool,
     pc: u64,
 ) {
+    // Safety: as required above (`None`: the device is not known yet).
+    unsafe { record_access_to(shim, vcpu, info, vaddr, hwaddr, is_io.then_some(None), pc) }
+}
+
+/// `record_access`'s body: `io` is `None` for an access to memory,
+/// `Some(device)` for an I/O one, with its device id if already known.
+///
+/// # Safety
+/// As `record_access`'s, with `is_io` being `io.is_some()`; an I/O access
+/// whose device is not known has a non-null `hwaddr`.
+#[inline(always)]
+unsafe fn record_access_to(
+    shim: &Shim,
+    vcpu: c_uint,
+    info: qemu_plugin_meminfo_t,
+    vaddr: u64,
+    hwaddr: *mut qemu_plugin_hwaddr,
+    io: Option<Option<u16>>,
+    pc: u64,
+) {
     let header = shim.header();
     let slot = shim.slot(vcpu);
+    let is_io = io.is_some();
     let paddr = if hwaddr.is_null() {
         vaddr
     } else {
         // Safety: non-null here, QEMU's for this access (as required above).
         unsafe { qemu_plugin_hwaddr_phys_addr(hwaddr) }
     };
-    let device = if is_io && shim.fixed_map() {
+    let device = if let Some(Some(device)) = io {
+        device
+    } else if is_io && shim.fixed_map() {
         // Safety: `is_io`: `hwaddr` is non-null and QEMU's; the closure runs
         // within this callback.
         slot.device_at(header, shim.overflow(), paddr, || unsafe {

@@ -360,21 +360,28 @@ impl VcpuSlot {
         paddr: u64,
         name: impl FnOnce() -> *const c_char,
     ) -> u16 {
-        let at = (paddr >> 2) as usize % ADDRESSES;
-        {
-            // Safety: this vCPU's thread's alone; the borrow ends with this
-            // block, before `device_id` takes its own.
-            let cache = unsafe { &*self.devices.get() };
-            let attach = header.attach_count.load(Ordering::Relaxed);
-            if cache.attach == attach && cache.at[at].0 == paddr {
-                return cache.at[at].1;
-            }
+        if let Some(id) = self.device_met(header, paddr) {
+            return id;
         }
+        let at = (paddr >> 2) as usize % ADDRESSES;
         let id = self.device_id(header, overflow, name());
         // Safety: this vCPU's thread's alone; `device_id`'s borrow has ended.
         let cache = unsafe { &mut *self.devices.get() };
         cache.at[at] = (paddr, id);
         id
+    }
+
+    /// With a fixed memory map: the id of the device at physical address
+    /// `paddr` if this vCPU met an I/O access there under this attach and
+    /// still remembers it (`device_at`), else `None`.
+    #[inline]
+    pub fn device_met(&self, header: &Header, paddr: u64) -> Option<u16> {
+        // Safety: this vCPU's thread's alone; the borrow ends with this
+        // function.
+        let cache = unsafe { &*self.devices.get() };
+        let attach = header.attach_count.load(Ordering::Relaxed);
+        let (address, id) = cache.at[(paddr >> 2) as usize % ADDRESSES];
+        (cache.attach == attach && address == paddr).then_some(id)
     }
 
     #[cold]
