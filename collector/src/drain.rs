@@ -737,10 +737,7 @@ impl State {
             // add the rows in one loop (a fifth less drain time than a
             // row at a time, each with its window and lookup).
             for k in held..whole {
-                let id = id_at(k);
-                if !self.blocks.contains(id) && !self.look_for_block(id, metas)? {
-                    self.blocks_unknown += 1;
-                }
+                self.count_if_undescribed(id_at(k), metas)?;
             }
             icount = self
                 .block_exec
@@ -751,9 +748,7 @@ impl State {
                 let len = chunk::block_insns(id);
                 let ran = self.window.take_insns(v, icount, len);
                 if ran > 0 {
-                    if !self.blocks.contains(id) && !self.look_for_block(id, metas)? {
-                        self.blocks_unknown += 1;
-                    }
+                    self.count_if_undescribed(id, metas)?;
                     self.block_exec.push(v as u32, icount, id, ran as u32);
                 }
                 icount = icount.wrapping_add(len);
@@ -869,12 +864,20 @@ impl State {
             0
         };
         if n > 0 {
-            if !self.blocks.contains(p.id) && !self.look_for_block(p.id, metas)? {
-                self.blocks_unknown += 1;
-            }
+            self.count_if_undescribed(p.id, metas)?;
             self.block_exec.push(v as u32, p.icount, p.id, n as u32);
         }
         self.flush_due[Table::BlockExec.index()] |= self.block_exec.len() >= self.part_rows;
+        Ok(())
+    }
+
+    /// Counts block `id` in `blocks_unknown` if no meta record describes
+    /// it, drained so far or waiting in the meta rings.
+    #[inline]
+    fn count_if_undescribed(&mut self, id: u64, metas: &mut [Consumer]) -> Result<(), Fail> {
+        if !self.blocks.contains(id) && !self.look_for_block(id, metas)? {
+            self.blocks_unknown += 1;
+        }
         Ok(())
     }
 
